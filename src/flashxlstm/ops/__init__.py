@@ -1,0 +1,4 @@
+"""Pure tensor functions: the xLSTM cells in every form. Nothing here holds parameters or state."""
+from .mlstm import mlstm, mlstm_reference, mlstm_step
+
+__all__ = ["mlstm", "mlstm_step", "mlstm_reference"]

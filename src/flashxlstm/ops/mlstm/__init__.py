@@ -1,0 +1,124 @@
+"""`mlstm`: the mLSTM cell over a sequence, one signature for every backend.
+
+    h, state = mlstm(q, k, v, i, f, state=None, backend="auto", chunk_size=64, eps=1e-6,
+                     input_gate="exp", cu_seqlens=None)
+
+q, k: (B, NH, S, DQK); v: (B, NH, S, DV); i, f: (B, NH, S) gate pre-activations. h: (B, NH, S, DV) in
+v's dtype. state = (C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH)) in float32 (float64 for float64
+inputs); None means zeros. The returned state continues the sequence exactly; inputs are never modified.
+With `cu_seqlens` (B == 1, FlashAttention convention) the state restarts at each document; `state`, if
+given, then holds one initial state per document and the returned state one final state per document.
+
+Backends: "recurrent" (step by step), "parallel" (quadratic), "chunkwise" (torch, any S), "triton"
+(GPU kernels, registered when Triton is importable), "auto" (the fastest for the device).
+The math is ../docs and xlstm-spec section 1; `input_gate="sigmoid"` is mLSTMsig, computed as the
+exponential gate applied to logsigmoid(i~).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .checks import MLSTMState, check_mlstm_inputs, check_mlstm_state
+from .chunkwise import mlstm_chunkwise, mlstm_parallel
+from .recurrent import compute_dtype, mlstm_recurrent, mlstm_step as _torch_step, zero_state
+
+__all__ = ["mlstm", "mlstm_step", "mlstm_reference", "zero_state", "register_backend", "BACKENDS", "MLSTMState"]
+
+# name -> fn(q, k, v, i, f, state, *, chunk_size, eps, input_gate, cu_seqlens) -> (h, state)
+BACKENDS: dict[str, Callable] = {}
+# name -> fn(q, k, v, i, f, state, *, eps, input_gate) -> (h, state); the decode step
+STEP_BACKENDS: dict[str, Callable] = {}
+
+
+def register_backend(name: str, fn: Callable, *, step: bool = False) -> None:
+    """Make a backend selectable by name (kernels register themselves on import)."""
+    (STEP_BACKENDS if step else BACKENDS)[name] = fn
+
+
+def _per_document(fn: Callable) -> Callable:
+    """Lift a single-sequence form to packed documents by running each document alone."""
+
+    def run(q, k, v, i, f, state, *, chunk_size, eps, input_gate, cu_seqlens=None):
+        if cu_seqlens is None:
+            return fn(q, k, v, i, f, state, chunk_size=chunk_size, eps=eps, input_gate=input_gate)
+        bounds = cu_seqlens.tolist()
+        hs, finals = [], []
+        for d, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            st = tuple(s[d : d + 1] for s in state)
+            h, st = fn(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], i[:, :, a:b], f[:, :, a:b], st,
+                       chunk_size=chunk_size, eps=eps, input_gate=input_gate)
+            hs.append(h)
+            finals.append(st)
+        return torch.cat(hs, dim=2), tuple(torch.cat(parts, dim=0) for parts in zip(*finals))
+
+    return run
+
+
+register_backend("recurrent", _per_document(lambda *a, chunk_size, **kw: mlstm_recurrent(*a, **kw)))
+register_backend("parallel", _per_document(lambda *a, chunk_size, **kw: mlstm_parallel(*a, **kw)))
+register_backend("chunkwise", _per_document(mlstm_chunkwise))
+register_backend("torch", _torch_step, step=True)
+
+
+def _auto_backend(device: torch.device, step: bool = False) -> str:
+    table = STEP_BACKENDS if step else BACKENDS
+    if device.type == "cuda" and "triton" in table:
+        return "triton"
+    return "torch" if step else "chunkwise"
+
+
+def mlstm(
+    q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
+    state: MLSTMState | None = None, backend: str = "auto", chunk_size: int = 64, eps: float = 1e-6,
+    input_gate: str = "exp", cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, MLSTMState]:
+    check_mlstm_inputs(q, k, v, i, f, state, input_gate, cu_seqlens)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"mlstm: chunk_size must be a positive int, got {chunk_size!r}")
+    name = _auto_backend(q.device) if backend == "auto" else backend
+    if name not in BACKENDS:
+        raise ValueError(f"mlstm: unknown backend {backend!r}; available: auto, {', '.join(sorted(BACKENDS))}")
+    B, NH, S, DQK = q.shape
+    nseq = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    if state is None:
+        state = zero_state(nseq, NH, DQK, v.shape[-1], q.device, compute_dtype(q))
+    h, state = BACKENDS[name](q, k, v, i, f, state, chunk_size=chunk_size, eps=eps, input_gate=input_gate,
+                              cu_seqlens=cu_seqlens)
+    return h.to(v.dtype), state
+
+
+def mlstm_step(
+    q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *, state: MLSTMState | None = None,
+    backend: str = "auto", eps: float = 1e-6, input_gate: str = "exp",
+) -> tuple[Tensor, MLSTMState]:
+    """One decode step: q, k (B, NH, DQK), v (B, NH, DV), i, f (B, NH) -> h (B, NH, DV), new state."""
+    if q.dim() != 3 or k.shape != q.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
+        raise ValueError(
+            f"mlstm_step: expected q, k (B, NH, DQK) and v (B, NH, DV), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if i.shape != q.shape[:2] or f.shape != q.shape[:2]:
+        raise ValueError(f"mlstm_step: gates must have shape (B, NH) = {tuple(q.shape[:2])}, got {tuple(i.shape)}, {tuple(f.shape)}")
+    B, NH, DQK = q.shape
+    if state is None:
+        state = zero_state(B, NH, DQK, v.shape[-1], q.device, compute_dtype(q))
+    else:
+        check_mlstm_state(state, B, NH, DQK, v.shape[-1])
+    name = _auto_backend(q.device, step=True) if backend == "auto" else backend
+    if name not in STEP_BACKENDS:
+        raise ValueError(f"mlstm_step: unknown backend {backend!r}; available: auto, {', '.join(sorted(STEP_BACKENDS))}")
+    h, state = STEP_BACKENDS[name](q, k, v, i, f, state, eps=eps, input_gate=input_gate)
+    return h.to(v.dtype), state
+
+
+def mlstm_reference(
+    q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *, state: MLSTMState | None = None,
+    eps: float = 1e-6, input_gate: str = "exp", cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, MLSTMState]:
+    """The yardstick: the step-by-step recurrence in float64 (outputs float64)."""
+    to64 = lambda t: t.to(torch.float64)
+    st = None if state is None else tuple(to64(s) for s in state)
+    return mlstm(to64(q), to64(k), to64(v), to64(i), to64(f), state=st, backend="recurrent", eps=eps,
+                 input_gate=input_gate, cu_seqlens=cu_seqlens)

@@ -1,0 +1,61 @@
+"""Input validation for the mLSTM op: one place that names what was wrong and what was expected."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MLSTMState = tuple[Tensor, Tensor, Tensor]
+
+INPUT_GATES = ("exp", "sigmoid")
+
+
+def check_mlstm_inputs(
+    q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, state: MLSTMState | None,
+    input_gate: str, cu_seqlens: Tensor | None = None,
+) -> None:
+    """Raise ValueError/TypeError with a clear message unless the inputs fit the mLSTM op's contract."""
+    for name, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"mlstm: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"mlstm: {name} must be a floating-point tensor, got dtype {t.dtype}")
+    if q.dim() != 4:
+        raise ValueError(f"mlstm: q must have shape (B, NH, S, DQK), got {tuple(q.shape)}")
+    B, NH, S, DQK = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"mlstm: k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"mlstm: v must have shape (B, NH, S, DV) = ({B}, {NH}, {S}, DV), got {tuple(v.shape)}")
+    for name, g in (("i", i), ("f", f)):
+        if g.shape != q.shape[:3]:
+            raise ValueError(f"mlstm: gate {name} must have shape (B, NH, S) = {tuple(q.shape[:3])}, got {tuple(g.shape)}")
+    if S == 0:
+        raise ValueError("mlstm: the sequence length S must be at least 1")
+    devices = {t.device for t in (q, k, v, i, f)}
+    if len(devices) != 1:
+        raise ValueError(f"mlstm: all inputs must be on one device, got {sorted(map(str, devices))}")
+    if input_gate not in INPUT_GATES:
+        raise ValueError(f"mlstm: input_gate must be one of {INPUT_GATES}, got {input_gate!r}")
+    nseq = B
+    if cu_seqlens is not None:
+        if B != 1:
+            raise ValueError(f"mlstm: cu_seqlens needs packed inputs with B == 1, got B == {B}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError("mlstm: cu_seqlens must be a 1-D int32/int64 tensor [0, ..., S] of document offsets")
+        cs = cu_seqlens.tolist()
+        if cs[0] != 0 or cs[-1] != S or any(b <= a for a, b in zip(cs, cs[1:])):
+            raise ValueError(f"mlstm: cu_seqlens must rise strictly from 0 to S={S}, got {cs}")
+        nseq = len(cs) - 1
+    if state is not None:
+        check_mlstm_state(state, nseq, NH, DQK, v.shape[-1])
+
+
+def check_mlstm_state(state: MLSTMState, B: int, NH: int, DQK: int, DV: int) -> None:
+    if not isinstance(state, (tuple, list)) or len(state) != 3:
+        raise TypeError("mlstm: state must be a tuple (C, n, m)")
+    C, n, m = state
+    want = {"C": (B, NH, DQK, DV), "n": (B, NH, DQK), "m": (B, NH)}
+    for name, t in zip("Cnm", (C, n, m)):
+        if not isinstance(t, Tensor) or tuple(t.shape) != want[name]:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"mlstm: state {name} must have shape {want[name]}, got {got}")
