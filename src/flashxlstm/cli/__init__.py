@@ -1,0 +1,1 @@
+"""The `flashxlstm` command line."""

@@ -1,0 +1,54 @@
+"""`flashxlstm` entry point: one subcommand per module, imported only when used.
+
+Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int | None`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("flashxlstm.cli.train", "train an xLSTM language model (default: a small byte-level model)"),
+    "generate": ("flashxlstm.cli.generate", "generate text from a checkpoint"),
+    "experiment": ("flashxlstm.cli.experiment", "run the paper's synthetic experiments"),
+}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashxlstm", description="xLSTM end to end.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            p.set_defaults(_missing=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", False):
+        print(f"flashxlstm {args.command}: not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return importlib.import_module(args._module).run(args) or 0
+    except (CLIError, FileNotFoundError, ValueError, TypeError) as e:
+        print(f"flashxlstm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

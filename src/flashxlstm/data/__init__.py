@@ -1,0 +1,1 @@
+"""Datasets: byte-level corpora and batching."""

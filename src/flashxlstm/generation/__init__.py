@@ -1,0 +1,1 @@
+"""Generation: prefill with the chunkwise form, decode with the step form, sampling."""

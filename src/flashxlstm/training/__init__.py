@@ -1,0 +1,1 @@
+"""The training loop, optimiser groups and schedules: plain PyTorch, nothing hidden."""
