@@ -1,4 +1,5 @@
 """Pure tensor functions: the xLSTM cells in every form. Nothing here holds parameters or state."""
 from .mlstm import mlstm, mlstm_reference, mlstm_step
+from .slstm import slstm, slstm_reference, slstm_step
 
-__all__ = ["mlstm", "mlstm_step", "mlstm_reference"]
+__all__ = ["mlstm", "mlstm_step", "mlstm_reference", "slstm", "slstm_step", "slstm_reference"]
