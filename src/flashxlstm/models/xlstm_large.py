@@ -1,0 +1,243 @@
+"""The xLSTM-7B family ("xLSTM Large"): config and model (xlstm-spec section 4).
+
+    x = embeddings(input_ids)
+    per block: x = x + mLSTMLayer(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))
+    logits = 30 * tanh(lm_head(RMSNorm(x)) / 30)
+
+`logits, state = model(input_ids, state=None)` for any length; state is a tuple with one (C, n, m) per
+block, float32 whatever the model dtype, never modified in place (a new tuple is returned). None starts
+from zeros (m = 0, the TFLA/xLSTMLarge convention). Parameter names are those of the Hugging Face hub
+checkpoints (backbone.embeddings.weight, backbone.blocks.{i}...., lm_head.weight), so the hub layout loads
+and saves without renaming.
+
+The config carries the official `xLSTMLargeConfig` field names and defaults; the four size fields default
+to the 7B (the official package makes them required). Official kernel-selection fields (chunkwise_kernel,
+mode, ...) belong to mlstm_kernels and are ignored by `from_dict`; `backend` / `step_backend` choose
+flashxlstm's mLSTM forms instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.mlstm_large_layer import mLSTMLargeLayer, soft_cap
+from ..nn.rmsnorm import MultiHeadLayerNorm, RMSNorm
+from ..nn.swiglu import SwiGLU, round_up
+
+LargeState = tuple  # tuple over blocks of (C, n, m)
+
+
+@dataclass
+class xLSTMLargeConfig:
+    embedding_dim: int = 4096
+    num_heads: int = 8
+    num_blocks: int = 32
+    vocab_size: int = 50304
+    use_bias: bool = False
+    norm_eps: float = 1e-6
+    norm_reduction_force_float32: bool = True
+    add_out_norm: bool = True
+    qk_dim_factor: float = 0.5
+    v_dim_factor: float = 1.0
+    chunk_size: int = 64
+    eps: float = 1e-6
+    ffn_proj_factor: float = 2.6667
+    ffn_round_up_to_multiple_of: int = 64
+    gate_soft_cap: float | None = 15.0
+    output_logit_soft_cap: float | None = 30.0
+    weight_mode: str = "single"
+    # flashxlstm additions
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 0
+    pad_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    qk_dim: int | None = None  # explicit sizes, set from checkpoint tensor shapes when they disagree
+    v_dim: int | None = None
+    ffn_dim: int | None = None
+    backend: str = "auto"  # flashxlstm.ops.mlstm backend for sequences
+    step_backend: str = "auto"  # flashxlstm.ops.mlstm_step backend for single tokens
+
+    def __post_init__(self):
+        for name in ("embedding_dim", "num_heads", "num_blocks", "vocab_size", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"xLSTMLargeConfig: {name} must be a positive int, got {value!r}")
+        if self.weight_mode not in ("single", "fused"):
+            raise ValueError(f"xLSTMLargeConfig: weight_mode must be 'single' or 'fused', got {self.weight_mode!r}")
+        if not self.norm_reduction_force_float32:
+            raise ValueError("xLSTMLargeConfig: flashxlstm always reduces norms in float32 (norm_reduction_force_float32=True)")
+        for name, size in (("qk_dim", self.qk_head_dim_total), ("v_dim", self.v_head_dim_total)):
+            if size % self.num_heads:
+                raise ValueError(f"xLSTMLargeConfig: {name} = {size} is not a multiple of num_heads = {self.num_heads}")
+
+    @property
+    def qk_head_dim_total(self) -> int:
+        return self.qk_dim or int(self.embedding_dim * self.qk_dim_factor)
+
+    @property
+    def v_head_dim_total(self) -> int:
+        return self.v_dim or int(self.embedding_dim * self.v_dim_factor)
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        return self.ffn_dim or round_up(self.embedding_dim * self.ffn_proj_factor, self.ffn_round_up_to_multiple_of)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "xLSTMLargeConfig":
+        """Build from NX-AI and/or transformers field names; unknown (legacy, kernel) fields are ignored."""
+        d = dict(d)
+        for ours, theirs in (("embedding_dim", "hidden_size"), ("num_blocks", "num_hidden_layers")):
+            if d.get(ours) is None and d.get(theirs) is not None:
+                d[ours] = d[theirs]
+            elif d.get(ours) is not None and d.get(theirs) is not None and d[ours] != d[theirs]:
+                raise ValueError(f"config: {ours} = {d[ours]} disagrees with {theirs} = {d[theirs]}")
+        if isinstance(d.get("eos_token_id"), list):
+            d["eos_token_id"] = d["eos_token_id"][0] if d["eos_token_id"] else None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def xlstm_7b_config(**overrides) -> xLSTMLargeConfig:
+    """The NX-AI/xLSTM-7b architecture (6,865,424,896 parameters)."""
+    return xLSTMLargeConfig(**overrides)
+
+
+class mLSTMLargeBlock(nn.Module):
+    def __init__(self, config: xLSTMLargeConfig):
+        super().__init__()
+        c = config
+        self.norm_mlstm = RMSNorm(c.embedding_dim, eps=c.norm_eps, bias=c.use_bias)
+        self.mlstm_layer = mLSTMLargeLayer(
+            c.embedding_dim, c.num_heads, qk_dim=c.qk_head_dim_total, v_dim=c.v_head_dim_total, bias=c.use_bias,
+            norm_eps=c.norm_eps, gate_soft_cap=c.gate_soft_cap, weight_mode=c.weight_mode, chunk_size=c.chunk_size,
+            eps=c.eps, backend=c.backend, step_backend=c.step_backend,
+        )
+        self.norm_ffn = RMSNorm(c.embedding_dim, eps=c.norm_eps, bias=c.use_bias)
+        self.ffn = SwiGLU(c.embedding_dim, c.ffn_hidden_dim, bias=c.use_bias, weight_mode=c.weight_mode)
+
+    def forward(self, x: Tensor, state=None, attention_mask: Tensor | None = None):
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state, attention_mask)
+        x = x + y
+        return x + self.ffn(self.norm_ffn(x)), state
+
+
+class xLSTMLargeBackbone(nn.Module):
+    def __init__(self, config: xLSTMLargeConfig):
+        super().__init__()
+        self.embeddings = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.blocks = nn.ModuleList(mLSTMLargeBlock(config) for _ in range(config.num_blocks))
+        self.out_norm = RMSNorm(config.embedding_dim, eps=config.norm_eps, bias=config.use_bias) if config.add_out_norm else None
+
+    def forward(self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None):
+        x = self.embeddings(input_ids)
+        new_state = []
+        for idx, block in enumerate(self.blocks):
+            x, block_state = block(x, None if state is None else state[idx], attention_mask)
+            new_state.append(block_state)
+        if self.out_norm is not None:
+            x = self.out_norm(x)
+        return x, tuple(new_state)
+
+
+class xLSTMLarge(nn.Module):
+    """The xLSTM-7B family language model. See the module docstring for the interface."""
+
+    def __init__(self, config: xLSTMLargeConfig | None = None, **overrides):
+        super().__init__()
+        config = config or xLSTMLargeConfig()
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
+        self.backbone = xLSTMLargeBackbone(config)
+        self.lm_head = nn.Linear(config.embedding_dim, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.backbone.embeddings.weight
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The intended initialisation: small init (std sqrt(2 / 5D)) for embeddings and projections,
+        Wang init (std 2 / (L sqrt(fan_in))) for the projections into the residual stream, gate weights 0
+        with input-gate bias -10 and forget-gate biases linspace(3, 6, NH), norms 1, other biases 0."""
+        c = self.config
+        D, NH, L = c.embedding_dim, c.num_heads, c.num_blocks
+        small = math.sqrt(2 / (5 * D))
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, small)
+            elif isinstance(module, (RMSNorm, MultiHeadLayerNorm)):
+                module.weight.fill_(1.0)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            if not isinstance(module, nn.Linear):
+                continue
+            if module.bias is not None:
+                module.bias.zero_()
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("igate_preact", "fgate_preact", "ifgate_preact"):
+                module.weight.zero_()
+                forget = torch.linspace(3.0, 6.0, NH)
+                bias = {"igate_preact": torch.full((NH,), -10.0), "fgate_preact": forget,
+                        "ifgate_preact": torch.cat([torch.full((NH,), -10.0), forget])}[leaf]
+                module.bias.copy_(bias)
+            elif leaf == "proj_down":
+                module.weight.normal_(0.0, 2 / L / math.sqrt(module.weight.shape[1]))
+            elif leaf == "out_proj":
+                module.weight.normal_(0.0, 2 / L / math.sqrt(D))
+            elif module is not self.lm_head or not c.tie_word_embeddings:
+                module.weight.normal_(0.0, small)
+
+    def forward(
+        self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[Tensor, LargeState]:
+        """input_ids (B, S) -> logits (B, S, V) float32 (the last `logits_to_keep` positions if > 0), new state.
+
+        attention_mask (B, S): 0 marks padding that must not touch the state (left padding for generation).
+        """
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+            got = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise ValueError(f"xLSTMLarge: input_ids must be an integer tensor of shape (B, S), got {got}")
+        if input_ids.shape[1] == 0:
+            raise ValueError("xLSTMLarge: input_ids must hold at least one position (S >= 1)")
+        if state is not None and (not isinstance(state, (tuple, list)) or len(state) != self.config.num_blocks):
+            raise ValueError(f"xLSTMLarge: state must be a tuple of {self.config.num_blocks} per-block (C, n, m) tuples")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"xLSTMLarge: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        x, state = self.backbone(input_ids, state, attention_mask)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = soft_cap(self.lm_head(x).float(), self.config.output_logit_soft_cap)
+        return logits, state
+
+    def generate(self, input_ids: Tensor, max_new_tokens: int = 20, **kwargs) -> Tensor:
+        """Like transformers' generate; see `flashxlstm.generation.generate` for the arguments.
+        eos_token_id defaults to None (run the full length); pad_token_id to the config's."""
+        from ..generation import generate
+
+        kwargs.setdefault("pad_token_id", self.config.pad_token_id)
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    def save_pretrained(self, path, max_shard_size: int | str = "5GB") -> None:
+        """Write the Hugging Face hub layout (config.json + safetensors shards + index), atomically."""
+        from ..checkpoints.hub import save_large_pretrained
+
+        save_large_pretrained(self, path, max_shard_size=max_shard_size)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, **config_overrides) -> "xLSTMLarge":
+        from ..checkpoints.pretrained import load_large
+
+        return load_large(path, dtype=dtype, device=device, **config_overrides)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

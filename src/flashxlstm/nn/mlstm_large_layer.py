@@ -1,0 +1,87 @@
+"""The mLSTM layer of the xLSTM-7B family (xlstm-spec section 4).
+
+    q, k = Linear(D, qk_dim)(x), v, o = Linear(D, v_dim)(x)        (no conv, no skip)
+    i~, f~ = 15 * tanh(Linear(D, NH, bias)(x) / 15)                 soft-capped gate pre-activations
+    h = mLSTM(q, k, v, i~, f~; state)                                per head, state (C, n, m) in float32
+    y = out_proj(sigmoid(o) * MultiHeadLayerNorm(h))
+
+Sequences of any length go through `flashxlstm.ops.mlstm` (chunkwise, or the Triton kernels on CUDA);
+a single token goes through `flashxlstm.ops.mlstm_step`. `attention_mask` (B, S), 0 at padding, sets the
+gates of padded positions to i~ = -inf, f~ = +inf so they leave the state exactly as it was.
+The state passed in is never modified; a new one is returned.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.mlstm import MLSTMState, mlstm, mlstm_step
+from .rmsnorm import MultiHeadLayerNorm
+
+
+def soft_cap(x: Tensor, cap: float | None) -> Tensor:
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
+def mask_gates(i: Tensor, f: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """i, f (B, NH, S); attention_mask (B, S) with 0 at padding -> gates that skip the padded steps."""
+    if attention_mask is None:
+        return i, f
+    keep = attention_mask.bool()[:, None, :]
+    return i.masked_fill(~keep, float("-inf")), f.masked_fill(~keep, float("inf"))
+
+
+class mLSTMLargeLayer(nn.Module):
+    def __init__(
+        self, dim: int, num_heads: int, *, qk_dim: int, v_dim: int, bias: bool = False, norm_eps: float = 1e-6,
+        gate_soft_cap: float | None = 15.0, weight_mode: str = "single", chunk_size: int = 64, eps: float = 1e-6,
+        backend: str = "auto", step_backend: str = "auto",
+    ):
+        super().__init__()
+        if qk_dim % num_heads or v_dim % num_heads:
+            raise ValueError(f"mLSTM layer: qk_dim {qk_dim} and v_dim {v_dim} must be multiples of num_heads {num_heads}")
+        self.num_heads, self.qk_dim, self.v_dim = num_heads, qk_dim, v_dim
+        self.gate_soft_cap, self.weight_mode = gate_soft_cap, weight_mode
+        self.chunk_size, self.eps, self.backend, self.step_backend = chunk_size, eps, backend, step_backend
+        if weight_mode == "single":
+            self.q = nn.Linear(dim, qk_dim, bias=bias)
+            self.k = nn.Linear(dim, qk_dim, bias=bias)
+            self.v = nn.Linear(dim, v_dim, bias=bias)
+            self.ogate_preact = nn.Linear(dim, v_dim, bias=bias)
+            self.igate_preact = nn.Linear(dim, num_heads, bias=True)
+            self.fgate_preact = nn.Linear(dim, num_heads, bias=True)
+        elif weight_mode == "fused":
+            self.qkv_opreact = nn.Linear(dim, 2 * qk_dim + 2 * v_dim, bias=bias)
+            self.ifgate_preact = nn.Linear(dim, 2 * num_heads, bias=True)
+        else:
+            raise ValueError(f"mLSTM layer: weight_mode must be 'single' or 'fused', got {weight_mode!r}")
+        self.multihead_norm = MultiHeadLayerNorm(num_heads, v_dim // num_heads, eps=norm_eps, bias=bias)
+        self.out_proj = nn.Linear(v_dim, dim, bias=bias)
+
+    def projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """x (B, S, D) -> q, k, v, o (B, S, *) in x's dtype and gate pre-activations i, f (B, S, NH) float32."""
+        if self.weight_mode == "single":
+            q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
+            i, f = self.igate_preact(x), self.fgate_preact(x)
+        else:
+            q, k, v, o = self.qkv_opreact(x).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
+            i, f = self.ifgate_preact(x).split(self.num_heads, dim=-1)
+        return q, k, v, o, soft_cap(i.float(), self.gate_soft_cap), soft_cap(f.float(), self.gate_soft_cap)
+
+    def forward(
+        self, x: Tensor, state: MLSTMState | None = None, attention_mask: Tensor | None = None
+    ) -> tuple[Tensor, MLSTMState]:
+        B, S, _ = x.shape
+        NH = self.num_heads
+        q, k, v, o, i, f = self.projections(x)
+        heads = lambda t: t.reshape(B, S, NH, -1).transpose(1, 2)  # (B, NH, S, DH)
+        q, k, v = heads(q), heads(k), heads(v)
+        i, f = mask_gates(i.transpose(1, 2), f.transpose(1, 2), attention_mask)
+        if S == 1:
+            h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state=state,
+                                  backend=self.step_backend, eps=self.eps)
+            h = h[:, :, None]
+        else:
+            h, state = mlstm(q, k, v, i, f, state=state, backend=self.backend, chunk_size=self.chunk_size, eps=self.eps)
+        h = self.multihead_norm(h.transpose(1, 2))  # (B, S, v_dim)
+        return self.out_proj(torch.sigmoid(o) * h), state

@@ -1,0 +1,35 @@
+"""The gated feed-forward of the xLSTM-7B family: proj_down(silu(proj_up_gate(x)) * proj_up(x)).
+
+weight_mode "single" keeps proj_up_gate and proj_up as two Linear layers; "fused" stacks them (gate rows
+first) in one Linear proj_up_gate_z, which is one matmul instead of two at inference.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def round_up(x: float, multiple: int) -> int:
+    """The official rounding: int(((x + m - 1) // m) * m) on a float x (so 768 * 2.667 gives 2048)."""
+    return int(((x + multiple - 1) // multiple) * multiple)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, weight_mode: str = "single"):
+        super().__init__()
+        self.hidden, self.weight_mode = hidden, weight_mode
+        if weight_mode == "single":
+            self.proj_up_gate = nn.Linear(dim, hidden, bias=bias)
+            self.proj_up = nn.Linear(dim, hidden, bias=bias)
+        elif weight_mode == "fused":
+            self.proj_up_gate_z = nn.Linear(dim, 2 * hidden, bias=bias)
+        else:
+            raise ValueError(f"SwiGLU: weight_mode must be 'single' or 'fused', got {weight_mode!r}")
+        self.proj_down = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight_mode == "single":
+            gate, z = self.proj_up_gate(x), self.proj_up(x)
+        else:
+            gate, z = self.proj_up_gate_z(x).split(self.hidden, dim=-1)
+        return self.proj_down(F.silu(gate) * z)
