@@ -1,0 +1,58 @@
+"""Causal depthwise 1-D convolution over time that carries its window as state.
+
+y[t, d] = bias[d] + sum_k weight[d, k] * x[t - (K - 1) + k, d], where inputs before the sequence start come
+from the carried state (the last K - 1 inputs of the previous call), zeros when there is none. Splitting
+a sequence anywhere and carrying the state gives the same output as one pass. K == 0 is the identity.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal conv: x (B, S, D) -> y (B, S, D); state (B, K - 1, D) = the last K - 1 inputs."""
+
+    def __init__(self, dim: int, kernel_size: int, *, bias: bool = True):
+        super().__init__()
+        if kernel_size < 0:
+            raise ValueError(f"CausalConv1d: kernel_size must be >= 0, got {kernel_size}")
+        self.dim, self.kernel_size = dim, kernel_size
+        self.weight = nn.Parameter(torch.empty(dim, kernel_size)) if kernel_size else None
+        self.bias = nn.Parameter(torch.empty(dim)) if kernel_size and bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's Conv1d default (the official init): U(-1/sqrt(K), 1/sqrt(K)) for weight and bias."""
+        if self.weight is None:
+            return
+        bound = 1.0 / math.sqrt(self.kernel_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def zero_state(self, batch_size: int, device=None, dtype=None) -> Tensor | None:
+        if not self.kernel_size:
+            return None
+        return torch.zeros(batch_size, self.kernel_size - 1, self.dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        if not self.kernel_size:
+            return x, None
+        K = self.kernel_size
+        B, S, D = x.shape
+        if state is None:
+            state = x.new_zeros(B, K - 1, D)
+        xs = torch.cat([state.to(x.dtype), x], dim=1)  # (B, S + K - 1, D)
+        w = self.weight.to(x.dtype)
+        y = xs[:, K - 1 :] * w[:, K - 1]
+        for k in range(K - 1):
+            y = y + xs[:, k : k + S] * w[:, k]
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y, xs[:, S:]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, kernel_size={self.kernel_size}, bias={self.bias is not None}"
