@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .checks import SLSTMState, check_forget_gate, check_slstm_inputs, check_slstm_state, check_slstm_weights, compute_dtype
+from .cpu import slstm_cpu
 from .recurrent import slstm_cell_step, slstm_recurrent, zero_state
 
 __all__ = ["slstm", "slstm_step", "slstm_reference", "zero_state", "register_backend", "BACKENDS", "SLSTMState"]
@@ -36,6 +37,7 @@ def register_backend(name: str, fn: Callable) -> None:
 
 
 register_backend("recurrent", slstm_recurrent)
+register_backend("cpu", slstm_cpu)
 
 
 def _auto_backend(device: torch.device) -> str:
