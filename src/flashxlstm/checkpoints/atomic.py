@@ -1,0 +1,71 @@
+"""Write a directory so that readers see either the old complete version or the new one, never a mix.
+
+The new content is written into a hidden sibling temp directory and flushed to disk; then the old
+directory is moved aside, the new one moved into place (both `os.replace`, atomic on one file system)
+and the old copy removed. A crash before the swap leaves the previous directory untouched; a crash
+between the two renames leaves the previous version complete at `.NAME.old`, which `resolve_directory`
+finds and uses.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    with contextlib.suppress(OSError):  # directories cannot be opened for fsync everywhere
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _backup_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.old"
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp directory; when the block exits normally it replaces `target` as a whole.
+
+    If the block raises, the temp directory is deleted and `target` is left as it was.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"checkpoint path exists and is not a directory: {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    backup = _backup_path(target)
+    if target.exists():
+        shutil.rmtree(backup, ignore_errors=True)  # a stale backup from an earlier interrupted swap
+        os.replace(target, backup)
+    os.replace(tmp, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def resolve_directory(path: str | os.PathLike) -> Path:
+    """`path`, or the complete previous version an interrupted save left beside it."""
+    path = Path(path)
+    if not path.exists():
+        backup = _backup_path(path)
+        if backup.is_dir():
+            warnings.warn(f"{path} is missing; using the previous version an interrupted save left at {backup}")
+            return backup
+    return path

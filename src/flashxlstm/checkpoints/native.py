@@ -1,0 +1,193 @@
+"""flashxlstm's own checkpoint format: one directory per checkpoint.
+
+    config.json          {"model_type": "flashxlstm-neurips", <the model config's fields>}
+    model.safetensors    the model's parameters and buffers (a tied head is stored once)
+    training_state.pt    optional: optimiser, step, RNG, carried recurrent state, history (for --resume)
+    train_config.json    optional: the training settings of the run that wrote it
+
+A checkpoint is written as a whole (see `atomic.py`): a crash mid-save leaves the previous one intact.
+Loading checks every file and reports what is missing or corrupt in one line.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .atomic import atomic_directory, resolve_directory
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TRAINING_STATE_NAME = "training_state.pt"
+TRAIN_CONFIG_NAME = "train_config.json"
+NEURIPS_MODEL_TYPE = "flashxlstm-neurips"
+
+
+def _model_classes(model_type: str):
+    """(config class, model class) for a model_type; imported lazily."""
+    if model_type == NEURIPS_MODEL_TYPE:
+        from ..models.xlstm_lm import xLSTMLM, xLSTMLMConfig
+
+        return xLSTMLMConfig, xLSTMLM
+    raise ValueError(f"unknown model_type {model_type!r} in {CONFIG_NAME}; expected {NEURIPS_MODEL_TYPE!r}")
+
+
+def _model_type_of(model: nn.Module) -> str:
+    from ..models.xlstm_lm import xLSTMLM
+
+    if isinstance(model, xLSTMLM):
+        return NEURIPS_MODEL_TYPE
+    raise TypeError(f"save_model: cannot save a {type(model).__name__}; expected a flashxlstm xLSTMLM")
+
+
+def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared tensor (a tied head) stored once, contiguous, on the CPU."""
+    seen: dict[tuple[int, int], str] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = t.detach().to("cpu").contiguous()
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    training_state: dict | None = None,
+    train_config: dict | None = None,
+) -> Path:
+    """Write model (and optionally training state) as one checkpoint directory, atomically."""
+    config = {"model_type": _model_type_of(model), **model.config.to_dict()}
+    with atomic_directory(directory) as tmp:
+        _write_json(tmp / CONFIG_NAME, config)
+        save_file(_unique_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_STATE_NAME)
+        if train_config is not None:
+            _write_json(tmp / TRAIN_CONFIG_NAME, train_config)
+    return Path(directory)
+
+
+def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Save a model as a flashxlstm checkpoint directory (config.json + model.safetensors), atomically."""
+    return write_checkpoint(directory, model)
+
+
+def _checked_dir(directory: str | os.PathLike) -> Path:
+    path = resolve_directory(directory)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    if not path.is_dir():
+        raise ValueError(f"checkpoint path is not a directory: {path}")
+    return path
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The parsed config.json of a checkpoint, with its model_type checked."""
+    path = _checked_dir(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint has no {CONFIG_NAME}: {path}")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt {CONFIG_NAME} (not valid JSON: {e}): {path}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"corrupt {CONFIG_NAME}: expected a JSON object, found {type(config).__name__}: {path}")
+    if "model_type" not in config:
+        raise ValueError(f"{CONFIG_NAME} has no model_type (expected {NEURIPS_MODEL_TYPE!r}): {path}")
+    return config
+
+
+def config_from_dict(config: dict):
+    """The model config object for a config.json dict (model_type selects the class)."""
+    fields = dict(config)
+    config_cls, _ = _model_classes(fields.pop("model_type"))
+    try:
+        return config_cls.from_dict(fields)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        raise ValueError(f"inconsistent model config in {CONFIG_NAME}: {e}") from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint has no {WEIGHTS_NAME}: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"corrupt {WEIGHTS_NAME} ({e}): {path}") from None
+
+
+def load_state_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `weights` into `model`, with one-line errors for missing, unexpected or mis-shaped tensors."""
+    expected = model.state_dict()
+    unique = _unique_state_dict(model)
+    missing = sorted(set(unique) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s) such as {missing[0]!r}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s) such as {unexpected[0]!r}")
+        raise ValueError(f"{source} does not match its config: " + "; ".join(parts))
+    for name, t in weights.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise ValueError(
+                f"{source} does not match its config: {name!r} has shape {tuple(t.shape)}, "
+                f"the config expects {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(weights, strict=False)
+
+
+def load_model(
+    directory: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+) -> nn.Module:
+    """Build the model a checkpoint directory describes and load its weights; returns it in eval mode."""
+    path = _checked_dir(directory)
+    raw_config = read_config(path)
+    config = config_from_dict(raw_config)
+    _, model_cls = _model_classes(raw_config["model_type"])
+    weights = _read_weights(path / WEIGHTS_NAME)
+    model = model_cls(config)
+    load_state_into(model, weights, f"{path / WEIGHTS_NAME}")
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def load_training_state(directory: str | os.PathLike) -> tuple[dict, dict]:
+    """(training_state, train_config) of a checkpoint written by the training loop, for --resume."""
+    path = _checked_dir(directory)
+    state_path, cfg_path = path / TRAINING_STATE_NAME, path / TRAIN_CONFIG_NAME
+    for p in (state_path, cfg_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"cannot resume: checkpoint has no {p.name} (it holds weights only?): {p}")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"corrupt {TRAINING_STATE_NAME} ({type(e).__name__}: {reason}): {state_path}") from None
+    try:
+        with open(cfg_path) as f:
+            train_config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt {TRAIN_CONFIG_NAME} (not valid JSON: {e}): {cfg_path}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"corrupt {TRAINING_STATE_NAME}: no training step recorded: {state_path}")
+    return state, train_config
