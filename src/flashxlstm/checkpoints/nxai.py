@@ -23,24 +23,33 @@ def large_config_from_official(official_config: object) -> xLSTMLargeConfig:
     return xLSTMLargeConfig.from_dict(dataclasses.asdict(official_config))
 
 
-@torch.no_grad()
 def large_from_official(official: nn.Module) -> xLSTMLarge:
     """A flashxlstm `xLSTMLarge` with the official module's config and a copy of its weights (same dtype/device)."""
     if not is_official_large(official):
         raise TypeError(f"expected the official xlstm.xlstm_large xLSTMLarge, got {type(official).__name__}")
-    config = large_config_from_official(official.config)
-    weights = {("backbone.embeddings.weight" if k == "embedding.weight" else k): v
-               for k, v in official.state_dict().items()}
-    ref = weights["backbone.embeddings.weight"]
+    model = large_from_official_state_dict(official.state_dict(), official.config)
+    return model.train(official.training)
+
+
+@torch.no_grad()
+def large_from_official_state_dict(state_dict: dict, official_config: object) -> xLSTMLarge:
+    """The same from an official xLSTMLarge state dict (embedding.weight naming) and its xLSTMLargeConfig."""
+    config = large_config_from_official(official_config)
+    weights = {("backbone.embeddings.weight" if k == "embedding.weight" else k): v for k, v in state_dict.items()}
     with torch.device("meta"):
         model = xLSTMLarge(config)
-    model = model.to_empty(device=ref.device).to(ref.dtype)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.backbone.embeddings.weight
+    ref = weights.get("backbone.embeddings.weight")
+    if ref is None:
+        raise ValueError("official xLSTMLarge state dict has no embedding.weight")
+    model = model.to(ref.dtype).to_empty(device=ref.device)
     ours = model.state_dict()
+    for key, t in weights.items():
+        if key in ours and tuple(t.shape) != tuple(ours[key].shape):
+            raise ValueError(f"official state dict: shape mismatch for {key!r}: {tuple(t.shape)}, config expects "
+                             f"{tuple(ours[key].shape)}")
     missing = sorted(set(ours) - set(weights))
     unexpected = sorted(set(weights) - set(ours))
     if missing or unexpected:
-        raise ValueError(f"official xLSTMLarge does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(f"official state dict does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.load_state_dict(weights)
-    return model.eval() if not official.training else model
+    return model.eval()

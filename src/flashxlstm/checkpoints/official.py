@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.xlstm_lm import xLSTMBlockStack, xLSTMLM, xLSTMLMConfig
+from .nxai import large_from_official, large_from_official_state_dict
 
 SLSTM_LAYOUTS = ("vanilla", "cuda")
 
@@ -292,10 +293,12 @@ def _stack_from_state_dict(sd: dict[str, Tensor], off_cfg: Any) -> xLSTMBlockSta
 OFFICIAL_MODULES: dict[str, Callable[[nn.Module], nn.Module]] = {
     "xLSTMLMModel": lambda mod: _lm_from_state_dict(mod.state_dict(), mod.config),
     "xLSTMBlockStack": lambda mod: _stack_from_state_dict(mod.state_dict(), mod.config),
+    "xLSTMLarge": large_from_official,
 }
 OFFICIAL_CONFIGS: dict[str, Callable[[dict, Any], nn.Module]] = {
     "xLSTMLMModelConfig": _lm_from_state_dict,
     "xLSTMBlockStackConfig": _stack_from_state_dict,
+    "xLSTMLargeConfig": large_from_official_state_dict,
 }
 
 

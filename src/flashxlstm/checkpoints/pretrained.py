@@ -1,0 +1,277 @@
+"""`from_pretrained(path)`: the right flashxlstm model for a checkpoint directory.
+
+Recognised layouts:
+- Hugging Face hub (xLSTM-7B family): config.json (NX-AI and/or transformers field names; legacy and kernel
+  fields ignored) + model.safetensors, or shards listed in model.safetensors.index.json. Embedding at
+  backbone.embeddings.weight; q/k/v or query/key/value; "single" or "fused" weights.
+- NX-AI (official xlstm package): config.yaml + model.safetensors or model_0.safetensors, model_1, ...;
+  embedding at embedding.weight.
+- flashxlstm's own NeurIPS-family checkpoints: config.json with "model_type": "flashxlstm-neurips"
+  (loaded by `flashxlstm.checkpoints.native`).
+
+The xLSTM-7B loader builds the model on the meta device, allocates it once in the target dtype/device and
+streams the checkpoint tensor by tensor into it, so peak memory is about one copy of the weights.
+A checkpoint stored "single" loads into a "fused" model and vice versa (pass weight_mode=...): each
+tensor is split or placed into its rows of the target parameter. Sizes derived from factors (qk_dim,
+v_dim, FFN width) are taken from the tensor shapes when they disagree with the config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+
+from ..models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+from .hub import CONFIG_NAME, FUSED_PARTS, INDEX_NAME, SINGLE_WEIGHTS, split_fused
+
+NEURIPS_MODEL_TYPE = "flashxlstm-neurips"
+LARGE_MODEL_TYPES = ("xlstm", "xlstm_large", "xlstm-large", "xlstm_7b")
+
+_RENAMES = ((re.compile(r"\.mlstm_layer\.query\."), ".mlstm_layer.q."),
+            (re.compile(r"\.mlstm_layer\.key\."), ".mlstm_layer.k."),
+            (re.compile(r"\.mlstm_layer\.value\."), ".mlstm_layer.v."))
+
+
+def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None, **overrides) -> torch.nn.Module:
+    """Load a checkpoint directory (see the module docstring) as a flashxlstm model in eval mode.
+
+    dtype: the parameters' dtype (default: as stored); device: where to put them (default CPU).
+    overrides: config fields to change on load for the 7B family (e.g. weight_mode="fused", backend=...).
+    """
+    path = _check_dir(path)
+    if (path / CONFIG_NAME).is_file():
+        config = _read_json(path / CONFIG_NAME)
+        model_type = config.get("model_type")
+        if model_type == NEURIPS_MODEL_TYPE:
+            from . import native
+
+            if overrides:
+                raise ValueError(f"from_pretrained: config overrides are for the xLSTM-7B family, not {model_type}")
+            return native.load_model(path, dtype=dtype, device=device)
+        if model_type in LARGE_MODEL_TYPES or (model_type is None and _looks_large(config)):
+            return load_large(path, dtype=dtype, device=device, **overrides)
+        raise ValueError(f"from_pretrained: unknown model_type {model_type!r} in {path / CONFIG_NAME}; expected "
+                         f"'xlstm' (xLSTM-7B family, hub layout) or {NEURIPS_MODEL_TYPE!r}")
+    if (path / "config.yaml").is_file():
+        return load_large(path, dtype=dtype, device=device, **overrides)
+    found = sorted(p.name for p in path.iterdir())[:8]
+    raise ValueError(f"from_pretrained: unknown checkpoint layout in {path}: expected config.json (hub or flashxlstm) "
+                     f"or config.yaml (NX-AI); found {found}")
+
+
+def load_large(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None, **overrides) -> xLSTMLarge:
+    """Load an xLSTM-7B-family checkpoint (hub or NX-AI layout) by streaming its tensors into the model."""
+    path = _check_dir(path)
+    config_dict = _read_large_config(path)
+    files = weight_files(path)
+    shapes = _tensor_shapes(files)
+    config = xLSTMLargeConfig.from_dict({**config_dict, **_sizes_from_shapes(shapes, config_dict), **overrides})
+    stored = next(iter(shapes.values()))[1]
+    dtype = dtype or stored
+    with torch.device("meta"):
+        model = xLSTMLarge(config)
+    model = model.to(dtype).to_empty(device=device or "cpu")
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.backbone.embeddings.weight
+    _stream_into(model, files, str(path))
+    return model.eval()
+
+
+# ---- layout and files -------------------------------------------------------------------------------
+
+def _check_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"from_pretrained: checkpoint directory not found: {path}")
+    if not path.is_dir():
+        raise ValueError(f"from_pretrained: expected a checkpoint directory, got a file: {path}")
+    return path
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"from_pretrained: {path} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"from_pretrained: {path} must hold a JSON object")
+    return d
+
+
+def _looks_large(config: dict) -> bool:
+    return "num_heads" in config and ("embedding_dim" in config or "hidden_size" in config)
+
+
+def _read_large_config(path: Path) -> dict:
+    if (path / CONFIG_NAME).is_file():
+        return _read_json(path / CONFIG_NAME)
+    import yaml
+
+    with open(path / "config.yaml") as f:
+        d = yaml.safe_load(f)
+    if not isinstance(d, dict):
+        raise ValueError(f"from_pretrained: {path / 'config.yaml'} must hold a mapping of config fields")
+    return d
+
+
+def weight_files(path: Path) -> list[tuple[Path, list[str] | None]]:
+    """The safetensors files of a checkpoint, each with the keys the index assigns it (None: all keys)."""
+    index = path / INDEX_NAME
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"from_pretrained: {index} has no weight_map")
+        by_file: dict[str, list[str]] = {}
+        for key, name in weight_map.items():
+            by_file.setdefault(name, []).append(key)
+        for name, keys in by_file.items():
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"from_pretrained: missing shard {path / name} (listed in {INDEX_NAME} "
+                                        f"for {len(keys)} tensor(s) such as {keys[0]!r})")
+        return [(path / name, keys) for name, keys in by_file.items()]
+    if (path / SINGLE_WEIGHTS).is_file():
+        return [(path / SINGLE_WEIGHTS, None)]
+    numbered = []
+    while (path / f"model_{len(numbered)}.safetensors").is_file():
+        numbered.append((path / f"model_{len(numbered)}.safetensors", None))
+    if numbered:
+        extra = sorted(p.name for p in path.glob("model_*.safetensors") if (p, None) not in numbered)
+        if extra:
+            raise FileNotFoundError(f"from_pretrained: missing shard model_{len(numbered)}.safetensors in {path} "
+                                    f"(found {extra})")
+        return numbered
+    raise FileNotFoundError(f"from_pretrained: no weights in {path}: expected {SINGLE_WEIGHTS}, {INDEX_NAME} "
+                            "with its shards, or model_0.safetensors, model_1.safetensors, ...")
+
+
+def _open(file: Path):
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except Exception as e:  # safetensors raises several types for a truncated or foreign file
+        raise ValueError(f"from_pretrained: cannot read {file} as safetensors ({e})") from None
+
+
+def _iter_keys(files) -> Iterator[tuple[Path, str]]:
+    for file, keys in files:
+        with _open(file) as f:
+            present = set(f.keys())
+            for key in keys if keys is not None else sorted(present):
+                if key not in present:
+                    raise ValueError(f"from_pretrained: {file.name} lacks {key!r}, which {INDEX_NAME} assigns to it")
+                yield file, key
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _tensor_shapes(files) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Canonical key -> (shape, dtype), read from the safetensors headers only (no tensor data)."""
+    out = {}
+    for file, keys in files:
+        with _open(file) as f:
+            for key in keys if keys is not None else f.keys():
+                sl = f.get_slice(key)
+                out[canonical_key(key)] = (tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), torch.float32))
+    if not out:
+        raise ValueError(f"from_pretrained: the checkpoint holds no tensors ({[str(f) for f, _ in files]})")
+    emb = out.get("backbone.embeddings.weight")
+    if emb is not None:  # report the stored dtype of the weights, not of some odd buffer
+        out = {"backbone.embeddings.weight": emb, **out}
+    return out
+
+
+# ---- key names and sizes ------------------------------------------------------------------------------
+
+def canonical_key(key: str) -> str:
+    """A checkpoint key in flashxlstm's (hub) naming."""
+    if key == "embedding.weight":
+        return "backbone.embeddings.weight"
+    for pattern, repl in _RENAMES:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def _sizes_from_shapes(shapes: dict, config: dict) -> dict[str, int]:
+    """qk_dim / v_dim / ffn_dim as the tensors have them (block 0), for configs whose factors disagree."""
+    get = lambda name: shapes.get(f"backbone.blocks.0.{name}.weight", (None,))[0]
+    out = {}
+    v_dim = (get("mlstm_layer.out_proj") or (None, None))[1]
+    if get("mlstm_layer.q"):
+        out["qk_dim"] = get("mlstm_layer.q")[0]
+    elif get("mlstm_layer.qkv_opreact") and v_dim:
+        out["qk_dim"] = (get("mlstm_layer.qkv_opreact")[0] - 2 * v_dim) // 2
+    if v_dim:
+        out["v_dim"] = v_dim
+    if get("ffn.proj_down"):
+        out["ffn_dim"] = get("ffn.proj_down")[1]
+    probe = xLSTMLargeConfig.from_dict(config)
+    derived = {"qk_dim": probe.qk_head_dim_total, "v_dim": probe.v_head_dim_total, "ffn_dim": probe.ffn_hidden_dim}
+    return {k: v for k, v in out.items() if v != derived[k]}
+
+
+def _row_targets(model: xLSTMLarge) -> dict[str, tuple[str, int, tuple[int, ...]]]:
+    """Single-form key of every weight/bias -> (model parameter key, first row in it, the part's shape)."""
+    c = model.config
+    rows = {"mlstm_layer.q": c.qk_head_dim_total, "mlstm_layer.k": c.qk_head_dim_total,
+            "mlstm_layer.v": c.v_head_dim_total, "mlstm_layer.ogate_preact": c.v_head_dim_total,
+            "mlstm_layer.igate_preact": c.num_heads, "mlstm_layer.fgate_preact": c.num_heads,
+            "ffn.proj_up_gate": c.ffn_hidden_dim, "ffn.proj_up": c.ffn_hidden_dim}
+    targets = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        for fused, parts in FUSED_PARTS.items():
+            m = re.fullmatch(rf"(.*\.){re.escape(fused)}\.(weight|bias)", key)
+            if m:
+                offset = 0
+                for part in parts:
+                    targets[f"{m.group(1)}{part}.{m.group(2)}"] = (key, offset, (rows[part],) + tuple(t.shape[1:]))
+                    offset += rows[part]
+                break
+        else:
+            targets[key] = (key, 0, tuple(t.shape))
+    return targets
+
+
+@torch.no_grad()
+def _stream_into(model: xLSTMLarge, files, source: str) -> None:
+    params = model.state_dict(keep_vars=True)
+    targets = _row_targets(model)
+    filled = {k: 0 for k in params}
+    unexpected = []
+    opened = {}
+    try:
+        for file, key in _iter_keys(files):
+            if file not in opened:
+                for f in opened.values():
+                    f.__exit__(None, None, None)
+                opened = {file: _open(file).__enter__()}
+            tensor = opened[file].get_tensor(key)
+            for name, piece in split_fused(canonical_key(key), tensor, model.config):
+                if name not in targets:
+                    unexpected.append(key)
+                    continue
+                pkey, row, want = targets[name]
+                if tuple(piece.shape) != want:
+                    raise ValueError(f"from_pretrained: shape mismatch for {key!r}: checkpoint {tuple(piece.shape)}, "
+                                     f"model expects {want}")
+                dest = params[pkey].data
+                (dest[row : row + want[0]] if dest.dim() else dest).copy_(piece)
+                filled[pkey] += piece.numel()
+    finally:
+        for f in opened.values():
+            f.__exit__(None, None, None)
+    if model.config.tie_word_embeddings and filled.get("lm_head.weight", 0) == 0:
+        filled["lm_head.weight"] = params["lm_head.weight"].numel()
+    missing = [k for k, n in filled.items() if n < params[k].numel()]
+    if unexpected:
+        raise ValueError(f"from_pretrained: {source} holds {len(unexpected)} tensor(s) the model does not have, "
+                         f"such as {unexpected[0]!r} (wrong model family or config?)")
+    if missing:
+        raise ValueError(f"from_pretrained: {source} lacks {len(missing)} tensor(s) the model needs, such as "
+                         f"{missing[0]!r}")
+
