@@ -62,6 +62,15 @@ register_backend("parallel", _per_document(lambda *a, chunk_size, **kw: mlstm_pa
 register_backend("chunkwise", _per_document(mlstm_chunkwise))
 register_backend("torch", _torch_step, step=True)
 
+from .triton import triton_usable  # noqa: E402  (cheap: imports Triton only when it can run)
+
+if triton_usable():
+    from .triton.function import mlstm_triton
+    from .triton.step import mlstm_step_triton
+
+    register_backend("triton", mlstm_triton)
+    register_backend("triton", mlstm_step_triton, step=True)
+
 
 def _auto_backend(device: torch.device, step: bool = False) -> str:
     table = STEP_BACKENDS if step else BACKENDS

@@ -1,0 +1,51 @@
+"""Small Triton helpers shared by the mLSTM kernels: gate transforms, stabilizers, sequence bounds.
+
+Every sequence kernel sees its input as documents of rows: without `cu_seqlens` document d is batch
+entry d (rows (d*NH + h)*S ...); with `cu_seqlens` (B == 1) it is the span cu[d]..cu[d+1] of head h.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+def next_pow2(x: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(x)))
+
+
+@triton.jit
+def logsigmoid(x):
+    # min(x, 0) - log(1 + exp(-|x|)): exact at +-inf (0 and -inf), no overflow anywhere
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def finite_or_zero(m):
+    """A stabilizer safe to subtract: -inf (nothing seen yet) becomes 0."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def seq_bounds(cu, d, h, S, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """(first row, length) of document d, head h, in the flattened (rows, features) layout."""
+    if IS_VARLEN:
+        bos = tl.load(cu + d).to(tl.int64)
+        eos = tl.load(cu + d + 1).to(tl.int64)
+        return h.to(tl.int64) * S + bos, eos - bos
+    else:
+        row0 = (d * NH + h).to(tl.int64) * S
+        return row0, S
+
+
+@triton.jit
+def load_gates(ig, fg, rows, mask, EXP_GATE: tl.constexpr):
+    """log input gate and log forget gate of a chunk; rows past the end leave the state untouched."""
+    i = tl.load(ig + rows, mask=mask, other=0.0).to(tl.float32)
+    f = tl.load(fg + rows, mask=mask, other=0.0).to(tl.float32)
+    if EXP_GATE:
+        li = i
+    else:
+        li = logsigmoid(i)
+    li = tl.where(mask, li, float("-inf"))
+    lf = tl.where(mask, logsigmoid(f), 0.0)
+    return li, lf

@@ -1,0 +1,143 @@
+"""The `triton` backend of `flashxlstm.ops.mlstm`: launch wrappers and the autograd Function.
+
+    h, (C, n, m) = mlstm_triton(q, k, v, i, f, state, chunk_size=64, eps=1e-6, input_gate="exp",
+                                cu_seqlens=None)
+
+Forward: one fused kernel (forward.py). Backward: four launches (backward.py) plus the gate epilogue
+(gates.py). Gradients flow to q, k, v, i, f and to all three parts of the initial state; the returned
+state carries gradients too. Inputs bf16, fp16 or fp32 (matrix products in that precision, fp32
+accumulation; fp32 inputs use 3xTF32 products), gates, stabilizers and states fp32. float64 inputs
+go to the torch chunkwise form. `chunk_size` is rounded to a power of two in [16, 128]; the result
+does not depend on it beyond rounding.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .backward import (mlstm_bwd_dkv_kernel, mlstm_bwd_dq_kernel, mlstm_bwd_finalize_kernel,
+                       mlstm_bwd_prep_kernel)
+from .common import next_pow2
+from .forward import mlstm_fwd_kernel
+from .gates import gate_grads
+
+# Launch settings; the benchmark may override them to compare variants. Keys: (BK,) -> dict
+FWD_CONFIG: dict = {}
+BWD_CONFIG: dict = {}
+
+
+def _fwd_config(BK: int, DV: int, chunk: int) -> dict:
+    cfg = {"L": chunk, "BV": min(64, next_pow2(DV)), "num_warps": 8 if BK >= 256 else 4, "num_stages": 1}
+    cfg.update(FWD_CONFIG.get(BK, {}))
+    return cfg
+
+
+def _bwd_config(BK: int, DV: int, chunk: int) -> dict:
+    cfg = {"L": min(chunk, 32 if BK >= 256 else 64), "BV": min(64, next_pow2(DV)),
+           "num_warps": 8 if BK >= 256 else 4, "num_stages": 1}
+    cfg.update(BWD_CONFIG.get(BK, {}))
+    return cfg
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def _layout(q: Tensor, cu: Tensor | None) -> tuple[int, int, int, Tensor]:
+    """(documents N, heads NH, steps per row S, offsets tensor for the kernels)."""
+    B, NH, S, _ = q.shape
+    if cu is None:
+        return B, NH, S, torch.zeros(2, dtype=torch.int32, device=q.device)
+    return cu.numel() - 1, NH, S, cu.to(device=q.device, dtype=torch.int32).contiguous()
+
+
+class MLSTMTritonFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, cu, chunk, eps, input_gate):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        i, f = i.float().contiguous(), f.float().contiguous()
+        C0, n0, m0 = C0.float().contiguous(), n0.float().contiguous(), m0.float().contiguous()
+        DQK, DV = q.shape[-1], v.shape[-1]
+        N, NH, S, cu_k = _layout(q, cu)
+        BK = next_pow2(DQK)
+        cfg = _fwd_config(BK, DV, chunk)
+        h = torch.empty_like(v)
+        mstat = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+        dstat = torch.empty_like(mstat)
+        Cf = torch.empty(N, NH, DQK, DV, dtype=torch.float32, device=q.device)
+        nf = torch.empty(N, NH, DQK, dtype=torch.float32, device=q.device)
+        mf = torch.empty(N, NH, dtype=torch.float32, device=q.device)
+        grid = (N * NH, triton_cdiv(DV, cfg["BV"]))
+        mlstm_fwd_kernel[grid](
+            q, k, v, i, f, C0, n0, m0, h, Cf, nf, mf, mstat, dstat, cu_k, S, DQK**-0.5, eps,
+            NH=NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"], EXP_GATE=input_gate == "exp",
+            IS_VARLEN=cu is not None, PREC=_precision(q.dtype), num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
+        )
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, mstat, dstat, Cf, nf, cu_k)
+        ctx.meta = (cu is not None, chunk, eps, input_gate)
+        return h, Cf, nf, mf
+
+    @staticmethod
+    def backward(ctx, dh, dCf, dnf, dmf):
+        q, k, v, i, f, C0, n0, m0, h, mstat, dstat, Cf, nf, cu_k = ctx.saved_tensors
+        varlen, chunk, eps, input_gate = ctx.meta
+        N, NH, S, _ = _layout(q, cu_k if varlen else None)
+        DQK, DV = q.shape[-1], v.shape[-1]
+        BK = next_pow2(DQK)
+        cfg = _bwd_config(BK, DV, chunk)
+        dev = q.device
+        zeros = lambda shape: torch.zeros(shape, dtype=torch.float32, device=dev)
+        dh = zeros(h.shape).to(h.dtype) if dh is None else dh.contiguous()
+        dCf = zeros(Cf.shape) if dCf is None else dCf.float().contiguous()
+        dnf = zeros(nf.shape) if dnf is None else dnf.float().contiguous()
+        dmf = zeros((N, NH)) if dmf is None else dmf.float()
+
+        R = h.numel() // DV
+        rz, dden, dfo = (torch.empty(q.shape[:3], dtype=torch.float32, device=dev) for _ in range(3))
+        BR = 32
+        mlstm_bwd_prep_kernel[(triton_cdiv(R, BR),)](
+            h, dh, mstat, dstat, rz, dden, dfo, R, eps, DV=DV, BR=BR, BVP=min(128, next_pow2(DV)), num_warps=4)
+
+        dk32, dq32 = zeros(q.shape), zeros(q.shape)
+        dv = torch.empty_like(v)
+        dC0, dn0 = zeros(C0.shape), zeros(n0.shape)
+        grid = (N * NH, triton_cdiv(DV, cfg["BV"]))
+        common = dict(NH=NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"], EXP_GATE=input_gate == "exp",
+                      IS_VARLEN=varlen, PREC=_precision(q.dtype), num_warps=cfg["num_warps"],
+                      num_stages=cfg["num_stages"])
+        mlstm_bwd_dkv_kernel[grid](q, k, v, i, f, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dv, dC0, dn0, cu_k,
+                                   S, DQK**-0.5, **common)
+        mlstm_bwd_dq_kernel[grid](k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dq32, cu_k, S, DQK**-0.5, **common)
+
+        dq, dk = torch.empty_like(q), torch.empty_like(k)
+        dF, dli = torch.empty_like(rz), torch.empty_like(rz)
+        mlstm_bwd_finalize_kernel[(triton_cdiv(R, BR),)](k, dk32, dq32, dk, dq, dfo, dF, dli, R, DQK=DQK, BR=BR,
+                                                        BK=BK, num_warps=4)
+        del dk32, dq32
+
+        packed = lambda t: t.transpose(0, 1).reshape(NH, -1)  # (B, NH, S) -> (NH, B*S)
+        cu_docs = cu_k.long() if varlen else torch.arange(N + 1, device=dev) * S
+        di, df, dm0_routed = gate_grads(packed(i), packed(f), m0, packed(dF), packed(dli), Cf, nf, dCf, dnf,
+                                        dmf, cu_docs, input_gate)
+        unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
+        dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + dm0_routed.float()
+        return dq, dk, dv, unpack(di), unpack(df), dC0, dn0, dm0, None, None, None, None
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def mlstm_triton(q, k, v, i, f, state, *, chunk_size=64, eps=1e-6, input_gate="exp", cu_seqlens=None):
+    """The registered `triton` sequence backend (see the module docstring)."""
+    if q.dtype == torch.float64:
+        from .. import BACKENDS  # the torch chunkwise form handles float64 (per document)
+        return BACKENDS["chunkwise"](q, k, v, i, f, state, chunk_size=chunk_size, eps=eps,
+                                     input_gate=input_gate, cu_seqlens=cu_seqlens)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"mlstm(triton): q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    chunk = min(128, next_pow2(chunk_size))
+    C0, n0, m0 = state
+    h, C, n, m = MLSTMTritonFn.apply(q, k, v, i, f, C0, n0, m0, cu_seqlens, chunk, float(eps), input_gate)
+    return h, (C, n, m)

@@ -1,0 +1,76 @@
+"""Gate gradients of the chunkwise mLSTM from per-step terms (torch, tensors of shape (NH, steps)).
+
+The kernels deliver, per step, dF_t (the gradient with respect to the cumulative log forget F_t at
+step t, with m held fixed) and dli_t (with respect to the log input gate). This module adds what the
+final state contributes and what the stabilizer of the final state routes to its argmax, then turns
+cumulative sums back into per-step gates: dlogf_r = sum_{t >= r} dF_t within each document.
+
+Why the routing: the returned state is stabilized, C = exp(-M) C_true with M = max(F_e + m0,
+max_s F_e - F_s + li_s). Gradients reaching the returned (C, n, m) therefore also move M; that part,
+dM = dm - <dC, C> - <dn, n>, goes to the gates (or initial m) of the term that attains the max,
+exactly as autograd through the recurrence does. Inside the sequence the per-step stabilizers only
+affect h at the eps level and are held constant.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def gate_grads(
+    i: Tensor, f: Tensor, m0: Tensor, dF: Tensor, dli: Tensor, Cf: Tensor, nf: Tensor,
+    dCf: Tensor, dnf: Tensor, dmf: Tensor, cu: Tensor, input_gate: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """All per-step tensors are (NH, R) over the packed steps, cu (N + 1,) their document offsets.
+
+    Returns di, df (NH, R) float64 and the routed part of dm0 (N, NH).
+    """
+    dt = torch.float64
+    NH, R = i.shape
+    N = cu.numel() - 1
+    cu = cu.to(i.device, torch.long)
+    lengths = cu[1:] - cu[:-1]
+    doc = torch.repeat_interleave(torch.arange(N, device=i.device), lengths, output_size=R)
+    first, last = cu[:-1], cu[1:] - 1
+    i64, f64 = i.to(dt), f.to(dt)
+    logi = i64 if input_gate == "exp" else F.logsigmoid(i64)
+    logf = F.logsigmoid(f64)
+    dF = dF.to(dt).clone()
+    dli = dli.to(dt).clone()
+
+    # the final state depends on F_e directly (C = exp(F_e - F_s + li_s - M) ...)
+    dfinal_explicit = ((dCf.to(dt) * Cf.to(dt)).sum((-2, -1)) + (dnf.to(dt) * nf.to(dt)).sum(-1)).T  # (NH, N)
+    dM = dmf.to(dt).T - dfinal_explicit
+
+    # route dM to the term attaining M
+    Fc = torch.cumsum(logf, dim=-1)
+    F_end = Fc[:, last]
+    F_before = Fc[:, first] - logf[:, first]
+    a = F_end[:, doc] - Fc + logi
+    a_init = F_end - F_before + m0.to(dt).T
+    amax = torch.full((NH, N), float("-inf"), dtype=dt, device=i.device)
+    amax = amax.scatter_reduce(1, doc.expand(NH, R), a, "amax")
+    M = torch.maximum(amax, a_init)
+    live = torch.isfinite(M)
+    init_wins = live & (a_init >= amax)
+    step_wins = live & ~init_wins
+    pos = torch.arange(R, device=i.device).expand(NH, R)
+    hit = torch.where(a == amax[:, doc], pos, -1)
+    s_star = torch.full((NH, N), -1, dtype=torch.long, device=i.device).scatter_reduce(1, doc.expand(NH, R), hit, "amax")
+    dM_live = torch.where(live, dM, 0.0)
+    dF[:, last] += dfinal_explicit + dM_live
+    route = torch.where(step_wins, dM, 0.0)
+    s_idx = s_star.clamp(min=0)
+    dF.scatter_add_(1, s_idx, -route)
+    dli.scatter_add_(1, s_idx, route)
+    dm0_routed = torch.where(init_wins, dM, 0.0).T
+
+    # dlogf_r = sum over t >= r of dF_t inside the document
+    rc = torch.flip(torch.cumsum(torch.flip(dF, [-1]), -1), [-1])
+    rc_next = torch.cat([rc, rc.new_zeros(NH, 1)], dim=-1)[:, cu[1:]]
+    dlogf = rc - rc_next[:, doc]
+
+    df = dlogf * torch.sigmoid(-f64)
+    di = dli if input_gate == "exp" else dli * torch.sigmoid(-i64)
+    return di, df, dm0_routed
