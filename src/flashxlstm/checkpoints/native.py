@@ -124,7 +124,7 @@ def config_from_dict(config: dict):
         raise ValueError(f"inconsistent model config in {CONFIG_NAME}: {e}") from None
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint has no {WEIGHTS_NAME}: {path}")
     try:
@@ -163,7 +163,7 @@ def load_model(
     raw_config = read_config(path)
     config = config_from_dict(raw_config)
     _, model_cls = _model_classes(raw_config["model_type"])
-    weights = _read_weights(path / WEIGHTS_NAME)
+    weights = read_weights(path / WEIGHTS_NAME)
     model = model_cls(config)
     load_state_into(model, weights, f"{path / WEIGHTS_NAME}")
     if device is not None or dtype is not None:

@@ -1,0 +1,319 @@
+"""The training loop: plain PyTorch, one function, resumable bit for bit.
+
+`train(config, out_dir)` reads the corpus, builds the model, and runs AdamW with warmup + cosine over
+truncated-BPTT windows (the recurrent state is carried from one window to the next and detached),
+validating every `eval_every` steps. Each validation writes a checkpoint (weights + everything needed to
+continue: optimiser, step, RNG, carried state, history), the loss-curve PNG and metrics.json. A run
+continued with `resume_training` produces the same losses as an uninterrupted one.
+
+Ctrl-C stops at the end of the current step and saves a checkpoint to resume from.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints.atomic import resolve_directory
+from ..checkpoints.native import (
+    WEIGHTS_NAME, load_state_into, load_training_state, read_config, read_weights, write_checkpoint,
+)
+from ..data import ByteSplit, StreamBatcher, decode_bytes, encode_prompt, load_corpus, unigram_bits_per_byte
+from ..nn.state import detach_state, state_to
+from .config import RESUMABLE_OVERRIDES, TrainConfig
+from .metrics import bits_per_byte, evaluate
+from .model_factory import build_model
+from .plot import plot_loss_curve
+from .schedule import make_optimizer, set_lr, warmup_cosine_lr
+
+CHECKPOINT_SUBDIR = "checkpoint"
+
+
+@dataclass
+class TrainResult:
+    step: int
+    val_loss: float
+    val_bpb: float
+    unigram_bpb: float
+    history: dict
+    out_dir: Path
+    sample: str | None
+    interrupted: bool = False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def merge_resume_config(saved: TrainConfig, overrides: dict) -> TrainConfig:
+    """The saved settings with the few that may change on resume (`steps` and bookkeeping) replaced;
+    any other setting that differs from the saved run is an error, since it would break continuation."""
+    merged = saved.to_dict()
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name == "betas":
+            value = list(value)
+        if name in RESUMABLE_OVERRIDES or name == "steps":
+            merged[name] = value
+        elif merged.get(name) != value:
+            raise ValueError(
+                f"--resume: {name}={value!r} differs from the checkpoint's {name}={merged.get(name)!r}; "
+                "drop the option to continue the saved run, or train into a new --out"
+            )
+    return TrainConfig.from_dict(merged)
+
+
+class _StopFlag:
+    """Ctrl-C sets the flag (the loop saves and stops after the current step); a second one aborts."""
+
+    def __init__(self):
+        self.stop = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    stop_after_step: int | None = None,
+    log: Callable[[str], None] = print,
+    corpus: ByteSplit | None = None,
+) -> TrainResult:
+    """Train a byte-level LM from scratch into `out_dir`; see the module docstring.
+
+    stop_after_step: end the run early after this many total steps (as an interruption would), saving a
+    checkpoint that `resume_training` continues from.
+    corpus: use this split instead of reading `config.text_file` / the embedded corpus.
+    """
+    return _run(config.validated(), Path(out_dir), None, stop_after_step, log, corpus)
+
+
+def resume_training(
+    out_dir: str | os.PathLike,
+    overrides: dict | None = None,
+    *,
+    stop_after_step: int | None = None,
+    log: Callable[[str], None] = print,
+    corpus: ByteSplit | None = None,
+) -> TrainResult:
+    """Continue the run saved in `out_dir` exactly where it stopped.
+
+    overrides: settings to change, limited to `steps` (train further) and bookkeeping such as `device`;
+    any other setting that differs from the saved run raises ValueError.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / CHECKPOINT_SUBDIR
+    if not resolve_directory(ckpt_dir).is_dir():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_dir} (train into --out {out_dir} first)")
+    saved_state, saved_cfg = load_training_state(ckpt_dir)
+    config = merge_resume_config(TrainConfig.from_dict(saved_cfg), overrides or {})
+    return _run(config, out_dir, saved_state, stop_after_step, log, corpus)
+
+
+def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_after_step: int | None,
+         log: Callable[[str], None], corpus: ByteSplit | None) -> TrainResult:
+    ckpt_dir = out_dir / CHECKPOINT_SUBDIR
+    device = resolve_device(config.device)
+    torch.set_num_threads(config.threads or available_cores())
+    torch.manual_seed(config.seed)
+
+    if corpus is None:
+        corpus = load_corpus(config.text_file, config.val_fraction)
+    unigram_bpb = unigram_bits_per_byte(corpus.train, corpus.val)
+    batcher = StreamBatcher(corpus.train, config.batch_size, config.seq_len, seed=config.seed)
+
+    model = build_model(config).to(device)
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
+    n_params = sum(p.numel() for p in model.parameters())
+    history: dict = {"train": [], "val": []}
+    start_step, carried = 0, None
+
+    if saved_state is not None:
+        if read_config(ckpt_dir)["model_type"] != "flashxlstm-neurips":
+            raise ValueError(f"--resume: {ckpt_dir} does not hold a flashxlstm-neurips model")
+        load_state_into(model, read_weights(ckpt_dir / WEIGHTS_NAME), str(ckpt_dir / WEIGHTS_NAME))
+        try:
+            optimizer.load_state_dict(saved_state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"--resume: the optimiser state does not fit the model ({e})") from None
+        start_step = int(saved_state["step"])
+        history = saved_state["history"]
+        carried = state_to(saved_state["carried_state"], device=device)
+        _set_rng_state(saved_state["rng"], device)
+        if start_step >= config.steps:
+            raise ValueError(
+                f"--resume: the checkpoint has already trained {start_step} of {config.steps} steps; "
+                "pass a larger --steps to train further"
+            )
+
+    log(f"corpus: {corpus.source}: {len(corpus.train):,} training bytes, {len(corpus.val):,} validation bytes")
+    log(f"unigram baseline (training byte frequencies): {unigram_bpb:.3f} bits per byte on validation")
+    log(f"model: {config.block_pattern} with {config.num_blocks} blocks, width {config.embedding_dim}, "
+        f"{n_params:,} parameters; device {device}, {torch.get_num_threads()} threads")
+    log(f"training: {config.steps} steps of {config.batch_size} x {config.seq_len} bytes "
+        f"({batcher.windows_per_epoch} steps per epoch), lr {config.lr:g} -> {config.min_lr:g}"
+        + (f", resuming at step {start_step}" if start_step else ""))
+
+    def validate(step: int) -> dict:
+        loss = evaluate(model, corpus.val, config.eval_batch_size, config.seq_len, device)
+        record = {"step": step, "loss": loss, "bpb": bits_per_byte(loss)}
+        if not history["val"] or history["val"][-1]["step"] != step:
+            history["val"].append(record)
+        return record
+
+    def save(step: int) -> None:
+        training_state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(device),
+            "carried_state": state_to(carried, device="cpu"),
+            "history": history,
+            "epoch": step // batcher.windows_per_epoch,
+        }
+        write_checkpoint(ckpt_dir, model, training_state=training_state, train_config=config.to_dict())
+        plot_loss_curve(history, out_dir / "loss_curve.png", baseline_bpb=unigram_bpb)
+        _write_json_atomic(out_dir / "metrics.json", {
+            "step": step, "unigram_bpb": unigram_bpb, "val": history["val"],
+            "last_train_loss": history["train"][-1]["loss"] if history["train"] else None,
+            "parameters": n_params, "config": config.to_dict(),
+        })
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    end_step = config.steps if stop_after_step is None else min(config.steps, stop_after_step)
+    model.train()
+    progress = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    say = progress.write if progress is not None else log
+    step, interrupted = start_step, False
+    recent_tokens, recent_time, recent_loss = 0, 0.0, []
+    with _StopFlag() as flag:
+        while step < end_step:
+            t0 = time.perf_counter()
+            window = batcher.window(step)
+            state_in = None if (window.reset_state or not config.carry_state) else carried
+            lr = warmup_cosine_lr(step, lr=config.lr, warmup_steps=config.warmup_steps,
+                                  total_steps=config.steps, min_lr=config.min_lr)
+            set_lr(optimizer, lr)
+            inputs, targets = window.inputs.to(device), window.targets.to(device)
+            logits, state_out = model(inputs, state=state_in)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+            if not torch.isfinite(loss):
+                raise ValueError(f"the training loss became {float(loss)} at step {step}; try a lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            carried = detach_state(state_out)
+            step += 1
+            loss_value = float(loss.detach())
+            history["train"].append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
+            recent_tokens += inputs.numel()
+            recent_time += time.perf_counter() - t0
+            recent_loss.append(loss_value)
+            if progress is not None:
+                progress.update(1)
+                if step % config.log_every == 0 or step == end_step:
+                    progress.set_postfix(loss=f"{sum(recent_loss) / len(recent_loss):.3f}",
+                                         tok_s=f"{recent_tokens / max(recent_time, 1e-9):,.0f}", lr=f"{lr:.2e}")
+                    recent_tokens, recent_time, recent_loss = 0, 0.0, []
+            if step % config.eval_every == 0 or step == config.steps:
+                record = validate(step)
+                say(f"step {step}: validation loss {record['loss']:.4f}, {record['bpb']:.4f} bits per byte "
+                    f"(unigram {unigram_bpb:.3f})")
+                save(step)
+            if flag.stop:
+                interrupted = True
+                break
+    if progress is not None:
+        progress.close()
+
+    if step < config.steps:  # stopped early: make sure the checkpoint is at `step`
+        validate(step)
+        save(step)
+        log(f"stopped at step {step} of {config.steps}; continue with --resume (checkpoint: {ckpt_dir})")
+    record = history["val"][-1] if history["val"] else validate(step)
+    sample = None
+    if step == config.steps and config.sample_tokens > 0:
+        sample = sample_text(model, config.sample_prompt, config.sample_tokens, seed=config.seed, device=device)
+        log(f"sample (temperature 0.8, top-k 40) after {config.sample_prompt!r}:\n{config.sample_prompt}{sample}")
+    log(f"done: step {step}, validation {record['bpb']:.4f} bits per byte vs unigram {unigram_bpb:.3f}; "
+        f"checkpoint {ckpt_dir}, loss curve {out_dir / 'loss_curve.png'}")
+    return TrainResult(step=step, val_loss=record["loss"], val_bpb=record["bpb"], unigram_bpb=unigram_bpb,
+                       history=history, out_dir=out_dir, sample=sample, interrupted=interrupted)
+
+
+def sample_text(model, prompt: str, max_new_tokens: int, *, seed: int, device: torch.device,
+                temperature: float = 0.8, top_k: int | None = 40) -> str:
+    """A seeded sample continuing `prompt` (bytes decoded with errors='replace')."""
+    from ..generation import generate
+
+    ids = encode_prompt(prompt).to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    model.eval()
+    out = generate(model, ids, max_new_tokens, do_sample=True, temperature=temperature, top_k=top_k,
+                   generator=generator)
+    model.train()
+    return decode_bytes(out[0, ids.shape[1]:].tolist())

@@ -1,0 +1,41 @@
+"""The loss-curve PNG of a run (matplotlib, headless Agg backend), written atomically."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+def plot_loss_curve(history: dict, path: str | os.PathLike, baseline_bpb: float | None = None) -> Path:
+    """Training loss (bits per byte, smoothed) and validation bits per byte against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    train = history.get("train", [])
+    if train:
+        steps = [r["step"] for r in train]
+        bpb = [r["loss"] / math.log(2) for r in train]
+        ax.plot(steps, bpb, color="tab:blue", alpha=0.25, linewidth=0.8)
+        window = max(1, len(bpb) // 50)
+        smooth = [sum(bpb[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(bpb))]
+        ax.plot(steps, smooth, color="tab:blue", label="train (smoothed)")
+    val = history.get("val", [])
+    if val:
+        ax.plot([r["step"] for r in val], [r["bpb"] for r in val], "o-", color="tab:orange", label="validation")
+    if baseline_bpb is not None:
+        ax.axhline(baseline_bpb, color="gray", linestyle="--", linewidth=1, label=f"unigram {baseline_bpb:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per byte")
+    ax.set_title("flashxlstm train")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

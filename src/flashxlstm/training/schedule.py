@@ -1,0 +1,34 @@
+"""Learning-rate schedule and optimiser: linear warmup then cosine decay, AdamW with the paper's groups."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def warmup_cosine_lr(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:
+    """The learning rate for optimiser step `step` (0-based).
+
+    Rises linearly from lr / warmup_steps to lr over the first `warmup_steps` steps, then follows a
+    half cosine down to `min_lr` at the last step; past `total_steps` it stays at `min_lr`.
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps - 1)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8
+) -> torch.optim.AdamW:
+    """AdamW over the model's parameter groups: decay on projection weights only (not norms, biases,
+    embedding), as in the paper. The model defines the groups (`model.param_groups(weight_decay)`)."""
+    groups = model.param_groups(weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
