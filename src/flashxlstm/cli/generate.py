@@ -1,4 +1,5 @@
-"""`flashxlstm generate`: continue a prompt with a byte-level model from a flashxlstm checkpoint.
+"""`flashxlstm generate`: continue a prompt with a byte-level model from a flashxlstm checkpoint, or with any
+model `flashxlstm.from_pretrained` loads from a directory holding a tokenizer.json (BOS prepended for the 7B).
 
 The continuation streams to stdout as it is generated; bytes that are not valid UTF-8 print as U+FFFD.
 """
@@ -73,7 +74,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.prompt.encode("utf-8"):
         raise CLIError("--prompt is empty: give at least one character to condition on")
     device = resolve_device(args.device)
-    model = load_model(resolve_checkpoint(args.checkpoint), device=device)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if (checkpoint / "tokenizer.json").is_file():  # a tokenized model (the xLSTM-7B family): text via its tokenizer
+        from ..checkpoints.pretrained import from_pretrained
+        from ..generation.tokenizer import generate_text, load_tokenizer
+
+        sys.stdout.write(args.prompt)
+        generate_text(from_pretrained(checkpoint, device=device), load_tokenizer(checkpoint), args.prompt,
+                      max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                      temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k or None,
+                      top_p=args.top_p, generator=torch.Generator(device=device).manual_seed(args.seed))
+        return 0
+    model = load_model(checkpoint, device=device)
     vocab = getattr(model.config, "vocab_size", None)
     if vocab != VOCAB_SIZE:
         raise CLIError(f"this checkpoint has vocab_size {vocab}; `generate --prompt` needs a byte-level model "
