@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.blocks import mLSTMBlock, sLSTMBlock
+from ..nn.checks import check_sequence_input, check_state
 from ..nn.feedforward import ACTIVATIONS, GatedFeedForward, up_proj_dim
 from ..nn.init import small_init_
 from ..nn.norms import OffsetLayerNorm
@@ -203,20 +204,20 @@ class xLSTMBlockStack(nn.Module):
         return tuple(block.initial_state(batch_size, device, dtype) for block in self.blocks)
 
     def forward(self, x: Tensor, state: tuple | None = None) -> tuple[Tensor, tuple]:
+        check_sequence_input("xLSTMBlockStack", x, self.config.embedding_dim)
         if state is None:
             state = (None,) * len(self.blocks)
         elif not isinstance(state, (tuple, list)) or len(state) != len(self.blocks):
             got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
             raise ValueError(f"xLSTMBlockStack: state must be a tuple with one entry per block "
                              f"({len(self.blocks)}: {self.config.block_types}), got {got}")
-        new_state = []
         for j, (block, st) in enumerate(zip(self.blocks, state)):
-            try:
-                x, st = block(x, st)
-            except ValueError as e:
-                if st is not None and "state" in str(e):
-                    raise ValueError(f"xLSTMBlockStack: block {j} ({block.kind}): {e}") from None
-                raise
+            if st is not None:
+                check_state(f"xLSTMBlockStack: block {j} ({block.kind})", st, block.layer.state_fields,
+                            block.layer.state_shapes(x.shape[0]))
+        new_state = []
+        for block, st in zip(self.blocks, state):
+            x, st = block(x, st)
             new_state.append(st)
         if self.post_blocks_norm is not None:
             x = self.post_blocks_norm(x)

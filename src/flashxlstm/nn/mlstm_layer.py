@@ -27,6 +27,8 @@ MLSTMLayerState = tuple  # (conv | None, C, n, m)
 
 
 class mLSTMLayer(nn.Module):
+    state_fields = ("conv", "C", "n", "m")
+
     def __init__(
         self, dim: int, *, num_heads: int = 4, proj_factor: float = 2.0, conv1d_kernel_size: int = 4,
         qkv_proj_blocksize: int = 4, bias: bool = False, dropout: float = 0.0, num_blocks: int = 1,
@@ -94,7 +96,7 @@ class mLSTMLayer(nn.Module):
         if state is None:
             state = self.initial_state(B, x.device, x.dtype)
         else:
-            check_state("mLSTMLayer", state, ("conv", "C", "n", "m"), self.state_shapes(B))
+            check_state("mLSTMLayer", state, self.state_fields, self.state_shapes(B))
         conv_state, cell_state = state[0], tuple(state[1:])
 
         x_m, z = self.proj_up(x).split(self.inner_dim, dim=-1)

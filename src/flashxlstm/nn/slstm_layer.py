@@ -30,6 +30,8 @@ SLSTMLayerState = tuple  # (conv | None, c, n, m, h)
 
 
 class sLSTMLayer(nn.Module):
+    state_fields = ("conv", "c", "n", "m", "h")
+
     def __init__(
         self, dim: int, *, num_heads: int = 4, conv1d_kernel_size: int = 4, dropout: float = 0.0,
         block_idx: int = 0, num_blocks: int = 1, bias_init: str = "powerlaw_blockdependent",
@@ -104,7 +106,7 @@ class sLSTMLayer(nn.Module):
         if state is None:
             conv_state, cell_state = None, None
         else:
-            check_state("sLSTMLayer", state, ("conv", "c", "n", "m", "h"), self.state_shapes(B))
+            check_state("sLSTMLayer", state, self.state_fields, self.state_shapes(B))
             conv_state, cell_state = state[0], tuple(s.to(state_dtype(x)) for s in state[1:])
         x_c, conv_state = self.conv(x, conv_state)
         if self.conv.kernel_size:
