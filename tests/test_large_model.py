@@ -143,3 +143,18 @@ def test_logits_to_keep_and_errors(gen):
     with pytest.raises(ValueError, match="multiple of num_heads"):
         xLSTMLarge(xLSTMLargeConfig(**{**TINY, "num_heads": 5}))
     assert dataclasses.replace(model.config, weight_mode="fused").weight_mode == "fused"
+
+
+def test_state_out_receives_the_new_state_and_leaves_the_input_alone(gen):
+    model = perturbed(gen)
+    ids = torch.randint(0, 61, (2, 7), generator=gen)
+    _, state = model(ids[:, :6])
+    frozen = [t.clone() for blk in state for t in blk]
+    out = tuple(tuple(torch.full_like(t, float("nan")) for t in blk) for blk in state)
+    logits, new = model(ids[:, 6:], state, state_out=out)
+    ref_logits, ref = model(ids[:, 6:], state)
+    assert torch.equal(logits, ref_logits)
+    assert all(n is o and torch.equal(n, r) for nb, ob, rb in zip(new, out, ref) for n, o, r in zip(nb, ob, rb))
+    assert all(torch.equal(a, b) for a, b in zip(frozen, [t for blk in state for t in blk]))
+    with pytest.raises(ValueError, match="state_out"):
+        model(ids, state, state_out=out)

@@ -123,8 +123,8 @@ class mLSTMLargeBlock(nn.Module):
         self.norm_ffn = RMSNorm(c.embedding_dim, eps=c.norm_eps, bias=c.use_bias)
         self.ffn = SwiGLU(c.embedding_dim, c.ffn_hidden_dim, bias=c.use_bias, weight_mode=c.weight_mode)
 
-    def forward(self, x: Tensor, state=None, attention_mask: Tensor | None = None):
-        y, state = self.mlstm_layer(self.norm_mlstm(x), state, attention_mask)
+    def forward(self, x: Tensor, state=None, attention_mask: Tensor | None = None, state_out=None):
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state, attention_mask, state_out)
         x = x + y
         return x + self.ffn(self.norm_ffn(x)), state
 
@@ -136,11 +136,13 @@ class xLSTMLargeBackbone(nn.Module):
         self.blocks = nn.ModuleList(mLSTMLargeBlock(config) for _ in range(config.num_blocks))
         self.out_norm = RMSNorm(config.embedding_dim, eps=config.norm_eps, bias=config.use_bias) if config.add_out_norm else None
 
-    def forward(self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None):
+    def forward(self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None,
+                state_out: LargeState | None = None):
         x = self.embeddings(input_ids)
         new_state = []
         for idx, block in enumerate(self.blocks):
-            x, block_state = block(x, None if state is None else state[idx], attention_mask)
+            x, block_state = block(x, None if state is None else state[idx], attention_mask,
+                                   None if state_out is None else state_out[idx])
             new_state.append(block_state)
         if self.out_norm is not None:
             x = self.out_norm(x)
@@ -197,11 +199,13 @@ class xLSTMLarge(nn.Module):
 
     def forward(
         self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int = 0, state_out: LargeState | None = None,
     ) -> tuple[Tensor, LargeState]:
         """input_ids (B, S) -> logits (B, S, V) float32 (the last `logits_to_keep` positions if > 0), new state.
 
         attention_mask (B, S): 0 marks padding that must not touch the state (left padding for generation).
+        state_out: for one token (S == 1) with a state, preallocated buffers shaped like the state that receive
+        the new state (CUDA-graph decoding ping-pongs two such sets); they must not overlap `state`.
         """
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
             got = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, Tensor) else type(input_ids).__name__
@@ -213,7 +217,9 @@ class xLSTMLarge(nn.Module):
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"xLSTMLarge: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(attention_mask.shape)}")
-        x, state = self.backbone(input_ids, state, attention_mask)
+        if state_out is not None and (state is None or input_ids.shape[1] != 1):
+            raise ValueError("xLSTMLarge: state_out needs a state and a single token (S == 1)")
+        x, state = self.backbone(input_ids, state, attention_mask, state_out)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = soft_cap(self.lm_head(x).float(), self.config.output_logit_soft_cap)

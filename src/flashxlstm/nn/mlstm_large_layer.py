@@ -8,19 +8,37 @@
 Sequences of any length go through `flashxlstm.ops.mlstm` (chunkwise, or the Triton kernels on CUDA);
 a single token goes through `flashxlstm.ops.mlstm_step`. `attention_mask` (B, S), 0 at padding, sets the
 gates of padded positions to i~ = -inf, f~ = +inf so they leave the state exactly as it was.
-The state passed in is never modified; a new one is returned.
+The state passed in is never modified; a new one is returned. For CUDA-graph decoding a single token may
+be given `state_out`, preallocated (C, n, m) buffers (not overlapping `state`) that receive the new state:
+the Triton step kernel writes them directly, other step backends copy into them.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from ..ops.mlstm import MLSTMState, mlstm, mlstm_step
+from ..ops.mlstm import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
 from .rmsnorm import MultiHeadLayerNorm
 
 
 def soft_cap(x: Tensor, cap: float | None) -> Tensor:
     return x if cap is None else cap * torch.tanh(x / cap)
+
+
+def step_into(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, state: MLSTMState, state_out: MLSTMState, *,
+              backend: str = "auto", eps: float = 1e-6) -> tuple[Tensor, MLSTMState]:
+    """One mLSTM step whose new state lands in the `state_out` buffers (no allocation for the state)."""
+    name = backend
+    if backend == "auto":
+        name = "triton" if q.device.type == "cuda" and "triton" in STEP_BACKENDS else "torch"
+    if name == "triton" and state is not None:
+        B, NH, _ = q.shape
+        h = torch.empty(B, NH, v.shape[-1], dtype=v.dtype, device=v.device)
+        return STEP_BACKENDS["triton"](q, k, v, i, f, state, eps=eps, out=(h, *state_out))
+    h, new = mlstm_step(q, k, v, i, f, state=state, backend=backend, eps=eps)
+    for buf, t in zip(state_out, new):
+        buf.copy_(t)
+    return h, tuple(state_out)
 
 
 def mask_gates(i: Tensor, f: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -69,7 +87,8 @@ class mLSTMLargeLayer(nn.Module):
         return q, k, v, o, soft_cap(i.float(), self.gate_soft_cap), soft_cap(f.float(), self.gate_soft_cap)
 
     def forward(
-        self, x: Tensor, state: MLSTMState | None = None, attention_mask: Tensor | None = None
+        self, x: Tensor, state: MLSTMState | None = None, attention_mask: Tensor | None = None,
+        state_out: MLSTMState | None = None,
     ) -> tuple[Tensor, MLSTMState]:
         B, S, _ = x.shape
         NH = self.num_heads
@@ -77,11 +96,17 @@ class mLSTMLargeLayer(nn.Module):
         heads = lambda t: t.reshape(B, S, NH, -1).transpose(1, 2)  # (B, NH, S, DH)
         q, k, v = heads(q), heads(k), heads(v)
         i, f = mask_gates(i.transpose(1, 2), f.transpose(1, 2), attention_mask)
-        if S == 1:
+        if S == 1 and state_out is not None:
+            h, state = step_into(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, state_out,
+                                 backend=self.step_backend, eps=self.eps)
+            h = h[:, :, None]
+        elif S == 1:
             h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state=state,
                                   backend=self.step_backend, eps=self.eps)
             h = h[:, :, None]
         else:
+            if state_out is not None:
+                raise ValueError("mLSTM layer: state_out is for single-token steps (S == 1)")
             h, state = mlstm(q, k, v, i, f, state=state, backend=self.backend, chunk_size=self.chunk_size, eps=self.eps)
         h = self.multihead_norm(h.transpose(1, 2))  # (B, S, v_dim)
         return self.out_proj(torch.sigmoid(o) * h), state
