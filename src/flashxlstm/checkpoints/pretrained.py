@@ -78,7 +78,7 @@ def load_large(path: str | os.PathLike, dtype: torch.dtype | None = None, device
     model = model.to(dtype).to_empty(device=device or "cpu")
     if config.tie_word_embeddings:
         model.lm_head.weight = model.backbone.embeddings.weight
-    _stream_into(model, files, str(path))
+    fill_large(model, _read_tensors(files), str(path))
     return model.eval()
 
 
@@ -237,34 +237,41 @@ def _row_targets(model: xLSTMLarge) -> dict[str, tuple[str, int, tuple[int, ...]
     return targets
 
 
+def _read_tensors(files) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) for every tensor of the checkpoint, one file open at a time, one tensor in memory."""
+    current, handle = None, None
+    try:
+        for file, key in _iter_keys(files):
+            if file != current:
+                if handle is not None:
+                    handle.__exit__(None, None, None)
+                current, handle = file, _open(file).__enter__()
+            yield key, handle.get_tensor(key)
+    finally:
+        if handle is not None:
+            handle.__exit__(None, None, None)
+
+
 @torch.no_grad()
-def _stream_into(model: xLSTMLarge, files, source: str) -> None:
+def fill_large(model: xLSTMLarge, items, source: str) -> None:
+    """Copy (key, tensor) items (any naming/form this module reads) into the model's parameters, checking
+    that every item has a place with its shape and every parameter is filled completely."""
     params = model.state_dict(keep_vars=True)
     targets = _row_targets(model)
     filled = {k: 0 for k in params}
     unexpected = []
-    opened = {}
-    try:
-        for file, key in _iter_keys(files):
-            if file not in opened:
-                for f in opened.values():
-                    f.__exit__(None, None, None)
-                opened = {file: _open(file).__enter__()}
-            tensor = opened[file].get_tensor(key)
-            for name, piece in split_fused(canonical_key(key), tensor, model.config):
-                if name not in targets:
-                    unexpected.append(key)
-                    continue
-                pkey, row, want = targets[name]
-                if tuple(piece.shape) != want:
-                    raise ValueError(f"from_pretrained: shape mismatch for {key!r}: checkpoint {tuple(piece.shape)}, "
-                                     f"model expects {want}")
-                dest = params[pkey].data
-                (dest[row : row + want[0]] if dest.dim() else dest).copy_(piece)
-                filled[pkey] += piece.numel()
-    finally:
-        for f in opened.values():
-            f.__exit__(None, None, None)
+    for key, tensor in items:
+        for name, piece in split_fused(canonical_key(key), tensor, model.config):
+            if name not in targets:
+                unexpected.append(key)
+                continue
+            pkey, row, want = targets[name]
+            if tuple(piece.shape) != want:
+                raise ValueError(f"from_pretrained: shape mismatch for {key!r}: checkpoint {tuple(piece.shape)}, "
+                                 f"model expects {want}")
+            dest = params[pkey].data
+            (dest[row : row + want[0]] if dest.dim() else dest).copy_(piece)
+            filled[pkey] += piece.numel()
     if model.config.tie_word_embeddings and filled.get("lm_head.weight", 0) == 0:
         filled["lm_head.weight"] = params["lm_head.weight"].numel()
     missing = [k for k, n in filled.items() if n < params[k].numel()]
@@ -275,3 +282,16 @@ def _stream_into(model: xLSTMLarge, files, source: str) -> None:
         raise ValueError(f"from_pretrained: {source} lacks {len(missing)} tensor(s) the model needs, such as "
                          f"{missing[0]!r}")
 
+
+def convert_large(model: xLSTMLarge, **overrides) -> xLSTMLarge:
+    """A copy of `model` with config fields changed (e.g. weight_mode="fused"), same dtype and device."""
+    import dataclasses
+
+    ref = model.backbone.embeddings.weight
+    with torch.device("meta"):
+        new = xLSTMLarge(dataclasses.replace(model.config, **overrides))
+    new = new.to(ref.dtype).to_empty(device=ref.device)
+    if new.config.tie_word_embeddings:
+        new.lm_head.weight = new.backbone.embeddings.weight
+    fill_large(new, model.state_dict().items(), "model")
+    return new.train(model.training)
