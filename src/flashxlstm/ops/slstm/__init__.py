@@ -39,6 +39,15 @@ def register_backend(name: str, fn: Callable) -> None:
 register_backend("recurrent", slstm_recurrent)
 register_backend("cpu", slstm_cpu)
 
+try:  # the GPU kernels need Triton; without it "auto" uses the cpu form on every device
+    import triton as _triton  # noqa: F401
+
+    from .triton import slstm_triton
+
+    register_backend("triton", slstm_triton)
+except ImportError:  # pragma: no cover - depends on the installation
+    pass
+
 
 def _auto_backend(device: torch.device) -> str:
     if device.type == "cuda" and "triton" in BACKENDS:
