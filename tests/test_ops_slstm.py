@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from flashxlstm.ops import slstm, slstm_reference, slstm_step
-from flashxlstm.ops.slstm import BACKENDS
+CPU_BACKENDS = ["recurrent", "cpu"]  # "triton" runs here only under the interpreter (test_ops_slstm_triton.py)
 
 
 def rel(a, b):
@@ -23,7 +23,7 @@ def rand_state(gen, B, NH, DH, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_split_sequence_equals_one_pass(gen, backend, forget_gate):
     x, R, b = make(gen, 2, 9, 2, 5)
     h, st = slstm(x, R, b, backend=backend, forget_gate=forget_gate)
@@ -47,7 +47,7 @@ def test_step_equals_sequence(gen):
         assert rel(a, c) < 1e-14
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_dtypes_follow_the_contract(gen, backend):
     x, R, b = make(gen, 2, 3, 1, 4, dtype=torch.bfloat16)
     h, st = slstm(x, R, b, backend=backend)
@@ -61,7 +61,7 @@ def test_inputs_are_not_modified(gen):
     x, R, b = make(gen, 2, 4, 2, 3)
     state = rand_state(gen, 2, 2, 3)
     copies = [t.clone() for t in (x, R, b, *state)]
-    for backend in BACKENDS:
+    for backend in CPU_BACKENDS:
         slstm(x, R, b, state=state, backend=backend)
     assert all(torch.equal(a, c) for a, c in zip((x, R, b, *state), copies))
 
@@ -79,7 +79,7 @@ def _official_cell(NH, DH, seed):
     return cell, R, b
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("NH,DH", [(2, 5), (1, 8), (4, 3)])
 def test_matches_official_vanilla_cell(gen, backend, NH, DH):
     cell, R, b = _official_cell(NH, DH, seed=NH * 100 + DH)
@@ -120,3 +120,17 @@ def test_clear_errors(gen):
         slstm(x, R, b, state=tuple(bad))
     with pytest.raises(ValueError, match="slstm_step: x must have shape"):
         slstm_step(x, R, b)
+
+
+def test_auto_uses_the_cpu_form_on_cpu_and_triton_needs_cuda(gen):
+    x, R, b = make(gen, 1, 3, 1, 4)
+    h_auto, _ = slstm(x, R, b)
+    h_cpu, _ = slstm(x, R, b, backend="cpu")
+    assert torch.equal(h_auto, h_cpu)
+    import os
+
+    from flashxlstm.ops.slstm import BACKENDS
+
+    if "triton" in BACKENDS and os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(ValueError, match="needs CUDA"):
+            slstm(x, R, b, backend="triton")
