@@ -145,7 +145,10 @@ def train(
     checkpoint that `resume_training` continues from.
     corpus: use this split instead of reading `config.text_file` / the embedded corpus.
     """
-    return _run(config.validated(), Path(out_dir), None, stop_after_step, log, corpus)
+    out_dir = Path(out_dir)
+    if (out_dir / CHECKPOINT_SUBDIR).exists():
+        log(f"note: {out_dir / CHECKPOINT_SUBDIR} exists and will be replaced (use --resume to continue it)")
+    return _run(config.validated(), out_dir, None, stop_after_step, log, corpus)
 
 
 def resume_training(
@@ -247,7 +250,7 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
 
         progress = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     say = progress.write if progress is not None else log
-    step, interrupted = start_step, False
+    step, interrupted, started = start_step, False, time.perf_counter()
     recent_tokens, recent_time, recent_loss = 0, 0.0, []
     with _StopFlag() as flag:
         while step < end_step:
@@ -275,10 +278,13 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
             recent_loss.append(loss_value)
             if progress is not None:
                 progress.update(1)
-                if step % config.log_every == 0 or step == end_step:
-                    progress.set_postfix(loss=f"{sum(recent_loss) / len(recent_loss):.3f}",
-                                         tok_s=f"{recent_tokens / max(recent_time, 1e-9):,.0f}", lr=f"{lr:.2e}")
-                    recent_tokens, recent_time, recent_loss = 0, 0.0, []
+            if step % config.log_every == 0 or step == end_step:
+                mean_loss, tok_s = sum(recent_loss) / len(recent_loss), recent_tokens / max(recent_time, 1e-9)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
+                else:
+                    log(f"step {step}/{config.steps}: loss {mean_loss:.4f}, {tok_s:,.0f} tokens/s, lr {lr:.2e}")
+                recent_tokens, recent_time, recent_loss = 0, 0.0, []
             if step % config.eval_every == 0 or step == config.steps:
                 record = validate(step)
                 say(f"step {step}: validation loss {record['loss']:.4f}, {record['bpb']:.4f} bits per byte "
@@ -299,7 +305,8 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
     if step == config.steps and config.sample_tokens > 0:
         sample = sample_text(model, config.sample_prompt, config.sample_tokens, seed=config.seed, device=device)
         log(f"sample (temperature 0.8, top-k 40) after {config.sample_prompt!r}:\n{config.sample_prompt}{sample}")
-    log(f"done: step {step}, validation {record['bpb']:.4f} bits per byte vs unigram {unigram_bpb:.3f}; "
+    log(f"done in {time.perf_counter() - started:.0f} s: step {step}, validation {record['bpb']:.4f} bits per byte "
+        f"vs unigram {unigram_bpb:.3f}; "
         f"checkpoint {ckpt_dir}, loss curve {out_dir / 'loss_curve.png'}")
     return TrainResult(step=step, val_loss=record["loss"], val_bpb=record["bpb"], unigram_bpb=unigram_bpb,
                        history=history, out_dir=out_dir, sample=sample, interrupted=interrupted)
