@@ -38,18 +38,20 @@ class CUDAGraphStep:
     """Capture `model(tokens (B, 1), state=...)`; `step(tokens)` replays it and returns logits (B, 1, V).
 
     The returned logits tensor is a static buffer overwritten by a later replay: read it before calling
-    `step` again. `state()` returns a copy of the current state.
+    `step` again. `state()` returns a copy of the current state. compile=True runs the step through
+    `torch.compile` first (fuses the small elementwise kernels; costs a compilation per batch size).
     """
 
-    def __init__(self, model: torch.nn.Module, tokens: Tensor, state: State, warmup: int = 2):
+    def __init__(self, model: torch.nn.Module, tokens: Tensor, state: State, warmup: int = 2, compile: bool = False):
         if tokens.device.type != "cuda":
             raise ValueError(f"CUDAGraphStep needs CUDA tensors, got tokens on {tokens.device}")
         self._tokens = tokens.clone()
         a = with_leaves(state, [t.clone() for t in state_leaves(state)])
         pingpong = accepts_state_out(model)
         b = map_state(torch.empty_like, a) if pingpong else None
-        run = (lambda src, dst: model(self._tokens, state=src, state_out=dst)) if pingpong else (
-            lambda src, dst: model(self._tokens, state=src))
+        fn = torch.compile(model, dynamic=False) if compile else model
+        run = (lambda src, dst: fn(self._tokens, state=src, state_out=dst)) if pingpong else (
+            lambda src, dst: fn(self._tokens, state=src))
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -105,12 +105,14 @@ def generate(
     pad_token_id: int | None = None,
     prefill_chunk_size: int | None = None,
     use_cuda_graph: bool = False,
+    compile_step: bool = False,
 ) -> Tensor:
     """Generate up to `max_new_tokens` after each prompt; returns (B, P + generated) int64 token ids.
 
     streamer: an object with `put(tokens)` and `end()` (transformers' TextStreamer works for B == 1);
     it gets the prompt first, then each new token (B,) as it is chosen.
-    use_cuda_graph: decode with the step captured once as a CUDA graph (CUDA only; see cuda_graph.py).
+    use_cuda_graph: decode with the step captured once as a CUDA graph (CUDA only; see cuda_graph.py);
+    compile_step: compile that step with torch.compile before capturing it.
     """
     _check_inputs(input_ids, max_new_tokens, attention_mask)
     check_sampling_args(temperature, top_k, top_p)
@@ -141,7 +143,7 @@ def generate(
                 if runner is None:
                     from .cuda_graph import CUDAGraphStep
 
-                    runner = CUDAGraphStep(model, tok[:, None], state)
+                    runner = CUDAGraphStep(model, tok[:, None], state, compile=compile_step)
                 logits = runner.step(tok[:, None])[:, -1]
             else:
                 logits, state = model(tok[:, None], state=state)
