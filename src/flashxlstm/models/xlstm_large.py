@@ -132,7 +132,9 @@ class mLSTMLargeBlock(nn.Module):
 class xLSTMLargeBackbone(nn.Module):
     def __init__(self, config: xLSTMLargeConfig):
         super().__init__()
-        self.embeddings = nn.Embedding(config.vocab_size, config.embedding_dim)
+        # _weight skips nn.Embedding's own init: xLSTMLarge.init_weights sets it (and skips the meta device)
+        self.embeddings = nn.Embedding(config.vocab_size, config.embedding_dim,
+                                       _weight=torch.empty(config.vocab_size, config.embedding_dim))
         self.blocks = nn.ModuleList(mLSTMLargeBlock(config) for _ in range(config.num_blocks))
         self.out_norm = RMSNorm(config.embedding_dim, eps=config.norm_eps, bias=config.use_bias) if config.add_out_norm else None
 
@@ -162,7 +164,8 @@ class xLSTMLarge(nn.Module):
         self.lm_head = nn.Linear(config.embedding_dim, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
-        self.init_weights()
+        if not self.lm_head.weight.is_meta:  # nothing to initialise on the meta device (and it is slow there)
+            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
