@@ -49,3 +49,15 @@ def load_gates(ig, fg, rows, mask, EXP_GATE: tl.constexpr):
     li = tl.where(mask, li, float("-inf"))
     lf = tl.where(mask, logsigmoid(f), 0.0)
     return li, lf
+
+
+@triton.jit
+def matvec(a, x, PREC: tl.constexpr):
+    """a @ x for a 2-D tile and a vector, on the tensor cores: x rides in column 0 of a 16-wide tile.
+
+    This keeps vector products (q . n, k^T w) out of (rows x DQK) fp32 temporaries, which would not
+    fit in registers next to the state.
+    """
+    col = tl.arange(0, 16)
+    X = tl.where(col[None, :] == 0, x[:, None], 0.0).to(a.dtype)
+    return tl.sum(tl.dot(a, X, input_precision=PREC), 1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import finite_or_zero, load_gates, seq_bounds
+from .common import finite_or_zero, load_gates, matvec, seq_bounds
 
 
 @triton.jit
@@ -52,9 +52,12 @@ def mlstm_fwd_kernel(
         t = c * L + ol
         mt = t < T
         rows = row0 + t
-        bq = tl.load(q + rows[:, None] * DQK + ok[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        bk = tl.load(k + rows[:, None] * DQK + ok[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        bv = tl.load(v + rows[:, None] * DV + ov[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
+        pq = tl.make_block_ptr(q + row0 * DQK, (T, DQK), (DQK, 1), (c * L, 0), (L, BK), (1, 0))
+        pk = tl.make_block_ptr(k + row0 * DQK, (T, DQK), (DQK, 1), (c * L, 0), (L, BK), (1, 0))
+        pv = tl.make_block_ptr(v + row0 * DV, (T, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+        bq = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
+        bk = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
+        bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
         li, lf = load_gates(ig, fg, rows, mt, EXP_GATE)
         b = tl.cumsum(lf, 0)
         g = tl.sum(lf, 0)
@@ -66,12 +69,12 @@ def mlstm_fwd_kernel(
         Dm = tl.exp(logD - ms[:, None])
         w_inter = tl.exp(b + m - ms) * scale
         s = tl.dot(bq, tl.trans(bk), input_precision=PREC) * scale * Dm
-        num = tl.dot(s.to(bv.dtype), bv, input_precision=PREC)
-        num += tl.dot(bq, C.to(bq.dtype), input_precision=PREC) * w_inter[:, None]
-        den = tl.sum(s, 1) + tl.sum(bq.to(tl.float32) * n[None, :], 1) * w_inter
+        num = tl.dot(bq, C.to(bq.dtype), input_precision=PREC) * w_inter[:, None]
+        num = tl.dot(s.to(bv.dtype), bv, acc=num, input_precision=PREC)
+        den = tl.sum(s, 1) + matvec(bq, n, PREC) * w_inter
         z = tl.maximum(tl.abs(den), tl.exp(-ms)) + eps
-        tl.store(h + rows[:, None] * DV + ov[None, :], (num / z[:, None]).to(h.dtype.element_ty),
-                 mask=mt[:, None] & mv[None, :])
+        ph = tl.make_block_ptr(h + row0 * DV, (T, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+        tl.store(ph, (num / z[:, None]).to(h.dtype.element_ty), boundary_check=(0, 1))
         if vb == 0:
             tl.store(mstat + rows, m_row, mask=mt)
             tl.store(dstat + rows, den, mask=mt)
@@ -81,9 +84,10 @@ def mlstm_fwd_kernel(
         m_new = tl.maximum(g + m, tl.max(a, 0))
         mns = finite_or_zero(m_new)
         decay = tl.exp(g + m - mns)
-        kw = bk.to(tl.float32) * tl.exp(a - mns)[:, None]
-        C = C * decay + tl.dot(tl.trans(kw.to(bk.dtype)), bv, input_precision=PREC)
-        n = n * decay + tl.sum(kw, 0)
+        wk = tl.exp(a - mns)
+        vw = (bv.to(tl.float32) * wk[:, None]).to(bv.dtype)
+        C = tl.dot(tl.trans(bk), vw, acc=C * decay, input_precision=PREC)
+        n = n * decay + tl.sum(bk.to(tl.float32) * wk[:, None], 0)
         m = m_new
 
     tl.store(Cf + st * DQK * DV + ok[:, None] * DV + ov[None, :], C, mask=mkv)

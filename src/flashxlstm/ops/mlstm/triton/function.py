@@ -27,14 +27,14 @@ BWD_CONFIG: dict = {}
 
 
 def _fwd_config(BK: int, DV: int, chunk: int) -> dict:
-    cfg = {"L": chunk, "BV": min(64, next_pow2(DV)), "num_warps": 8 if BK >= 256 else 4, "num_stages": 1}
+    # chosen by register use (no spills in the compiler's report for sm_90) and timings on an H200
+    cfg = {"L": min(chunk, 32 if BK >= 256 else 64), "BV": min(32, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
     cfg.update(FWD_CONFIG.get(BK, {}))
     return cfg
 
 
 def _bwd_config(BK: int, DV: int, chunk: int) -> dict:
-    cfg = {"L": min(chunk, 32 if BK >= 256 else 64), "BV": min(64, next_pow2(DV)),
-           "num_warps": 8 if BK >= 256 else 4, "num_stages": 1}
+    cfg = {"L": min(chunk, 32 if BK >= 256 else 64), "BV": min(32, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
     cfg.update(BWD_CONFIG.get(BK, {}))
     return cfg
 

@@ -1,0 +1,398 @@
+"""mLSTM kernels on one GPU: check every timed shape against float64, then time ours and the peers.
+
+    python benchmarks/mlstm_kernels.py [--out DIR] [--sweep] [--quick]
+
+Checks (fail loudly, before any timing): the Triton backend against the float64 torch chunkwise form
+on heads of every timed shape (bf16: relative error <= 1e-2, forward and gradients), fp32 inputs
+(<= 1e-3), gate pre-activations uniform in [-30, 30] at T = 65536 (no NaN, error bound as bf16),
+packed documents (cu_seqlens) against each document alone, and the decode step.
+Timings (bf16, medians of triton.testing.do_bench, everything in this one run): forward and
+forward+backward of ours, TFLA xl_chunk and limit_chunk (mlstm_kernels 2.0.6), FLA chunk_simple_gla
+(forward; its backward is refused on Hopper with triton < 3.7.1) and torch SDPA causal; peak
+activation memory of forward+backward; the decode step at batch 1/16/64 with the 7B heads against
+TFLA's step. `--sweep` also times launch-setting variants of our kernels. Writes mlstm_kernels.md
+and mlstm_kernels.json to --out (default benchmarks/results).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+M = importlib.import_module("flashxlstm.ops.mlstm")
+from flashxlstm.ops.mlstm.triton import function as tfn  # noqa: E402
+
+DEV = "cuda"
+SHAPES = [(8, 8, 8192, 256, 512), (8, 16, 8192, 128, 256), (8, 16, 4096, 128, 128), (4, 16, 16384, 128, 128)]
+STEP_HEADS = (8, 256, 512)
+LOG: list[str] = []
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+    LOG.append(msg)
+
+
+def bench(fn, rep=100) -> float:
+    return do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def inputs(B, NH, T, DQK, DV, dtype=torch.bfloat16, gates=None, seed=0):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    q = torch.randn(B, NH, T, DQK, device=DEV, generator=g).to(dtype)
+    k = (torch.randn(B, NH, T, DQK, device=DEV, generator=g) / DQK**0.5).to(dtype)
+    v = torch.randn(B, NH, T, DV, device=DEV, generator=g).to(dtype)
+    if gates is None:
+        i = torch.randn(B, NH, T, device=DEV, generator=g)
+        f = 3.0 + torch.randn(B, NH, T, device=DEV, generator=g)
+    else:
+        i = torch.rand(B, NH, T, device=DEV, generator=g) * 60 - 30
+        f = torch.rand(B, NH, T, device=DEV, generator=g) * 60 - 30
+    return [q, k, v, i, f]
+
+
+# ---------------------------------------------------------------- checks
+def check_against_f64(B, NH, T, DQK, DV, dtype, tol, gates=None, grad=True, heads=2, label=""):
+    """Ours on the full shape; the float64 torch chunkwise form on the first `heads` heads of batch 0."""
+    ins = inputs(B, NH, T, DQK, DV, dtype, gates)
+    if grad:
+        ins = [t.requires_grad_(True) for t in ins]
+    h, (C, n, m) = M.mlstm(*ins, backend="triton")
+    sub = lambda t: t[:1, :heads].detach().double().requires_grad_(grad)
+    ref_ins = [sub(t) for t in ins]
+    hr, (Cr, nr, mr) = M.mlstm(*ref_ins, backend="chunkwise", chunk_size=128)
+    errs = {"h": rel(h[:1, :heads], hr), "C": rel(C[:1, :heads], Cr), "n": rel(n[:1, :heads], nr)}
+    nan = bool(torch.isnan(h).any() or torch.isnan(C).any())
+    if grad:
+        w = torch.randn_like(hr)
+        wfull = torch.zeros_like(h, dtype=torch.float32)
+        wfull[:1, :heads] = w.float()
+        (h.float() * wfull).sum().backward()
+        (hr * w).sum().backward()
+        for name, a, b in zip("qkvif", ins, ref_ins):
+            ga = a.grad[:1, :heads]
+            nan |= bool(torch.isnan(a.grad).any())
+            errs["d" + name] = rel(ga, b.grad)
+    worst = max(errs.values())
+    ok = (not nan) and worst <= tol
+    say(f"check {label or ''} {(B, NH, T, DQK, DV)} {str(dtype)[6:]} gates={gates or 'normal'}: "
+        f"worst rel err {worst:.2e} (tol {tol:g}) nan={nan} {'OK' if ok else 'FAIL'}  "
+        + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    return ok
+
+
+def check_varlen():
+    lens = [1000, 37, 2500, 463]
+    S, NH, DQK, DV = sum(lens), 4, 128, 128
+    ins = [t.requires_grad_(True) for t in inputs(1, NH, S, DQK, DV, torch.bfloat16)]
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=DEV)
+    st = tuple(torch.randn(len(lens), NH, *s, device=DEV) * 0.1 for s in ((DQK, DV), (DQK,), ()))
+    h, (C, n, m) = M.mlstm(*ins, state=st, backend="triton", cu_seqlens=cu)
+    h.float().square().sum().backward()
+    errs = []
+    for d, (a, b) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
+        one = [t.detach()[:, :, a:b].clone().requires_grad_(True) for t in ins]
+        hd, (Cd, nd, md) = M.mlstm(*one, state=tuple(s[d:d + 1] for s in st), backend="triton")
+        hd.float().square().sum().backward()
+        errs += [rel(h[:, :, a:b], hd), rel(C[d:d + 1], Cd), rel(m[d:d + 1], md)]
+        errs += [rel(x.grad[:, :, a:b], y.grad) for x, y in zip(ins, one)]
+    ok = max(errs) <= 1e-2
+    say(f"check varlen docs {lens}: worst rel err vs each document alone {max(errs):.2e} {'OK' if ok else 'FAIL'}")
+    return ok
+
+
+def check_step():
+    ok = True
+    for B in (1, 64):
+        NH, DQK, DV = STEP_HEADS
+        q, k = (torch.randn(B, NH, DQK, device=DEV, dtype=torch.bfloat16) for _ in range(2))
+        v = torch.randn(B, NH, DV, device=DEV, dtype=torch.bfloat16)
+        i, f = torch.randn(B, NH, device=DEV), torch.randn(B, NH, device=DEV) + 3
+        st = (torch.randn(B, NH, DQK, DV, device=DEV), torch.randn(B, NH, DQK, device=DEV), torch.randn(B, NH, device=DEV))
+        h, (C, n, m) = M.mlstm_step(q, k, v, i, f, state=st, backend="triton")
+        hr, (Cr, nr, mr) = M.mlstm_step(*(t.double() for t in (q, k, v, i, f)), state=tuple(s.double() for s in st),
+                                        backend="torch")
+        e = max(rel(h, hr), rel(C, Cr), rel(n, nr), rel(m, mr))
+        ok &= e <= 1e-2
+        say(f"check step B={B}: worst rel err {e:.2e} {'OK' if e <= 1e-2 else 'FAIL'}")
+    return ok
+
+
+# ---------------------------------------------------------------- timings
+ROWS: list[dict] = []
+
+
+def lin_flops(B, NH, T, DQK, DV, C=64):
+    return B * NH * (2 * T * C * (DQK + DV) + 4 * T * DQK * DV)
+
+
+def record(kernel, shape, mode, ms, flops=None, nbytes=None, mem=None):
+    row = dict(kernel=kernel, shape=shape, mode=mode, ms=ms,
+               tflops=None if flops is None or ms is None else flops / ms / 1e9,
+               tbs=None if nbytes is None or ms is None else nbytes / ms / 1e9, mem_gb=mem)
+    ROWS.append(row)
+    extra = "" if mem is None else f" peak act {mem:.2f} GB"
+    say(f"{kernel:34s} {str(shape):28s} {mode:5s} " + ("FAIL" if ms is None else f"{ms:8.3f} ms") + extra)
+
+
+def fwbw_runner(fn, ins):
+    def go():
+        out = fn(*ins)
+        out = out[0] if isinstance(out, tuple) else out
+        out.backward(torch.ones_like(out))
+    return go
+
+
+def peak_activation(go):
+    torch.cuda.synchronize()
+    go()  # grads allocated once, like the timed loop
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    go()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 1e9
+
+
+def time_seq(name, fn, shape, fw_only=False, grad_inputs=None):
+    B, NH, T, DQK, DV = shape
+    el = torch.bfloat16.itemsize
+    fw_bytes = B * NH * T * (2 * DQK + 2 * DV) * el
+    bw_bytes = fw_bytes + B * NH * T * (2 * DQK + 2 * DV + DV) * el + B * NH * T * (2 * DQK + DV) * el
+    try:
+        ins = (grad_inputs or inputs)(*shape)
+        with torch.no_grad():
+            ms = bench(lambda: fn(*ins))
+        record(name, shape, "fw", ms, lin_flops(*shape), fw_bytes)
+    except Exception as e:  # a peer that fails is reported, not fatal
+        say(f"FAIL {name} {shape} fw: {repr(e)[:300]}")
+        record(name, shape, "fw", None)
+    if fw_only:
+        return
+    try:
+        ins = [t.requires_grad_(True) for t in (grad_inputs or inputs)(*shape)]
+        go = fwbw_runner(fn, ins)
+        mem = peak_activation(go)
+        ms = bench(go)
+        record(name, shape, "fwbw", ms, 3 * lin_flops(*shape), bw_bytes, mem)
+    except Exception as e:
+        say(f"FAIL {name} {shape} fwbw: {repr(e)[:300]}")
+        record(name, shape, "fwbw", None)
+    torch.cuda.empty_cache()
+
+
+def fla_inputs(B, NH, T, DQK, DV):
+    q = torch.randn(B, T, NH, DQK, device=DEV, dtype=torch.bfloat16)
+    k = torch.randn(B, T, NH, DQK, device=DEV, dtype=torch.bfloat16) / DQK**0.5
+    v = torch.randn(B, T, NH, DV, device=DEV, dtype=torch.bfloat16)
+    g = F.logsigmoid(3 + torch.randn(B, T, NH, device=DEV))
+    return [q, k, v, g]
+
+
+def sdpa_inputs(B, NH, T, DQK, DV):
+    D = min(256, max(DQK, DV))
+    return [torch.randn(B, NH, T, D, device=DEV, dtype=torch.bfloat16) for _ in range(3)]
+
+
+def time_step(B):
+    NH, DQK, DV = STEP_HEADS
+    q, k = (torch.randn(B, NH, DQK, device=DEV, dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(B, NH, DV, device=DEV, dtype=torch.bfloat16)
+    i, f = torch.randn(B, NH, device=DEV), torch.randn(B, NH, device=DEV) + 3
+    st = (torch.randn(B, NH, DQK, DV, device=DEV), torch.randn(B, NH, DQK, device=DEV), torch.randn(B, NH, device=DEV))
+    nbytes = st[0].numel() * 4 * 2
+    from flashxlstm.ops.mlstm.triton.step import mlstm_step_triton
+    out = (torch.empty(B, NH, DV, device=DEV, dtype=torch.bfloat16), torch.empty_like(st[0]),
+           torch.empty_like(st[1]), torch.empty_like(st[2]))
+    ms = bench(lambda: mlstm_step_triton(q, k, v, i, f, st, out=out), rep=200)
+    record("ours step (triton)", (B, NH, DQK, DV), "step", ms, None, nbytes)
+    try:
+        from mlstm_kernels.torch import get_mlstm_step_kernel
+        step = get_mlstm_step_kernel("triton")
+        ms = bench(lambda: step(q=q, k=k, v=v, i=i[..., None], f=f[..., None], c=st[0], n=st[1], m=st[2][..., None]),
+                   rep=200)
+        record("TFLA step (triton)", (B, NH, DQK, DV), "step", ms, None, nbytes)
+    except Exception as e:
+        say(f"FAIL TFLA step: {repr(e)[:300]}")
+
+
+def ceilings():
+    x = torch.empty(2 * 1024**3 // 4, device=DEV, dtype=torch.float32).uniform_()
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    bw = 2 * x.numel() * 4 / ms / 1e9
+    a = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    ms = bench(lambda: a @ b)
+    tf = 2 * 8192**3 / ms / 1e9
+    del x, y, a, b
+    torch.cuda.empty_cache()
+    say(f"ceilings: copy {bw:.2f} TB/s (read+write), bf16 matmul {tf:.0f} TFLOP/s")
+    return bw, tf
+
+
+# ---------------------------------------------------------------- sweep of our launch settings
+SWEEP_FWD = {256: [dict(L=32, BV=32, num_warps=8), dict(L=64, BV=32, num_warps=8), dict(L=64, BV=64, num_warps=8),
+                   dict(L=32, BV=64, num_warps=8)],
+             128: [dict(L=64, BV=32, num_warps=8), dict(L=64, BV=64, num_warps=8), dict(L=32, BV=64, num_warps=4),
+                   dict(L=64, BV=128, num_warps=8)]}
+SWEEP_BWD = {256: [dict(L=32, BV=32, num_warps=8), dict(L=32, BV=64, num_warps=8), dict(L=64, BV=32, num_warps=8)],
+             128: [dict(L=64, BV=32, num_warps=8), dict(L=32, BV=32, num_warps=8), dict(L=32, BV=64, num_warps=8),
+                   dict(L=64, BV=64, num_warps=8)]}
+
+
+def sweep(shapes):
+    ours = lambda q, k, v, i, f: M.mlstm(q, k, v, i, f, backend="triton")[0]
+    for shape in shapes:
+        BK = triton.next_power_of_2(shape[3])
+        ins = inputs(*shape)
+        with torch.no_grad():
+            ref = ours(*ins).float()
+        for cfg in SWEEP_FWD[BK]:
+            tfn.FWD_CONFIG[BK] = cfg
+            try:
+                with torch.no_grad():
+                    e = rel(ours(*ins), ref)
+                    ms = bench(lambda: ours(*ins), rep=50)
+                say(f"sweep fw {shape} {cfg}: {ms:.3f} ms (vs default {e:.1e})")
+            except Exception as ex:
+                say(f"sweep fw {shape} {cfg}: FAIL {repr(ex)[:200]}")
+        tfn.FWD_CONFIG.pop(BK, None)
+        gins = [t.requires_grad_(True) for t in inputs(*shape)]
+        go = fwbw_runner(ours, gins)
+        go()
+        ref = [t.grad.float().clone() for t in gins]
+        for cfg in SWEEP_BWD[BK]:
+            tfn.BWD_CONFIG[BK] = cfg
+            try:
+                for t in gins:
+                    t.grad = None
+                go()
+                e = max(rel(t.grad, r) for t, r in zip(gins, ref))
+                ms = bench(go, rep=50)
+                say(f"sweep fwbw {shape} {cfg}: {ms:.3f} ms (vs default {e:.1e})")
+            except Exception as ex:
+                say(f"sweep fwbw {shape} {cfg}: FAIL {repr(ex)[:200]}")
+        tfn.BWD_CONFIG.pop(BK, None)
+        del gins, go, ref
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- report
+def versions():
+    out = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+           "gpu": torch.cuda.get_device_name()}
+    for mod in ("mlstm_kernels", "fla"):
+        try:
+            from importlib.metadata import version
+            out[mod] = version({"mlstm_kernels": "mlstm-kernels", "fla": "fla-core"}[mod])
+        except Exception:
+            out[mod] = "missing"
+    return out
+
+
+def write_report(out_dir, info, bw, tf):
+    def find(kernel, shape, mode):
+        for r in ROWS:
+            if r["kernel"] == kernel and r["shape"] == shape and r["mode"] == mode:
+                return r
+        return None
+
+    lines = ["# mLSTM kernels on one GPU", "",
+             f"Command: `{' '.join(['python'] + sys.argv)}`  ", f"Machine: {info['gpu']}; "
+             + ", ".join(f"{k} {v}" for k, v in info.items() if k != "gpu") + "  ",
+             f"Measured ceilings: copy {bw:.2f} TB/s, bf16 matmul {tf:.0f} TFLOP/s. bf16 inputs, fp32 gates, "
+             "medians of triton.testing.do_bench. Ratio = time / TFLA xl_chunk time (same run). TFLOP/s counts "
+             "2TL(DQK+DV) + 4T DQK DV per head (L = 64), x3 for fwbw; TB/s counts each input and output once. "
+             "Peak act = peak memory of one forward+backward above the allocated inputs and their grads.", "",
+             "| shape (B, NH, T, DQK, DV) | mode | kernel | ms | ratio to TFLA xl | TFLOP/s | TB/s | peak act GB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in ROWS:
+        if r["mode"] == "step":
+            continue
+        base = find("TFLA xl_chunk", r["shape"], r["mode"])
+        ratio = "" if not base or base["ms"] is None or r["ms"] is None else f"{r['ms'] / base['ms']:.2f}"
+        f = lambda x, p: "" if x is None else f"{x:.{p}f}"
+        lines.append(f"| {r['shape']} | {r['mode']} | {r['kernel']} | {f(r['ms'], 3) or 'fail'} | {ratio} | "
+                     f"{f(r['tflops'], 0)} | {f(r['tbs'], 2)} | {f(r['mem_gb'], 2)} |")
+    lines += ["", "Decode step, 7B heads (NH 8, DQK 256, DV 512), fp32 state; TB/s = state read + write / time.", "",
+              "| batch | kernel | ms | state TB/s | % of copy BW |", "|---|---|---|---|---|"]
+    for r in ROWS:
+        if r["mode"] == "step" and r["ms"] is not None:
+            lines.append(f"| {r['shape'][0]} | {r['kernel']} | {r['ms']:.4f} | {r['tbs']:.2f} | {100 * r['tbs'] / bw:.0f}% |")
+    lines += ["", "Log:", "", "```"] + LOG + ["```", ""]
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "mlstm_kernels.md"), "w") as fh:
+        fh.write("\n".join(lines))
+    with open(os.path.join(out_dir, "mlstm_kernels.json"), "w") as fh:
+        json.dump(dict(info=info, ceilings=dict(copy_tbs=bw, bf16_tflops=tf), rows=ROWS, log=LOG), fh, indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--sweep", action="store_true", help="also time launch-setting variants of our kernels")
+    ap.add_argument("--quick", action="store_true", help="two shapes only")
+    ap.add_argument("--skip-checks", action="store_true")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("mlstm_kernels.py needs a CUDA GPU")
+    t0 = time.time()
+    info = versions()
+    say(str(info))
+    shapes = SHAPES[::2] if args.quick else SHAPES
+    ok = True
+    if not args.skip_checks:
+        for shape in shapes:  # each timed shape, full size for ours, first heads against float64
+            B, NH, T, DQK, DV = shape
+            ok &= check_against_f64(*shape, torch.bfloat16, 1e-2, label="timed")
+        ok &= check_against_f64(2, 4, 4096, 128, 128, torch.float32, 1e-3, label="fp32")
+        ok &= check_against_f64(1, 2, 1000, 96, 192, torch.float32, 1e-3, label="fp32 odd dims")
+        ok &= check_against_f64(1, 2, 65536, 128, 128, torch.bfloat16, 1e-2, gates="uniform30", label="long")
+        ok &= check_varlen()
+        ok &= check_step()
+        say(f"checks {'PASSED' if ok else 'FAILED'} in {time.time() - t0:.0f} s")
+        if not ok:
+            say("timings are still taken below, but the kernel is NOT correct")
+    bw, tf = ceilings()
+    if args.sweep:
+        sweep(shapes[:2])
+    from mlstm_kernels.torch import get_mlstm_kernel
+    xl = get_mlstm_kernel("chunkwise--triton_xl_chunk")
+    limit = get_mlstm_kernel("chunkwise--triton_limit_chunk")
+    ours = lambda q, k, v, i, f: M.mlstm(q, k, v, i, f, backend="triton")[0]
+    for shape in shapes:
+        time_seq("ours (triton)", ours, shape)
+        time_seq("TFLA xl_chunk", lambda q, k, v, i, f: xl(q, k, v, i, f, chunk_size=128), shape)
+        time_seq("TFLA limit_chunk", lambda q, k, v, i, f: limit(q, k, v, i, f, chunk_size=64), shape)
+        try:
+            from fla.ops.simple_gla import chunk_simple_gla
+            time_seq("FLA chunk_simple_gla", lambda q, k, v, g: chunk_simple_gla(q, k, v, g), shape, fw_only=True,
+                     grad_inputs=fla_inputs)
+        except ImportError as e:
+            say(f"FAIL fla import {e}")
+        time_seq("torch SDPA causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), shape,
+                 grad_inputs=sdpa_inputs)
+    for B in (1, 16, 64):
+        time_step(B)
+    write_report(args.out, info, bw, tf)
+    say(f"done in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
