@@ -184,7 +184,7 @@ def run_shape(B, T, NH, DH, dev, args):
         record("op", "flashrnn triton_fused", shape, "fwbw", bench(fwbw(lambda: fn(gq, Rq, bq), [gq, Rq, bq])))
     except Exception as e:
         record("op", "flashrnn triton_fused", shape, "fw", "FAIL", repr(e)[:200].replace("\n", " "))
-    if args.sweep:
+    if shape in args.sweep.split(","):
         p = plan(B, NH, DH, torch.device(dev))
         bj = 16
         while bj <= min(64, max(16, 1 << (DH - 1).bit_length())):
@@ -233,7 +233,7 @@ def main():
     ap.add_argument("--shapes", default="4x256,1x768,8x64,16x64")
     ap.add_argument("--check-T", type=int, default=64)
     ap.add_argument("--vanilla-reps", type=int, default=2)
-    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep", default="", help="shapes (NHxDH,...) to also time with every block size BJ")
     ap.add_argument("--watchdog", type=float, default=560.0, help="seconds before the run gives up (a hung kernel)")
     ap.add_argument("--out", default=os.environ.get("OUT", str(Path(__file__).parent / "results")))
     args = ap.parse_args()

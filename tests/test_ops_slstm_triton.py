@@ -19,6 +19,8 @@ CASES = {
     "two_batch_blocks": (17, 2, 2, 16, None, "sigmoid", False, "float32", 2e-5),
     "two_programs_per_head_state": (2, 5, 1, 20, 16, "sigmoid", True, "float32", 2e-5),
     "single_step_exp_state": (2, 1, 3, 4, None, "exp", True, "float32", 2e-5),
+    "two_k_chunks_streamed_r": (2, 3, 1, 300, 256, "sigmoid", True, "float32", 2e-5),
+    "streamed_r_exp": (3, 3, 2, 20, 16, "exp", True, "stream", 2e-5),
     "extreme_preactivations": (2, 6, 1, 16, None, "sigmoid", True, "extreme", 1e-4),
     # bf16 dots are not emulated correctly by the Triton 3.6 interpreter (numpy has no bf16); fp16 takes
     # the same low-precision path here, and benchmarks/slstm_kernels.py checks bf16 on the GPU.
@@ -34,6 +36,7 @@ def _child() -> None:
     from test_ops_slstm import make, rand_state, rel
 
     from flashxlstm.ops import slstm_reference
+    from flashxlstm.ops.slstm import triton as tri
     from flashxlstm.ops.slstm.triton import slstm_triton
 
     results = {}
@@ -56,11 +59,18 @@ def _child() -> None:
             return [h, *st], torch.autograd.grad(loss, inputs)
 
         zero = lambda: tuple(torch.zeros(B, NH, DH) for _ in range(4))
+        tri.R_RESIDENT_MAX = 0 if kind == "stream" else 16384
+        # with as many "SMs" as heads, each program runs both batch blocks of this case one after another
+        tri._num_sms = (lambda device: NH) if name == "two_batch_blocks" else (lambda device: 1 << 30)
         out, grads = run(lambda t: slstm_triton(t[0], t[1], t[2], tuple(t[3:]) or zero(), forget_gate=fg,
                                                  block_j=block_j), dtype)
         out_ref, grads_ref = run(lambda t: slstm_reference(t[0], t[1], t[2], state=tuple(t[3:]) or None,
                                                            forget_gate=fg), torch.float64)
+        with torch.no_grad():  # the inference path: no saved tensors, one state slot
+            h_inf, st_inf = slstm_triton(x, R, b, tuple(t.float() for t in state) or zero(), forget_gate=fg,
+                                         block_j=block_j)
         results[name] = {
+            "inference": [rel(a, c) for a, c in zip([h_inf, *st_inf], out_ref)],
             "outputs": [rel(a, c) for a, c in zip(out, out_ref)],
             "grads": [rel(a, c) for a, c in zip(grads, grads_ref)],
             "finite": bool(all(torch.isfinite(t).all() for t in (*out, *grads))),
@@ -83,6 +93,8 @@ def test_triton_kernels_match_reference(interpreted, case):
     tol = CASES[case][-1]
     r = interpreted[case]
     assert r["finite"]
+    for name, err in zip(["h", "c", "n", "m", "h_last"], r["inference"]):
+        assert err < tol, f"{case} (no grad): {name} relative error {err:.2e} >= {tol:.0e}"
     names = ["h", "c", "n", "m", "h_last", "dx", "dR", "db", "dc0", "dn0", "dm0", "dh0"]
     for name, err in zip(names, r["outputs"] + r["grads"]):
         assert err < tol, f"{case}: {name} relative error {err:.2e} >= {tol:.0e}"

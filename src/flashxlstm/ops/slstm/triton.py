@@ -1,13 +1,15 @@
 """The "triton" backend of the sLSTM op: launches the persistent kernels of triton_kernels.py.
 
-Block sizes: BB = 16 batch rows per dot (tensor cores need 16), BJ output units per program chosen so that
-all programs fit on the GPU at once (a barrier across programs needs them resident), BK = 64 inputs per dot.
+Block sizes: BB = 16 batch rows per dot (tensor cores need 16), BJ output units per program (see `plan`;
+all programs must fit on the GPU at once, since a barrier across programs needs them resident), BK inputs
+per dot chunk.
 Inputs of any float dtype; the dot runs in x's dtype (bf16/fp16 as the official kernels do, fp32 in IEEE
 precision for fp32 and fp64 inputs) with fp32 accumulation; gates, states and gradients are fp32.
 
 Under TRITON_INTERPRET=1 (CPU tests) the programs run one after another, so a barrier would wait forever:
-there the kernels are launched once per step ("stepwise", the launch boundary is the barrier). The
-stepwise mode is also the fallback when a shape would need more resident programs than the GPU has.
+there heads split over several programs are launched once per step ("stepwise", the launch boundary is the
+barrier); a head in one program runs the whole sequence in one launch as on the GPU. The stepwise mode is
+also the fallback when a shape would need more resident programs than the GPU has.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch import Tensor
 from .checks import SLSTMState
 
 BB = 16
+R_RESIDENT_MAX = 16384  # elements of R a program keeps in registers (4 gates x BK x BJ)
 
 
 def _interpreting() -> bool:
@@ -36,19 +39,30 @@ def _num_sms(device: torch.device) -> int:
 
 
 def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = None) -> dict:
-    """Block sizes and grid: (NH * NJ, NBP) programs, each (head, batch group) synchronised per step."""
+    """Block sizes and grid: (NH * NJ, NBP) programs, each (head, batch group) synchronised per step.
+
+    Small heads (DH <= 64) go to one program each (h_prev and R in registers, no barrier); larger heads are
+    split in blocks of 32 units (measured best on an H200 for DH 256 and 768, benchmarks/slstm_kernels.py).
+    """
     sms = _num_sms(device)
+    dhp = max(16, _next_pow2(DH))
     if block_j is None:
-        block_j = 16
-        while NH * -(-DH // block_j) > sms and block_j < _next_pow2(DH):
+        block_j = dhp if dhp <= 64 else 32
+        while NH * -(-DH // block_j) > sms and block_j < dhp:
             block_j *= 2
     nj = -(-DH // block_j)
+    if nj == 1:  # a whole head per program: one K chunk, the program's own h_prev as the dot operand
+        block_k = block_j = max(block_j, dhp)
+        resident = True
+    else:
+        block_k = min(256, dhp)
+        resident = block_k >= DH and 4 * block_k * block_j <= R_RESIDENT_MAX
     nb = -(-B // BB)
-    resident = NH * nj <= sms
-    nbp = max(1, min(nb, sms // (NH * nj))) if resident else nb
-    block_k = min(64, max(16, _next_pow2(DH)))
-    stepwise = _interpreting() or not resident
-    return dict(BJ=block_j, BK=block_k, NJ=nj, NBP=nbp, stepwise=stepwise, barrier=(nj > 1 and not stepwise))
+    fits = NH * nj <= sms
+    nbp = max(1, min(nb, sms // (NH * nj))) if fits else nb
+    stepwise = not fits or (_interpreting() and nj > 1)  # the interpreter runs programs one by one
+    return dict(BJ=block_j, BK=block_k, NJ=nj, NBP=nbp, R_RESIDENT=resident, stepwise=stepwise,
+                barrier=(nj > 1 and not stepwise))
 
 
 def _dot_dtype(x: Tensor) -> torch.dtype:
@@ -68,16 +82,16 @@ class _SLSTMTriton(torch.autograd.Function):
         RT = R.to(dot_dt).permute(1, 0, 3, 2).contiguous()  # (NH, 4, k, j) = R[g, h, j, k]
         bias = b.to(torch.float32).contiguous()
         c0, n0, m0, h0 = (s.to(torch.float32).contiguous() for s in (c0, n0, m0, h0))
-        slots = S if train else min(S, 2)
+        slots = S if train else 1
         H = torch.empty(B, S, NH, DH, **f32)
         C, N, M = (torch.empty(B, slots, NH, DH, **f32) for _ in range(3))
         raw = torch.empty(B, S, 4, NH, DH, **f32) if train else H  # H: a placeholder pointer, never written
         p = plan(B, NH, DH, dev, block_j)
         grid = (NH * p["NJ"], p["NBP"])
         cnt = torch.zeros(NH * p["NBP"], device=dev, dtype=torch.int32)
-        common = dict(EXP_FORGET=exp_forget, STORE_RAW=train, USE_BARRIER=p["barrier"], IEEE=dot_dt == torch.float32,
-                      BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
-        args = (x, bias, RT, h0, c0, n0, m0, H, C, N, M, raw, cnt, B, S, NH, DH, slots, p["NBP"])
+        common = dict(DH=DH, EXP_FORGET=exp_forget, STORE_RAW=train, STORE_STATES=train, USE_BARRIER=p["barrier"],
+                      IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
+        args = (x, bias, RT, h0, c0, n0, m0, H, C, N, M, raw, cnt, B, S, NH, slots, p["NBP"])
         for t0, t1 in ([(t, t + 1) for t in range(S)] if p["stepwise"] else [(0, S)]):
             slstm_fw_kernel[grid](*args, t0, t1, **common)
         last = (S - 1) % slots
@@ -102,9 +116,9 @@ class _SLSTMTriton(torch.autograd.Function):
         p = plan(B, NH, DH, raw.device, block_j)
         grid = (NH * p["NJ"], p["NBP"])
         cnt = torch.zeros(NH * p["NBP"], device=raw.device, dtype=torch.int32)
-        common = dict(EXP_FORGET=exp_forget, USE_BARRIER=p["barrier"], IEEE=dot_dt == torch.float32,
-                      BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
-        args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, cnt, B, S, NH, DH, p["NBP"])
+        common = dict(DH=DH, EXP_FORGET=exp_forget, USE_BARRIER=p["barrier"], IEEE=dot_dt == torch.float32,
+                      R_RESIDENT=p["R_RESIDENT"], BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
+        args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, cnt, B, S, NH, p["NBP"])
         for t0, t1 in ([(t, t + 1) for t in range(S - 1, -1, -1)] if p["stepwise"] else [(0, S)]):
             slstm_bw_kernel[grid](*args, t0, t1, **common)
         Rf = R.to(torch.float32)

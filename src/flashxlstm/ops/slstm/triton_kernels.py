@@ -1,15 +1,20 @@
 """Triton kernels for the sLSTM op: the whole time loop in one persistent launch, forward and backward.
 
 Parallelisation. The recurrent weights are block-diagonal per head, so heads never talk to each other. A
-program owns one head h, a block of BJ output units j (all four gates of them) and a set of batch blocks; a
-head is split over NJ = ceil(DH / BJ) programs. Per step a program computes raw = x + b + h_prev @ R for its
-units (one K loop of tensor-core dots over the head's DH inputs, R streamed from L1/L2, where the per-program
-slice stays resident), applies the stabilized cell of xlstm-spec section 2 in float32, and stores h. The
-next step needs the whole h_prev of the head, written by the NJ programs of that head, so the programs of a
-(head, batch group) meet at a barrier (an atomic counter in global memory) once per step; there is no launch
-per step. Loads of values other programs wrote bypass L1 (".cg"). Grid size stays below the SM count so all
-programs are resident at once. With t_start/t_end one launch can also run a single step (no barrier): used
-under TRITON_INTERPRET=1, which runs programs one after another.
+program owns one head h, a block of BJ output units j (all four gates of them) and a set of batch blocks of
+BB rows, which it runs one after another; a head is split over NJ = ceil(DH / BJ) programs. Per step a
+program computes raw = x + b + h_prev @ R for its units (tensor-core dots over the head's DH inputs in chunks
+of BK; R stays in registers when its slice is small, else it is streamed from L1/L2, where it stays hot),
+applies the stabilized cell of xlstm-spec section 2 in float32 and stores h. The next step needs the whole
+h_prev of the head, written by the NJ programs of that head, so the programs of a (head, batch group) meet
+at a barrier (an atomic counter in global memory) once per step; there is no launch per step. Loads of
+values other programs wrote bypass L1 (".cg"). The grid stays below the SM count, so all programs are
+resident at once. When one program holds a whole head (NJ = 1) h_prev never leaves registers and there is
+no barrier at all. The cell state stays in registers, and the next step's inputs are loaded while the
+current step computes.
+
+t_start/t_end let one launch run a slice of the steps; with single steps (no barrier) the launch boundary
+is the barrier: used under TRITON_INTERPRET=1, which runs programs one after another.
 
 The backward runs the same loop in reverse: dh_t = dH_t + sum_g draw_{t+1,g} @ R_g for the program's units,
 then the hand-derived gradient of the stabilized step, including the path through the stabilizer m (the
@@ -56,17 +61,38 @@ def _tanh(x):
 
 
 @triton.jit
+def _load4(ptr, off, stride, mask):
+    """The four gate slices (i, f, z, o) at off, gates `stride` apart, as float32."""
+    a = tl.load(ptr + off, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(ptr + off + stride, mask=mask, other=0.0).to(tl.float32)
+    c = tl.load(ptr + off + 2 * stride, mask=mask, other=0.0).to(tl.float32)
+    d = tl.load(ptr + off + 3 * stride, mask=mask, other=0.0).to(tl.float32)
+    return a, b, c, d
+
+
+@triton.jit
+def _store4(ptr, off, stride, a, b, c, d, mask):
+    tl.store(ptr + off, a, mask=mask)
+    tl.store(ptr + off + stride, b, mask=mask)
+    tl.store(ptr + off + 2 * stride, c, mask=mask)
+    tl.store(ptr + off + 3 * stride, d, mask=mask)
+
+
+@triton.jit
 def slstm_fw_kernel(
     X, BIAS, RT, H0, C0, N0, M0,
     H, C, N, M, RAW, CNT,
-    Bsz, S, NH, DH, SLOTS, NBP, t_start, t_end,
-    EXP_FORGET: tl.constexpr, STORE_RAW: tl.constexpr, USE_BARRIER: tl.constexpr, IEEE: tl.constexpr,
+    Bsz, S, NH, SLOTS, NBP, t_start, t_end,
+    DH: tl.constexpr, EXP_FORGET: tl.constexpr, STORE_RAW: tl.constexpr, STORE_STATES: tl.constexpr,
+    USE_BARRIER: tl.constexpr, IEEE: tl.constexpr, R_RESIDENT: tl.constexpr,
     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
 ):
     """X (B, S, 4, NH, DH) any float; BIAS (4, NH, DH) f32; RT (NH, 4, DH_k, DH_j) = R^T in the dot dtype;
-    H0/C0/N0/M0 (B, NH, DH) f32; H (B, S, NH, DH) f32; C/N/M (B, SLOTS, NH, DH) f32, step t in slot t % SLOTS;
-    RAW (B, S, 4, NH, DH) f32 (written when STORE_RAW); CNT int32 (NH * NBP) barrier counters."""
-    NJ = tl.cdiv(DH, BJ)
+    H0/C0/N0/M0 (B, NH, DH) f32; H (B, S, NH, DH) f32; C/N/M (B, SLOTS, NH, DH) f32: the state after step t
+    in slot t % SLOTS (every step when STORE_STATES, else the last of the launch); RAW (B, S, 4, NH, DH) f32
+    (when STORE_RAW); CNT int32 (NH * NBP) barrier counters. One program with BJ >= DH holds a whole head."""
+    NJ: tl.constexpr = (DH + BJ - 1) // BJ
+    NK: tl.constexpr = (DH + BK - 1) // BK
     pid = tl.program_id(0)
     h = pid // NJ
     offs_j = (pid % NJ) * BJ + tl.arange(0, BJ)
@@ -76,81 +102,131 @@ def slstm_fw_kernel(
     HD = NH * DH
     GHD = 4 * HD
     RG = DH * DH
-    bias_i = tl.load(BIAS + 0 * HD + h * DH + offs_j, mask=mj, other=0.0)[None, :]
-    bias_f = tl.load(BIAS + 1 * HD + h * DH + offs_j, mask=mj, other=0.0)[None, :]
-    bias_z = tl.load(BIAS + 2 * HD + h * DH + offs_j, mask=mj, other=0.0)[None, :]
-    bias_o = tl.load(BIAS + 3 * HD + h * DH + offs_j, mask=mj, other=0.0)[None, :]
+    b_i, b_f, b_z, b_o = _load4(BIAS, h * DH + offs_j[None, :], HD, mj[None, :])
     r_base = RT + h * 4 * RG
-    for t in range(t_start, t_end):
-        for bblk in range(pid_b, NB, NBP):
-            offs_b = bblk * BB + tl.arange(0, BB)
-            mb = offs_b < Bsz
-            mask = mb[:, None] & mj[None, :]
-            if t == 0:
-                hp_ptr = H0
-                hp_stride = HD
-                sp_off = offs_b[:, None] * HD + h * DH + offs_j[None, :]
-                c = tl.load(C0 + sp_off, mask=mask, other=0.0)
-                n = tl.load(N0 + sp_off, mask=mask, other=0.0)
-                m = tl.load(M0 + sp_off, mask=mask, other=0.0)
+    if R_RESIDENT:  # one K chunk covers DH: keep this program's slice of R in registers for all steps
+        offs_k = tl.arange(0, BK)
+        r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
+        rmask = (offs_k[:, None] < DH) & mj[None, :]
+        R_i = tl.load(r_ptr, mask=rmask, other=0.0)
+        R_f = tl.load(r_ptr + RG, mask=rmask, other=0.0)
+        R_z = tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0)
+        R_o = tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0)
+    nsteps = t_end - t_start
+    for bblk in range(pid_b, NB, NBP):
+        offs_b = bblk * BB + tl.arange(0, BB)
+        mb = offs_b < Bsz
+        mask = mb[:, None] & mj[None, :]
+        if t_start == 0:
+            s_off = offs_b[:, None] * HD + h * DH + offs_j[None, :]
+            c = tl.load(C0 + s_off, mask=mask, other=0.0)
+            n = tl.load(N0 + s_off, mask=mask, other=0.0)
+            m = tl.load(M0 + s_off, mask=mask, other=0.0)
+        else:
+            s_off = offs_b[:, None] * (SLOTS * HD) + ((t_start - 1) % SLOTS) * HD + h * DH + offs_j[None, :]
+            c = tl.load(C + s_off, mask=mask, other=0.0)
+            n = tl.load(N + s_off, mask=mask, other=0.0)
+            m = tl.load(M + s_off, mask=mask, other=0.0)
+        if NJ == 1:  # the whole h_prev of the head is this program's own: it stays in registers
+            if t_start == 0:
+                hp_ptr = H0 + offs_b[:, None] * HD
             else:
-                hp_ptr = H + (t - 1) * HD
-                hp_stride = S * HD
-                sp_off = offs_b[:, None] * (SLOTS * HD) + ((t - 1) % SLOTS) * HD + h * DH + offs_j[None, :]
-                c = tl.load(C + sp_off, mask=mask, other=0.0)
-                n = tl.load(N + sp_off, mask=mask, other=0.0)
-                m = tl.load(M + sp_off, mask=mask, other=0.0)
-            x_off = offs_b[:, None] * (S * GHD) + t * GHD + h * DH + offs_j[None, :]
-            ri = tl.load(X + x_off, mask=mask, other=0.0).to(tl.float32) + bias_i
-            rf = tl.load(X + x_off + HD, mask=mask, other=0.0).to(tl.float32) + bias_f
-            rz = tl.load(X + x_off + 2 * HD, mask=mask, other=0.0).to(tl.float32) + bias_z
-            ro = tl.load(X + x_off + 3 * HD, mask=mask, other=0.0).to(tl.float32) + bias_o
-            for k0 in range(0, DH, BK):
-                offs_k = k0 + tl.arange(0, BK)
-                mk = offs_k < DH
-                hk = tl.load(hp_ptr + offs_b[:, None] * hp_stride + h * DH + offs_k[None, :],
-                             mask=mb[:, None] & mk[None, :], other=0.0, cache_modifier=".cg").to(RT.dtype.element_ty)
-                r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
-                rmask = mk[:, None] & mj[None, :]
-                ri = _mm(ri, hk, tl.load(r_ptr, mask=rmask, other=0.0), IEEE)
-                rf = _mm(rf, hk, tl.load(r_ptr + RG, mask=rmask, other=0.0), IEEE)
-                rz = _mm(rz, hk, tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0), IEEE)
-                ro = _mm(ro, hk, tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0), IEEE)
+                hp_ptr = H + offs_b[:, None] * (S * HD) + (t_start - 1) * HD
+            h_reg = tl.load(hp_ptr + h * DH + offs_j[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+        x_off = offs_b[:, None] * (S * GHD) + t_start * GHD + h * DH + offs_j[None, :]
+        x_i, x_f, x_z, x_o = _load4(X, x_off, HD, mask)
+        for t in range(t_start, t_end):
+            ri = x_i + b_i
+            rf = x_f + b_f
+            rz = x_z + b_z
+            ro = x_o + b_o
+            x_off = offs_b[:, None] * (S * GHD) + (t + 1) * GHD + h * DH + offs_j[None, :]
+            x_i, x_f, x_z, x_o = _load4(X, x_off, HD, mask & (t + 1 < t_end))  # the next step's inputs
+            if NJ == 1:
+                hk = h_reg.to(RT.dtype.element_ty)
+                ri = _mm(ri, hk, R_i, IEEE)
+                rf = _mm(rf, hk, R_f, IEEE)
+                rz = _mm(rz, hk, R_z, IEEE)
+                ro = _mm(ro, hk, R_o, IEEE)
+            else:
+                if t == 0:
+                    hp_ptr = H0 + offs_b[:, None] * HD
+                else:
+                    hp_ptr = H + offs_b[:, None] * (S * HD) + (t - 1) * HD
+                for kc in tl.static_range(NK):
+                    offs_k = kc * BK + tl.arange(0, BK)
+                    mk = offs_k < DH
+                    hk = tl.load(hp_ptr + h * DH + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
+                                 cache_modifier=".cg").to(RT.dtype.element_ty)
+                    if R_RESIDENT:
+                        ri = _mm(ri, hk, R_i, IEEE)
+                        rf = _mm(rf, hk, R_f, IEEE)
+                        rz = _mm(rz, hk, R_z, IEEE)
+                        ro = _mm(ro, hk, R_o, IEEE)
+                    else:
+                        r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
+                        rmask = mk[:, None] & mj[None, :]
+                        ri = _mm(ri, hk, tl.load(r_ptr, mask=rmask, other=0.0), IEEE)
+                        rf = _mm(rf, hk, tl.load(r_ptr + RG, mask=rmask, other=0.0), IEEE)
+                        rz = _mm(rz, hk, tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0), IEEE)
+                        ro = _mm(ro, hk, tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0), IEEE)
             if STORE_RAW:
-                tl.store(RAW + x_off, ri, mask=mask)
-                tl.store(RAW + x_off + HD, rf, mask=mask)
-                tl.store(RAW + x_off + 2 * HD, rz, mask=mask)
-                tl.store(RAW + x_off + 3 * HD, ro, mask=mask)
+                _store4(RAW, offs_b[:, None] * (S * GHD) + t * GHD + h * DH + offs_j[None, :], HD, ri, rf, rz, ro, mask)
             # the stabilized step; n == 0 marks an empty state (m_t = raw_i, f' = 0)
-            m_prev = tl.where(n == 0.0, float("-inf"), m)
-            a = _log_forget(rf, EXP_FORGET) + m_prev
-            m_new = tl.maximum(ri, a)
-            ig = tl.exp(ri - m_new)
-            fg = tl.exp(a - m_new)
-            c_new = fg * c + ig * _tanh(rz)
-            n_new = fg * n + ig
-            h_new = tl.sigmoid(ro) * c_new / n_new
-            st_off = offs_b[:, None] * (SLOTS * HD) + (t % SLOTS) * HD + h * DH + offs_j[None, :]
-            tl.store(C + st_off, c_new, mask=mask)
-            tl.store(N + st_off, n_new, mask=mask)
-            tl.store(M + st_off, m_new, mask=mask)
+            a = _log_forget(rf, EXP_FORGET) + tl.where(n == 0.0, float("-inf"), m)
+            m = tl.maximum(ri, a)
+            ig = tl.exp(ri - m)
+            fg = tl.exp(a - m)
+            c = fg * c + ig * _tanh(rz)
+            n = fg * n + ig
+            h_new = tl.sigmoid(ro) * c / n
             tl.store(H + offs_b[:, None] * (S * HD) + t * HD + h * DH + offs_j[None, :], h_new, mask=mask)
-        if USE_BARRIER:
-            _head_barrier(CNT + h * NBP + pid_b, (t - t_start + 1) * NJ)
+            st_off = offs_b[:, None] * (SLOTS * HD) + (t % SLOTS) * HD + h * DH + offs_j[None, :]
+            if STORE_STATES:
+                tl.store(C + st_off, c, mask=mask)
+                tl.store(N + st_off, n, mask=mask)
+                tl.store(M + st_off, m, mask=mask)
+            else:
+                if t == t_end - 1:
+                    tl.store(C + st_off, c, mask=mask)
+                    tl.store(N + st_off, n, mask=mask)
+                    tl.store(M + st_off, m, mask=mask)
+            if NJ == 1:
+                h_reg = h_new
+            if USE_BARRIER:
+                _head_barrier(CNT + h * NBP + pid_b, (((bblk - pid_b) // NBP) * nsteps + (t - t_start) + 1) * NJ)
+
+
+@triton.jit
+def _load_bw_step(RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, t, S, HD, DH: tl.constexpr, mask):
+    """Everything step t's gradient needs that does not depend on the carried gradients."""
+    x_off = offs_b[:, None] * (S * 4 * HD) + t * 4 * HD + h * DH + offs_j[None, :]
+    ri, rf, rz, ro = _load4(RAW, x_off, HD, mask)
+    c_off = offs_b[:, None] * (S * HD) + t * HD + h * DH + offs_j[None, :]
+    c_t = tl.load(C + c_off, mask=mask, other=0.0)
+    n_t = tl.load(N + c_off, mask=mask, other=1.0)
+    gh = tl.load(GH + c_off, mask=mask, other=0.0)
+    first = t == 0
+    p_off = tl.where(first, offs_b[:, None] * HD + h * DH + offs_j[None, :], c_off - HD)
+    c_p = tl.where(first, tl.load(C0 + p_off, mask=mask & first, other=0.0), tl.load(C + p_off, mask=mask & (t > 0), other=0.0))
+    n_p = tl.where(first, tl.load(N0 + p_off, mask=mask & first, other=0.0), tl.load(N + p_off, mask=mask & (t > 0), other=0.0))
+    m_p = tl.where(first, tl.load(M0 + p_off, mask=mask & first, other=0.0), tl.load(M + p_off, mask=mask & (t > 0), other=0.0))
+    return ri, rf, rz, ro, c_t, n_t, gh, c_p, n_p, m_p
 
 
 @triton.jit
 def slstm_bw_kernel(
     RAW, R, C0, N0, M0, C, N, M, GH, DC, DN, DM, DRAW, CNT,
-    Bsz, S, NH, DH, NBP, t_start, t_end,
-    EXP_FORGET: tl.constexpr, USE_BARRIER: tl.constexpr, IEEE: tl.constexpr,
-    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+    Bsz, S, NH, NBP, t_start, t_end,
+    DH: tl.constexpr, EXP_FORGET: tl.constexpr, USE_BARRIER: tl.constexpr, IEEE: tl.constexpr,
+    R_RESIDENT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
 ):
     """Reverse loop over t in [t_start, t_end). RAW (B, S, 4, NH, DH) f32; R (4, NH, DH, DH) in the dot dtype;
     C/N/M (B, S, NH, DH) f32 states after each step; GH (B, S, NH, DH) f32 = dL/dh; DC/DN/DM (B, NH, DH) f32
     carried state gradients (in: of the state after t_end - 1, out: of the state before t_start);
     DRAW (B, S, 4, NH, DH) f32 = dL/draw."""
-    NJ = tl.cdiv(DH, BJ)
+    NJ: tl.constexpr = (DH + BJ - 1) // BJ
+    NK: tl.constexpr = (DH + BK - 1) // BK
     pid = tl.program_id(0)
     h = pid // NJ
     offs_j = (pid % NJ) * BJ + tl.arange(0, BJ)
@@ -160,47 +236,65 @@ def slstm_bw_kernel(
     HD = NH * DH
     GHD = 4 * HD
     RG = NH * DH * DH
-    for tt in range(t_start, t_end):
-        t = t_end - 1 - (tt - t_start)
-        for bblk in range(pid_b, NB, NBP):
-            offs_b = bblk * BB + tl.arange(0, BB)
-            mb = offs_b < Bsz
-            mask = mb[:, None] & mj[None, :]
-            s_off = offs_b[:, None] * HD + h * DH + offs_j[None, :]
-            dh = tl.load(GH + offs_b[:, None] * (S * HD) + t * HD + h * DH + offs_j[None, :], mask=mask, other=0.0)
+    r_base = R + h * DH * DH
+    if R_RESIDENT:
+        offs_k = tl.arange(0, BK)
+        r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
+        rmask = (offs_k[:, None] < DH) & mj[None, :]
+        R_i = tl.load(r_ptr, mask=rmask, other=0.0)
+        R_f = tl.load(r_ptr + RG, mask=rmask, other=0.0)
+        R_z = tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0)
+        R_o = tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0)
+    nsteps = t_end - t_start
+    for bblk in range(pid_b, NB, NBP):
+        offs_b = bblk * BB + tl.arange(0, BB)
+        mb = offs_b < Bsz
+        mask = mb[:, None] & mj[None, :]
+        s_off = offs_b[:, None] * HD + h * DH + offs_j[None, :]
+        dc = tl.load(DC + s_off, mask=mask, other=0.0)
+        dn = tl.load(DN + s_off, mask=mask, other=0.0)
+        dm = tl.load(DM + s_off, mask=mask, other=0.0)
+        if NJ == 1:  # the next step's draw of the whole head is this program's own: keep it in registers
+            d_off = offs_b[:, None] * (S * GHD) + t_end * GHD + h * DH + offs_j[None, :]
+            d_i, d_f, d_z, d_o = _load4(DRAW, d_off, HD, mask & (t_end < S))
+        n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp = _load_bw_step(
+            RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, t_end - 1, S, HD, DH, mask)
+        for tt in range(t_start, t_end):
+            t = t_end - 1 - (tt - t_start)
+            ri, rf, rz, ro, c_t, n_t, dh, c_p, n_p, m_p = n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp
+            # the previous step's inputs load while this step computes
+            n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp = _load_bw_step(
+                RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, tl.maximum(t - 1, 0), S, HD, DH, mask & (t > t_start))
             if t < S - 1:
-                for g in tl.static_range(4):
-                    for k0 in range(0, DH, BK):
-                        offs_k = k0 + tl.arange(0, BK)
-                        mk = offs_k < DH
-                        d = tl.load(DRAW + offs_b[:, None] * (S * GHD) + (t + 1) * GHD + g * HD + h * DH + offs_k[None, :],
-                                    mask=mb[:, None] & mk[None, :], other=0.0, cache_modifier=".cg")
-                        r = tl.load(R + g * RG + h * DH * DH + offs_k[:, None] * DH + offs_j[None, :],
-                                    mask=mk[:, None] & mj[None, :], other=0.0)
-                        dh = _mm(dh, d.to(R.dtype.element_ty), r, IEEE)
-            dc = tl.load(DC + s_off, mask=mask, other=0.0)
-            dn = tl.load(DN + s_off, mask=mask, other=0.0)
-            dm = tl.load(DM + s_off, mask=mask, other=0.0)
-            if t == 0:
-                c_prev = tl.load(C0 + s_off, mask=mask, other=0.0)
-                n_prev = tl.load(N0 + s_off, mask=mask, other=0.0)
-                m_prev = tl.load(M0 + s_off, mask=mask, other=0.0)
-            else:
-                p_off = offs_b[:, None] * (S * HD) + (t - 1) * HD + h * DH + offs_j[None, :]
-                c_prev = tl.load(C + p_off, mask=mask, other=0.0)
-                n_prev = tl.load(N + p_off, mask=mask, other=0.0)
-                m_prev = tl.load(M + p_off, mask=mask, other=0.0)
-            c_off = offs_b[:, None] * (S * HD) + t * HD + h * DH + offs_j[None, :]
-            c_t = tl.load(C + c_off, mask=mask, other=0.0)
-            n_t = tl.load(N + c_off, mask=mask, other=1.0)
-            x_off = offs_b[:, None] * (S * GHD) + t * GHD + h * DH + offs_j[None, :]
-            ri = tl.load(RAW + x_off, mask=mask, other=0.0)
-            rf = tl.load(RAW + x_off + HD, mask=mask, other=0.0)
-            rz = tl.load(RAW + x_off + 2 * HD, mask=mask, other=0.0)
-            ro = tl.load(RAW + x_off + 3 * HD, mask=mask, other=0.0)
+                if NJ == 1:
+                    dt_ = R.dtype.element_ty
+                    dh = _mm(dh, d_i.to(dt_), R_i, IEEE)
+                    dh = _mm(dh, d_f.to(dt_), R_f, IEEE)
+                    dh = _mm(dh, d_z.to(dt_), R_z, IEEE)
+                    dh = _mm(dh, d_o.to(dt_), R_o, IEEE)
+                else:
+                    d_row = DRAW + offs_b[:, None] * (S * GHD) + (t + 1) * GHD + h * DH
+                    for g in tl.static_range(4):
+                        for kc in tl.static_range(NK):
+                            offs_k = kc * BK + tl.arange(0, BK)
+                            mk = offs_k < DH
+                            d = tl.load(d_row + g * HD + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
+                                        cache_modifier=".cg").to(R.dtype.element_ty)
+                            if R_RESIDENT:
+                                if g == 0:
+                                    dh = _mm(dh, d, R_i, IEEE)
+                                elif g == 1:
+                                    dh = _mm(dh, d, R_f, IEEE)
+                                elif g == 2:
+                                    dh = _mm(dh, d, R_z, IEEE)
+                                else:
+                                    dh = _mm(dh, d, R_o, IEEE)
+                            else:
+                                r = tl.load(r_base + g * RG + offs_k[:, None] * DH + offs_j[None, :],
+                                            mask=mk[:, None] & mj[None, :], other=0.0)
+                                dh = _mm(dh, d, r, IEEE)
             # recompute the step
-            m_eff = tl.where(n_prev == 0.0, float("-inf"), m_prev)
-            a = _log_forget(rf, EXP_FORGET) + m_eff
+            a = _log_forget(rf, EXP_FORGET) + tl.where(n_p == 0.0, float("-inf"), m_p)
             m_t = tl.maximum(ri, a)
             ig = tl.exp(ri - m_t)
             fg = tl.exp(a - m_t)
@@ -208,26 +302,26 @@ def slstm_bw_kernel(
             ot = tl.sigmoid(ro)
             q = c_t / n_t
             # its gradient
-            d_ro = dh * q * ot * (1.0 - ot)
+            d_o = dh * q * ot * (1.0 - ot)
             dc = dc + dh * ot / n_t
             dn = dn - dh * ot * q / n_t
-            d_rz = dc * ig * (1.0 - zt * zt)
+            d_z = dc * ig * (1.0 - zt * zt)
             gi = (dc * zt + dn) * ig
-            gf = (dc * c_prev + dn * n_prev) * fg
+            gf = (dc * c_p + dn * n_p) * fg
             dmt = dm - gi - gf
             i_wins = ri >= a
-            d_ri = gi + tl.where(i_wins, dmt, 0.0)
+            d_i = gi + tl.where(i_wins, dmt, 0.0)
             da = gf + tl.where(i_wins, 0.0, dmt)
             if EXP_FORGET:
-                d_rf = da
+                d_f = da
             else:
-                d_rf = da * tl.sigmoid(-rf)
-            tl.store(DRAW + x_off, d_ri, mask=mask)
-            tl.store(DRAW + x_off + HD, d_rf, mask=mask)
-            tl.store(DRAW + x_off + 2 * HD, d_rz, mask=mask)
-            tl.store(DRAW + x_off + 3 * HD, d_ro, mask=mask)
-            tl.store(DC + s_off, dc * fg, mask=mask)
-            tl.store(DN + s_off, dn * fg, mask=mask)
-            tl.store(DM + s_off, da, mask=mask)
-        if USE_BARRIER:
-            _head_barrier(CNT + h * NBP + pid_b, (tt - t_start + 1) * NJ)
+                d_f = da * tl.sigmoid(-rf)
+            _store4(DRAW, offs_b[:, None] * (S * GHD) + t * GHD + h * DH + offs_j[None, :], HD, d_i, d_f, d_z, d_o, mask)
+            dc = dc * fg
+            dn = dn * fg
+            dm = da
+            if USE_BARRIER:
+                _head_barrier(CNT + h * NBP + pid_b, (((bblk - pid_b) // NBP) * nsteps + (tt - t_start) + 1) * NJ)
+        tl.store(DC + s_off, dc, mask=mask)
+        tl.store(DN + s_off, dn, mask=mask)
+        tl.store(DM + s_off, dm, mask=mask)
