@@ -66,6 +66,14 @@ def test_resume_is_exact(tmp_path):
     assert longer.step == 8 and len(longer.history["train"]) == 8
 
 
+def test_time_limit_stops_with_a_resumable_checkpoint(tmp_path):
+    messages = []
+    cut = train(tiny(max_minutes=1e-9), tmp_path / "run", log=messages.append, corpus=corpus())
+    assert cut.step == 1 and not cut.interrupted
+    assert any("continue with --resume" in m for m in messages)
+    assert resume_training(tmp_path / "run", {"max_minutes": 0}, log=quiet, corpus=corpus()).step == 6
+
+
 def test_resume_rejects_changed_settings(tmp_path):
     saved = tiny()
     assert merge_resume_config(saved, {"steps": 9, "device": "cpu"}).steps == 9

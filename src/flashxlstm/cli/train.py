@@ -29,6 +29,9 @@ _OPTIONS = [
     ("--seed", "seed", int, "random seed for initialisation and data order (default %(d)s)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default %(d)s)"),
     ("--threads", "threads", int, "CPU threads (default: all cores available)"),
+    ("--max-minutes", "max_minutes", float,
+     "stop training after the job has run this many minutes, checkpointed so --resume continues; "
+     "0: no limit (default %(d)s)"),
     ("--sample-tokens", "sample_tokens", int, "bytes to generate at the end; 0 for none (default %(d)s)"),
     ("--prompt", "sample_prompt", str, "prompt of the final sample (default %(d)r)"),
 ]

@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 # Settings a resumed run may change without breaking exact continuation.
-RESUMABLE_OVERRIDES = ("device", "threads", "log_every", "sample_tokens", "sample_prompt", "progress")
+RESUMABLE_OVERRIDES = ("device", "threads", "log_every", "sample_tokens", "sample_prompt", "progress", "max_minutes",
+                       "eval_seq_len", "eval_batch_size")
 
 
 @dataclass
@@ -28,7 +29,7 @@ class TrainConfig:
     batch_size: int = 16
     seq_len: int = 128
     # optimisation
-    steps: int = 1500
+    steps: int = 1000
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup_steps: int = 100
@@ -39,6 +40,7 @@ class TrainConfig:
     # bookkeeping
     eval_every: int = 250
     eval_batch_size: int = 16
+    eval_seq_len: int = 512  # validation reads the same streams in longer windows (same result, faster)
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
@@ -46,6 +48,9 @@ class TrainConfig:
     sample_tokens: int = 300
     sample_prompt: str = "The "
     progress: bool = True
+    # Safety net for slow machines: stop training (checkpointed, resumable) once the job has run this long;
+    # 0 or None: no limit.
+    max_minutes: float | None = 8.0
     extra: dict = field(default_factory=dict)  # free-form notes stored with the run
 
     def to_dict(self) -> dict:
@@ -67,7 +72,7 @@ class TrainConfig:
     def validated(self) -> "TrainConfig":
         """Self, after checking that every setting is usable; raises ValueError naming the bad one."""
         positive = ("embedding_dim", "num_blocks", "num_heads", "slstm_num_heads", "batch_size", "seq_len",
-                    "steps", "eval_every", "eval_batch_size", "log_every")
+                    "steps", "eval_every", "eval_batch_size", "eval_seq_len", "log_every")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -88,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.max_minutes is not None and not self.max_minutes >= 0:
+            raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
         if self.sample_tokens < 0:
             raise ValueError(f"sample_tokens must be >= 0, got {self.sample_tokens}")
         return self

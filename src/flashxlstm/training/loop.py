@@ -175,6 +175,7 @@ def resume_training(
 
 def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_after_step: int | None,
          log: Callable[[str], None], corpus: ByteSplit | None) -> TrainResult:
+    started = time.perf_counter()
     ckpt_dir = out_dir / CHECKPOINT_SUBDIR
     device = resolve_device(config.device)
     torch.set_num_threads(config.threads or available_cores())
@@ -218,7 +219,7 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
         + (f", resuming at step {start_step}" if start_step else ""))
 
     def validate(step: int) -> dict:
-        loss = evaluate(model, corpus.val, config.eval_batch_size, config.seq_len, device)
+        loss = evaluate(model, corpus.val, config.eval_batch_size, config.eval_seq_len, device)
         record = {"step": step, "loss": loss, "bpb": bits_per_byte(loss)}
         if not history["val"] or history["val"][-1]["step"] != step:
             history["val"].append(record)
@@ -250,7 +251,7 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
 
         progress = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     say = progress.write if progress is not None else log
-    step, interrupted, started = start_step, False, time.perf_counter()
+    step, interrupted = start_step, False
     recent_tokens, recent_time, recent_loss = 0, 0.0, []
     with _StopFlag() as flag:
         while step < end_step:
@@ -293,6 +294,9 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
             if flag.stop:
                 interrupted = True
                 break
+            if config.max_minutes and time.perf_counter() - started > 60 * config.max_minutes:
+                say(f"time limit of {config.max_minutes:g} minutes reached at step {step} of {config.steps}")
+                break
     if progress is not None:
         progress.close()
 
@@ -302,7 +306,7 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
         log(f"stopped at step {step} of {config.steps}; continue with --resume (checkpoint: {ckpt_dir})")
     record = history["val"][-1] if history["val"] else validate(step)
     sample = None
-    if step == config.steps and config.sample_tokens > 0:
+    if not interrupted and config.sample_tokens > 0:
         sample = sample_text(model, config.sample_prompt, config.sample_tokens, seed=config.seed, device=device)
         log(f"sample (temperature 0.8, top-k 40) after {config.sample_prompt!r}:\n{config.sample_prompt}{sample}")
     log(f"done in {time.perf_counter() - started:.0f} s: step {step}, validation {record['bpb']:.4f} bits per byte "
