@@ -78,13 +78,14 @@ class mLSTMLargeLayer(nn.Module):
 
     def projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """x (B, S, D) -> q, k, v, o (B, S, *) in x's dtype and gate pre-activations i, f (B, S, NH) float32."""
+        cap = lambda t: soft_cap(t.float(), self.gate_soft_cap)
         if self.weight_mode == "single":
             q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
-            i, f = self.igate_preact(x), self.fgate_preact(x)
+            i, f = cap(self.igate_preact(x)), cap(self.fgate_preact(x))
         else:
             q, k, v, o = self.qkv_opreact(x).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
-            i, f = self.ifgate_preact(x).split(self.num_heads, dim=-1)
-        return q, k, v, o, soft_cap(i.float(), self.gate_soft_cap), soft_cap(f.float(), self.gate_soft_cap)
+            i, f = cap(self.ifgate_preact(x)).split(self.num_heads, dim=-1)
+        return q, k, v, o, i, f
 
     def forward(
         self, x: Tensor, state: MLSTMState | None = None, attention_mask: Tensor | None = None,

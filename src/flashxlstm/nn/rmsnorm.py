@@ -1,7 +1,10 @@
 """RMSNorm and the per-head LayerNorm of the xLSTM-7B family (xlstm-spec section 4).
 
-Both reduce in float32 whatever the input dtype, return the input dtype, and apply a plain weight (no +1
-offset) after casting back, as the official xLSTMLarge does.
+Both reduce in float32 whatever the input dtype and return the input dtype, with a plain weight (no +1
+offset). RMSNorm is torch's fused rms_norm (float32 accumulation; the weight is applied before the one
+rounding to the input dtype, where the official rounds twice: identical in float32, a little more
+accurate in bf16). The per-head LayerNorm rounds the normalised value once and then applies its weight
+in the input dtype, exactly as the official does.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ class RMSNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+        y = F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
         return y if self.bias is None else y + self.bias
 
 
@@ -35,5 +38,5 @@ class MultiHeadLayerNorm(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         B, S = h.shape[:2]
-        y = F.layer_norm(h.float(), (self.head_dim,), eps=self.eps).to(h.dtype).reshape(B, S, -1) * self.weight
+        y = F.layer_norm(h, (self.head_dim,), eps=self.eps).reshape(B, S, -1) * self.weight
         return y if self.bias is None else y + self.bias
