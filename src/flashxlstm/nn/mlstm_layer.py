@@ -104,9 +104,10 @@ class mLSTMLayer(nn.Module):
         if self.conv.kernel_size:
             x_c = F.silu(x_c)
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
-        qkv = torch.cat([q, k, v], dim=-1)
-        i = self.igate(qkv)
-        f = self.fgate(qkv)
+        # both gates in one matmul over cat(q, k, v)
+        w_if = torch.cat([self.igate.weight, self.fgate.weight])
+        b_if = torch.cat([self.igate.bias, self.fgate.bias])
+        i, f = F.linear(torch.cat([q, k, v], dim=-1), w_if, b_if).split(self.num_heads, dim=-1)
 
         heads = lambda t: t.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
         h, cell_state = ops.mlstm(heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2),
