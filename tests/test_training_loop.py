@@ -66,6 +66,27 @@ def test_resume_is_exact(tmp_path):
     assert longer.step == 8 and len(longer.history["train"]) == 8
 
 
+def test_ctrl_c_saves_a_checkpoint_after_the_current_step(tmp_path, monkeypatch):
+    import signal
+
+    from flashxlstm.training import loop
+
+    real = loop.warmup_cosine_lr
+
+    def lr_then_ctrl_c(step, **kw):
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during step 2
+        return real(step, **kw)
+
+    monkeypatch.setattr(loop, "warmup_cosine_lr", lr_then_ctrl_c)
+    stopped = train(tiny(), tmp_path / "run", log=quiet, corpus=corpus())
+    assert stopped.interrupted and stopped.step == 2 and stopped.sample is None
+    monkeypatch.setattr(loop, "warmup_cosine_lr", real)
+    straight = train(tiny(), tmp_path / "straight", log=quiet, corpus=corpus())
+    resumed = resume_training(tmp_path / "run", log=quiet, corpus=corpus())
+    assert [r["loss"] for r in resumed.history["train"]] == [r["loss"] for r in straight.history["train"]]
+
+
 def test_time_limit_stops_with_a_resumable_checkpoint(tmp_path):
     messages = []
     cut = train(tiny(max_minutes=1e-9), tmp_path / "run", log=messages.append, corpus=corpus())
