@@ -18,7 +18,8 @@ gradient of the initial state.
 Kernels: `prep` (per step: 1/z, dden and dh.h), `dkv` (documents walked backwards, carrying G per
 DV block: dv complete, dk summed over DV blocks with atomic adds), `dq` (documents walked forwards,
 recomputing C per DV block: dq summed with atomic adds), `finalize` (casts dq, dk and forms the
-per-step terms of the gate gradients).
+per-step terms of the gate gradients). k_s . dk_s, the log input gate's gradient, is summed from fp32
+products inside `dkv` rather than from the rounded dk, which would lose it to cancellation in bf16.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def mlstm_bwd_prep_kernel(h, dh, mstat, dstat, rz, dden, dfo, R, eps,
 
 @triton.jit
 def mlstm_bwd_dkv_kernel(
-    q, k, v, ig, fg, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dv, dC0, dn0, cu,
+    q, k, v, ig, fg, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dli32, dv, dC0, dn0, cu,
     S, scale,
     NH: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -112,13 +113,18 @@ def mlstm_bwd_dkv_kernel(
 
         # dv: complete here, every program holds all of DQK
         A = tl.dot(bq, tl.trans(bk), input_precision=PREC) * scale * Dm
-        bdv = tl.dot(tl.trans(A.to(bv.dtype)), dnum, input_precision=PREC)
-        bdv += tl.dot(bk, Gc, input_precision=PREC) * u[:, None]
+        kG = tl.dot(bk, Gc, input_precision=PREC)
+        bdv = tl.dot(tl.trans(A.to(bv.dtype)), dnum, input_precision=PREC) + kG * u[:, None]
         tl.store(dv + rows[:, None] * DV + ov[None, :], bdv.to(dv.dtype.element_ty), mask=mtv)
 
         # dk: this DV block's share
         P = tl.dot(dnum, tl.trans(bv), input_precision=PREC) + dd[:, None]
         DP = (Dm * P).to(bq.dtype)
+        # k_s . dk_s (the log input gate's gradient) from fp32 products, not from the rounded dk:
+        # intra sum_t A_ts P_ts, inter u_s (k_s^T G v_s + k_s . gn)
+        kgn = tl.sum(bk.to(tl.float32) * gn[None, :], 1)
+        dli_part = tl.sum(A * P, 0) + u * (tl.sum(kG * bv.to(tl.float32), 1) + kgn)
+        tl.atomic_add(dli32 + rows, dli_part, mask=mt)
         bdk = tl.dot(tl.trans(DP), bq, input_precision=PREC) * scale
         bdk += (tl.dot(bv, tl.trans(Gc), input_precision=PREC) + gn[None, :]) * u[:, None]
         tl.atomic_add(dk32 + rows[:, None] * DQK + ok[None, :], bdk, mask=mtk)
@@ -200,17 +206,14 @@ def mlstm_bwd_dq_kernel(
 
 
 @triton.jit
-def mlstm_bwd_finalize_kernel(k, dk32, dq32, dk, dq, dfo, dF, dli, R,
+def mlstm_bwd_finalize_kernel(dk32, dq32, dk, dq, dfo, dli, dF, R,
                               DQK: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     ok = tl.arange(0, BK)
     mr = r < R
     msk = mr[:, None] & (ok < DQK)[None, :]
     off = r[:, None] * DQK + ok[None, :]
-    gk = tl.load(dk32 + off, mask=msk, other=0.0)
-    kk = tl.load(k + off, mask=msk, other=0.0).to(tl.float32)
-    tl.store(dk + off, gk.to(dk.dtype.element_ty), mask=msk)
+    tl.store(dk + off, tl.load(dk32 + off, mask=msk, other=0.0).to(dk.dtype.element_ty), mask=msk)
     tl.store(dq + off, tl.load(dq32 + off, mask=msk, other=0.0).to(dq.dtype.element_ty), mask=msk)
-    kdk = tl.sum(kk * gk, 1)
-    tl.store(dli + r, kdk, mask=mr)
-    tl.store(dF + r, tl.load(dfo + r, mask=mr, other=0.0) - kdk, mask=mr)
+    dF_t = tl.load(dfo + r, mask=mr, other=0.0) - tl.load(dli + r, mask=mr, other=0.0)
+    tl.store(dF + r, dF_t, mask=mr)

@@ -31,7 +31,7 @@ def seq_bounds(cu, d, h, S, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
     if IS_VARLEN:
         bos = tl.load(cu + d).to(tl.int64)
         eos = tl.load(cu + d + 1).to(tl.int64)
-        return h.to(tl.int64) * S + bos, eos - bos
+        return h.to(tl.int64) * S + bos, (eos - bos).to(tl.int32)
     else:
         row0 = (d * NH + h).to(tl.int64) * S
         return row0, S

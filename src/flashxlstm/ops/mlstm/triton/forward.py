@@ -70,7 +70,7 @@ def mlstm_fwd_kernel(
         w_inter = tl.exp(b + m - ms) * scale
         s = tl.dot(bq, tl.trans(bk), input_precision=PREC) * scale * Dm
         num = tl.dot(bq, C.to(bq.dtype), input_precision=PREC) * w_inter[:, None]
-        num = tl.dot(s.to(bv.dtype), bv, acc=num, input_precision=PREC)
+        num += tl.dot(s.to(bv.dtype), bv, input_precision=PREC)
         den = tl.sum(s, 1) + matvec(bq, n, PREC) * w_inter
         z = tl.maximum(tl.abs(den), tl.exp(-ms)) + eps
         ph = tl.make_block_ptr(h + row0 * DV, (T, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
@@ -86,7 +86,7 @@ def mlstm_fwd_kernel(
         decay = tl.exp(g + m - mns)
         wk = tl.exp(a - mns)
         vw = (bv.to(tl.float32) * wk[:, None]).to(bv.dtype)
-        C = tl.dot(tl.trans(bk), vw, acc=C * decay, input_precision=PREC)
+        C = C * decay + tl.dot(tl.trans(bk), vw, input_precision=PREC)
         n = n * decay + tl.sum(bk.to(tl.float32) * wk[:, None], 0)
         m = m_new
 

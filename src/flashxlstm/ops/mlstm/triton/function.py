@@ -28,13 +28,14 @@ BWD_CONFIG: dict = {}
 
 def _fwd_config(BK: int, DV: int, chunk: int) -> dict:
     # chosen by register use (no spills in the compiler's report for sm_90) and timings on an H200
-    cfg = {"L": min(chunk, 32 if BK >= 256 else 64), "BV": min(32, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
+    # L = 32: Triton 3.6 miscompiled the bf16 wgmma path (L = 64) of this kernel on an H200 (fp32 was right)
+    cfg = {"L": min(chunk, 32), "BV": min(32, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
     cfg.update(FWD_CONFIG.get(BK, {}))
     return cfg
 
 
 def _bwd_config(BK: int, DV: int, chunk: int) -> dict:
-    cfg = {"L": min(chunk, 32 if BK >= 256 else 64), "BV": min(32, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
+    cfg = {"L": min(chunk, 32), "BV": min(32, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
     cfg.update(BWD_CONFIG.get(BK, {}))
     return cfg
 
@@ -99,20 +100,20 @@ class MLSTMTritonFn(torch.autograd.Function):
         mlstm_bwd_prep_kernel[(triton_cdiv(R, BR),)](
             h, dh, mstat, dstat, rz, dden, dfo, R, eps, DV=DV, BR=BR, BVP=min(128, next_pow2(DV)), num_warps=4)
 
-        dk32, dq32 = zeros(q.shape), zeros(q.shape)
+        dk32, dq32, dli = zeros(q.shape), zeros(q.shape), zeros(q.shape[:3])
         dv = torch.empty_like(v)
         dC0, dn0 = zeros(C0.shape), zeros(n0.shape)
         grid = (N * NH, triton_cdiv(DV, cfg["BV"]))
         common = dict(NH=NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"], EXP_GATE=input_gate == "exp",
                       IS_VARLEN=varlen, PREC=_precision(q.dtype), num_warps=cfg["num_warps"],
                       num_stages=cfg["num_stages"])
-        mlstm_bwd_dkv_kernel[grid](q, k, v, i, f, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dv, dC0, dn0, cu_k,
+        mlstm_bwd_dkv_kernel[grid](q, k, v, i, f, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dli, dv, dC0, dn0, cu_k,
                                    S, DQK**-0.5, **common)
         mlstm_bwd_dq_kernel[grid](k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dq32, cu_k, S, DQK**-0.5, **common)
 
         dq, dk = torch.empty_like(q), torch.empty_like(k)
-        dF, dli = torch.empty_like(rz), torch.empty_like(rz)
-        mlstm_bwd_finalize_kernel[(triton_cdiv(R, BR),)](k, dk32, dq32, dk, dq, dfo, dF, dli, R, DQK=DQK, BR=BR,
+        dF = torch.empty_like(rz)
+        mlstm_bwd_finalize_kernel[(triton_cdiv(R, BR),)](dk32, dq32, dk, dq, dfo, dli, dF, R, DQK=DQK, BR=BR,
                                                         BK=BK, num_warps=4)
         del dk32, dq32
 

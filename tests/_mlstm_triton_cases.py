@@ -1,0 +1,131 @@
+"""Child process of test_ops_mlstm_triton.py: runs the Triton mLSTM kernels under TRITON_INTERPRET=1.
+
+Prints one JSON line per case: {"case", "errors": {name: relative error}, "tol", "nan"}.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+
+import torch  # noqa: E402
+
+M = importlib.import_module("flashxlstm.ops.mlstm")
+INF = float("inf")
+
+
+def rel(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def emit(case, errors, tol, nan=False, **extra):
+    print(json.dumps(dict(case=case, errors=errors, tol=tol, nan=bool(nan), **extra)), flush=True)
+
+
+def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, chunk=16, dtype=torch.float32,
+                  gate_range=None, masked=(), tol=2e-4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    nseq = B if cu is None else len(cu) - 1
+    q, k = (torch.randn(B, NH, S, DQK, generator=g) for _ in range(2))
+    v = torch.randn(B, NH, S, DV, generator=g)
+    if gate_range is None:
+        i = torch.randn(B, NH, S, generator=g) * 2
+        f = torch.randn(B, NH, S, generator=g) * 2 + 2
+    else:
+        i = torch.rand(B, NH, S, generator=g) * 2 * gate_range - gate_range
+        f = torch.rand(B, NH, S, generator=g) * 2 * gate_range - gate_range
+    for a, b in masked:
+        i[..., a:b], f[..., a:b] = -INF, INF
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    state = None
+    if init == "random":
+        state = (torch.randn(nseq, NH, DQK, DV, generator=g), torch.randn(nseq, NH, DQK, generator=g),
+                 torch.randn(nseq, NH, generator=g))
+    elif init == "empty":
+        state = (torch.randn(nseq, NH, DQK, DV, generator=g), torch.randn(nseq, NH, DQK, generator=g),
+                 torch.full((nseq, NH), -INF))
+    cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+
+    def run(backend_call, cast):
+        ins = [cast(t).clone().requires_grad_(True) for t in (q, k, v, i, f)]
+        st = None if state is None else [cast(s).clone().requires_grad_(init == "random") for s in state]
+        h, (C, n, m) = backend_call(*ins, state=None if st is None else tuple(st), input_gate=gate, cu_seqlens=cut)
+        return ins, st, h, C, n, m
+
+    ins, st, h, C, n, m = run(lambda *a, **kw: M.mlstm(*a, backend="triton", chunk_size=chunk, **kw), lambda t: t)
+    rins, rst, hr, Cr, nr, mr = run(M.mlstm_reference, lambda t: t.double())
+    w = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (hr, Cr, nr, mr)]
+    finite = lambda t: torch.where(torch.isfinite(t), t, 0.0)
+    loss = sum((x.double() * y).sum() for x, y in zip((h, C, n, finite(m)), w))
+    loss_ref = sum((x * y).sum() for x, y in zip((hr, Cr, nr, finite(mr)), w))
+    loss.backward()
+    loss_ref.backward()
+    errors = {"h": rel(h, hr), "C": rel(C, Cr), "n": rel(n, nr),
+              "m": rel(finite(m), finite(mr)) + float((torch.isinf(m) != torch.isinf(mr)).any())}
+    nan = any(torch.isnan(t).any() for t in (h, C, n))
+    for name, a, b in zip("qkvif", ins, rins):
+        errors["d" + name] = rel(a.grad, b.grad)
+        nan |= bool(torch.isnan(a.grad).any())
+    if init == "random":
+        for name, a, b in zip(("dC0", "dn0", "dm0"), st, rst):
+            errors[name] = rel(a.grad, b.grad)
+    emit(case, errors, tol, nan)
+
+
+def step_case(case, *, gate="exp", out=False, empty=False, tol=1e-6):
+    g = torch.Generator().manual_seed(1)
+    B, NH, DQK, DV = 3, 2, 24, 40
+    q, k = (torch.randn(B, NH, DQK, generator=g) for _ in range(2))
+    v = torch.randn(B, NH, DV, generator=g)
+    i, f = torch.randn(B, NH, generator=g) * 3, torch.randn(B, NH, generator=g) * 3
+    st = (torch.randn(B, NH, DQK, DV, generator=g), torch.randn(B, NH, DQK, generator=g), torch.randn(B, NH, generator=g))
+    if empty:
+        st = (st[0], st[1], torch.full((B, NH), -INF))
+    if out:
+        from flashxlstm.ops.mlstm.triton.step import mlstm_step_triton
+        bufs = (torch.full((B, NH, DV), float("nan")), torch.full_like(st[0], float("nan")),
+                torch.full_like(st[1], float("nan")), torch.full_like(st[2], float("nan")))
+        h, (C, n, m) = mlstm_step_triton(q, k, v, i, f, st, input_gate=gate, out=bufs)
+        assert h is bufs[0] and C is bufs[1]
+    else:
+        h, (C, n, m) = M.mlstm_step(q, k, v, i, f, state=st, backend="triton", input_gate=gate)
+    d = lambda t: t.double()
+    hr, (Cr, nr, mr) = M.mlstm_step(d(q), d(k), d(v), d(i), d(f), state=tuple(map(d, st)), backend="torch",
+                                    input_gate=gate)
+    errors = {"h": rel(h, hr), "C": rel(C, Cr), "n": rel(n, nr), "m": rel(m, mr)}
+    emit(case, errors, tol, any(torch.isnan(t).any() for t in (h, C, n, m)))
+
+
+def main():
+    emit("registry", {}, 0, sequence="triton" in M.BACKENDS, step="triton" in M.STEP_BACKENDS)
+    sequence_case("s1", 2, 1, 1, 16, 16, init="random")
+    sequence_case("odd_dims", 1, 2, 21, 24, 40, chunk=16)
+    sequence_case("tail", 2, 2, 37, 16, 16, chunk=16)
+    sequence_case("sigmoid_init", 1, 2, 40, 16, 24, gate="sigmoid", init="random", chunk=16)
+    sequence_case("empty_init", 2, 1, 33, 16, 16, init="empty", chunk=32)
+    sequence_case("masked_extreme", 1, 2, 45, 16, 16, init="empty", gate_range=30.0, masked=((0, 2), (3, 9), (40, 45)),
+                  tol=5e-4)
+    sequence_case("varlen", 1, 2, 50, 20, 16, init="random", cu=[0, 7, 30, 31, 50])
+    sequence_case("varlen_sigmoid", 1, 1, 40, 16, 16, gate="sigmoid", cu=[0, 17, 40])
+    sequence_case("fp16", 1, 1, 24, 16, 16, dtype=torch.float16, tol=1e-2)
+    sequence_case("chunk_invariance", 1, 1, 70, 16, 16, chunk=32, init="random")
+    step_case("step_exp")
+    step_case("step_sigmoid", gate="sigmoid")
+    step_case("step_out_buffers", out=True)
+    step_case("step_empty_state", empty=True)
+    from flashxlstm.ops.mlstm.triton.step import mlstm_step_triton
+    st = M.zero_state(1, 1, 16, 16, "cpu")
+    try:
+        mlstm_step_triton(torch.randn(1, 1, 16), torch.randn(1, 1, 16), torch.randn(1, 1, 16), torch.zeros(1, 1),
+                          torch.zeros(1, 1), st, out=(torch.empty(1, 1, 16), st[0], torch.empty(1, 1, 16),
+                                                      torch.empty(1, 1)))
+        emit("step_overlap_error", {}, 0, message="no error raised")
+    except ValueError as e:
+        emit("step_overlap_error", {}, 0, message=str(e))
+
+
+if __name__ == "__main__":
+    main()
