@@ -48,7 +48,7 @@ def test_hub_roundtrip_single_sharded_and_fused(model, ids, tmp_path):
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["config.json", "model.safetensors"]
     assert rel(from_pretrained(tmp_path / "many")(ids)[0], ref) < 1e-6
 
-    half = from_pretrained(tmp_path / "one", dtype=torch.bfloat16)
+    half = from_pretrained(tmp_path / "one", dtype="bfloat16")
     assert half.lm_head.weight.dtype == torch.bfloat16 and half.backbone.embeddings.weight.device.type == "cpu"
 
 

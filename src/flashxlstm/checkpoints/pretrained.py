@@ -28,8 +28,8 @@ from safetensors import safe_open
 
 from ..models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from .hub import CONFIG_NAME, FUSED_PARTS, INDEX_NAME, SINGLE_WEIGHTS, split_fused
+from .native import NEURIPS_MODEL_TYPE
 
-NEURIPS_MODEL_TYPE = "flashxlstm-neurips"
 LARGE_MODEL_TYPES = ("xlstm", "xlstm_large", "xlstm-large", "xlstm_7b")
 
 _RENAMES = ((re.compile(r"\.mlstm_layer\.query\."), ".mlstm_layer.q."),
@@ -40,10 +40,10 @@ _RENAMES = ((re.compile(r"\.mlstm_layer\.query\."), ".mlstm_layer.q."),
 def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None, **overrides) -> torch.nn.Module:
     """Load a checkpoint directory (see the module docstring) as a flashxlstm model in eval mode.
 
-    dtype: the parameters' dtype (default: as stored); device: where to put them (default CPU).
+    dtype: the parameters' dtype or its name (default: as stored); device: where to put them (default CPU).
     overrides: config fields to change on load for the 7B family (e.g. weight_mode="fused", backend=...).
     """
-    path = _check_dir(path)
+    path, dtype = _check_dir(path), _as_dtype(dtype)
     if (path / CONFIG_NAME).is_file():
         config = _read_json(path / CONFIG_NAME)
         model_type = config.get("model_type")
@@ -72,7 +72,7 @@ def load_large(path: str | os.PathLike, dtype: torch.dtype | None = None, device
     shapes = _tensor_shapes(files)
     config = xLSTMLargeConfig.from_dict({**config_dict, **_sizes_from_shapes(shapes, config_dict), **overrides})
     stored = next(iter(shapes.values()))[1]
-    dtype = dtype or stored
+    dtype = _as_dtype(dtype) or stored
     with torch.device("meta"):
         model = xLSTMLarge(config)
     model = model.to(dtype).to_empty(device=device or "cpu")
@@ -80,6 +80,15 @@ def load_large(path: str | os.PathLike, dtype: torch.dtype | None = None, device
         model.lm_head.weight = model.backbone.embeddings.weight
     fill_large(model, _read_tensors(files), str(path))
     return model.eval()
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"from_pretrained: dtype must be a floating torch.dtype or its name, got {dtype!r}")
+    return resolved
 
 
 # ---- layout and files -------------------------------------------------------------------------------
