@@ -71,6 +71,8 @@ def test_resume_with_changed_setting_is_refused(tmp_path, text_file, capsys):
     assert main(["train", "--out", out, "--text-file", str(text_file), "--steps", "2", "--sample-tokens", "0",
                  *TINY]) == 0
     _one_line_error(capsys, ["train", "--out", out, "--resume", "--lr", "0.5"], "lr=0.5 differs")
+    text_file.write_text("Different text now. " * 50)
+    _one_line_error(capsys, ["train", "--out", out, "--resume", "--steps", "3"], "not the one the checkpoint")
 
 
 def test_generate_errors(tmp_path, text_file, capsys):

@@ -10,6 +10,7 @@ Ctrl-C stops at the end of the current step and saves a checkpoint to resume fro
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -184,6 +185,7 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
     if corpus is None:
         corpus = load_corpus(config.text_file, config.val_fraction)
     unigram_bpb = unigram_bits_per_byte(corpus.train, corpus.val)
+    corpus_digest = hashlib.sha256(corpus.train.numpy().tobytes() + corpus.val.numpy().tobytes()).hexdigest()
     batcher = StreamBatcher(corpus.train, config.batch_size, config.seq_len, seed=config.seed)
 
     model = build_model(config).to(device)
@@ -200,6 +202,9 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
             optimizer.load_state_dict(saved_state["optimizer"])
         except (ValueError, KeyError) as e:
             raise ValueError(f"--resume: the optimiser state does not fit the model ({e})") from None
+        if saved_state.get("corpus_sha256", corpus_digest) != corpus_digest:
+            raise ValueError(f"--resume: the training text ({corpus.source}) is not the one the checkpoint was "
+                             "trained on, so the run cannot continue exactly; train into a new --out")
         start_step = int(saved_state["step"])
         history = saved_state["history"]
         carried = state_to(saved_state["carried_state"], device=device)
@@ -233,6 +238,7 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
             "carried_state": state_to(carried, device="cpu"),
             "history": history,
             "epoch": step // batcher.windows_per_epoch,
+            "corpus_sha256": corpus_digest,
         }
         write_checkpoint(ckpt_dir, model, training_state=training_state, train_config=config.to_dict())
         plot_loss_curve(history, out_dir / "loss_curve.png", baseline_bpb=unigram_bpb)
