@@ -211,13 +211,21 @@ def main() -> int:
 
     # -- agreement on the same weights (bf16: rounding differs, so report how close, do not assert)
     def agreement():
+        import copy
+
         ids = ids_of(1, 300, 1)
+        rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
         with torch.no_grad():
             lo, _ = off(ids)
             lu, _ = ours(ids)
-            rel = ((lu.float() - lo.float()).norm() / lo.float().norm()).item()
             top1 = (lu.argmax(-1) == lo.argmax(-1)).float().mean().item()
-        record("logits vs official (same weights)", "1x300", rel, None, "rel. L2 diff", top1_agree=f"{top1:.3f}")
+            record("logits: ours vs official (same weights)", "1x300", rel(lu, lo), None, "rel. L2 diff",
+                   top1_agree=f"{top1:.3f}")
+            if dtype != torch.float32:  # which bf16 model is closer to the same weights run in fp32?
+                ref = copy.deepcopy(ours).float()
+                lr, _ = ref(ids)
+                del ref
+                record("logits: bf16 model vs fp32 (ours)", "1x300", rel(lu, lr), rel(lo, lr), "rel. L2 diff")
 
     attempt("agreement", agreement)
     ours = convert_large(ours, weight_mode="fused")
