@@ -346,9 +346,9 @@ def main() -> int:
     attempt("generate tokens", same_tokens)
     write(args, shape, nparams, cuda, quiet=True)
 
-    # -- B=1 decode with the step compiled before capture (fuses the elementwise glue between matmuls)
-    def compiled_decode():
-        ids = ids_of(1, prompt, 6)
+    # -- decode with the step compiled before capture (fuses the elementwise glue between matmuls)
+    def compiled_decode(B):
+        ids = ids_of(B, prompt, 6)
         with torch.no_grad():
             logits, state = prefill(ours, ids, prefill_chunk_size=2048)
             tok = logits.argmax(-1, keepdim=True)
@@ -365,13 +365,15 @@ def main() -> int:
 
             graph_steps()
             tg = timed(graph_steps) / n
-        record("decode, compiled step in a CUDA graph", "B1", 1 / tg, None, "tok/s", compile_s=round(tc, 1),
+        record("decode, compiled step in a CUDA graph", f"B{B}", B / tg, None, "tok/s", compile_s=round(tc, 1),
                graph_vs_eager_maxdiff=diff)
+        write(args, shape, nparams, cuda, quiet=True)
 
-    if cuda and time.time() - start < args.compile_if_before:
-        attempt("compiled decode", compiled_decode)
-    elif cuda:
-        NOTES.append(f"compiled decode skipped: {time.time() - start:.0f}s elapsed > --compile-if-before")
+    for B in [b for b in (1, batches[-1]) if cuda]:
+        if time.time() - start < args.compile_if_before:
+            attempt(f"compiled decode B{B}", lambda: compiled_decode(B))
+        else:
+            NOTES.append(f"compiled decode B{B} skipped: {time.time() - start:.0f}s elapsed > --compile-if-before")
 
     write(args, shape, nparams, cuda)
     return 0
