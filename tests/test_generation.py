@@ -133,3 +133,9 @@ def test_clear_errors(gen):
 
     with pytest.raises(ValueError, match="does not accept attention_mask"):
         generate(NoMask(), ids, 2, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
+
+
+def test_cuda_graph_request_is_ignored_on_cpu(gen):
+    model = ToyRNN()
+    prompt = torch.randint(0, 11, (2, 3), generator=gen)
+    assert torch.equal(generate(model, prompt, 5, use_cuda_graph=True), generate(model, prompt, 5))

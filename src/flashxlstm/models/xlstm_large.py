@@ -230,10 +230,12 @@ class xLSTMLarge(nn.Module):
 
     def generate(self, input_ids: Tensor, max_new_tokens: int = 20, **kwargs) -> Tensor:
         """Like transformers' generate; see `flashxlstm.generation.generate` for the arguments.
-        eos_token_id defaults to None (run the full length); pad_token_id to the config's."""
+        eos_token_id defaults to None (run the full length); pad_token_id to the config's; on CUDA the
+        decode step runs as a captured CUDA graph (use_cuda_graph=False to turn it off)."""
         from ..generation import generate
 
         kwargs.setdefault("pad_token_id", self.config.pad_token_id)
+        kwargs.setdefault("use_cuda_graph", input_ids.is_cuda)
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def save_pretrained(self, path, max_shard_size: int | str = "5GB") -> None:
