@@ -21,6 +21,9 @@ CASES = {
     "single_step_exp_state": (2, 1, 3, 4, None, "exp", True, "float32", 2e-5),
     "two_k_chunks_streamed_r": (2, 3, 1, 300, 256, "sigmoid", True, "float32", 2e-5),
     "streamed_r_exp": (3, 3, 2, 20, 16, "exp", True, "stream", 2e-5),
+    # the configuration used on CUDA: no register-held R/h_prev; a whole head per program syncs per step
+    "cuda_config_whole_head": (2, 4, 2, 16, None, "sigmoid", True, "cuda", 2e-5),
+    "cuda_config_split_head": (3, 3, 1, 40, None, "exp", True, "cuda", 2e-5),
     "extreme_preactivations": (2, 6, 1, 16, None, "sigmoid", True, "extreme", 1e-4),
     # bf16 dots are not emulated correctly by the Triton 3.6 interpreter (numpy has no bf16); fp16 takes
     # the same low-precision path here, and benchmarks/slstm_kernels.py checks bf16 on the GPU.
@@ -60,6 +63,7 @@ def _child() -> None:
 
         zero = lambda: tuple(torch.zeros(B, NH, DH) for _ in range(4))
         tri.R_RESIDENT_MAX = 0 if kind == "stream" else 16384
+        tri.REGISTER_PATHS = False if kind == "cuda" else None
         # with as many "SMs" as heads, each program runs both batch blocks of this case one after another
         tri._num_sms = (lambda device: NH) if name == "two_batch_blocks" else (lambda device: 1 << 30)
         out, grads = run(lambda t: slstm_triton(t[0], t[1], t[2], tuple(t[3:]) or zero(), forget_gate=fg,

@@ -28,19 +28,29 @@ from .checks import SLSTMState, compute_dtype
 
 
 class _NormalizedLoop(torch.autograd.Function):
-    """xb (S, NH, B, 4*DH) = x + b, Rt (NH, DH, 4*DH), both with the f gate negated, c^_0, L_0, h_0 (NH, B, DH) ->
-    H (S, NH, B, DH), c^_S, L_S, raw (S, NH, B, 4*DH) (the pre-activations, returned for the m scan)."""
+    """x (B, S, 4, NH, DH), R (4, NH, DH, DH), b (4, NH, DH), c^_0, L_0, h_0 (NH, B, DH) in the compute dtype ->
+    H (S, NH, B, DH), c^_S, L_S, raw (S, NH, B, 4*DH): the pre-activations, returned for the m scan.
+
+    Internally the gates of one head sit side by side, (S, NH, B, 4*DH), so one batched matmul serves all
+    heads, and the f slot holds -raw_f, so that log f = -softplus(slot) needs no negation per step.
+    """
 
     @staticmethod
-    def forward(ctx, xb: Tensor, Rt: Tensor, c0: Tensor, L0: Tensor, h0: Tensor, exp_forget: bool):
-        S, NH, B, G = xb.shape
-        DH = G // 4
+    def forward(ctx, x: Tensor, R: Tensor, b: Tensor, c0: Tensor, L0: Tensor, h0: Tensor, exp_forget: bool):
+        B, S, _, NH, DH = x.shape
+        dt = c0.dtype
+        flip = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=dt, device=x.device)
+        xb = torch.empty(S, NH, B, 4, DH, dtype=dt, device=x.device)
+        b_flip = (b.to(dt) * flip[:, None, None]).permute(1, 0, 2)[:, None]  # (NH, 1, 4, DH)
+        torch.addcmul(b_flip, x.permute(1, 3, 0, 2, 4), flip[:, None], out=xb)  # (x + b) with -raw_f, one pass
+        xb = xb.view(S, NH, B, 4 * DH)
+        Rt = (R.to(dt) * flip[:, None, None, None]).permute(1, 3, 0, 2).reshape(NH, DH, 4 * DH)
         raw = torch.empty_like(xb)
         H = xb.new_empty(S, NH, B, DH)
         C = xb.new_empty(S + 1, NH, B, DH)
         L = xb.new_empty(S + 1, NH, B, DH)
         C[0], L[0] = c0, L0
-        RI, NF, RZ, RO = raw.view(S, NH, B, 4, DH).unbind(3)  # slot 1 holds -raw_f (see slstm_cpu)
+        RI, NF, RZ, RO = raw.view(S, NH, B, 4, DH).unbind(3)
         u, w, zt, ot = (xb.new_empty(NH, B, DH) for _ in range(4))
         h_prev = h0
         for t in range(S):
@@ -56,6 +66,7 @@ class _NormalizedLoop(torch.autograd.Function):
             h_prev = torch.mul(ot, C[t + 1], out=H[t])
         ctx.save_for_backward(raw, C, L, H, h0, Rt)
         ctx.exp_forget = exp_forget
+        ctx.x_dtype = x.dtype
         return H, C[S].clone(), L[S].clone(), raw
 
     @staticmethod
@@ -98,31 +109,33 @@ class _NormalizedLoop(torch.autograd.Function):
             torch.mul(dc_t, w[t], out=dC)
             dL.copy_(du)
         dh0 = torch.bmm(draw[0], R2)
+        d[:, :, :, 1].neg_()  # back from the -raw_f slot to raw_f
         H_prev = torch.cat([h0[None], H[:-1]], 0)  # (S, NH, B, DH)
         dRt = torch.bmm(H_prev.permute(1, 3, 0, 2).reshape(NH, DH, S * B), draw.permute(1, 0, 2, 3).reshape(NH, S * B, G))
-        return draw, dRt, dC, dL, dh0, None
+        dR = dRt.view(NH, DH, 4, DH).permute(2, 0, 3, 1)
+        db = d.sum((0, 2)).transpose(0, 1)
+        dx = d.permute(2, 0, 3, 1, 4).to(ctx.x_dtype)
+        return dx, dR, db, dC, dL, dh0, None
 
 
 def slstm_cpu(x: Tensor, R: Tensor, b: Tensor, state: SLSTMState, *, forget_gate: str = "sigmoid") -> tuple[Tensor, SLSTMState]:
     """The fused loop with the hand-written backward. h: (B, S, NH, DH) in the compute dtype."""
     dt = compute_dtype(x)
     B, S, _, NH, DH = x.shape
-    flip_f = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=dt, device=x.device)  # the loop keeps -raw_f
-    xb = ((x.to(dt) + b.to(dt)) * flip_f[:, None, None]).permute(1, 3, 0, 2, 4).reshape(S, NH, B, 4 * DH)
-    Rt = (R.to(dt) * flip_f[:, None, None, None]).permute(1, 3, 0, 2).reshape(NH, DH, 4 * DH)
     c0, n0, m0, h0 = (s.to(dt).transpose(0, 1).contiguous() for s in state)
     live = n0 != 0  # n == 0 marks an empty state (see recurrent.py)
     n_safe = torch.where(live, n0, torch.ones_like(n0))
     neg_inf = torch.full_like(m0, float("-inf"))
     chat0 = torch.where(live, c0 / n_safe, torch.zeros_like(c0))
     L0 = torch.where(live, torch.log(n_safe) + m0, neg_inf)
-    H, chat, L, raw = _NormalizedLoop.apply(xb.contiguous(), Rt.contiguous(), chat0, L0, h0, forget_gate == "exp")
+    H, chat, L, raw = _NormalizedLoop.apply(x, R, b, chat0, L0, h0, forget_gate == "exp")
 
     # the official stabilizer m_S, then n_S = exp(L_S - m_S) and c_S = c^_S n_S, in float64
-    r = raw.view(S, NH, B, 4, DH).double()
-    lf = -r[:, :, :, 1] if forget_gate == "exp" else -F.softplus(r[:, :, :, 1])
+    r = raw.view(S, NH, B, 4, DH)
+    nf = r[:, :, :, 1].double()
+    lf = -nf if forget_gate == "exp" else -F.softplus(nf)
     Fs = torch.cumsum(lf, 0)
-    best = torch.maximum(torch.where(live, m0.double(), neg_inf.double()), (r[:, :, :, 0] - Fs).amax(0))
+    best = torch.maximum(torch.where(live, m0.double(), neg_inf.double()), (r[:, :, :, 0].double() - Fs).amax(0))
     m = Fs[-1] + best
     n = torch.exp(L.double() - m)
     c = chat.double() * n

@@ -22,6 +22,10 @@ from .checks import SLSTMState
 
 BB = 16
 R_RESIDENT_MAX = 16384  # elements of R a program keeps in registers (4 gates x BK x BJ)
+# Keeping R, h_prev and draw in registers (R_RESIDENT, REG) is tested under the interpreter only: on an H200
+# with Triton 3.6 the fp32 backward of the REG path failed to compile (layout propagation into the dot
+# operand), and the bf16 path has not been measured yet. None = use them everywhere but on CUDA.
+REGISTER_PATHS: bool | None = None
 
 
 def _interpreting() -> bool:
@@ -41,28 +45,31 @@ def _num_sms(device: torch.device) -> int:
 def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = None) -> dict:
     """Block sizes and grid: (NH * NJ, NBP) programs, each (head, batch group) synchronised per step.
 
-    Small heads (DH <= 64) go to one program each (h_prev and R in registers, no barrier); larger heads are
-    split in blocks of 32 units (measured best on an H200 for DH 256 and 768, benchmarks/slstm_kernels.py).
+    Heads are split in blocks of 32 units (16 for DH <= 32): on an H200 BJ = 32 was the fastest of 16/32/64
+    for DH 256 and 768 and within noise of the best for DH 64 (benchmarks/slstm_kernels.py).
     """
     sms = _num_sms(device)
     dhp = max(16, _next_pow2(DH))
+    registers = REGISTER_PATHS if REGISTER_PATHS is not None else device.type != "cuda"
     if block_j is None:
-        block_j = dhp if dhp <= 64 else 32
+        block_j = 32 if DH > 32 else 16
         while NH * -(-DH // block_j) > sms and block_j < dhp:
             block_j *= 2
     nj = -(-DH // block_j)
-    if nj == 1:  # a whole head per program: one K chunk, the program's own h_prev as the dot operand
+    reg = nj == 1 and registers
+    if reg:  # a whole head per program, h_prev in registers: one K chunk as wide as the unit block
         block_k = block_j = max(block_j, dhp)
         resident = True
     else:
         block_k = min(256, dhp)
-        resident = block_k >= DH and 4 * block_k * block_j <= R_RESIDENT_MAX
+        resident = registers and block_k >= DH and 4 * block_k * block_j <= R_RESIDENT_MAX
     nb = -(-B // BB)
     fits = NH * nj <= sms
     nbp = max(1, min(nb, sms // (NH * nj))) if fits else nb
     stepwise = not fits or (_interpreting() and nj > 1)  # the interpreter runs programs one by one
-    return dict(BJ=block_j, BK=block_k, NJ=nj, NBP=nbp, R_RESIDENT=resident, stepwise=stepwise,
-                barrier=(nj > 1 and not stepwise))
+    barrier = nj > 1 and not stepwise
+    return dict(BJ=block_j, BK=block_k, NJ=nj, NBP=nbp, R_RESIDENT=resident, REG=reg, stepwise=stepwise,
+                barrier=barrier, cta_sync=(nj == 1 and not reg))
 
 
 def _dot_dtype(x: Tensor) -> torch.dtype:
@@ -90,7 +97,8 @@ class _SLSTMTriton(torch.autograd.Function):
         grid = (NH * p["NJ"], p["NBP"])
         cnt = torch.zeros(NH * p["NBP"], device=dev, dtype=torch.int32)
         common = dict(DH=DH, EXP_FORGET=exp_forget, STORE_RAW=train, STORE_STATES=train, USE_BARRIER=p["barrier"],
-                      IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
+                      CTA_SYNC=p["cta_sync"], IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
+                      BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
         args = (x, bias, RT, h0, c0, n0, m0, H, C, N, M, raw, cnt, B, S, NH, slots, p["NBP"])
         for t0, t1 in ([(t, t + 1) for t in range(S)] if p["stepwise"] else [(0, S)]):
             slstm_fw_kernel[grid](*args, t0, t1, **common)
@@ -116,8 +124,9 @@ class _SLSTMTriton(torch.autograd.Function):
         p = plan(B, NH, DH, raw.device, block_j)
         grid = (NH * p["NJ"], p["NBP"])
         cnt = torch.zeros(NH * p["NBP"], device=raw.device, dtype=torch.int32)
-        common = dict(DH=DH, EXP_FORGET=exp_forget, USE_BARRIER=p["barrier"], IEEE=dot_dt == torch.float32,
-                      R_RESIDENT=p["R_RESIDENT"], BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
+        common = dict(DH=DH, EXP_FORGET=exp_forget, USE_BARRIER=p["barrier"], CTA_SYNC=p["cta_sync"],
+                      IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
+                      BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
         args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, cnt, B, S, NH, p["NBP"])
         for t0, t1 in ([(t, t + 1) for t in range(S - 1, -1, -1)] if p["stepwise"] else [(0, S)]):
             slstm_bw_kernel[grid](*args, t0, t1, **common)

@@ -9,9 +9,9 @@ applies the stabilized cell of xlstm-spec section 2 in float32 and stores h. The
 h_prev of the head, written by the NJ programs of that head, so the programs of a (head, batch group) meet
 at a barrier (an atomic counter in global memory) once per step; there is no launch per step. Loads of
 values other programs wrote bypass L1 (".cg"). The grid stays below the SM count, so all programs are
-resident at once. When one program holds a whole head (NJ = 1) h_prev never leaves registers and there is
-no barrier at all. The cell state stays in registers, and the next step's inputs are loaded while the
-current step computes.
+resident at once. When one program holds a whole head (NJ = 1) there is no head barrier, and with REG
+h_prev never leaves registers. The cell state stays in registers, and the next step's inputs are loaded
+while the current step computes.
 
 t_start/t_end let one launch run a slice of the steps; with single steps (no barrier) the launch boundary
 is the barrier: used under TRITON_INTERPRET=1, which runs programs one after another.
@@ -84,13 +84,15 @@ def slstm_fw_kernel(
     H, C, N, M, RAW, CNT,
     Bsz, S, NH, SLOTS, NBP, t_start, t_end,
     DH: tl.constexpr, EXP_FORGET: tl.constexpr, STORE_RAW: tl.constexpr, STORE_STATES: tl.constexpr,
-    USE_BARRIER: tl.constexpr, IEEE: tl.constexpr, R_RESIDENT: tl.constexpr,
-    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+    USE_BARRIER: tl.constexpr, CTA_SYNC: tl.constexpr, IEEE: tl.constexpr, R_RESIDENT: tl.constexpr,
+    REG: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
 ):
     """X (B, S, 4, NH, DH) any float; BIAS (4, NH, DH) f32; RT (NH, 4, DH_k, DH_j) = R^T in the dot dtype;
     H0/C0/N0/M0 (B, NH, DH) f32; H (B, S, NH, DH) f32; C/N/M (B, SLOTS, NH, DH) f32: the state after step t
     in slot t % SLOTS (every step when STORE_STATES, else the last of the launch); RAW (B, S, 4, NH, DH) f32
-    (when STORE_RAW); CNT int32 (NH * NBP) barrier counters. One program with BJ >= DH holds a whole head."""
+    (when STORE_RAW); CNT int32 (NH * NBP) barrier counters. REG (needs BJ >= DH, BK == BJ, R_RESIDENT): a
+    program holds a whole head and keeps h_prev in registers; CTA_SYNC: a whole head per program, h_prev
+    through memory (a block-level barrier per step instead of the head barrier)."""
     NJ: tl.constexpr = (DH + BJ - 1) // BJ
     NK: tl.constexpr = (DH + BK - 1) // BK
     pid = tl.program_id(0)
@@ -127,7 +129,7 @@ def slstm_fw_kernel(
             c = tl.load(C + s_off, mask=mask, other=0.0)
             n = tl.load(N + s_off, mask=mask, other=0.0)
             m = tl.load(M + s_off, mask=mask, other=0.0)
-        if NJ == 1:  # the whole h_prev of the head is this program's own: it stays in registers
+        if REG:  # the whole h_prev of the head is this program's own: it stays in registers
             if t_start == 0:
                 hp_ptr = H0 + offs_b[:, None] * HD
             else:
@@ -142,7 +144,7 @@ def slstm_fw_kernel(
             ro = x_o + b_o
             x_off = offs_b[:, None] * (S * GHD) + (t + 1) * GHD + h * DH + offs_j[None, :]
             x_i, x_f, x_z, x_o = _load4(X, x_off, HD, mask & (t + 1 < t_end))  # the next step's inputs
-            if NJ == 1:
+            if REG:
                 hk = h_reg.to(RT.dtype.element_ty)
                 ri = _mm(ri, hk, R_i, IEEE)
                 rf = _mm(rf, hk, R_f, IEEE)
@@ -191,10 +193,12 @@ def slstm_fw_kernel(
                     tl.store(C + st_off, c, mask=mask)
                     tl.store(N + st_off, n, mask=mask)
                     tl.store(M + st_off, m, mask=mask)
-            if NJ == 1:
+            if REG:
                 h_reg = h_new
             if USE_BARRIER:
                 _head_barrier(CNT + h * NBP + pid_b, (((bblk - pid_b) // NBP) * nsteps + (t - t_start) + 1) * NJ)
+            if CTA_SYNC:
+                tl.debug_barrier()
 
 
 @triton.jit
@@ -218,8 +222,9 @@ def _load_bw_step(RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, t, S, HD, DH:
 def slstm_bw_kernel(
     RAW, R, C0, N0, M0, C, N, M, GH, DC, DN, DM, DRAW, CNT,
     Bsz, S, NH, NBP, t_start, t_end,
-    DH: tl.constexpr, EXP_FORGET: tl.constexpr, USE_BARRIER: tl.constexpr, IEEE: tl.constexpr,
-    R_RESIDENT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+    DH: tl.constexpr, EXP_FORGET: tl.constexpr, USE_BARRIER: tl.constexpr, CTA_SYNC: tl.constexpr,
+    IEEE: tl.constexpr, R_RESIDENT: tl.constexpr, REG: tl.constexpr,
+    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
 ):
     """Reverse loop over t in [t_start, t_end). RAW (B, S, 4, NH, DH) f32; R (4, NH, DH, DH) in the dot dtype;
     C/N/M (B, S, NH, DH) f32 states after each step; GH (B, S, NH, DH) f32 = dL/dh; DC/DN/DM (B, NH, DH) f32
@@ -254,7 +259,7 @@ def slstm_bw_kernel(
         dc = tl.load(DC + s_off, mask=mask, other=0.0)
         dn = tl.load(DN + s_off, mask=mask, other=0.0)
         dm = tl.load(DM + s_off, mask=mask, other=0.0)
-        if NJ == 1:  # the next step's draw of the whole head is this program's own: keep it in registers
+        if REG:  # the next step's draw of the whole head is this program's own: keep it in registers
             d_off = offs_b[:, None] * (S * GHD) + t_end * GHD + h * DH + offs_j[None, :]
             d_i, d_f, d_z, d_o = _load4(DRAW, d_off, HD, mask & (t_end < S))
         n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp = _load_bw_step(
@@ -266,7 +271,7 @@ def slstm_bw_kernel(
             n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp = _load_bw_step(
                 RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, tl.maximum(t - 1, 0), S, HD, DH, mask & (t > t_start))
             if t < S - 1:
-                if NJ == 1:
+                if REG:
                     dt_ = R.dtype.element_ty
                     dh = _mm(dh, d_i.to(dt_), R_i, IEEE)
                     dh = _mm(dh, d_f.to(dt_), R_f, IEEE)
@@ -322,6 +327,8 @@ def slstm_bw_kernel(
             dm = da
             if USE_BARRIER:
                 _head_barrier(CNT + h * NBP + pid_b, (((bblk - pid_b) // NBP) * nsteps + (tt - t_start) + 1) * NJ)
+            if CTA_SYNC:
+                tl.debug_barrier()
         tl.store(DC + s_off, dc, mask=mask)
         tl.store(DN + s_off, dn, mask=mask)
         tl.store(DM + s_off, dm, mask=mask)
