@@ -30,8 +30,8 @@ from .common import finite_or_zero, load_gates, seq_bounds
 
 
 @triton.jit
-def mlstm_bwd_prep_kernel(h, dh, mstat, dstat, rz, dden, dfo, R, eps,
-                          DV: tl.constexpr, BR: tl.constexpr, BVP: tl.constexpr):
+def mlstm_bwd_prep_kernel(h, hlo, dh, mstat, dstat, rz, dden, dfo, R, eps,
+                          DV: tl.constexpr, BR: tl.constexpr, BVP: tl.constexpr, HAS_LO: tl.constexpr):
     r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     mr = r < R
     hdh = tl.zeros([BR], dtype=tl.float32)
@@ -39,6 +39,8 @@ def mlstm_bwd_prep_kernel(h, dh, mstat, dstat, rz, dden, dfo, R, eps,
         ov = v0 + tl.arange(0, BVP)
         msk = mr[:, None] & (ov < DV)[None, :]
         x = tl.load(h + r[:, None] * DV + ov[None, :], mask=msk, other=0.0).to(tl.float32)
+        if HAS_LO:
+            x += tl.load(hlo + r[:, None] * DV + ov[None, :], mask=msk, other=0.0).to(tl.float32)
         y = tl.load(dh + r[:, None] * DV + ov[None, :], mask=msk, other=0.0).to(tl.float32)
         hdh += tl.sum(x * y, 1)
     m = tl.load(mstat + r, mask=mr, other=0.0)

@@ -11,7 +11,8 @@ stabilizer):
     m'    = max(g + m, max_s g - b_s + li_s);  C' = exp(g + m - m') C + sum_s exp(g - b_s + li_s - m') k_s v_s^T
 
 The per-step stabilizer m_t and denominator den_t are written out (fp32, one number per step) for
-the backward pass. Stabilizers that are -inf (an empty state) are replaced by 0 where subtracted.
+the backward pass, and, for 16-bit outputs that need gradients, the rounding residual of h (h_lo, so
+that dh . h in the backward is not lost to bf16 rounding: it enters every gradient through d den). Stabilizers that are -inf (an empty state) are replaced by 0 where subtracted.
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from .common import finite_or_zero, load_gates, matvec, seq_bounds
 
 @triton.jit
 def mlstm_fwd_kernel(
-    q, k, v, ig, fg, C0, n0, m0, h, Cf, nf, mf, mstat, dstat, cu,
+    q, k, v, ig, fg, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, cu,
     S, scale, eps,
     NH: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    EXP_GATE: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+    EXP_GATE: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr, STORE_LO: tl.constexpr,
 ):
     pid = tl.program_id(0)
     vb = tl.program_id(1)
@@ -73,8 +74,13 @@ def mlstm_fwd_kernel(
         num += tl.dot(s.to(bv.dtype), bv, input_precision=PREC)
         den = tl.sum(s, 1) + matvec(bq, n, PREC) * w_inter
         z = tl.maximum(tl.abs(den), tl.exp(-ms)) + eps
+        hv = num / z[:, None]
+        hb = hv.to(h.dtype.element_ty)
         ph = tl.make_block_ptr(h + row0 * DV, (T, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-        tl.store(ph, (num / z[:, None]).to(h.dtype.element_ty), boundary_check=(0, 1))
+        tl.store(ph, hb, boundary_check=(0, 1))
+        if STORE_LO:  # what rounding h lost, so that the backward sees h to ~fp32 precision
+            plo = tl.make_block_ptr(hlo + row0 * DV, (T, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+            tl.store(plo, (hv - hb.to(tl.float32)).to(h.dtype.element_ty), boundary_check=(0, 1))
         if vb == 0:
             tl.store(mstat + rows, m_row, mask=mt)
             tl.store(dstat + rows, den, mask=mt)

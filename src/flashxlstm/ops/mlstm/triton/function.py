@@ -63,6 +63,8 @@ class MLSTMTritonFn(torch.autograd.Function):
         BK = next_pow2(DQK)
         cfg = _fwd_config(BK, DV, chunk)
         h = torch.empty_like(v)
+        store_lo = v.dtype != torch.float32 and any(ctx.needs_input_grad[:8])
+        hlo = torch.empty_like(v) if store_lo else h
         mstat = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         dstat = torch.empty_like(mstat)
         Cf = torch.empty(N, NH, DQK, DV, dtype=torch.float32, device=q.device)
@@ -70,19 +72,19 @@ class MLSTMTritonFn(torch.autograd.Function):
         mf = torch.empty(N, NH, dtype=torch.float32, device=q.device)
         grid = (N * NH, triton_cdiv(DV, cfg["BV"]))
         mlstm_fwd_kernel[grid](
-            q, k, v, i, f, C0, n0, m0, h, Cf, nf, mf, mstat, dstat, cu_k, S, DQK**-0.5, eps,
+            q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, cu_k, S, DQK**-0.5, eps,
             NH=NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"], EXP_GATE=input_gate == "exp",
-            IS_VARLEN=cu is not None, PREC=_precision(q.dtype), num_warps=cfg["num_warps"],
+            IS_VARLEN=cu is not None, PREC=_precision(q.dtype), STORE_LO=store_lo, num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
         )
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, mstat, dstat, Cf, nf, cu_k)
-        ctx.meta = (cu is not None, chunk, eps, input_gate)
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf, cu_k)
+        ctx.meta = (cu is not None, chunk, eps, input_gate, store_lo)
         return h, Cf, nf, mf
 
     @staticmethod
     def backward(ctx, dh, dCf, dnf, dmf):
-        q, k, v, i, f, C0, n0, m0, h, mstat, dstat, Cf, nf, cu_k = ctx.saved_tensors
-        varlen, chunk, eps, input_gate = ctx.meta
+        q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf, cu_k = ctx.saved_tensors
+        varlen, chunk, eps, input_gate, store_lo = ctx.meta
         N, NH, S, _ = _layout(q, cu_k if varlen else None)
         DQK, DV = q.shape[-1], v.shape[-1]
         BK = next_pow2(DQK)
@@ -98,7 +100,8 @@ class MLSTMTritonFn(torch.autograd.Function):
         rz, dden, dfo = (torch.empty(q.shape[:3], dtype=torch.float32, device=dev) for _ in range(3))
         BR = 32
         mlstm_bwd_prep_kernel[(triton_cdiv(R, BR),)](
-            h, dh, mstat, dstat, rz, dden, dfo, R, eps, DV=DV, BR=BR, BVP=min(128, next_pow2(DV)), num_warps=4)
+            h, hlo, dh, mstat, dstat, rz, dden, dfo, R, eps, DV=DV, BR=BR, BVP=min(128, next_pow2(DV)),
+            HAS_LO=store_lo, num_warps=4)
 
         dk32, dq32, dli = zeros(q.shape), zeros(q.shape), zeros(q.shape[:3])
         dv = torch.empty_like(v)
