@@ -34,7 +34,7 @@ def official_config(*, D=32, blocks=2, slstm_at=(1,), m_heads=4, s_heads=4, m_co
     slstm = None if not slstm_at else xlstm.sLSTMBlockConfig(
         slstm=xlstm.sLSTMLayerConfig(backend=backend, num_heads=s_heads, conv1d_kernel_size=s_conv),
         feedforward=xlstm.FeedForwardConfig(proj_factor=1.3, act_fn=act) if ffn else None)
-    common = dict(mlstm_block=mlstm, slstm_block=slstm, context_length=64, num_blocks=blocks, embedding_dim=D,
+    common = dict(mlstm_block=mlstm, slstm_block=slstm, context_length=128, num_blocks=blocks, embedding_dim=D,
                   slstm_at=list(slstm_at), bias=bias, add_post_blocks_norm=post_norm)
     if not lm:
         return xlstm.xLSTMBlockStackConfig(**common)
@@ -72,6 +72,17 @@ def test_from_official_module_logits(gen, name):
         want = off(ids)
         got, _ = ours(ids)
     assert rel(got, want) < 1e-5 and rel_max(got, want) < 5e-5
+
+
+@pytest.mark.parametrize("name", ["mixed", "mixed-tied-bias"])
+def test_from_official_float64_is_exact(gen, name):
+    """In float64 the two implementations agree to rounding: the same math, not an approximation."""
+    off = official_model(gen, official_config(**CONFIGS[name])).double()
+    ours = from_official(off)
+    assert next(ours.parameters()).dtype == torch.float64
+    ids = torch.randint(0, V, (2, 100), generator=gen)  # longer than one chunk of our mLSTM
+    with torch.no_grad():
+        assert rel(ours(ids)[0], off(ids)) < 1e-12
 
 
 def test_from_official_gradients_match(gen):
@@ -132,8 +143,10 @@ def test_from_official_cuda_layout(gen):
     with torch.no_grad():
         want = off(ids)
         assert rel(from_official(cuda_sd, cuda_cfg)(ids)[0], want) < 1e-5
-        wrong = from_official(cuda_sd, cfg)(ids)[0]  # read with the wrong layout: a different model
-    assert rel(wrong, want) > 1e-3
+    with pytest.raises(ValueError, match="layout"):  # R's shape gives a wrong backend away ...
+        from_official(cuda_sd, cfg)
+    with pytest.raises(ValueError, match="layout"):
+        from_official(off.state_dict(), cuda_cfg)
     sd, out_cfg = to_official(from_official(off), slstm_backend="cuda", as_state_dict=True)
     assert out_cfg.slstm_block.slstm.backend == "cuda"
     for k, v in cuda_sd.items():

@@ -34,13 +34,16 @@ SLSTM_LAYOUTS = ("vanilla", "cuda")
 def slstm_recurrent_from_official(r: Tensor, layout: str, num_heads: int) -> Tensor:
     """Official `_recurrent_kernel_` -> ours (4, NH, DH, DH) with raw[g, h, j] += R[g, h, j, p] h_prev[h, p]."""
     NH = num_heads
-    DH = r.numel() // (4 * NH)
-    DH = int(math.isqrt(DH))
+    if layout not in SLSTM_LAYOUTS:
+        raise ValueError(f"unknown official sLSTM layout {layout!r}; expected one of {SLSTM_LAYOUTS}")
+    DH = r.shape[-1] if layout == "vanilla" else r.shape[1]
+    want = (NH, 4 * DH, DH) if layout == "vanilla" else (NH, DH, 4 * DH)
+    if tuple(r.shape) != want:
+        raise ValueError(f"from_official: sLSTM recurrent kernel of shape {tuple(r.shape)} is not in the official "
+                         f"{layout!r} layout (expected {want}); does the config's sLSTM backend match the checkpoint?")
     if layout == "vanilla":  # (NH, 4 * DH_out, DH_in)
         return r.reshape(NH, 4, DH, DH).permute(1, 0, 2, 3).contiguous()
-    if layout == "cuda":  # (NH, DH_in, 4 * DH_out)
-        return r.reshape(NH, DH, 4, DH).permute(2, 0, 3, 1).contiguous()
-    raise ValueError(f"unknown official sLSTM layout {layout!r}; expected one of {SLSTM_LAYOUTS}")
+    return r.reshape(NH, DH, 4, DH).permute(2, 0, 3, 1).contiguous()  # cuda: (NH, DH_in, 4 * DH_out)
 
 
 def slstm_recurrent_to_official(r: Tensor, layout: str) -> Tensor:
@@ -302,6 +305,15 @@ OFFICIAL_CONFIGS: dict[str, Callable[[dict, Any], nn.Module]] = {
 }
 
 
+def register_official_converter(module_name: str, module_fn: Callable[[nn.Module], nn.Module],
+                                config_name: str | None = None,
+                                state_dict_fn: Callable[[dict, Any], nn.Module] | None = None) -> None:
+    """Teach from_official another official module type (and, optionally, its config for state dicts)."""
+    OFFICIAL_MODULES[module_name] = module_fn
+    if config_name is not None and state_dict_fn is not None:
+        OFFICIAL_CONFIGS[config_name] = state_dict_fn
+
+
 def from_official(module_or_state_dict: nn.Module | dict[str, Tensor], config: Any = None) -> nn.Module:
     """An official module (or its state dict plus official config) -> the flashxlstm model with equal outputs."""
     obj = module_or_state_dict
@@ -310,6 +322,9 @@ def from_official(module_or_state_dict: nn.Module | dict[str, Tensor], config: A
         if name not in OFFICIAL_MODULES:
             raise TypeError(f"from_official: no converter for official module {name}; supported: {sorted(OFFICIAL_MODULES)}")
         model = OFFICIAL_MODULES[name](obj)
+        first = next(obj.parameters(), None)
+        if first is not None and first.is_floating_point():
+            model = model.to(first.device, first.dtype)  # keep the official module's device and precision
     elif isinstance(obj, dict):
         if config is None:
             raise ValueError("from_official: converting a state dict needs its official config object (config=...)")
