@@ -81,7 +81,9 @@ def test_cli_formal_language(tmp_path, capsys):
     assert r["task"] == "parity" and r["model"] == "xlstm[1:1]" and r["steps"] == 3 and r["seed"] == 1
     for key in ("train_accuracy", "test_accuracy", "test_scaled_accuracy", "wall_time_s"):
         assert isinstance(r[key], float)
-    assert r["random_accuracy"] == 0.5 and r["test_lengths"] == [40, 256]
+    assert r["random_accuracy"] == 0.5 and r["test_lengths"] == [40, 256] and r["complete"] is True
+    partial = json.loads((out / "results.partial.json").read_text())
+    assert partial["complete"] is False and partial["history"] == r["history"]
     assert r["test_scaled_accuracy"] == pytest.approx((r["test_accuracy"] - 0.5) / 0.5)
     assert "test scaled accuracy" in capsys.readouterr().out
 

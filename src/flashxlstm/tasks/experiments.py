@@ -31,6 +31,15 @@ def _write(out: Path, results: dict, scaled: dict[str, float] | None, title: str
     learning_curve(results["history"], out / "learning_curve.png", title, scaled)
 
 
+def _save_partial(out: Path, header: dict) -> Callable[[list[dict]], None]:
+    """A callback writing results.partial.json after every evaluation, so a long or killed run leaves a trace."""
+    def save(history: list[dict]) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.partial.json").write_text(json.dumps({**header, "complete": False,
+                                                              "history": history}, indent=2) + "\n")
+    return save
+
+
 def run_formal_language(task: str, model: str, out: str | Path, *, train_cfg: TrainConfig,
                         size: ModelSize | None = None, batch_size: int = 128, test_size: int = 512,
                         eval_batch_size: int = 128, train_lengths: tuple[int, int] = TRAIN_LENGTHS,
@@ -47,7 +56,10 @@ def run_formal_language(task: str, model: str, out: str | Path, *, train_cfg: Tr
         "train_len": fl.make_eval_set(spec, rng, test_size, *train_lengths, eval_batch_size),
         "test_len": fl.make_eval_set(spec, rng, test_size, *test_lengths, eval_batch_size),
     }
-    run = train(net, lambda g: fl.sample_batch(spec, g, batch_size, *train_lengths), eval_sets, train_cfg, log)
+    partial = _save_partial(Path(out), {"task": spec.name, "model": model, "seed": train_cfg.seed,
+                                        "train_config": asdict(train_cfg), "random_accuracy": spec.random_accuracy})
+    run = train(net, lambda g: fl.sample_batch(spec, g, batch_size, *train_lengths), eval_sets, train_cfg, log,
+                partial)
     final = run["history"][-1]
     r = spec.random_accuracy
     results = {
@@ -59,7 +71,7 @@ def run_formal_language(task: str, model: str, out: str | Path, *, train_cfg: Tr
         "random_accuracy": r, "vocab_size": spec.vocab_size, "num_classes": spec.num_classes,
         "train_lengths": list(train_lengths), "test_lengths": list(test_lengths), "batch_size": batch_size,
         "test_size": test_size, "model_size": asdict(size), "device": train_cfg.device,
-        "torch_threads": torch.get_num_threads(), **run,
+        "torch_threads": torch.get_num_threads(), "complete": True, **run,
     }
     _write(Path(out), results, {"train_len_accuracy": r, "test_len_accuracy": r},
            f"{spec.name} / {model}: test scaled acc {results['test_scaled_accuracy']:.3f}")
@@ -75,14 +87,16 @@ def run_mqar(model: str, out: str | Path, *, train_cfg: TrainConfig, mqar: MQARC
     net = build_model(model, mqar.vocab_size, size)
     rng = np.random.default_rng([train_cfg.seed, 1])
     test = [sample_mqar(mqar, rng, min(eval_batch_size, test_size - i)) for i in range(0, test_size, eval_batch_size)]
-    run = train(net, lambda g: sample_mqar(mqar, g, batch_size), {"test": test}, train_cfg, log)
+    partial = _save_partial(Path(out), {"task": "mqar", "model": model, "seed": train_cfg.seed,
+                                        "train_config": asdict(train_cfg), "mqar": asdict(mqar)})
+    run = train(net, lambda g: sample_mqar(mqar, g, batch_size), {"test": test}, train_cfg, log, partial)
     final = run["history"][-1]
     results = {
         "experiment": "mqar", "task": "mqar", "model": model, "steps": train_cfg.steps, "seed": train_cfg.seed,
         "train_accuracy": final["train_batch_accuracy"], "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"], "mqar": asdict(mqar), "random_accuracy": mqar.random_accuracy,
         "batch_size": batch_size, "test_size": test_size, "model_size": asdict(size), "device": train_cfg.device,
-        "torch_threads": torch.get_num_threads(), **run,
+        "torch_threads": torch.get_num_threads(), "complete": True, **run,
     }
     _write(Path(out), results, None, f"MQAR kv={mqar.num_kv_pairs} T={mqar.context_length} / {model}: "
                                      f"test acc {results['test_accuracy']:.3f}")

@@ -90,11 +90,13 @@ def evaluate(model: nn.Module, batches: list[Batch], device: str) -> dict[str, f
 
 
 def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batch]], cfg: TrainConfig,
-          log: Callable[[str], None] | None = None) -> dict:
+          log: Callable[[str], None] | None = None,
+          on_eval: Callable[[list[dict]], None] | None = None) -> dict:
     """Train `model` on batches from `sample(rng)` and evaluate on `eval_sets`; returns the history dict.
 
     The history holds, per evaluation, the step, learning rate, mean training loss / accuracy since the last
-    evaluation, and loss / accuracy on each eval set; plus wall time and step time.
+    evaluation, and loss / accuracy on each eval set; plus wall time and step time. `on_eval(history)` is
+    called after every evaluation (e.g. to save partial results of a long run).
     """
     device = cfg.device
     model.to(device).train()
@@ -134,8 +136,11 @@ def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batc
                     point[f"{name}_{key}"] = value
             history.append(point)
             window_loss = window_correct = window_count = window_steps = 0
+            point["elapsed_s"] = time.perf_counter() - start
             if log is not None:
                 log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()))
+            if on_eval is not None:
+                on_eval(history)
     wall = time.perf_counter() - start
     return {"history": history, "wall_time_s": wall, "train_time_s": train_time,
             "step_time_ms": 1000 * train_time / cfg.steps, "train_config": asdict(cfg),

@@ -16,10 +16,11 @@ def learning_curve(history: list[dict], path: str | Path, title: str, scaled_key
     """
     steps = [p["step"] for p in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(steps, [p["train_loss"] for p in history], label="train loss")
+    floor = 1e-9  # a loss of exactly 0 would vanish from the log axis
+    ax_loss.plot(steps, [max(p["train_loss"], floor) for p in history], label="train loss")
     for key in history[0]:
         if key.endswith("_loss") and key != "train_loss":
-            ax_loss.plot(steps, [p[key] for p in history], label=key.replace("_", " "))
+            ax_loss.plot(steps, [max(p[key], floor) for p in history], label=key.replace("_", " "))
     ax_loss.set_xlabel("step"), ax_loss.set_ylabel("cross-entropy"), ax_loss.set_yscale("log")
     ax_loss.legend(fontsize=8)
     for key in history[0]:
