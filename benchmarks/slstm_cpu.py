@@ -44,6 +44,10 @@ def ours_forward(layer, x: torch.Tensor, backend: str = "cpu") -> torch.Tensor:
     return layer.group_norm(h.transpose(1, 2)).transpose(1, 2).reshape(B, S, D)
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
 def measure(fn) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call."""
     w0, c0 = time.perf_counter(), time.process_time()
@@ -79,7 +83,7 @@ def main() -> None:
     with torch.no_grad():
         ref = layer(x)
         ours = ours_forward(layer, x)
-    err = ((ours - ref).norm() / ref.norm()).item()
+    err = rel_err(ours, ref)
     print(f"relative difference of the layer outputs: {err:.2e}")
     assert err < 1e-5, "outputs differ; not timing"
 
@@ -95,11 +99,27 @@ def main() -> None:
                 fn()
         return run
 
+    # op level: the official vanilla cell vs our op on the same gate pre-activations
+    NH, DH = args.NH, args.D // args.NH
+    cell = layer.slstm_cell
+    gates = torch.randn(args.B, args.T, 4 * args.D)
+    R = cell._recurrent_kernel_.view(NH, 4, DH, DH).transpose(0, 1)
+    b = cell._bias_.view(4, NH, DH)
+    gq = gates.clone().requires_grad_(True)  # its .grad accumulates over repeats: the same cost on both sides
+    with torch.no_grad():
+        op_err = rel_err(slstm(gates.view(args.B, args.T, 4, NH, DH), R, b, backend="cpu")[0].transpose(1, 2), cell(gates)[0])
+    print(f"relative difference of the cell outputs: {op_err:.2e}")
+    assert op_err < 1e-5, "cell outputs differ; not timing"
+    cell_ours = lambda g: slstm(g.view(args.B, args.T, 4, NH, DH), R, b, backend="cpu")[0]
     cases = {
-        ("forward", "official"): fw(lambda: layer(x)),
-        ("forward", "ours"): fw(lambda: ours_forward(layer, x)),
-        ("forward+backward", "official"): fwbw(lambda: layer(x)),
-        ("forward+backward", "ours"): fwbw(lambda: ours_forward(layer, x)),
+        ("layer forward", "official"): fw(lambda: layer(x)),
+        ("layer forward", "ours"): fw(lambda: ours_forward(layer, x)),
+        ("layer forward+backward", "official"): fwbw(lambda: layer(x)),
+        ("layer forward+backward", "ours"): fwbw(lambda: ours_forward(layer, x)),
+        ("op forward", "official"): fw(lambda: cell(gates)),
+        ("op forward", "ours"): fw(lambda: cell_ours(gates)),
+        ("op forward+backward", "official"): fwbw(lambda: cell(gq)[0]),
+        ("op forward+backward", "ours"): fwbw(lambda: cell_ours(gq)),
     }
     for fn in cases.values():  # warm-up
         fn()
@@ -108,13 +128,18 @@ def main() -> None:
         for key, fn in cases.items():
             samples[key].append(measure(fn))
     med = {key: (statistics.median(s[0] for s in v), statistics.median(s[1] for s in v)) for key, v in samples.items()}
-    rows = [(p, med[(p, "official")], med[(p, "ours")]) for p in ("forward", "forward+backward")]
+    passes = ("layer forward", "layer forward+backward", "op forward", "op forward+backward")
+    rows = [(p, med[(p, "official")], med[(p, "ours")]) for p in passes]
 
     shape = f"B={args.B} T={args.T} D={args.D} NH={args.NH} (DH={args.D // args.NH}), float32, {args.threads} threads"
     lines = [
         "# sLSTM on CPU: flashxlstm \"cpu\" backend vs official xlstm sLSTMLayer \"vanilla\"",
         "",
-        f"Layer level, same weights ({shape}); outputs agree to {err:.1e} relative. {args.repeats} repeats.",
+        f"Same weights ({shape}); layer outputs agree to {err:.1e}, cell outputs to {op_err:.1e} relative. "
+        f"{args.repeats} repeats.",
+        "Layer: the official sLSTMLayer (conv, headwise gate projections, group norm) vs the same module with only the",
+        "cell replaced by our op, so both rows include the same official projection code. Op: the official vanilla",
+        "sLSTMCell vs `slstm(..., backend=\"cpu\")` on the same gate pre-activations.",
         "",
         "Times are medians over alternating repeats; CPU time is the process's CPU seconds (robust to other",
         "load on the machine), wall time is what a user waits.",
