@@ -9,8 +9,9 @@ It runs the recurrence in an equivalent normalized form that needs no explicit s
     h_t = sigmoid(raw_o) * c^_t
 
 This is algebraically the stabilized recurrence of xlstm-spec section 2 (f' / (f' n + i') = w), with no exp
-that can overflow. Each step is one batched matmul (all heads) plus ten pointwise ops that write into
-preallocated buffers: no autograd graph per step, no allocation churn, no host sync. The backward loop reuses
+that can overflow. Each step is one batched matmul (all heads) plus about ten pointwise ops that write into
+preallocated buffers (per-step views are made once, before the loop): no autograd graph per step, no
+allocation churn, no host sync. The backward loop reuses
 the saved pre-activations: everything that does not depend on the carried gradients is computed for all
 steps at once before the loop, so each backward step is again one matmul plus a few pointwise ops.
 The official state (c, n, m) comes out as well: the loop also runs the official stabilizer
