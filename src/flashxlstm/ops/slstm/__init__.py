@@ -12,7 +12,8 @@ xlstm behaviour. The math is xlstm-spec section 2; `forget_gate="exp"` uses raw_
 
 Backends: "recurrent" (the stabilized step, plain loop, torch autograd), "cpu" (a fused loop with a
 hand-written backward; runs on any device), "triton" (persistent GPU kernels, registered when Triton is
-importable), "auto" (triton on CUDA, cpu otherwise).
+importable), "auto" (triton on CUDA, cpu otherwise and for float64 inputs, which the kernels would compute
+in float32).
 """
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ except ImportError:  # pragma: no cover - depends on the installation
     pass
 
 
-def _auto_backend(device: torch.device) -> str:
-    if device.type == "cuda" and "triton" in BACKENDS:
+def _auto_backend(device: torch.device, dtype: torch.dtype) -> str:
+    if device.type == "cuda" and "triton" in BACKENDS and dtype != torch.float64:  # the kernels compute in fp32
         return "triton"
     return "cpu" if "cpu" in BACKENDS else "recurrent"
 
@@ -60,7 +61,7 @@ def slstm(
     forget_gate: str = "sigmoid",
 ) -> tuple[Tensor, SLSTMState]:
     check_slstm_inputs(x, R, b, state, forget_gate)
-    name = _auto_backend(x.device) if backend == "auto" else backend
+    name = _auto_backend(x.device, x.dtype) if backend == "auto" else backend
     if name not in BACKENDS:
         raise ValueError(f"slstm: unknown backend {backend!r}; available: auto, {', '.join(sorted(BACKENDS))}")
     B, _, _, NH, DH = x.shape
