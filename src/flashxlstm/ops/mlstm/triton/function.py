@@ -7,8 +7,11 @@ Forward: one fused kernel (forward.py). Backward: four launches (backward.py) pl
 (gates.py). Gradients flow to q, k, v, i, f and to all three parts of the initial state; the returned
 state carries gradients too. Inputs bf16, fp16 or fp32 (matrix products in that precision, fp32
 accumulation; fp32 inputs use 3xTF32 products), gates, stabilizers and states fp32. float64 inputs
-go to the torch chunkwise form. `chunk_size` is rounded to a power of two in [16, 128]; the result
-does not depend on it beyond rounding.
+go to the torch chunkwise form. The kernels use chunks of min(chunk_size rounded up to a power of two
+(at least 16), 32) steps; results do not depend on the chunk size beyond rounding.
+
+Launch settings live in `_fwd_config` / `_bwd_config`; `FWD_CONFIG` / `BWD_CONFIG` (keyed by the padded
+head dim) override them, which is how benchmarks/mlstm_kernels.py --sweep compares variants.
 """
 from __future__ import annotations
 
@@ -27,15 +30,15 @@ BWD_CONFIG: dict = {}
 
 
 def _fwd_config(BK: int, DV: int, chunk: int) -> dict:
-    # chosen by register use (no spills in the compiler's report for sm_90) and timings on an H200
-    # L = 32: Triton 3.6 miscompiled the bf16 wgmma path (L = 64) of this kernel on an H200 (fp32 was right)
-    cfg = {"L": min(chunk, 32), "BV": min(32, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
+    # Measured on an H200 (benchmarks/results/mlstm_notes.md): BV = 64 beat 32 by 1.6-1.7x. L = 32 because
+    # Triton 3.6 miscompiles the bf16 wgmma path this kernel takes at L = 64 (wrong h; fp32 was right).
+    cfg = {"L": min(chunk, 32), "BV": min(64, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
     cfg.update(FWD_CONFIG.get(BK, {}))
     return cfg
 
 
 def _bwd_config(BK: int, DV: int, chunk: int) -> dict:
-    cfg = {"L": min(chunk, 32), "BV": min(32, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
+    cfg = {"L": min(chunk, 32), "BV": min(64, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
     cfg.update(BWD_CONFIG.get(BK, {}))
     return cfg
 
