@@ -109,7 +109,7 @@ class mLSTMLayer(nn.Module):
         b_if = torch.cat([self.igate.bias, self.fgate.bias])
         i, f = F.linear(torch.cat([q, k, v], dim=-1), w_if, b_if).split(self.num_heads, dim=-1)
 
-        heads = lambda t: t.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
+        heads = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
         h, cell_state = ops.mlstm(heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2),
                                   state=cell_state, backend=self.backend, chunk_size=self.chunk_size)
         h = self.outnorm(h.transpose(1, 2)).reshape(B, S, self.inner_dim)
