@@ -99,6 +99,25 @@ def step_case(case, *, gate="exp", out=False, empty=False, tol=1e-6):
     emit(case, errors, tol, any(torch.isnan(t).any() for t in (h, C, n, m)))
 
 
+def compile_case():
+    """torch.compile graph-breaks around the op: same values and gradients as eager."""
+    g = torch.Generator().manual_seed(2)
+    ins = [torch.randn(1, 2, 20, 16, generator=g) for _ in range(3)] + [torch.randn(1, 2, 20, generator=g) for _ in range(2)]
+
+    def loss(q, k, v, i, f):
+        h, (C, n, m) = M.mlstm(q * 2, k, v, i, f, backend="triton", chunk_size=16)
+        return h.sin().sum() + C.sum()
+
+    grads = []
+    for fn in (loss, torch.compile(loss)):
+        xs = [t.clone().requires_grad_(True) for t in ins]
+        out = fn(*xs)
+        out.backward()
+        grads.append([out.detach()] + [x.grad for x in xs])
+    errors = {f"g{j}": rel(a, b) for j, (a, b) in enumerate(zip(*grads))}
+    emit("compile", errors, 1e-4, any(torch.isnan(t).any() for t in grads[1]))
+
+
 def main():
     emit("registry", {}, 0, sequence="triton" in M.BACKENDS, step="triton" in M.STEP_BACKENDS)
     sequence_case("s1", 2, 1, 1, 16, 16, init="random")
@@ -112,6 +131,7 @@ def main():
     sequence_case("varlen_sigmoid", 1, 1, 40, 16, 16, gate="sigmoid", cu=[0, 17, 40])
     sequence_case("fp16", 1, 1, 24, 16, 16, dtype=torch.float16, tol=1e-2)
     sequence_case("chunk_invariance", 1, 1, 70, 16, 16, chunk=32, init="random")
+    compile_case()
     step_case("step_exp")
     step_case("step_sigmoid", gate="sigmoid")
     step_case("step_out_buffers", out=True)

@@ -4,7 +4,7 @@ TRITON_INTERPRET must be set before Triton is imported, so the checks run in one
 (tests/_mlstm_triton_cases.py) and each case reports back as a JSON line; the tests here only look
 the results up. Covers forward, gradients of every input and of the initial state (with a loss on
 the returned state too), S = 1 and S not a multiple of the chunk, head dims that are not powers of
-two, both input gates, an empty initial state (m = -inf), masked steps (i = -inf, f = +inf), gates
+two, both input gates, torch.compile around the op, an empty initial state (m = -inf), masked steps (i = -inf, f = +inf), gates
 in [-30, 30], packed documents (cu_seqlens) with per-document initial states, and the decode step.
 """
 from __future__ import annotations
@@ -51,6 +51,11 @@ def test_sequence_kernels_match_reference(results, case):
     assert set(errs) >= {"h", "C", "n", "m"}, errs
     bad = {k: v for k, v in errs.items() if not v <= row["tol"]}
     assert not bad, f"{case}: relative errors above {row['tol']}: {bad}"
+
+
+def test_torch_compile_runs_around_the_op(results):
+    row = results["compile"]
+    assert not row["nan"] and all(v <= row["tol"] for v in row["errors"].values()), row["errors"]
 
 
 @pytest.mark.parametrize("case", ["step_exp", "step_sigmoid", "step_out_buffers", "step_empty_state"])

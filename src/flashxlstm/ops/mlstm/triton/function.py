@@ -10,6 +10,9 @@ accumulation; fp32 inputs use 3xTF32 products), gates, stabilizers and states fp
 go to the torch chunkwise form. The kernels use chunks of min(chunk_size rounded up to a power of two
 (at least 16), 32) steps; results do not depend on the chunk size beyond rounding.
 
+torch.compile does not trace into the op: it graph-breaks around it (torch.compiler.disable) and the
+autograd Function runs as is, so compiled models keep these kernels and their gradients.
+
 Launch settings live in `_fwd_config` / `_bwd_config`; `FWD_CONFIG` / `BWD_CONFIG` (keyed by the padded
 head dim) override them, which is how benchmarks/mlstm_kernels.py --sweep compares variants.
 """
@@ -136,6 +139,7 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@torch.compiler.disable  # torch.compile graph-breaks around the op and runs it as is (with autograd)
 def mlstm_triton(q, k, v, i, f, state, *, chunk_size=64, eps=1e-6, input_gate="exp", cu_seqlens=None):
     """The registered `triton` sequence backend (see the module docstring)."""
     if q.dtype == torch.float64:
