@@ -28,7 +28,7 @@ _OPTIONS = [
     ("--log-every", "log_every", int, "refresh the progress bar numbers every N steps (default %(d)s)"),
     ("--seed", "seed", int, "random seed for initialisation and data order (default %(d)s)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default %(d)s)"),
-    ("--threads", "threads", int, "CPU threads (default: all cores available)"),
+    ("--threads", "threads", int, "CPU threads (default: the available cores not kept busy by other programs)"),
     ("--max-minutes", "max_minutes", float,
      "stop training after the job has run this many minutes, checkpointed so --resume continues; "
      "0: no limit (default %(d)s)"),

@@ -29,7 +29,7 @@ class TrainConfig:
     batch_size: int = 16
     seq_len: int = 128
     # optimisation
-    steps: int = 1000
+    steps: int = 800
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup_steps: int = 100
@@ -38,13 +38,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     carry_state: bool = True  # truncated BPTT: carry the recurrent state across consecutive windows
     # bookkeeping
-    eval_every: int = 250
+    eval_every: int = 200
     eval_batch_size: int = 16
     eval_seq_len: int = 512  # validation reads the same streams in longer windows (same result, faster)
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
-    threads: int | None = None  # None: all cores available to this process
+    threads: int | None = None  # None: the available cores not busy with other programs
     sample_tokens: int = 300
     sample_prompt: str = "The "
     progress: bool = True
