@@ -110,8 +110,14 @@ class mLSTMLayer(nn.Module):
         i, f = F.linear(torch.cat([q, k, v], dim=-1), w_if, b_if).split(self.num_heads, dim=-1)
 
         heads = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-        h, cell_state = ops.mlstm(heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2),
-                                  state=cell_state, backend=self.backend, chunk_size=self.chunk_size)
+        if S == 1:  # decoding: the recurrent step, no chunk machinery
+            step = lambda t: t[:, :, 0]
+            h, cell_state = ops.mlstm_step(step(heads(q)), step(heads(k)), step(heads(v)), i[:, 0], f[:, 0],
+                                           state=cell_state)
+            h = h[:, :, None]
+        else:
+            h, cell_state = ops.mlstm(heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2),
+                                      state=cell_state, backend=self.backend, chunk_size=self.chunk_size)
         h = self.outnorm(h.transpose(1, 2)).reshape(B, S, self.inner_dim)
         y = self.proj_down((h + self.learnable_skip * x_c) * F.silu(z))
         return self.dropout(y), (conv_state, *cell_state)
