@@ -26,7 +26,22 @@ def emit(case, errors, tol, nan=False, **extra):
 
 
 def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, chunk=16, dtype=torch.float32,
-                  gate_range=None, masked=(), tol=2e-4, seed=0):
+                  gate_range=None, masked=(), tol=2e-4, seed=0, seg=0):
+    """seg > 0: sequence parallelism with segments of `seg` steps (checked to be taken)."""
+    from flashxlstm.ops.mlstm.triton import function as tfn
+    saved = dict(tfn.SEGMENT)
+    if seg:
+        tfn.SEGMENT.update(tokens=seg, min_segments=2)
+        assert tfn.segment_length(torch.empty(B, NH, S, DQK), None) == seg, "segments not taken"
+    try:
+        _sequence_case(case, B, NH, S, DQK, DV, gate=gate, init=init, cu=cu, chunk=chunk, dtype=dtype,
+                       gate_range=gate_range, masked=masked, tol=tol, seed=seed)
+    finally:
+        tfn.SEGMENT.clear()
+        tfn.SEGMENT.update(saved)
+
+
+def _sequence_case(case, B, NH, S, DQK, DV, *, gate, init, cu, chunk, dtype, gate_range, masked, tol, seed):
     g = torch.Generator().manual_seed(seed)
     nseq = B if cu is None else len(cu) - 1
     q, k = (torch.randn(B, NH, S, DQK, generator=g) for _ in range(2))
@@ -131,6 +146,12 @@ def main():
     sequence_case("varlen_sigmoid", 1, 1, 40, 16, 16, gate="sigmoid", cu=[0, 17, 40])
     sequence_case("fp16", 1, 1, 24, 16, 16, dtype=torch.float16, tol=1e-2)
     sequence_case("chunk_invariance", 1, 1, 70, 16, 16, chunk=32, init="random")
+    # sequence parallelism: segments of 16 steps (the last one shorter), states scanned in torch
+    sequence_case("seg_init", 2, 1, 40, 16, 16, init="random", seg=16)
+    sequence_case("seg_sigmoid_odd", 1, 1, 40, 24, 40, gate="sigmoid", init="random", seg=16)
+    sequence_case("seg_empty_masked", 1, 1, 56, 16, 16, init="empty", gate_range=30.0,
+                  masked=((0, 20), (33, 40), (50, 56)), tol=5e-4, seg=16)
+    sequence_case("seg_fp16", 1, 1, 48, 16, 16, dtype=torch.float16, tol=1e-2, seg=16)
     compile_case()
     step_case("step_exp")
     step_case("step_sigmoid", gate="sigmoid")

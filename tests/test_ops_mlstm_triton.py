@@ -5,7 +5,9 @@ TRITON_INTERPRET must be set before Triton is imported, so the checks run in one
 the results up. Covers forward, gradients of every input and of the initial state (with a loss on
 the returned state too), S = 1 and S not a multiple of the chunk, head dims that are not powers of
 two, both input gates, torch.compile around the op, an empty initial state (m = -inf), masked steps (i = -inf, f = +inf), gates
-in [-30, 30], packed documents (cu_seqlens) with per-document initial states, and the decode step.
+in [-30, 30], packed documents (cu_seqlens) with per-document initial states, sequence parallelism
+(segments with scanned initial states: gradients to the caller's initial state, a segment of masked
+steps, an empty initial state, both gates, odd head dims, fp16), and the decode step.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def results() -> dict:
 
 
 CASES = ["s1", "odd_dims", "tail", "sigmoid_init", "empty_init", "masked_extreme", "varlen", "varlen_sigmoid",
-         "fp16", "chunk_invariance"]
+         "fp16", "chunk_invariance", "seg_init", "seg_sigmoid_odd", "seg_empty_masked", "seg_fp16"]
 
 
 @pytest.mark.parametrize("case", CASES)

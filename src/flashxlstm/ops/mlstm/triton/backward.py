@@ -57,17 +57,13 @@ def mlstm_bwd_prep_kernel(h, hlo, dh, mstat, dstat, rz, dden, dfo, R, eps,
 @triton.jit
 def mlstm_bwd_dkv_kernel(
     q, k, v, ig, fg, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dli32, dv, dC0, dn0, cu,
-    S, scale,
+    S, TSEG, NSEG, scale,
     NH: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     EXP_GATE: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     vb = tl.program_id(1)
-    d = pid // NH
-    hh = pid % NH
-    row0, T = seq_bounds(cu, d, hh, S, NH, IS_VARLEN)
-    st = pid.to(tl.int64)
+    row0, T, st = seq_bounds(cu, tl.program_id(0), S, TSEG, NSEG, NH, IS_VARLEN)
     first = vb == 0
 
     ok = tl.arange(0, BK)
@@ -144,17 +140,13 @@ def mlstm_bwd_dkv_kernel(
 @triton.jit
 def mlstm_bwd_dq_kernel(
     k, v, ig, fg, C0, n0, m0, mstat, rz, dden, dh, dq32, cu,
-    S, scale,
+    S, TSEG, NSEG, scale,
     NH: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     EXP_GATE: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     vb = tl.program_id(1)
-    d = pid // NH
-    hh = pid % NH
-    row0, T = seq_bounds(cu, d, hh, S, NH, IS_VARLEN)
-    st = pid.to(tl.int64)
+    row0, T, st = seq_bounds(cu, tl.program_id(0), S, TSEG, NSEG, NH, IS_VARLEN)
     first = vb == 0
 
     ok = tl.arange(0, BK)

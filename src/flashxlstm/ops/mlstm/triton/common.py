@@ -1,7 +1,8 @@
 """Small Triton helpers shared by the mLSTM kernels: gate transforms, stabilizers, sequence bounds.
 
-Every sequence kernel sees its input as documents of rows: without `cu_seqlens` document d is batch
-entry d (rows (d*NH + h)*S ...); with `cu_seqlens` (B == 1) it is the span cu[d]..cu[d+1] of head h.
+Every sequence kernel sees its input as spans of rows, one initial and one final state each: without
+`cu_seqlens` a span is a segment of TSEG steps of batch entry b (the whole sequence when there is one
+segment); with `cu_seqlens` (B == 1) it is the document cu[d]..cu[d+1] of head h.
 """
 from __future__ import annotations
 
@@ -26,15 +27,27 @@ def finite_or_zero(m):
 
 
 @triton.jit
-def seq_bounds(cu, d, h, S, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """(first row, length) of document d, head h, in the flattened (rows, features) layout."""
+def seq_bounds(cu, pid, S, TSEG, NSEG, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """(first row, length, state index) of the span program `pid` walks, in the (rows, features) layout.
+
+    Packed documents: pid = d * NH + h, span = document d of head h, state index pid. Otherwise
+    pid = (b * NSEG + s) * NH + h, span = segment s (TSEG steps, the last one shorter) of batch entry b,
+    head h, state index (b * NH + h) * NSEG + s, so that segment states are laid out (B, NH, NSEG, ...);
+    one segment (NSEG = 1, TSEG = S) is the whole sequence.
+    """
+    d = pid // NH
+    h = pid % NH
     if IS_VARLEN:
         bos = tl.load(cu + d).to(tl.int64)
         eos = tl.load(cu + d + 1).to(tl.int64)
-        return h.to(tl.int64) * S + bos, (eos - bos).to(tl.int32)
+        return h.to(tl.int64) * S + bos, (eos - bos).to(tl.int32), pid.to(tl.int64)
     else:
-        row0 = (d * NH + h).to(tl.int64) * S
-        return row0, S
+        b = d // NSEG
+        sg = d % NSEG
+        start = sg * TSEG
+        row0 = (b * NH + h).to(tl.int64) * S + start
+        st = (b * NH + h).to(tl.int64) * NSEG + sg
+        return row0, tl.minimum(TSEG, S - start), st
 
 
 @triton.jit

@@ -25,17 +25,13 @@ from .common import finite_or_zero, load_gates, matvec, seq_bounds
 @triton.jit
 def mlstm_fwd_kernel(
     q, k, v, ig, fg, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, cu,
-    S, scale, eps,
+    S, TSEG, NSEG, scale, eps,
     NH: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     EXP_GATE: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr, STORE_LO: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     vb = tl.program_id(1)
-    d = pid // NH
-    hh = pid % NH
-    row0, T = seq_bounds(cu, d, hh, S, NH, IS_VARLEN)
-    st = pid.to(tl.int64)
+    row0, T, st = seq_bounds(cu, tl.program_id(0), S, TSEG, NSEG, NH, IS_VARLEN)
 
     ok = tl.arange(0, BK)
     ov = vb * BV + tl.arange(0, BV)

@@ -26,10 +26,13 @@ from .backward import (mlstm_bwd_dkv_kernel, mlstm_bwd_dq_kernel, mlstm_bwd_fina
 from .common import next_pow2
 from .forward import mlstm_fwd_kernel
 from .gates import gate_grads
+from .segments import segment_states
 
 # Launch settings; the benchmark may override them to compare variants. Keys: (BK,) -> dict
 FWD_CONFIG: dict = {}
 BWD_CONFIG: dict = {}
+# Sequence parallelism (segments.py): steps per segment and the fewest segments worth cutting into.
+SEGMENT: dict = {"tokens": 1024, "min_segments": 2}
 
 
 def _fwd_config(BK: int, DV: int, chunk: int) -> dict:
@@ -50,22 +53,72 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _layout(q: Tensor, cu: Tensor | None) -> tuple[int, int, int, Tensor]:
-    """(documents N, heads NH, steps per row S, offsets tensor for the kernels)."""
-    B, NH, S, _ = q.shape
-    if cu is None:
-        return B, NH, S, torch.zeros(2, dtype=torch.int32, device=q.device)
-    return cu.numel() - 1, NH, S, cu.to(device=q.device, dtype=torch.int32).contiguous()
+class _Spans:
+    """How the kernels cut the input into spans (one program row each), and the per-span state layout.
+
+    Packed documents: spans = documents, states (N, NH, ...). Otherwise spans = NSEG segments of TSEG
+    steps per sequence (NSEG = 1: the whole sequence), states (B, NH, NSEG, ...), of which the last
+    segment's final state is the one returned.
+    """
+
+    def __init__(self, q: Tensor, cu: Tensor | None, tseg: int):
+        B, NH, S, _ = q.shape
+        self.B, self.NH, self.S, self.varlen = B, NH, S, cu is not None
+        if cu is not None:
+            self.N, self.TSEG, self.NSEG = cu.numel() - 1, S, 1
+            self.cu_k = cu.to(device=q.device, dtype=torch.int32).contiguous()
+            self.prefix = (self.N, NH)
+        else:
+            self.TSEG = tseg if 0 < tseg < S else S
+            self.NSEG = triton_cdiv(S, self.TSEG)
+            self.N = B * self.NSEG
+            self.cu_k = torch.zeros(2, dtype=torch.int32, device=q.device)
+            self.prefix = (B, NH, self.NSEG) if self.NSEG > 1 else (B, NH)
+
+    @property
+    def segmented(self) -> bool:
+        return self.NSEG > 1
+
+    def doc_offsets(self, device) -> Tensor:
+        """(N + 1,) offsets of the spans in the packed per-head order (NH, B*S), documents in (b, s) order."""
+        if self.varlen:
+            return self.cu_k.long()
+        starts = (torch.arange(self.B, device=device)[:, None] * self.S
+                  + torch.arange(self.NSEG, device=device)[None, :] * self.TSEG).reshape(-1)
+        return torch.cat([starts, starts.new_full((1,), self.B * self.S)])
+
+    def to_docs(self, x: Tensor) -> Tensor:
+        """per-span numbers in state layout -> (NH, N) in document order."""
+        if self.varlen:
+            return x.T
+        return x.reshape(self.B, self.NH, self.NSEG).permute(1, 0, 2).reshape(self.NH, self.N)
+
+    def from_docs(self, x: Tensor) -> Tensor:
+        if self.varlen:
+            return x.T
+        return x.reshape(self.NH, self.B, self.NSEG).permute(1, 0, 2).reshape(self.prefix)
+
+    def last(self, x: Tensor) -> Tensor:
+        """the final state returned to the caller: the last segment's."""
+        return x[:, :, -1].contiguous() if self.segmented else x
+
+    def full(self, x: Tensor) -> Tensor:
+        """a gradient of the returned final state spread over all spans (zeros except the last segment)."""
+        if not self.segmented:
+            return x
+        out = x.new_zeros(self.prefix + x.shape[2:])
+        out[:, :, -1] = x
+        return out
 
 
 class MLSTMTritonFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, cu, chunk, eps, input_gate):
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, cu, chunk, eps, input_gate, tseg):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         i, f = i.float().contiguous(), f.float().contiguous()
         C0, n0, m0 = C0.float().contiguous(), n0.float().contiguous(), m0.float().contiguous()
         DQK, DV = q.shape[-1], v.shape[-1]
-        N, NH, S, cu_k = _layout(q, cu)
+        sp = _Spans(q, cu, tseg)
         BK = next_pow2(DQK)
         cfg = _fwd_config(BK, DV, chunk)
         h = torch.empty_like(v)
@@ -73,34 +126,43 @@ class MLSTMTritonFn(torch.autograd.Function):
         hlo = torch.empty_like(v) if store_lo else h
         mstat = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         dstat = torch.empty_like(mstat)
-        Cf = torch.empty(N, NH, DQK, DV, dtype=torch.float32, device=q.device)
-        nf = torch.empty(N, NH, DQK, dtype=torch.float32, device=q.device)
-        mf = torch.empty(N, NH, dtype=torch.float32, device=q.device)
-        grid = (N * NH, triton_cdiv(DV, cfg["BV"]))
+        Cf = torch.empty(sp.prefix + (DQK, DV), dtype=torch.float32, device=q.device)
+        nf = torch.empty(sp.prefix + (DQK,), dtype=torch.float32, device=q.device)
+        mf = torch.empty(sp.prefix, dtype=torch.float32, device=q.device)
+        grid = (sp.N * sp.NH, triton_cdiv(DV, cfg["BV"]))
         mlstm_fwd_kernel[grid](
-            q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, cu_k, S, DQK**-0.5, eps,
-            NH=NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"], EXP_GATE=input_gate == "exp",
-            IS_VARLEN=cu is not None, PREC=_precision(q.dtype), STORE_LO=store_lo, num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"],
+            q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, sp.cu_k, sp.S, sp.TSEG, sp.NSEG,
+            DQK**-0.5, eps, NH=sp.NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"],
+            EXP_GATE=input_gate == "exp", IS_VARLEN=sp.varlen, PREC=_precision(q.dtype), STORE_LO=store_lo,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf, cu_k)
-        ctx.meta = (cu is not None, chunk, eps, input_gate, store_lo)
+        Cf, nf, mf = sp.last(Cf), sp.last(nf), sp.last(mf)
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf)
+        ctx.meta = (sp, chunk, eps, input_gate, store_lo)
         return h, Cf, nf, mf
 
     @staticmethod
     def backward(ctx, dh, dCf, dnf, dmf):
-        q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf, cu_k = ctx.saved_tensors
-        varlen, chunk, eps, input_gate, store_lo = ctx.meta
-        N, NH, S, _ = _layout(q, cu_k if varlen else None)
+        q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf = ctx.saved_tensors
+        sp, chunk, eps, input_gate, store_lo = ctx.meta
+        NH = sp.NH
         DQK, DV = q.shape[-1], v.shape[-1]
         BK = next_pow2(DQK)
         cfg = _bwd_config(BK, DV, chunk)
         dev = q.device
         zeros = lambda shape: torch.zeros(shape, dtype=torch.float32, device=dev)
         dh = zeros(h.shape).to(h.dtype) if dh is None else dh.contiguous()
-        dCf = zeros(Cf.shape) if dCf is None else dCf.float().contiguous()
-        dnf = zeros(nf.shape) if dnf is None else dnf.float().contiguous()
-        dmf = zeros((N, NH)) if dmf is None else dmf.float()
+        # <dC, C> + <dn, n> of the returned final states (float64, one number per returned state)
+        state_prefix = Cf.shape[:-2]
+        dfinal = zeros(state_prefix).double()
+        if dCf is not None:
+            dfinal += (dCf.double() * Cf.double()).sum((-2, -1))
+        if dnf is not None:
+            dfinal += (dnf.double() * nf.double()).sum(-1)
+        dCf = sp.full(zeros(Cf.shape) if dCf is None else dCf.float()).contiguous()
+        dnf = sp.full(zeros(nf.shape) if dnf is None else dnf.float()).contiguous()
+        dmf = sp.full(zeros(state_prefix) if dmf is None else dmf.float())
+        dfinal = sp.full(dfinal)
 
         R = h.numel() // DV
         rz, dden, dfo = (torch.empty(q.shape[:3], dtype=torch.float32, device=dev) for _ in range(3))
@@ -112,13 +174,14 @@ class MLSTMTritonFn(torch.autograd.Function):
         dk32, dq32, dli = zeros(q.shape), zeros(q.shape), zeros(q.shape[:3])
         dv = torch.empty_like(v)
         dC0, dn0 = zeros(C0.shape), zeros(n0.shape)
-        grid = (N * NH, triton_cdiv(DV, cfg["BV"]))
+        grid = (sp.N * NH, triton_cdiv(DV, cfg["BV"]))
         common = dict(NH=NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"], EXP_GATE=input_gate == "exp",
-                      IS_VARLEN=varlen, PREC=_precision(q.dtype), num_warps=cfg["num_warps"],
+                      IS_VARLEN=sp.varlen, PREC=_precision(q.dtype), num_warps=cfg["num_warps"],
                       num_stages=cfg["num_stages"])
-        mlstm_bwd_dkv_kernel[grid](q, k, v, i, f, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dli, dv, dC0, dn0, cu_k,
-                                   S, DQK**-0.5, **common)
-        mlstm_bwd_dq_kernel[grid](k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dq32, cu_k, S, DQK**-0.5, **common)
+        bounds = (sp.cu_k, sp.S, sp.TSEG, sp.NSEG, DQK**-0.5)
+        mlstm_bwd_dkv_kernel[grid](q, k, v, i, f, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dli, dv, dC0, dn0,
+                                   *bounds, **common)
+        mlstm_bwd_dq_kernel[grid](k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dq32, *bounds, **common)
 
         dq, dk = torch.empty_like(q), torch.empty_like(k)
         dF = torch.empty_like(rz)
@@ -126,13 +189,13 @@ class MLSTMTritonFn(torch.autograd.Function):
                                                         BK=BK, num_warps=4)
         del dk32, dq32
 
+        S = sp.S
         packed = lambda t: t.transpose(0, 1).reshape(NH, -1)  # (B, NH, S) -> (NH, B*S)
-        cu_docs = cu_k.long() if varlen else torch.arange(N + 1, device=dev) * S
-        di, df, dm0_routed = gate_grads(packed(i), packed(f), m0, packed(dF), packed(dli), Cf, nf, dCf, dnf,
-                                        dmf, cu_docs, input_gate)
+        di, df, dm0_routed = gate_grads(packed(i), packed(f), sp.to_docs(m0), packed(dF), packed(dli),
+                                        sp.to_docs(dfinal), sp.to_docs(dmf), sp.doc_offsets(dev), input_gate)
         unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
-        dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + dm0_routed.float()
-        return dq, dk, dv, unpack(di), unpack(df), dC0, dn0, dm0, None, None, None, None
+        dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + sp.from_docs(dm0_routed).float()
+        return dq, dk, dv, unpack(di), unpack(df), dC0, dn0, dm0, None, None, None, None, None
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -150,5 +213,21 @@ def mlstm_triton(q, k, v, i, f, state, *, chunk_size=64, eps=1e-6, input_gate="e
         raise TypeError(f"mlstm(triton): q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     chunk = min(128, next_pow2(chunk_size))
     C0, n0, m0 = state
-    h, C, n, m = MLSTMTritonFn.apply(q, k, v, i, f, C0, n0, m0, cu_seqlens, chunk, float(eps), input_gate)
+    tseg = segment_length(q, cu_seqlens)
+    if tseg:
+        C0, n0, m0 = segment_states(k, v, i, f, C0, n0, m0, tseg, input_gate)
+    h, C, n, m = MLSTMTritonFn.apply(q, k, v, i, f, C0, n0, m0, cu_seqlens, chunk, float(eps), input_gate, tseg)
     return h, (C, n, m)
+
+
+def segment_length(q: Tensor, cu_seqlens: Tensor | None) -> int:
+    """Steps per segment for sequence parallelism (segments.py), or 0 for one walk per sequence.
+
+    SEGMENT["tokens"] steps per segment (a multiple of 16; 0 switches segments off), used when the
+    sequence holds at least SEGMENT["min_segments"] of them. Packed documents (cu_seqlens) are not cut.
+    """
+    tokens = int(SEGMENT["tokens"])
+    if cu_seqlens is not None or tokens <= 0:
+        return 0
+    tokens = -(-tokens // 16) * 16
+    return tokens if q.shape[2] >= SEGMENT["min_segments"] * tokens else 0

@@ -19,12 +19,14 @@ from torch import Tensor
 
 
 def gate_grads(
-    i: Tensor, f: Tensor, m0: Tensor, dF: Tensor, dli: Tensor, Cf: Tensor, nf: Tensor,
-    dCf: Tensor, dnf: Tensor, dmf: Tensor, cu: Tensor, input_gate: str,
+    i: Tensor, f: Tensor, m0: Tensor, dF: Tensor, dli: Tensor, dfinal: Tensor, dmf: Tensor, cu: Tensor,
+    input_gate: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """All per-step tensors are (NH, R) over the packed steps, cu (N + 1,) their document offsets.
+    """Per-step tensors are (NH, R) over the packed steps, cu (N + 1,) their document (span) offsets;
+    per-document tensors are (NH, N): m0 the initial stabilizers, dfinal = <dC, C> + <dn, n> of the
+    returned final states, dmf the gradient of their stabilizers.
 
-    Returns di, df (NH, R) float64 and the routed part of dm0 (N, NH).
+    Returns di, df (NH, R) float64 and the routed part of dm0 (NH, N).
     """
     dt = torch.float64
     NH, R = i.shape
@@ -40,15 +42,15 @@ def gate_grads(
     dli = dli.to(dt).clone()
 
     # the final state depends on F_e directly (C = exp(F_e - F_s + li_s - M) ...)
-    dfinal_explicit = ((dCf.to(dt) * Cf.to(dt)).sum((-2, -1)) + (dnf.to(dt) * nf.to(dt)).sum(-1)).T  # (NH, N)
-    dM = dmf.to(dt).T - dfinal_explicit
+    dfinal_explicit = dfinal.to(dt)
+    dM = dmf.to(dt) - dfinal_explicit
 
     # route dM to the term attaining M
     Fc = torch.cumsum(logf, dim=-1)
     F_end = Fc[:, last]
     F_before = Fc[:, first] - logf[:, first]
     a = F_end[:, doc] - Fc + logi
-    a_init = F_end - F_before + m0.to(dt).T
+    a_init = F_end - F_before + m0.to(dt)
     amax = torch.full((NH, N), float("-inf"), dtype=dt, device=i.device)
     amax = amax.scatter_reduce(1, doc.expand(NH, R), a, "amax")
     M = torch.maximum(amax, a_init)
@@ -64,7 +66,7 @@ def gate_grads(
     s_idx = s_star.clamp(min=0)
     dF.scatter_add_(1, s_idx, -route)
     dli.scatter_add_(1, s_idx, route)
-    dm0_routed = torch.where(init_wins, dM, 0.0).T
+    dm0_routed = torch.where(init_wins, dM, 0.0)
 
     # dlogf_r = sum over t >= r of dF_t inside the document
     rc = torch.flip(torch.cumsum(torch.flip(dF, [-1]), -1), [-1])
