@@ -10,6 +10,7 @@ with --save, writes it with the command, machine and versions to benchmarks/resu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -78,6 +79,32 @@ def run_case(name, ctx, batch, dim, num_blocks, slstm_at, heads, reps):
                 tps_off=tok / m_off, tps_ours=tok / m_ours, speedup=m_off / m_ours)
 
 
+def peak_step_memory(which: str, case_idx: int) -> float:
+    """MiB that one fwd+bwd step adds to the process's peak RSS (run alone in a fresh subprocess)."""
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", which, str(case_idx)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["mib"]
+
+
+def memory_probe(which: str, case_idx: int) -> None:
+    name, ctx, batch, dim, num_blocks, slstm_at, heads = CASES[case_idx]
+    torch.manual_seed(0)
+    model = official_model(ctx, dim, num_blocks, slstm_at, heads)
+    if which == "ours":
+        model = from_official(model)
+    fwd = model if which == "official" else (lambda x: model(x)[0])
+    ids = torch.randint(0, VOCAB, (batch, ctx))
+    base = peak_rss_kib()
+    step_time(fwd, ids, ids, list(model.parameters()))
+    print(json.dumps({"mib": (peak_rss_kib() - base) / 1024}))
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss it is not inherited from the parent)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
 def versions() -> str:
     import xlstm
 
@@ -100,19 +127,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--save", action="store_true")
+    ap.add_argument("--memory-probe", nargs=2, metavar=("WHICH", "CASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_probe:
+        return memory_probe(args.memory_probe[0], int(args.memory_probe[1]))
     load_before = os.getloadavg()
     rows = []
-    for case in CASES:
+    for idx, case in enumerate(CASES):
         r = run_case(*case, reps=args.reps)
+        r["mem_off"], r["mem_ours"] = peak_step_memory("official", idx), peak_step_memory("ours", idx)
         rows.append(r)
         print(f"{r['name']}: official {r['tps_off']:.0f} tok/s, ours {r['tps_ours']:.0f} tok/s, "
-              f"x{r['speedup']:.2f} (logits rel. diff {r['err']:.1e})", flush=True)
-    table = ["| model | context | batch | D | blocks | official tok/s | flashxlstm tok/s | speed-up | max rel. logit diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
+              f"x{r['speedup']:.2f} (logits rel. diff {r['err']:.1e}); step memory official {r['mem_off']:.0f} MiB, "
+              f"ours {r['mem_ours']:.0f} MiB", flush=True)
+    table = ["| model | context | batch | D | blocks | official tok/s | flashxlstm tok/s | speed-up | "
+             "official step MiB | flashxlstm step MiB | max rel. logit diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r['name']} | {r['ctx']} | {r['batch']} | {r['dim']} | {r['blocks']} | {r['tps_off']:.0f} | "
-                     f"{r['tps_ours']:.0f} | {r['speedup']:.2f}x | {r['err']:.1e} |")
+                     f"{r['tps_ours']:.0f} | {r['speedup']:.2f}x | {r['mem_off']:.0f} | {r['mem_ours']:.0f} | {r['err']:.1e} |")
     text = "\n".join(table)
     load = f"- load average (1 min) before / after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores " \
            "(other processes share the CPU; alternating steps keep the ratio fair, absolute tok/s are depressed)"
@@ -123,7 +156,9 @@ def main() -> None:
         out.write_text(
             "# Forward+backward training throughput on CPU: flashxlstm vs official xlstm (same weights)\n\n"
             f"Command: `{cmd}`\n\n{versions()}\n- median of {args.reps} alternating fwd+bwd steps "
-            f"(cross-entropy loss), vocab {VOCAB}, 4 heads, official sLSTM backend 'vanilla'\n{load}\n\n{text}\n")
+            f"(cross-entropy loss), vocab {VOCAB}, 4 heads, official sLSTM backend 'vanilla'\n{load}\n"
+            "- step MiB: growth of peak RSS over one fwd+bwd step, each library alone in a fresh process\n\n"
+            f"{text}\n")
         print(f"saved {out}")
 
 
