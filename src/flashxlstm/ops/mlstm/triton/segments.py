@@ -37,22 +37,25 @@ def segment_states(
     B, NH, S, DQK = k.shape
     DV = v.shape[-1]
     G = -(-S // tseg)
-    full = G - 1  # segments whose summaries feed a later segment
-    P = full * tseg
+    # summaries of segments 0 .. G-2 feed later segments; when tseg divides S all G are summarized (the
+    # last one unused) so that k and v are read as views, not copied
+    P = S if S % tseg == 0 else (G - 1) * tseg
+    NS = P // tseg
 
-    li = log_input_gate(i[..., :P].float(), input_gate).reshape(B, NH, full, tseg)
-    lf = F.logsigmoid(f[..., :P].float()).reshape(B, NH, full, tseg)
+    li = log_input_gate(i[..., :P].float(), input_gate).reshape(B, NH, NS, tseg)
+    lf = F.logsigmoid(f[..., :P].float()).reshape(B, NH, NS, tseg)
     incl = torch.flip(torch.cumsum(torch.flip(lf, [-1]), -1), [-1])  # sum_{r >= s} log f_r
     after = torch.cat([incl[..., 1:], torch.zeros_like(incl[..., :1])], -1)  # sum_{r > s}
     g = incl[..., 0]
     a = after + li
     m_seg = a.amax(-1)
     w = torch.exp(a - finite_or_zero(m_seg)[..., None])
-    ks = k[:, :, :P].reshape(B, NH, full, tseg, DQK)
-    vs = v[:, :, :P].reshape(B, NH, full, tseg, DV)
+    ks = k[:, :, :P].reshape(B, NH, NS, tseg, DQK)
+    vs = v[:, :, :P].reshape(B, NH, NS, tseg, DV)
     kw = ks * w.to(k.dtype)[..., None]
-    C_seg = (kw.transpose(-1, -2) @ vs).float()
-    n_seg = kw.sum(-2, dtype=torch.float32)
+    C_seg = (kw.transpose(-1, -2) @ vs)[:, :, :G - 1].float()
+    n_seg = kw[:, :, :G - 1].sum(-2, dtype=torch.float32)
+    g, m_seg = g[..., :G - 1], m_seg[..., :G - 1]
 
     # scan weights (B, NH, G targets, G sources), source 0 = the initial state, source s + 1 = segment s
     dt = torch.float64
