@@ -10,10 +10,11 @@ Timings (bf16, medians of triton.testing.do_bench, everything in this one run): 
 forward+backward of ours, TFLA xl_chunk and limit_chunk (mlstm_kernels 2.0.6), FLA chunk_simple_gla
 (forward; its backward is refused on Hopper with triton < 3.7.1) and torch SDPA causal; peak
 activation memory of forward+backward; the decode step at batch 1/16/64 with the 7B heads against
-TFLA's step. Ours is timed with sequence parallelism (segments, the library default) and without.
+TFLA's step. Ours is timed with the library default (or --segments) and with the other choice
+(one walk per sequence vs sequence parallelism with 1024-step segments).
 `--sweep` also times launch-setting variants and segment lengths of our kernels (after the table,
 reported only). `--budget-s` skips what would start after that many seconds (partial reports are
-written as it goes). Checks also report TFLA xl_chunk's errors on the same inputs. Writes
+written as it goes). `--peer-errors` also reports TFLA xl_chunk's errors on the same inputs. Writes
 mlstm_kernels.md and mlstm_kernels.json to --out (default benchmarks/results).
 """
 from __future__ import annotations
@@ -124,7 +125,7 @@ def check_segments_vs_walk(shape):
     """Segments (sequence parallelism) against one walk per sequence on the full shape, values and grads."""
     ins = inputs(*shape)
     outs = []
-    for tokens in (tfn.SEGMENT["tokens"], 0):
+    for tokens in (SEG_TOKENS, 0):
         xs = [t.clone().requires_grad_(True) for t in ins]
         h, (C, n, m) = ours_with(tokens)(*xs, full=True)
         (h.float().square().sum() + C.sum()).backward()
@@ -145,12 +146,14 @@ def check_varlen():
     h, (C, n, m) = M.mlstm(*ins, state=st, backend="triton", cu_seqlens=cu)
     h.float().square().sum().backward()
     errs = []
+    saved, tfn.SEGMENT["tokens"] = tfn.SEGMENT["tokens"], 0  # the same walk for each document alone
     for d, (a, b) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
         one = [t.detach()[:, :, a:b].clone().requires_grad_(True) for t in ins]
         hd, (Cd, nd, md) = M.mlstm(*one, state=tuple(s[d:d + 1] for s in st), backend="triton")
         hd.float().square().sum().backward()
         errs += [rel(h[:, :, a:b], hd), rel(C[d:d + 1], Cd), rel(m[d:d + 1], md)]
         errs += [rel(x.grad[:, :, a:b], y.grad) for x, y in zip(ins, one)]
+    tfn.SEGMENT["tokens"] = saved
     ok = max(errs) <= 1e-2
     say(f"check varlen docs {lens}: worst rel err vs each document alone {max(errs):.2e} {'OK' if ok else 'FAIL'}")
     return ok
@@ -295,6 +298,7 @@ SWEEP_FWD = {256: [dict(L=32, BV=64, num_warps=8), dict(L=32, BV=32, num_warps=4
 SWEEP_BWD = {256: [dict(L=32, BV=64, num_warps=8)],
              128: [dict(L=32, BV=64, num_warps=8), dict(L=32, BV=32, num_warps=4)]}
 SWEEP_SEGMENTS = [512, 2048]
+SEG_TOKENS = 1024  # the segment length timed against one walk per sequence
 CHOSEN: dict = {}
 
 
@@ -323,7 +327,7 @@ def sweep(shapes, deadline):
         ins = inputs(*shape)
         with torch.no_grad():
             ref = ours(*ins).float()
-        for tokens in SWEEP_SEGMENTS:
+        for tokens in SWEEP_SEGMENTS + [SEG_TOKENS]:
             if time.time() > deadline or tokens == tfn.SEGMENT["tokens"]:
                 continue
             with torch.no_grad():
@@ -429,7 +433,12 @@ def main():
     ap.add_argument("--no-sdpa", action="store_true", help="skip torch SDPA rows")
     ap.add_argument("--no-step", action="store_true", help="skip the decode-step check and timings")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip what would start after this many seconds")
+    ap.add_argument("--segments", type=int, default=None,
+                    help="segment length for the whole run (checks and the 'ours' rows; 0 = off); default: the library's")
+    ap.add_argument("--peer-errors", action="store_true", help="also measure TFLA's errors vs float64 in the checks")
     args = ap.parse_args()
+    if args.segments is not None:
+        tfn.SEGMENT["tokens"] = args.segments
     if not torch.cuda.is_available():
         sys.exit("mlstm_kernels.py needs a CUDA GPU")
     t0 = time.time()
@@ -442,7 +451,7 @@ def main():
     if not args.skip_checks:
         for shape in shapes:  # each timed shape, full size for ours, first heads against float64
             B, NH, T, DQK, DV = shape
-            ok &= check_against_f64(*shape, torch.bfloat16, 1e-2, label="timed", peer=True)
+            ok &= check_against_f64(*shape, torch.bfloat16, 1e-2, label="timed", peer=args.peer_errors)
         ok &= check_against_f64(2, 4, 4096, 128, 128, torch.float32, 1e-3, label="fp32")
         ok &= check_against_f64(1, 2, 1000, 96, 192, torch.float32, 1e-3, label="fp32 odd dims")
         ok &= check_against_f64(1, 2, 65536, 128, 128, torch.bfloat16, 1e-2, gates="uniform30", label="long")
@@ -463,8 +472,10 @@ def main():
             say(f"budget spent: {shape} not timed")
             continue
         write_report(args.out, info, bw, tf)  # partial tables survive a timeout
-        time_seq(f"ours (triton, segments {default_tokens})", ours_with(default_tokens), shape)
-        time_seq("ours (triton, no segments)", ours_with(0), shape)
+        other = 0 if default_tokens else SEG_TOKENS
+        time_seq(f"ours (triton, {f'segments {default_tokens}' if default_tokens else 'no segments'})",
+                 ours_with(default_tokens), shape)
+        time_seq(f"ours (triton, {f'segments {other}' if other else 'no segments'})", ours_with(other), shape)
         time_seq("TFLA xl_chunk", lambda q, k, v, i, f: xl(q, k, v, i, f, chunk_size=128), shape)
         time_seq("TFLA limit_chunk", lambda q, k, v, i, f: limit(q, k, v, i, f, chunk_size=64), shape)
         try:

@@ -10,6 +10,11 @@ accumulation; fp32 inputs use 3xTF32 products), gates, stabilizers and states fp
 go to the torch chunkwise form. The kernels use chunks of min(chunk_size rounded up to a power of two
 (at least 16), 32) steps; results do not depend on the chunk size beyond rounding.
 
+Sequence parallelism (opt-in, `SEGMENT`): each sequence is cut into segments whose initial states come
+from a torch pass (segments.py: per-segment summaries by batched matmul, then a scan over segments),
+and the same kernels walk all (sequence, segment) pairs in parallel; autograd chains the kernels'
+initial-state gradients through the scan. Packed documents (cu_seqlens) are never cut.
+
 torch.compile does not trace into the op: it graph-breaks around it (torch.compiler.disable) and the
 autograd Function runs as is, so compiled models keep these kernels and their gradients.
 
@@ -31,8 +36,12 @@ from .segments import segment_states
 # Launch settings; the benchmark may override them to compare variants. Keys: (BK,) -> dict
 FWD_CONFIG: dict = {}
 BWD_CONFIG: dict = {}
-# Sequence parallelism (segments.py): steps per segment and the fewest segments worth cutting into.
-SEGMENT: dict = {"tokens": 1024, "min_segments": 2}
+# Sequence parallelism (segments.py): steps per segment (0: off) and the fewest segments worth cutting
+# into. Off by default: on an H200 the 7B-head shape (B 8) ran 19% slower with 1024-step segments
+# (fw 12.4 vs 10.4 ms, fwbw 58.1 vs 49.1 ms) because the walk already fills every SM with one program
+# (255 registers x 256 threads) for several waves; segments only add programs. Expected to pay when
+# B * NH * ceil(DV / 64) < the SM count (batch-1 prefill), not measured yet (benchmarks/results/mlstm_notes.md).
+SEGMENT: dict = {"tokens": 0, "min_segments": 2}
 
 
 def _fwd_config(BK: int, DV: int, chunk: int) -> dict:
