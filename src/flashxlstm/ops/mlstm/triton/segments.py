@@ -16,6 +16,10 @@ once the state entering every segment is known. That state comes from two cheap 
    the step-by-step recurrence carries), and C_j = sum_s exp(lam_js - m_j) C_s: a (G x G) lower
    triangular weight matrix times the stacked summaries (float64 weights, float32 product).
 
+Precision: C_seg is rounded to the input dtype by the bf16/fp16 batched matmul (torch returns that
+dtype), and the scan's float32 product follows torch's float32 matmul setting (TF32 if allowed).
+Opt-in (function.SEGMENT): measured slower where B * NH * ceil(DV / 64) already fills the GPU.
+
 Everything here is differentiable torch, so the gradients the kernels return for the segment initial
 states flow back to q, k, v, i, f and the caller's initial state through autograd. -inf stabilizers
 (an empty initial state, fully masked segments) are replaced by 0 where subtracted, as in chunkwise.py.
