@@ -29,7 +29,7 @@ class TrainConfig:
     batch_size: int = 16
     seq_len: int = 128
     # optimisation
-    steps: int = 800
+    steps: int = 600
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup_steps: int = 100
