@@ -179,7 +179,6 @@ def main() -> int:
                              "older than this many seconds by then (compilation takes a minute or more)")
     args = parser.parse_args()
 
-    import flashxlstm
     from flashxlstm import from_official
     from flashxlstm.checkpoints.pretrained import convert_large
     from flashxlstm.generation import generate, prefill

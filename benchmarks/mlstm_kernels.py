@@ -26,7 +26,6 @@ import os
 import platform
 import sys
 import time
-import traceback
 
 # this file's name shadows the `mlstm_kernels` package (a peer): keep its folder off the import path
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]

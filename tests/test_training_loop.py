@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 from flashxlstm.data import split_bytes
 from flashxlstm.data.bytes import ByteSplit

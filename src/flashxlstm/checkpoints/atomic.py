@@ -1,4 +1,6 @@
-"""Write a directory so that readers see either the old complete version or the new one, never a mix.
+"""Atomic writes: readers see either the old complete file or directory or the new one, never a mix.
+
+`atomic_file` writes a sibling temp file, flushes it and moves it into place with `os.replace`.
 
 The new content is written into a hidden sibling temp directory and flushed to disk; then the old
 directory is moved aside, the new one moved into place (both `os.replace`, atomic on one file system)
@@ -9,11 +11,12 @@ finds and uses.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 def _fsync_tree(path: Path) -> None:
@@ -68,4 +71,37 @@ def resolve_directory(path: str | os.PathLike) -> Path:
         if backup.is_dir():
             warnings.warn(f"{path} is missing; using the previous version an interrupted save left at {backup}")
             return backup
+    return path
+
+
+def atomic_file(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a sibling temp path, flush it, then move it over `path` in one step."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=sort_keys)
+            f.write("\n")
+
+    atomic_file(path, write)
+
+
+def checked_directory(path: str | os.PathLike, who: str = "") -> Path:
+    """`path` as a Path if it is an existing directory; otherwise a one-line error (prefixed by `who`)."""
+    path, prefix = Path(path), f"{who}: " if who else ""
+    if not path.exists():
+        raise FileNotFoundError(f"{prefix}checkpoint directory not found: {path}")
+    if not path.is_dir():
+        raise ValueError(f"{prefix}checkpoint path is not a directory: {path}")
     return path

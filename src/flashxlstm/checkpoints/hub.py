@@ -16,14 +16,15 @@ save that the new one does not use are removed; other files in the directory (a 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
+
+from .atomic import atomic_file, write_json_atomic
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"
@@ -77,26 +78,6 @@ def hub_config(config: Any, dtype: torch.dtype) -> dict[str, Any]:
     return d
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-
-    _atomic_write(path, write)
-
 
 def plan_shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
     """Keys grouped in order into shards of at most max_bytes (a bigger tensor gets a shard of its own)."""
@@ -128,15 +109,15 @@ def save_large_pretrained(model: torch.nn.Module, path: str | os.PathLike, max_s
              else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
     for name, keys in zip(names, shards):
         part = {k: tensors[k].detach().to("cpu").contiguous() for k in keys}
-        _atomic_write(path / name, lambda tmp: save_file(part, str(tmp), metadata={"format": "pt"}))
+        atomic_file(path / name, lambda tmp: save_file(part, str(tmp), metadata={"format": "pt"}))
         del part
     if len(shards) > 1:
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
-        _write_json(path / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+        write_json_atomic(path / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
     else:
         (path / INDEX_NAME).unlink(missing_ok=True)
-    _write_json(path / CONFIG_NAME, hub_config(model.config, dtype))
+    write_json_atomic(path / CONFIG_NAME, hub_config(model.config, dtype))
     for stale in path.iterdir():
         if SHARD_PATTERN.fullmatch(stale.name) and stale.name not in names:
             stale.unlink()

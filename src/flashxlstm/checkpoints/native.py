@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_directory, resolve_directory
+from .atomic import atomic_directory, checked_directory, resolve_directory, write_json_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -59,11 +58,6 @@ def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-
 
 def write_checkpoint(
     directory: str | os.PathLike,
@@ -74,12 +68,12 @@ def write_checkpoint(
     """Write model (and optionally training state) as one checkpoint directory, atomically."""
     config = {"model_type": _model_type_of(model), **model.config.to_dict()}
     with atomic_directory(directory) as tmp:
-        _write_json(tmp / CONFIG_NAME, config)
+        write_json_atomic(tmp / CONFIG_NAME, config, sort_keys=True)
         save_file(_unique_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE_NAME)
         if train_config is not None:
-            _write_json(tmp / TRAIN_CONFIG_NAME, train_config)
+            write_json_atomic(tmp / TRAIN_CONFIG_NAME, train_config, sort_keys=True)
     return Path(directory)
 
 
@@ -89,12 +83,7 @@ def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 
 def _checked_dir(directory: str | os.PathLike) -> Path:
-    path = resolve_directory(directory)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    if not path.is_dir():
-        raise ValueError(f"checkpoint path is not a directory: {path}")
-    return path
+    return checked_directory(resolve_directory(directory))
 
 
 def read_config(directory: str | os.PathLike) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 
 from ..models.xlstm_lm import xLSTMBlockStack, xLSTMLM, xLSTMLMConfig

@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 
 from ..models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+from .atomic import checked_directory
 from .hub import CONFIG_NAME, FUSED_PARTS, INDEX_NAME, SINGLE_WEIGHTS, split_fused
 from .native import NEURIPS_MODEL_TYPE
 
@@ -43,7 +44,7 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
     dtype: the parameters' dtype or its name (default: as stored); device: where to put them (default CPU).
     overrides: config fields to change on load for the 7B family (e.g. weight_mode="fused", backend=...).
     """
-    path, dtype = _check_dir(path), _as_dtype(dtype)
+    path, dtype = checked_directory(path, "from_pretrained"), _as_dtype(dtype)
     if (path / CONFIG_NAME).is_file():
         config = _read_json(path / CONFIG_NAME)
         model_type = config.get("model_type")
@@ -66,7 +67,7 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
 
 def load_large(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None, **overrides) -> xLSTMLarge:
     """Load an xLSTM-7B-family checkpoint (hub or NX-AI layout) by streaming its tensors into the model."""
-    path = _check_dir(path)
+    path = checked_directory(path, "from_pretrained")
     config_dict = _read_large_config(path)
     files = weight_files(path)
     shapes = _tensor_shapes(files)
@@ -92,15 +93,6 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 # ---- layout and files -------------------------------------------------------------------------------
-
-def _check_dir(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"from_pretrained: checkpoint directory not found: {path}")
-    if not path.is_dir():
-        raise ValueError(f"from_pretrained: expected a checkpoint directory, got a file: {path}")
-    return path
-
 
 def _read_json(path: Path) -> dict:
     try:

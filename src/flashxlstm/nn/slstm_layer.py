@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .. import ops
 from .checks import check_sequence_input, check_state, state_dtype
 from .conv import CausalConv1d
-from .init import linspace_, powerlaw_forget_bias, small_init_
+from .init import linspace_, powerlaw_forget_bias
 from .linear_headwise import HeadwiseLinear
 from .norms import MultiHeadNorm
 

@@ -11,8 +11,6 @@ Ctrl-C stops at the end of the current step and saves a checkpoint to resume fro
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import signal
 import threading
@@ -24,7 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints.atomic import resolve_directory
+from ..checkpoints.atomic import resolve_directory, write_json_atomic
 from ..checkpoints.native import (
     WEIGHTS_NAME, load_state_into, load_training_state, read_config, read_weights, write_checkpoint,
 )
@@ -134,14 +132,6 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def train(
@@ -254,7 +244,7 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
         }
         write_checkpoint(ckpt_dir, model, training_state=training_state, train_config=config.to_dict())
         plot_loss_curve(history, out_dir / "loss_curve.png", baseline_bpb=unigram_bpb)
-        _write_json_atomic(out_dir / "metrics.json", {
+        write_json_atomic(out_dir / "metrics.json", {
             "step": step, "unigram_bpb": unigram_bpb, "val": history["val"],
             "last_train_loss": history["train"][-1]["loss"] if history["train"] else None,
             "parameters": n_params, "config": config.to_dict(),

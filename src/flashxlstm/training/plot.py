@@ -5,6 +5,8 @@ import math
 import os
 from pathlib import Path
 
+from ..checkpoints.atomic import atomic_file
+
 
 def plot_loss_curve(history: dict, path: str | os.PathLike, baseline_bpb: float | None = None) -> Path:
     """Training loss (bits per byte, smoothed) and validation bits per byte against the step."""
@@ -34,8 +36,6 @@ def plot_loss_curve(history: dict, path: str | os.PathLike, baseline_bpb: float 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
+    atomic_file(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
