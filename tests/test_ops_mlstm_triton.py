@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton")
+from conftest import require_triton
+
+require_triton()
 
 HERE = Path(__file__).parent
 TOL_FP32 = 2e-4  # fp32 kernels vs float64; the stabilizer is held fixed in the backward (eps-level)

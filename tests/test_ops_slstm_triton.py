@@ -84,7 +84,9 @@ def _child() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    pytest.importorskip("triton", reason="the Triton backend needs triton")  # a test dep on Linux x86_64
+    from conftest import require_triton
+
+    require_triton()
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
