@@ -7,7 +7,6 @@ The loop is AdamW (weight decay on weight matrices only) with linear warm-up and
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -16,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..training.schedule import set_lr, warmup_cosine_lr
 
 IGNORE = -1
 
@@ -45,13 +46,10 @@ class TrainConfig:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine to lr * min_lr_factor."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    progress = min((step - cfg.warmup_steps) / span, 1.0)
-    floor = cfg.lr * cfg.min_lr_factor
-    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine towards lr * min_lr_factor,
+    which the cosine would reach one step after the last (so the final step still learns)."""
+    return warmup_cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps + 1,
+                            min_lr=cfg.lr * cfg.min_lr_factor)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -108,8 +106,7 @@ def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batc
     train_time = 0.0
     for step in range(cfg.steps):
         t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+        set_lr(optimizer, lr_at(step, cfg))
         x, y = sample(rng)
         x, y = x.to(device), y.to(device)
         logits = model(x)
