@@ -1,4 +1,5 @@
-"""Atomic writes: readers see either the old complete file or directory or the new one, never a mix.
+"""Checkpoint file I/O. Atomic writes: readers see either the old complete file or directory or the new one,
+never a mix. Reads name the file and what was wrong with it in one line.
 
 `atomic_file` writes a sibling temp file, flushes it and moves it into place with `os.replace`.
 
@@ -105,3 +106,17 @@ def checked_directory(path: str | os.PathLike, who: str = "") -> Path:
     if not path.is_dir():
         raise ValueError(f"{prefix}checkpoint path is not a directory: {path}")
     return path
+
+
+def read_json_object(path: str | os.PathLike, who: str = "") -> dict:
+    """The JSON object stored at `path`; a one-line ValueError (prefixed by `who`) if it is not valid JSON or
+    not an object."""
+    path, prefix = Path(path), f"{who}: " if who else ""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{prefix}corrupt {path.name} (not valid JSON: {e}): {path}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{prefix}corrupt {path.name}: expected a JSON object, found {type(obj).__name__}: {path}")
+    return obj

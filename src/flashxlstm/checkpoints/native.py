@@ -10,7 +10,6 @@ Loading checks every file and reports what is missing or corrupt in one line.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_directory, checked_directory, resolve_directory, write_json_atomic
+from .atomic import atomic_directory, checked_directory, read_json_object, resolve_directory, write_json_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -91,13 +90,7 @@ def read_config(directory: str | os.PathLike) -> dict:
     path = _checked_dir(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint has no {CONFIG_NAME}: {path}")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt {CONFIG_NAME} (not valid JSON: {e}): {path}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"corrupt {CONFIG_NAME}: expected a JSON object, found {type(config).__name__}: {path}")
+    config = read_json_object(path)
     if "model_type" not in config:
         raise ValueError(f"{CONFIG_NAME} has no model_type (expected {NEURIPS_MODEL_TYPE!r}): {path}")
     return config
@@ -172,11 +165,7 @@ def load_training_state(directory: str | os.PathLike) -> tuple[dict, dict]:
     except Exception as e:  # torch raises many types for a truncated or foreign file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"corrupt {TRAINING_STATE_NAME} ({type(e).__name__}: {reason}): {state_path}") from None
-    try:
-        with open(cfg_path) as f:
-            train_config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt {TRAIN_CONFIG_NAME} (not valid JSON: {e}): {cfg_path}") from None
+    train_config = read_json_object(cfg_path)
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError(f"corrupt {TRAINING_STATE_NAME}: no training step recorded: {state_path}")
     return state, train_config

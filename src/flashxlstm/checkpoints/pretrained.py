@@ -17,7 +17,6 @@ v_dim, FFN width) are taken from the tensor shapes when they disagree with the c
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from ..models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
-from .atomic import checked_directory
+from .atomic import checked_directory, read_json_object
 from .hub import CONFIG_NAME, FUSED_PARTS, INDEX_NAME, SINGLE_WEIGHTS, split_fused
 from .native import NEURIPS_MODEL_TYPE
 
@@ -46,7 +45,7 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
     """
     path, dtype = checked_directory(path, "from_pretrained"), _as_dtype(dtype)
     if (path / CONFIG_NAME).is_file():
-        config = _read_json(path / CONFIG_NAME)
+        config = read_json_object(path / CONFIG_NAME, "from_pretrained")
         model_type = config.get("model_type")
         if model_type == NEURIPS_MODEL_TYPE:
             from . import native
@@ -94,24 +93,13 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 # ---- layout and files -------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"from_pretrained: {path} is not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"from_pretrained: {path} must hold a JSON object")
-    return d
-
-
 def _looks_large(config: dict) -> bool:
     return "num_heads" in config and ("embedding_dim" in config or "hidden_size" in config)
 
 
 def _read_large_config(path: Path) -> dict:
     if (path / CONFIG_NAME).is_file():
-        return _read_json(path / CONFIG_NAME)
+        return read_json_object(path / CONFIG_NAME, "from_pretrained")
     import yaml
 
     with open(path / "config.yaml") as f:
@@ -125,7 +113,7 @@ def weight_files(path: Path) -> list[tuple[Path, list[str] | None]]:
     """The safetensors files of a checkpoint, each with the keys the index assigns it (None: all keys)."""
     index = path / INDEX_NAME
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json_object(index, "from_pretrained").get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"from_pretrained: {index} has no weight_map")
         by_file: dict[str, list[str]] = {}
