@@ -7,7 +7,9 @@ the returned state too), S = 1 and S not a multiple of the chunk, head dims that
 two, both input gates, torch.compile around the op, an empty initial state (m = -inf), masked steps (i = -inf, f = +inf), gates
 in [-30, 30], packed documents (cu_seqlens) with per-document initial states, sequence parallelism
 (segments with scanned initial states: gradients to the caller's initial state, a segment of masked
-steps, an empty initial state, both gates, odd head dims, fp16), and the decode step.
+steps, an empty initial state, both gates, odd head dims, fp16), and the decode step. Sequences without
+cu_seqlens or segments take the chunk-parallel forward (chunk_states.py, chunk_output.py; several DQK and
+DV blocks in `cp_blocks`); the `walk_*` cases run the fused walk (forward.py) on them instead.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def results() -> dict:
 
 
 CASES = ["s1", "odd_dims", "tail", "sigmoid_init", "empty_init", "masked_extreme", "varlen", "varlen_sigmoid",
-         "fp16", "chunk_invariance", "seg_init", "seg_sigmoid_odd", "seg_empty_masked", "seg_fp16"]
+         "fp16", "chunk_invariance", "cp_blocks", "cp_extreme_sigmoid", "walk_odd_dims",
+         "walk_masked_extreme", "seg_init", "seg_sigmoid_odd", "seg_empty_masked", "seg_fp16"]
 
 
 @pytest.mark.parametrize("case", CASES)

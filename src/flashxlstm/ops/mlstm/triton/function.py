@@ -28,6 +28,8 @@ from torch import Tensor
 
 from .backward import (mlstm_bwd_dkv_kernel, mlstm_bwd_dq_kernel, mlstm_bwd_finalize_kernel,
                        mlstm_bwd_prep_kernel)
+from .chunk_output import mlstm_chunk_output_kernel
+from .chunk_states import mlstm_chunk_states_kernel
 from .common import next_pow2
 from .forward import mlstm_fwd_kernel
 from .gates import gate_grads
@@ -42,6 +44,21 @@ BWD_CONFIG: dict = {}
 # (255 registers x 256 threads) for several waves; segments only add programs. Expected to pay when
 # B * NH * ceil(DV / 64) < the SM count (batch-1 prefill), not measured yet (benchmarks/results/mlstm_notes.md).
 SEGMENT: dict = {"tokens": 0, "min_segments": 2}
+
+
+# Which forward runs for sequences without cu_seqlens and without segments: "chunkparallel" (chunk
+# states to memory, then all chunks' outputs in parallel: chunk_states.py, chunk_output.py) or "walk"
+# (one fused program per sequence and DV block: forward.py). Packed documents and segments always walk.
+FORWARD: dict = {"variant": "walk"}  # "chunkparallel" becomes the default once measured faster on the GPU
+# Launch settings of the chunk-parallel forward, keyed by the padded head dim; overrides for the benchmark.
+CP_CONFIG: dict = {}
+
+
+def _cp_config(BK: int, DV: int, chunk: int) -> dict:
+    cfg = {"L": chunk, "BK_s": min(64, BK), "BV_s": min(64, next_pow2(DV)), "warps_s": 4,
+           "BK_o": min(64, BK), "BV_o": min(64, next_pow2(DV)), "warps_o": 4, "stages_o": 2}
+    cfg.update(CP_CONFIG.get(BK, {}))
+    return cfg
 
 
 def _fwd_config(BK: int, DV: int, chunk: int) -> dict:
@@ -138,13 +155,17 @@ class MLSTMTritonFn(torch.autograd.Function):
         Cf = torch.empty(sp.prefix + (DQK, DV), dtype=torch.float32, device=q.device)
         nf = torch.empty(sp.prefix + (DQK,), dtype=torch.float32, device=q.device)
         mf = torch.empty(sp.prefix, dtype=torch.float32, device=q.device)
-        grid = (sp.N * sp.NH, triton_cdiv(DV, cfg["BV"]))
-        mlstm_fwd_kernel[grid](
-            q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, sp.cu_k, sp.S, sp.TSEG, sp.NSEG,
-            DQK**-0.5, eps, NH=sp.NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"],
-            EXP_GATE=input_gate == "exp", IS_VARLEN=sp.varlen, PREC=_precision(q.dtype), STORE_LO=store_lo,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
+        if FORWARD["variant"] == "chunkparallel" and not sp.varlen and not sp.segmented:
+            _chunk_parallel_forward(q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, chunk, eps,
+                                    input_gate, store_lo)
+        else:
+            grid = (sp.N * sp.NH, triton_cdiv(DV, cfg["BV"]))
+            mlstm_fwd_kernel[grid](
+                q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, sp.cu_k, sp.S, sp.TSEG, sp.NSEG,
+                DQK**-0.5, eps, NH=sp.NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"],
+                EXP_GATE=input_gate == "exp", IS_VARLEN=sp.varlen, PREC=_precision(q.dtype), STORE_LO=store_lo,
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            )
         Cf, nf, mf = sp.last(Cf), sp.last(nf), sp.last(mf)
         ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf)
         ctx.meta = (sp, chunk, eps, input_gate, store_lo)
@@ -205,6 +226,33 @@ class MLSTMTritonFn(torch.autograd.Function):
         unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
         dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + sp.from_docs(dm0_routed).float()
         return dq, dk, dv, unpack(di), unpack(df), dC0, dn0, dm0, None, None, None, None, None
+
+
+def _chunk_parallel_forward(q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, chunk, eps,
+                            input_gate, store_lo):
+    """Pass 1 writes the state entering every chunk, pass 2 computes all chunks' outputs in parallel.
+
+    The chunk states live only during the forward (the backward recomputes from m_t and den_t):
+    B * NH * ceil(S / L) * DQK * DV values in the input dtype, plus fp32 n and m.
+    """
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    cfg = _cp_config(next_pow2(DQK), DV, chunk)
+    L = cfg["L"]
+    NT = triton_cdiv(S, L)
+    BH = B * NH
+    Cs = torch.empty((BH, NT, DQK, DV), dtype=q.dtype, device=q.device)
+    ns = torch.empty((BH, NT, DQK), dtype=torch.float32, device=q.device)
+    ms = torch.empty((BH, NT), dtype=torch.float32, device=q.device)
+    prec = _precision(q.dtype)
+    gate = input_gate == "exp"
+    mlstm_chunk_states_kernel[(triton_cdiv(DQK, cfg["BK_s"]), triton_cdiv(DV, cfg["BV_s"]), BH)](
+        k, v, i, f, C0, n0, m0, Cs, ns, ms, Cf, nf, mf, S, NT, DQK=DQK, DV=DV, L=L, BK=cfg["BK_s"],
+        BV=cfg["BV_s"], EXP_GATE=gate, PREC=prec, num_warps=cfg["warps_s"], num_stages=1)
+    mlstm_chunk_output_kernel[(triton_cdiv(DV, cfg["BV_o"]), NT, BH)](
+        q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, S, NT, DQK**-0.5, eps, DQK=DQK, DV=DV, L=L,
+        BK=cfg["BK_o"], BV=cfg["BV_o"], EXP_GATE=gate, PREC=prec, STORE_LO=store_lo,
+        num_warps=cfg["warps_o"], num_stages=cfg["stages_o"])
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -1,0 +1,78 @@
+"""Chunk-parallel forward, pass 2: the outputs of every chunk at once, from the states of pass 1.
+
+One program per (block of DV columns, chunk, batch*head). With the state (C_c, n_c, m_c) entering chunk
+c (chunk_states.py) and, inside the chunk, b = cumulative log forget, li = log input gate:
+
+    m_t   = max(b_t + m_c, max_{s<=t} b_t - b_s + li_s)        (the recurrent stabilizer)
+    num_t = exp(b_t + m_c - m_t) q^_t C_c + sum_{s<=t} exp(b_t - b_s + li_s - m_t) (q^_t . k_s) v_s
+    den_t = the same with n_c for C_c and 1 for v_s;  h_t = num_t / (max(|den_t|, exp(-m_t)) + eps)
+
+q^ = q / sqrt(DQK). The products q C_c and q k^T are summed over DQK in blocks of BK. The programs of
+the first DV block also write m_t and den_t (fp32) for the backward; for 16-bit outputs that need
+gradients every program writes h's rounding residual h_lo (see forward.py). k is read transposed
+straight from memory, so no tile is transposed in registers.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import finite_or_zero, load_gates
+
+
+@triton.jit
+def mlstm_chunk_output_kernel(
+    q, k, v, ig, fg, Cs, ns, ms, h, hlo, mstat, dstat,
+    S, NT, scale, eps,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    EXP_GATE: tl.constexpr, PREC: tl.constexpr, STORE_LO: tl.constexpr,
+):
+    vb = tl.program_id(0)
+    c = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    row0 = bh * S
+    st = bh * NT + c
+    ol = tl.arange(0, L)
+    t = c * L + ol
+    mt = t < S
+
+    qk = tl.zeros([L, L], dtype=tl.float32)
+    qC = tl.zeros([L, BV], dtype=tl.float32)
+    qn = tl.zeros([L], dtype=tl.float32)
+    for k0 in range(0, DQK, BK):
+        ok = k0 + tl.arange(0, BK)
+        pq = tl.make_block_ptr(q + row0 * DQK, (S, DQK), (DQK, 1), (c * L, k0), (L, BK), (1, 0))
+        pk = tl.make_block_ptr(k + row0 * DQK, (DQK, S), (1, DQK), (k0, c * L), (BK, L), (0, 1))
+        pC = tl.make_block_ptr(Cs + st * DQK * DV, (DQK, DV), (DV, 1), (k0, vb * BV), (BK, BV), (1, 0))
+        bq = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
+        bkt = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
+        bC = tl.load(pC, boundary_check=(0, 1), padding_option="zero")
+        nk = tl.load(ns + st * DQK + ok, mask=ok < DQK, other=0.0)
+        qk += tl.dot(bq, bkt, input_precision=PREC)
+        qC += tl.dot(bq, bC.to(bq.dtype), input_precision=PREC)
+        qn += tl.sum(bq.to(tl.float32) * nk[None, :], 1)
+
+    m = tl.load(ms + st)
+    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
+    b = tl.cumsum(lf, 0)
+    causal = ol[:, None] >= ol[None, :]
+    logD = tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf"))
+    m_row = tl.maximum(b + m, tl.max(logD, 1))
+    mrs = finite_or_zero(m_row)
+    w_inter = tl.exp(b + m - mrs) * scale
+    s = qk * scale * tl.exp(logD - mrs[:, None])
+    pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+    bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
+    num = qC * w_inter[:, None] + tl.dot(s.to(bv.dtype), bv, input_precision=PREC)
+    den = tl.sum(s, 1) + qn * w_inter
+    z = tl.maximum(tl.abs(den), tl.exp(-mrs)) + eps
+    hv = num / z[:, None]
+    hb = hv.to(h.dtype.element_ty)
+    ph = tl.make_block_ptr(h + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+    tl.store(ph, hb, boundary_check=(0, 1))
+    if STORE_LO:
+        plo = tl.make_block_ptr(hlo + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+        tl.store(plo, (hv - hb.to(tl.float32)).to(h.dtype.element_ty), boundary_check=(0, 1))
+    if vb == 0:
+        tl.store(mstat + row0 + t, m_row, mask=mt)
+        tl.store(dstat + row0 + t, den, mask=mt)
