@@ -18,7 +18,6 @@ import torch
 from flashxlstm.tasks import formal_languages as fl
 from flashxlstm.tasks.harness import TrainConfig, train
 from flashxlstm.tasks.mqar import MQARConfig, sample_mqar
-from flashxlstm.tasks.plots import heatmap, learning_curve
 from flashxlstm.tasks.zoo import MODEL_NAMES, ModelSize, build_model
 
 TRAIN_LENGTHS = (3, 40)
@@ -26,9 +25,35 @@ TEST_LENGTHS = (40, 256)
 
 
 def _write(out: Path, results: dict, scaled: dict[str, float] | None, title: str) -> None:
+    """results.json, then learning_curve.png (skipped, and said so in results.json, without matplotlib:
+    `plot_results(out)` draws it later from results.json)."""
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        from flashxlstm.tasks.plots import learning_curve
+    except ImportError as e:
+        results["learning_curve_png"] = f"not drawn: {e}"
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return
+    results["learning_curve_png"] = "learning_curve.png"
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     learning_curve(results["history"], out / "learning_curve.png", title, scaled)
+
+
+def plot_results(out: str | Path) -> Path:
+    """Draw DIR/learning_curve.png from DIR/results.json (e.g. for a run made where matplotlib was missing)."""
+    from flashxlstm.tasks.plots import learning_curve
+
+    out = Path(out)
+    r = json.loads((out / "results.json").read_text())
+    if r["experiment"] == "formal_language":
+        scaled = {"train_len_accuracy": r["random_accuracy"], "test_len_accuracy": r["random_accuracy"]}
+        title = f"{r['task']} / {r['model']}: test scaled acc {r['test_scaled_accuracy']:.3f}"
+    else:
+        scaled = None
+        title = (f"MQAR kv={r['mqar']['num_kv_pairs']} T={r['mqar']['context_length']} V={r['mqar']['vocab_size']} "
+                 f"/ {r['model']}: test acc {r['test_accuracy']:.3f}")
+    learning_curve(r["history"], out / "learning_curve.png", title, scaled)
+    return out / "learning_curve.png"
 
 
 def _save_partial(out: Path, header: dict) -> Callable[[list[dict]], None]:
@@ -63,7 +88,7 @@ def run_formal_language(task: str, model: str, out: str | Path, *, train_cfg: Tr
     final = run["history"][-1]
     r = spec.random_accuracy
     results = {
-        "experiment": "formal_language", "task": spec.name, "model": model, "steps": train_cfg.steps,
+        "experiment": "formal_language", "task": spec.name, "model": model, "steps": run["steps_done"],
         "seed": train_cfg.seed, "train_accuracy": final["train_len_accuracy"],
         "train_scaled_accuracy": fl.scaled_accuracy(final["train_len_accuracy"], r),
         "test_accuracy": final["test_len_accuracy"],
@@ -92,7 +117,7 @@ def run_mqar(model: str, out: str | Path, *, train_cfg: TrainConfig, mqar: MQARC
     run = train(net, lambda g: sample_mqar(mqar, g, batch_size), {"test": test}, train_cfg, log, partial)
     final = run["history"][-1]
     results = {
-        "experiment": "mqar", "task": "mqar", "model": model, "steps": train_cfg.steps, "seed": train_cfg.seed,
+        "experiment": "mqar", "task": "mqar", "model": model, "steps": run["steps_done"], "seed": train_cfg.seed,
         "train_accuracy": final["train_batch_accuracy"], "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"], "mqar": asdict(mqar), "random_accuracy": mqar.random_accuracy,
         "batch_size": batch_size, "test_size": test_size, "model_size": asdict(size), "device": train_cfg.device,
@@ -125,6 +150,8 @@ def run_suite(out: str | Path, *, tasks: list[str], models: list[str], train_cfg
                     f"({res['wall_time_s']:.0f} s)")
         grid.append(row)
     names = [fl.get_task(t).name for t in tasks]
+    from flashxlstm.tasks.plots import heatmap
+
     heatmap(models, names, grid, out / "heatmap.png",
             f"Test scaled accuracy (train {TRAIN_LENGTHS[0]}..{TRAIN_LENGTHS[1]}, "
             f"test {TEST_LENGTHS[0]}..{TEST_LENGTHS[1]}), {train_cfg.steps} steps")
@@ -141,4 +168,4 @@ def run_suite(out: str | Path, *, tasks: list[str], models: list[str], train_cfg
     return summary
 
 
-__all__ = ["run_formal_language", "run_mqar", "run_suite", "MODEL_NAMES"]
+__all__ = ["run_formal_language", "run_mqar", "run_suite", "plot_results", "MODEL_NAMES"]

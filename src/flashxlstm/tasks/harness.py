@@ -1,14 +1,25 @@
 """One training loop for every synthetic experiment: any model with `logits = model(input_ids)`, any task that
 can draw a training batch from a numpy Generator and offers fixed evaluation sets.
 
-The loop is AdamW (weight decay on weight matrices only) with linear warm-up and cosine decay to
-`lr * min_lr_factor`, gradient clipping, and cross-entropy on the non-ignored targets. It evaluates every
+The defaults are the recipe of the official xLSTM experiments (NX-AI/xlstm experiments/main.py): AdamW with
+torch's default betas (0.9, 0.999), weight decay on the model's own decay groups (`model.param_groups`, the
+official `_create_weight_decay_optim_groups`: not on the sLSTM recurrent matrix, biases, norms or embedding),
+linear warm-up then cosine decay to `lr * min_lr_factor`, no gradient clipping (`grad_clip > 0` turns it on),
+cross-entropy on the non-ignored targets, optional bf16 autocast (`amp="bf16"`). It evaluates every
 `eval_every` steps and at the end, and returns a plain dict (JSON-ready) with the learning curve.
+
+With `time_budget_s` the loop fits the run into a wall-clock budget: it first times a few steps and one
+evaluation on a throw-away copy of the model, shrinks the run (steps, warm-up and evaluation interval scaled
+together, so the schedule still warms up and decays fully) to what fits, and stops early if it runs over
+anyway, still evaluating at the end; the result says "stopped_early".
 """
 from __future__ import annotations
 
+import copy
+import math
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -31,10 +42,13 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_factor: float = 1e-3
     weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 0.0  # 0: no clipping (the official recipe)
+    amp: str = "none"  # "none" (float32) or "bf16" (autocast, as the official recipe on CUDA)
     eval_every: int = 200
     seed: int = 0
     device: str = "cpu"
+    time_budget_s: float | None = None  # wall-clock budget for training + evaluation (None: no limit)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -43,6 +57,27 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError(f"warmup_steps, grad_clip and weight_decay must be >= 0, got {self.warmup_steps}, "
+                             f"{self.grad_clip}, {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0 or None, got {self.time_budget_s}")
+
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+
+
+def autocast(cfg: TrainConfig):
+    """The autocast context of `cfg.amp` on `cfg.device` (a no-op for "none")."""
+    dtype = AMP_DTYPES[cfg.amp]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=dtype)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -53,7 +88,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay the weight matrices of linear / recurrent layers; not embeddings, norms or biases."""
+    """AdamW groups: the model's own `param_groups(weight_decay)` when it has one (the xLSTM LM: the official
+    decay groups), else decay on every weight matrix of >= 2 dims except embeddings (Transformer, LSTM)."""
+    own = getattr(model, "param_groups", None) or getattr(getattr(model, "model", None), "param_groups", None)
+    if callable(own):
+        return own(weight_decay)
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay = [], []
     for p in model.parameters():
@@ -68,14 +107,16 @@ def masked_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[Batch], device: str) -> dict[str, float]:
-    """Loss and accuracy (arg-max over the vocabulary) on the target positions of fixed batches."""
+def evaluate(model: nn.Module, batches: list[Batch], device: str, cfg: TrainConfig | None = None) -> dict[str, float]:
+    """Loss and accuracy (arg-max over the vocabulary) on the target positions of fixed batches
+    (under `cfg`'s autocast when given)."""
     model.eval()
     correct = counted = 0
     loss_sum = 0.0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        logits = model(x)
+        with autocast(cfg) if cfg is not None else nullcontext():
+            logits = model(x)
         keep = y != IGNORE
         n = int(keep.sum())
         loss_sum += float(masked_loss(logits, y)) * n
@@ -87,6 +128,74 @@ def evaluate(model: nn.Module, batches: list[Batch], device: str) -> dict[str, f
     return {"loss": loss_sum / counted, "accuracy": correct / counted}
 
 
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, cfg: TrainConfig,
+          lr: float) -> tuple[Tensor, Tensor]:
+    """One optimizer step at learning rate `lr`; returns (logits, loss), detached (no host sync: the loop
+    checks the loss for NaN / inf at every evaluation)."""
+    set_lr(optimizer, lr)
+    with autocast(cfg):
+        logits = model(x)
+        loss = masked_loss(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return logits.detach(), loss.detach()
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit_to_budget(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batch]], cfg: TrainConfig,
+                  probe_steps: int = 12) -> tuple[TrainConfig, dict]:
+    """The run `cfg` shrunk to `cfg.time_budget_s`: times up to `probe_steps` training steps (at least 3, at
+    most ~10 % of the budget; the first two are not counted: compilation, allocation) and one pass over the evaluation sets on a copy of the model, then
+    scales steps, warm-up and evaluation interval by the same factor. Returns (fitted cfg, measurements)."""
+    start = time.perf_counter()
+    probe = copy.deepcopy(model).to(cfg.device).train()
+    optimizer = _optimizer(probe, cfg)
+    rng = np.random.default_rng([cfg.seed, 99])  # not the training stream
+    times = []
+    for k in range(max(probe_steps, 3)):
+        x, y = sample(rng)
+        _sync(cfg.device)
+        t0 = time.perf_counter()
+        _step(probe, optimizer, x.to(cfg.device), y.to(cfg.device), cfg, cfg.lr * 1e-3)
+        _sync(cfg.device)
+        times.append(time.perf_counter() - t0)
+        if k >= 2 and time.perf_counter() - start > 0.1 * cfg.time_budget_s:  # probing must stay cheap
+            break
+    step_s = float(np.median(times[2:]))
+    eval_s = 0.0
+    for _ in range(2):  # the first pass compiles kernels for the evaluation shapes; the second is timed
+        t0 = time.perf_counter()
+        for batches in eval_sets.values():
+            evaluate(probe, batches, cfg.device, cfg)
+        _sync(cfg.device)
+        eval_s = time.perf_counter() - t0
+        if time.perf_counter() - start > 0.2 * cfg.time_budget_s:
+            break
+    del probe, optimizer
+    spent = time.perf_counter() - start
+    num_evals = math.ceil(cfg.steps / cfg.eval_every)
+    left = cfg.time_budget_s - spent
+    # steps * step_s + num_evals * eval_s must fit into 90 % of what is left (data, logging, jitter).
+    fit = int((0.9 * left - num_evals * eval_s) / step_s)
+    steps = max(1, min(cfg.steps, fit))
+    scale = steps / cfg.steps
+    fitted = replace(cfg, steps=steps, warmup_steps=round(cfg.warmup_steps * scale),
+                     eval_every=max(1, min(steps, round(cfg.eval_every * scale))))
+    return fitted, {"probe_step_time_ms": 1000 * step_s, "probe_eval_time_s": eval_s, "probe_time_s": spent,
+                    "requested_steps": cfg.steps, "fitted_steps": steps}
+
+
 def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batch]], cfg: TrainConfig,
           log: Callable[[str], None] | None = None,
           on_eval: Callable[[list[dict]], None] | None = None) -> dict:
@@ -94,43 +203,53 @@ def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batc
 
     The history holds, per evaluation, the step, learning rate, mean training loss / accuracy since the last
     evaluation, and loss / accuracy on each eval set; plus wall time and step time. `on_eval(history)` is
-    called after every evaluation (e.g. to save partial results of a long run).
+    called after every evaluation (e.g. to save partial results of a long run). With `cfg.time_budget_s` the
+    run is first fitted to the budget (`fit_to_budget`); "train_config" is then the fitted one,
+    "requested_train_config" the one asked for, and "stopped_early" says whether it still had to stop early.
     """
     device = cfg.device
     model.to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    start = time.perf_counter()
+    requested, budget = cfg, {}
+    if cfg.time_budget_s is not None:
+        cfg, budget = fit_to_budget(model, sample, eval_sets, cfg)
+        if log is not None:
+            log(f"budget {requested.time_budget_s:.0f} s: step {budget['probe_step_time_ms']:.1f} ms, "
+                f"eval {budget['probe_eval_time_s']:.1f} s -> {cfg.steps} of {requested.steps} steps "
+                f"(warm-up {cfg.warmup_steps}, eval every {cfg.eval_every})")
+    optimizer = _optimizer(model, cfg)
     rng = np.random.default_rng([cfg.seed, 0])
     history: list[dict] = []
     window_loss = window_correct = window_count = window_steps = 0
-    start = time.perf_counter()
     train_time = 0.0
+    last_eval_s = budget.get("probe_eval_time_s", 0.0)
+    stopped_early = False
+    steps_done = 0
     for step in range(cfg.steps):
         t0 = time.perf_counter()
-        set_lr(optimizer, lr_at(step, cfg))
         x, y = sample(rng)
         x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss = masked_loss(logits, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        logits, loss = _step(model, optimizer, x, y, cfg, lr_at(step, cfg))
+        steps_done = step + 1
         train_time += time.perf_counter() - t0
-        with torch.no_grad():
-            keep = y != IGNORE
-            window_correct += int(((logits.argmax(-1) == y) & keep).sum())
-            window_count += int(keep.sum())
-            window_loss += float(loss)
-            window_steps += 1
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            point = {"step": step + 1, "lr": lr_at(step, cfg), "train_loss": window_loss / window_steps,
-                     "train_batch_accuracy": window_correct / max(window_count, 1)}
+        keep = y != IGNORE  # accumulated on the device: no host sync per step
+        window_correct = window_correct + ((logits.argmax(-1) == y) & keep).sum()
+        window_count = window_count + keep.sum()
+        window_loss = window_loss + loss.float()
+        window_steps += 1
+        over = (cfg.time_budget_s is not None and step + 1 < cfg.steps
+                and time.perf_counter() - start + 1.2 * last_eval_s > cfg.time_budget_s)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or over:
+            if not math.isfinite(float(window_loss)):
+                raise FloatingPointError(f"the training loss became {float(window_loss)} between steps "
+                                         f"{step + 2 - window_steps} and {step + 1}; lower the learning rate")
+            t_eval = time.perf_counter()
+            point = {"step": step + 1, "lr": lr_at(step, cfg), "train_loss": float(window_loss) / window_steps,
+                     "train_batch_accuracy": int(window_correct) / max(int(window_count), 1)}
             for name, batches in eval_sets.items():
-                for key, value in evaluate(model, batches, device).items():
+                for key, value in evaluate(model, batches, device, cfg).items():
                     point[f"{name}_{key}"] = value
+            last_eval_s = time.perf_counter() - t_eval
             history.append(point)
             window_loss = window_correct = window_count = window_steps = 0
             point["elapsed_s"] = time.perf_counter() - start
@@ -138,7 +257,16 @@ def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batc
                 log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()))
             if on_eval is not None:
                 on_eval(history)
+        if over:
+            stopped_early = True
+            if log is not None:
+                log(f"stopped early at step {step + 1} of {cfg.steps}: time budget {cfg.time_budget_s:.0f} s")
+            break
     wall = time.perf_counter() - start
-    return {"history": history, "wall_time_s": wall, "train_time_s": train_time,
-            "step_time_ms": 1000 * train_time / cfg.steps, "train_config": asdict(cfg),
-            "num_parameters": sum(p.numel() for p in model.parameters())}
+    out = {"history": history, "wall_time_s": wall, "train_time_s": train_time,
+           "step_time_ms": 1000 * train_time / steps_done, "steps_done": steps_done,
+           "stopped_early": stopped_early, "train_config": asdict(cfg),
+           "num_parameters": sum(p.numel() for p in model.parameters())}
+    if budget:
+        out.update(requested_train_config=asdict(requested), budget=budget)
+    return out

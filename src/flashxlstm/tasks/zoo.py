@@ -22,6 +22,8 @@ class ModelSize:
     num_blocks: int = 2
     num_heads: int = 1  # xLSTM heads (the official formal-language configs use 1); the Transformer uses >= 4
     context_length: int = 256
+    mlstm_backend: str = "auto"  # the xLSTM's mLSTM / sLSTM kernels ("auto": Triton on CUDA)
+    slstm_backend: str = "auto"
 
 
 class StatelessLM(nn.Module):
@@ -62,5 +64,6 @@ def _build_xlstm(ratio: str, vocab_size: int, size: ModelSize) -> nn.Module:
     from flashxlstm.models.xlstm_lm import xLSTMLM, xLSTMLMConfig
 
     cfg = xLSTMLMConfig(vocab_size=vocab_size, embedding_dim=size.embedding_dim, num_blocks=size.num_blocks,
-                        slstm_at=ratio, mlstm_num_heads=size.num_heads, slstm_num_heads=size.num_heads)
+                        slstm_at=ratio, mlstm_num_heads=size.num_heads, slstm_num_heads=size.num_heads,
+                        mlstm_backend=size.mlstm_backend, slstm_backend=size.slstm_backend)
     return xLSTMLM(cfg)

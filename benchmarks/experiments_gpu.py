@@ -1,0 +1,270 @@
+"""Run the paper's synthetic experiments as parallel jobs on one GPU, each within a wall-clock budget.
+
+    python benchmarks/experiments_gpu.py --out runs/gpu --budget 300            # the default grid on CUDA
+    python benchmarks/experiments_gpu.py --out /tmp/smoke --device cpu --smoke  # a few tiny steps, CPU
+
+The small models of these experiments leave an H200 mostly idle (the step time is kernel launches and Python),
+so the jobs run side by side as subprocesses of `flashxlstm experiment ...`, one CPU thread each. Every job
+gets the same budget: it measures its own step and evaluation time, scales its schedule (steps, warm-up,
+evaluation interval) down to what fits (at most --steps), stops early if it still runs over, and always ends
+with an evaluation and DIR/<job>/results.json ("stopped_early" says how it ended). A job that hangs is killed
+at budget + grace; its results.partial.json is then used. At the end DIR/summary.md holds the table (task,
+model, steps done of requested, train and test accuracy, step time, wall time), the command, the machine and
+the versions, and DIR/summary.json the same as data.
+
+Before the jobs start, a preflight checks that "auto" resolves to the Triton sLSTM and mLSTM kernels on CUDA
+and that one training step of a tiny xLSTM with them matches the torch backends; if the Triton mLSTM does not
+match, the jobs use the torch "chunkwise" mLSTM instead (said in the summary).
+
+Default grid (the official parity recipe, NX-AI/xlstm experiments/parity_xlstm*.yaml: width 64, 2 blocks,
+1 head, batch 256, lr 1e-3, 10 % warm-up, cosine to 1e-6, weight decay 0.1 on the model's decay groups, no
+clipping, train lengths 3..40, test 40..256 on 8192 sequences) for xlstm[0:1], [1:1], [1:0], transformer,
+lstm; MQAR at context 256 with 16 pairs (width 128, batch 256, lr 1e-3, 10 % warm-up) for xlstm[1:0],
+transformer, lstm at --mqar-vocab (default 256), plus xlstm[1:0] at Zoology's 8192 when --mqar-zoology.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARITY_MODELS = ["xlstm[0:1]", "xlstm[1:1]", "xlstm[1:0]", "transformer", "lstm"]
+MQAR_MODELS = ["xlstm[1:0]", "transformer", "lstm"]
+
+
+def slug(model: str) -> str:
+    return model.replace("[", "").replace("]", "").replace(":", "")
+
+
+def jobs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(name, argv of `flashxlstm experiment ...`) for every job of the grid."""
+    common = ["--steps", str(args.steps), "--seed", str(args.seed), "--device", args.device, "--threads", "1",
+              "--time-budget", str(args.budget), "--mlstm-backend", args.mlstm_backend, "--amp", args.amp]
+    if args.smoke:
+        parity = ["--batch-size", "8", "--test-size", "16", "--embedding-dim", "16", "--eval-batch-size", "16"]
+        mqar = ["--batch-size", "4", "--test-size", "8", "--embedding-dim", "16", "--context-length", "64",
+                "--num-kv-pairs", "4", "--eval-batch-size", "8"]
+    else:
+        parity = ["--batch-size", "256", "--test-size", "8192", "--eval-batch-size", "1024", "--embedding-dim", "64",
+                  "--num-heads", "1"]
+        mqar = ["--batch-size", "256", "--test-size", "2048", "--eval-batch-size", "512", "--embedding-dim", "128",
+                "--num-heads", "1", "--context-length", "256", "--num-kv-pairs", "16"]
+    recipe = ["--lr", "1e-3", "--warmup-steps", str(args.steps // 10), "--min-lr-factor", "1e-3",
+              "--weight-decay", "0.1", "--grad-clip", "0", "--eval-every", str(max(args.steps // 20, 1))]
+    out = []
+    for model in args.parity_models:
+        out.append((f"parity_{slug(model)}", ["formal-language", "--task", "parity", "--model", model,
+                                              *common, *recipe, *parity]))
+    for model in args.mqar_models:
+        out.append((f"mqar_v{args.mqar_vocab}_{slug(model)}",
+                    ["mqar", "--model", model, "--vocab-size", str(args.mqar_vocab), *common, *recipe, *mqar]))
+    if args.mqar_zoology and not args.smoke:
+        out.append(("mqar_v8192_xlstm10", ["mqar", "--model", "xlstm[1:0]", "--vocab-size", "8192",
+                                           *common, *recipe, *mqar]))
+    return out
+
+
+def preflight(device: str) -> dict:
+    """Which kernels "auto" picks on `device`, and whether a Triton training step matches the torch backends."""
+    import torch
+
+    from flashxlstm.ops import mlstm as mlstm_ops
+    from flashxlstm.ops import slstm as slstm_ops
+    from flashxlstm.tasks.zoo import ModelSize, build_model
+
+    info: dict = {"device": device, "torch": torch.__version__}
+    if not device.startswith("cuda"):
+        return info
+    import triton
+
+    info.update(triton=triton.__version__, gpu=torch.cuda.get_device_name(0),
+                slstm_auto=slstm_ops._auto_backend(torch.device(device), torch.float32),
+                mlstm_auto=mlstm_ops._auto_backend(torch.device(device)))
+    calls: dict[str, int] = {}
+
+    def counted(table: dict, kind: str, name: str) -> None:
+        fn = table[name]
+
+        def wrapper(*a, **k):
+            calls[f"{kind}:{name}"] = calls.get(f"{kind}:{name}", 0) + 1
+            return fn(*a, **k)
+        table[name] = wrapper
+
+    for kind, table in (("slstm", slstm_ops.BACKENDS), ("mlstm", mlstm_ops.BACKENDS)):
+        for name in list(table):
+            counted(table, kind, name)
+    x = torch.randint(1, 3, (8, 39), device=device)
+    grads = {}
+    t0 = time.perf_counter()
+    for backends in ({"mlstm_backend": "auto", "slstm_backend": "auto"},
+                     {"mlstm_backend": "chunkwise", "slstm_backend": "cpu"}):
+        torch.manual_seed(0)
+        model = build_model("xlstm[1:1]", 3, ModelSize(64, 2, 1, **backends)).to(device)
+        with torch.no_grad():  # make the zero-initialised recurrent matrix matter
+            model.model.stack.blocks[1].layer.recurrent_kernel.normal_(0, 0.1)
+        model(x).float().logsumexp(-1).mean().backward()
+        grads[backends["mlstm_backend"]] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    torch.cuda.synchronize()
+    info["first_step_s"] = time.perf_counter() - t0
+    info["kernel_calls"] = calls
+    diffs = {n: float((grads["auto"][n] - g).abs().max() / g.abs().max().clamp_min(1e-12))
+             for n, g in grads["chunkwise"].items()}
+    info["max_rel_grad_diff_triton_vs_torch"] = max(diffs.values())
+    info["worst_param"] = max(diffs, key=diffs.get)
+    return info
+
+
+def read_result(run_dir: Path) -> dict | None:
+    for name in ("results.json", "results.partial.json"):
+        if (run_dir / name).exists():
+            return json.loads((run_dir / name).read_text())
+    return None
+
+
+def row(name: str, r: dict | None, status: str) -> dict:
+    if r is None:
+        return {"job": name, "status": status}
+    hist = r.get("history") or [{}]
+    last = hist[-1]
+    d = {"job": name, "status": status, "task": r.get("task"), "model": r.get("model"),
+         "steps": r.get("steps", last.get("step")), "complete": r.get("complete", False),
+         "stopped_early": r.get("stopped_early"), "step_time_ms": r.get("step_time_ms"),
+         "wall_time_s": r.get("wall_time_s", last.get("elapsed_s")),
+         "requested_steps": (r.get("requested_train_config") or r.get("train_config") or {}).get("steps")}
+    if r.get("task") == "mqar":
+        d.update(vocab=r["mqar"]["vocab_size"], train_accuracy=last.get("train_batch_accuracy"),
+                 test_accuracy=last.get("test_accuracy"))
+    else:
+        rnd = r.get("random_accuracy", 0.5)
+        sc = lambda a: None if a is None else (a - rnd) / (1 - rnd)
+        d.update(train_scaled=sc(last.get("train_len_accuracy")), test_scaled=sc(last.get("test_len_accuracy")))
+    return d
+
+
+def fmt(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def summary_md(rows: list[dict], header: str) -> str:
+    lines = [header, "",
+             "| task | model | steps (of requested) | ended | train acc | test acc | step ms | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d in rows:
+        if "task" not in d:
+            lines.append(f"| {d['job']} | - | - | {d['status']} | - | - | - | - |")
+            continue
+        ended = d["status"] if d["status"] != "ok" else ("stopped early" if d["stopped_early"] else "finished")
+        if d["task"] == "mqar":
+            task, tr, te = f"MQAR V={d['vocab']}", fmt(d["train_accuracy"]), fmt(d["test_accuracy"])
+        else:
+            task, tr, te = d["task"], fmt(d["train_scaled"]) + " (scaled)", fmt(d["test_scaled"]) + " (scaled)"
+        lines.append(f"| {task} | {d['model']} | {d['steps']} ({d['requested_steps']}) | {ended} | {tr} | {te} | "
+                     f"{fmt(d['step_time_ms'], '.1f')} | {fmt(d['wall_time_s'], '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds per job, training + evaluation")
+    ap.add_argument("--grace", type=float, default=60.0, help="seconds past the budget before a job is killed")
+    ap.add_argument("--steps", type=int, default=20000, help="steps asked for (the paper's 20000); fewer if the "
+                                                             "budget only fits fewer")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parallel", type=int, default=9, help="jobs at once")
+    ap.add_argument("--parity-models", nargs="*", default=PARITY_MODELS)
+    ap.add_argument("--mqar-models", nargs="*", default=MQAR_MODELS)
+    ap.add_argument("--mqar-vocab", type=int, default=256)
+    ap.add_argument("--mqar-zoology", action="store_true", help="add xlstm[1:0] on MQAR with vocabulary 8192")
+    ap.add_argument("--mlstm-backend", default="auto")
+    ap.add_argument("--amp", choices=["none", "bf16"], default="none")
+    ap.add_argument("--smoke", action="store_true", help="tiny models and data (a CPU check of the plumbing)")
+    ap.add_argument("--no-preflight", action="store_true")
+    ap.add_argument("--summarize-only", action="store_true", help="rebuild summary.md (and PNGs) from --out")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    src = str(ROOT / "src")
+    sys.path.insert(0, src)
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    grid = jobs(args)
+    status: dict[str, str] = {}
+    info: dict = {}
+    if args.summarize_only:
+        prev = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        info, status = prev.get("preflight", {}), {d["job"]: d["status"] for d in prev.get("rows", [])}
+        header_cmd = prev.get("command", "")
+    else:
+        header_cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+        if not args.no_preflight:
+            info = preflight(args.device)
+            print("preflight:", json.dumps(info), flush=True)
+            if info.get("max_rel_grad_diff_triton_vs_torch", 0.0) > 1e-3 and args.mlstm_backend == "auto":
+                print("preflight: Triton gradients do not match the torch backends; mLSTM falls back to chunkwise",
+                      flush=True)
+                args.mlstm_backend = "chunkwise"
+                info["mlstm_fallback"] = "chunkwise"
+                grid = jobs(args)
+        (out / "preflight.json").write_text(json.dumps(info, indent=2) + "\n")
+        pending = list(grid)
+        running: list[tuple[str, subprocess.Popen, float, object]] = []
+        while pending or running:
+            while pending and len(running) < args.parallel:
+                name, argv = pending.pop(0)
+                run_dir = out / name
+                run_dir.mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, "-m", "flashxlstm.cli.main", "experiment", *argv, "--out", str(run_dir)]
+                (run_dir / "command.txt").write_text(" ".join(shlex.quote(c) for c in cmd[1:]) + "\n")
+                log = open(run_dir / "log.txt", "w")
+                running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                        cwd=ROOT), time.perf_counter(), log))
+            time.sleep(1.0)
+            for item in list(running):
+                name, proc, t0, log = item
+                rc = proc.poll()
+                if rc is None and time.perf_counter() - t0 > args.budget + args.grace:
+                    proc.kill()
+                    rc = proc.wait()
+                    status[name] = "killed"
+                if rc is not None:
+                    status.setdefault(name, "ok" if rc == 0 else f"exit {rc}")
+                    log.close()
+                    running.remove(item)
+                    print(f"[{time.perf_counter() - start:.0f} s] {name}: {status[name]}", flush=True)
+    rows = [row(name, read_result(out / name), status.get(name, "missing")) for name, _ in grid
+            if (out / name).exists()]
+    machine = info.get("gpu", platform.processor() or platform.machine())
+    header = (f"Synthetic experiments, {len(rows)} jobs side by side on {machine} ({args.device}); budget "
+              f"{args.budget:.0f} s per job; torch {info.get('torch', '?')}, triton {info.get('triton', '-')}; "
+              f"kernels: sLSTM {info.get('slstm_auto', '-')}, mLSTM "
+              f"{info.get('mlstm_fallback', info.get('mlstm_auto', '-'))}.\n\nCommand: `{header_cmd}`\n\n"
+              "Parity: scaled accuracy (0 chance, 1 perfect) on 8192 held-out sequences of lengths 3..40 (train) "
+              "and 40..256 (test). MQAR: accuracy on the value positions of held-out sequences (train: last "
+              "training batches).")
+    (out / "summary.md").write_text(summary_md(rows, header))
+    (out / "summary.json").write_text(json.dumps({"command": header_cmd, "preflight": info, "rows": rows,
+                                                  "wall_time_s": time.perf_counter() - start}, indent=2) + "\n")
+    try:
+        from flashxlstm.tasks.experiments import plot_results
+
+        for name, _ in grid:
+            if (out / name / "results.json").exists():
+                plot_results(out / name)
+    except ImportError as e:
+        print(f"no learning-curve PNGs ({e}); rerun with --summarize-only where matplotlib is installed")
+    print((out / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
