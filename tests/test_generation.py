@@ -135,7 +135,7 @@ def test_clear_errors(gen):
         generate(NoMask(), ids, 2, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
 
 
-def test_cuda_graph_request_is_ignored_on_cpu(gen):
+def test_cuda_graph_request_on_cpu_runs_the_static_step_with_the_same_tokens(gen):
     model = ToyRNN()
     prompt = torch.randint(0, 11, (2, 3), generator=gen)
     assert torch.equal(generate(model, prompt, 5, use_cuda_graph=True), generate(model, prompt, 5))

@@ -1,11 +1,16 @@
-"""One decode step of any stateful model, captured as a CUDA graph and replayed per token.
+"""One decode step of any stateful model on static buffers, captured as a CUDA graph and replayed per token.
+
+    runner = StaticDecodeStep(model, tokens (B, 1), state)      # graph=None: capture on CUDA, not on CPU
+    logits = runner.step(next_tokens)                            # (B, 1, V)
 
 The runner owns static buffers: the input tokens (B, 1) and the state. Two ways to carry the state:
-- ping-pong (the model's forward accepts `state_out`, as xLSTMLarge does): two state sets A and B and two
-  graphs, A -> B and B -> A, replayed alternately; the new state is written once, never copied.
-- copy (any model): one graph runs `logits, new = model(tokens, state=A)` and copies new into A.
-Either way a replay runs on the GPU with no host synchronisation, and the model never modifies the state
-it is given: the buffers belong to the runner. Requirements on the model's step: no host syncs, no
+- ping-pong (the model's forward accepts `state_out`, as xLSTMLarge does): two state sets A and B, and the
+  step alternates A -> B and B -> A (two graphs on CUDA); the new state is written once, never copied.
+- copy (any model): the step runs `logits, new = model(tokens, state=A)` and copies new into A.
+On CUDA each step is one graph replay with no host synchronisation. On the CPU (or with graph=False) the
+very same step function runs eagerly on the same buffers, so the static-buffer decode loop is one code path
+that the CPU tests cover; only capture and replay are CUDA-specific. The model never modifies the state it
+is given: the buffers belong to the runner. Requirements on the model's step: no host syncs, no
 data-dependent shapes, the same state structure in and out.
 """
 from __future__ import annotations
@@ -34,55 +39,86 @@ def accepts_state_out(model: torch.nn.Module) -> bool:
     return "state_out" in inspect.signature(model.forward).parameters
 
 
-class CUDAGraphStep:
-    """Capture `model(tokens (B, 1), state=...)`; `step(tokens)` replays it and returns logits (B, 1, V).
+class StaticDecodeStep:
+    """`step(tokens)` runs one decode step on the runner's static buffers and returns logits (B, 1, V).
 
-    The returned logits tensor is a static buffer overwritten by a later replay: read it before calling
-    `step` again. `state()` returns a copy of the current state. compile=True runs the step through
-    `torch.compile` first (fuses the small elementwise kernels; costs a compilation per batch size).
+    graph: capture the step as CUDA graphs (default: when the tokens are on CUDA). With a graph the returned
+    logits tensor is a static buffer overwritten by a later step: read it before calling `step` again.
+    `state()` returns a copy of the current state. compile=True runs the step through `torch.compile`
+    first (costs a compilation per batch size).
     """
 
-    def __init__(self, model: torch.nn.Module, tokens: Tensor, state: State, warmup: int = 2, compile: bool = False):
-        if tokens.device.type != "cuda":
-            raise ValueError(f"CUDAGraphStep needs CUDA tensors, got tokens on {tokens.device}")
+    def __init__(self, model: torch.nn.Module, tokens: Tensor, state: State, *, graph: bool | None = None,
+                 warmup: int = 2, compile: bool = False):
+        graph = tokens.is_cuda if graph is None else graph
+        if graph and tokens.device.type != "cuda":
+            raise ValueError(f"StaticDecodeStep: graph=True needs CUDA tensors, got tokens on {tokens.device}")
         self._tokens = tokens.clone()
         a = with_leaves(state, [t.clone() for t in state_leaves(state)])
-        pingpong = accepts_state_out(model)
-        b = map_state(torch.empty_like, a) if pingpong else None
-        fn = torch.compile(model, dynamic=False) if compile else model
-        run = (lambda src, dst: fn(self._tokens, state=src, state_out=dst)) if pingpong else (
-            lambda src, dst: fn(self._tokens, state=src))
+        self.pingpong = accepts_state_out(model)
+        b = map_state(torch.empty_like, a) if self.pingpong else None
+        self._fn = torch.compile(model, dynamic=False) if compile else model
+        # (source, destination) of each turn; the state after turn t lives in self._states[t]
+        self._turns = [(a, b), (b, a)] if self.pingpong else [(a, None)]
+        self._states = [dst if self.pingpong else src for src, dst in self._turns]
+        self._graphs: list[torch.cuda.CUDAGraph] = []
+        self._logits: list[Tensor] = []
+        if graph:
+            self._capture(warmup)
+        self._turn = 0
 
+    def _run(self, turn: int) -> Tensor:
+        """The step itself: reads the token buffer and the turn's source state, writes its destination."""
+        src, dst = self._turns[turn]
+        if self.pingpong:
+            logits, _ = self._fn(self._tokens, state=src, state_out=dst)
+            return logits
+        logits, new = self._fn(self._tokens, state=src)
+        new_leaves, bufs = state_leaves(new), state_leaves(src)
+        if len(new_leaves) != len(bufs):
+            raise ValueError("StaticDecodeStep: the model returned a state with a different structure")
+        for buf, t in zip(bufs, new_leaves):
+            buf.copy_(t)
+        return logits
+
+    def _capture(self, warmup: int) -> None:
+        src, dst = self._turns[0]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(warmup):  # lazy initialisation (kernel compilation, autotuning) outside capture;
-                run(a, b)  # writes only b (or nothing), so the state in a is kept
+                if self.pingpong:  # writes only the destination, so the state in the source is kept
+                    self._fn(self._tokens, state=src, state_out=dst)
+                else:
+                    self._fn(self._tokens, state=src)
         torch.cuda.current_stream().wait_stream(side)
-
-        self._graphs, self._logits, self._states = [], [], []
-        for src, dst in ([(a, b), (b, a)] if pingpong else [(a, None)]):
+        for turn in range(len(self._turns)):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph), torch.no_grad():
-                logits, new = run(src, dst)
-                if not pingpong:
-                    new_leaves, bufs = state_leaves(new), state_leaves(src)
-                    if len(new_leaves) != len(bufs):
-                        raise ValueError("CUDAGraphStep: the model returned a state with a different structure")
-                    for buf, t in zip(bufs, new_leaves):
-                        buf.copy_(t)
+                self._logits.append(self._run(turn))
             self._graphs.append(graph)
-            self._logits.append(logits)
-            self._states.append(dst if pingpong else src)
-        self._turn = 0
 
     def step(self, tokens: Tensor) -> Tensor:
         self._tokens.copy_(tokens)
         turn = self._turn
-        self._graphs[turn].replay()
-        self._turn = (turn + 1) % len(self._graphs)
+        if self._graphs:
+            self._graphs[turn].replay()
+            logits = self._logits[turn]
+        else:
+            with torch.no_grad():
+                logits = self._run(turn)
+        self._turn = (turn + 1) % len(self._turns)
         self._current = self._states[turn]
-        return self._logits[turn]
+        return logits
 
     def state(self) -> State:
-        return map_state(torch.clone, getattr(self, "_current", self._states[-1]))
+        return map_state(torch.clone, getattr(self, "_current", self._turns[0][0]))
+
+
+class CUDAGraphStep(StaticDecodeStep):
+    """StaticDecodeStep that always captures (CUDA tensors required)."""
+
+    def __init__(self, model: torch.nn.Module, tokens: Tensor, state: State, warmup: int = 2, compile: bool = False):
+        if tokens.device.type != "cuda":
+            raise ValueError(f"CUDAGraphStep needs CUDA tensors, got tokens on {tokens.device}")
+        super().__init__(model, tokens, state, graph=True, warmup=warmup, compile=compile)

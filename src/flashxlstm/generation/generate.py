@@ -111,14 +111,13 @@ def generate(
 
     streamer: an object with `put(tokens)` and `end()` (transformers' TextStreamer works for B == 1);
     it gets the prompt first, then each new token (B,) as it is chosen.
-    use_cuda_graph: decode with the step captured once as a CUDA graph (see cuda_graph.py); ignored for
-    inputs on the CPU, so the same call works on both. compile_step: compile that step with torch.compile
-    before capturing it.
+    use_cuda_graph: decode on static buffers (cuda_graph.StaticDecodeStep), each step one replay of a
+    captured CUDA graph on CUDA; on the CPU the same static-buffer step runs eagerly, so the same call works
+    on both and gives the same tokens. compile_step: compile that step with torch.compile first.
     """
     _check_inputs(input_ids, max_new_tokens, attention_mask)
     check_sampling_args(temperature, top_k, top_p)
     device = input_ids.device
-    use_cuda_graph = use_cuda_graph and device.type == "cuda"
     input_ids = input_ids.long()
     eos = _eos_tensor(eos_token_id, device)
     pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos is not None else 0)
@@ -143,9 +142,9 @@ def generate(
                 break
             if use_cuda_graph:
                 if runner is None:
-                    from .cuda_graph import CUDAGraphStep
+                    from .cuda_graph import StaticDecodeStep
 
-                    runner = CUDAGraphStep(model, tok[:, None], state, compile=compile_step)
+                    runner = StaticDecodeStep(model, tok[:, None], state, compile=compile_step)
                 logits = runner.step(tok[:, None])[:, -1]
             else:
                 logits, state = model(tok[:, None], state=state)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.mlstm_large_layer import mLSTMLargeLayer, soft_cap
+from ..ops.fused import add_rms_norm
 from ..nn.rmsnorm import MultiHeadLayerNorm, RMSNorm
 from ..nn.swiglu import SwiGLU, round_up
 
@@ -128,6 +129,16 @@ class mLSTMLargeBlock(nn.Module):
         x = x + y
         return x + self.ffn(self.norm_ffn(x)), state
 
+    def decode(self, x: Tensor, pending: Tensor | None, state, state_out=None):
+        """One token through the fused Triton kernels. The residual stream arrives as x + pending (pending: the
+        previous block's FFN output, None for the first block) and leaves the same way, so each residual add
+        shares a launch with the RMSNorm after it: returns (x, ffn output, new state)."""
+        x, xn = add_rms_norm(x, pending, self.norm_mlstm.weight, self.norm_mlstm.bias, self.norm_mlstm.eps,
+                             backend="triton")
+        y, state = self.mlstm_layer.decode(xn, state, state_out)
+        x, xn = add_rms_norm(x, y, self.norm_ffn.weight, self.norm_ffn.bias, self.norm_ffn.eps, backend="triton")
+        return x, self.ffn(xn, fused_glue=True), state
+
 
 class xLSTMLargeBackbone(nn.Module):
     def __init__(self, config: xLSTMLargeConfig):
@@ -141,6 +152,8 @@ class xLSTMLargeBackbone(nn.Module):
     def forward(self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None,
                 state_out: LargeState | None = None):
         x = self.embeddings(input_ids)
+        if state is not None and self.blocks[0].mlstm_layer.uses_fused_decode(x, state[0], attention_mask):
+            return self.decode(x, state, state_out)
         new_state = []
         for idx, block in enumerate(self.blocks):
             x, block_state = block(x, None if state is None else state[idx], attention_mask,
@@ -149,6 +162,17 @@ class xLSTMLargeBackbone(nn.Module):
         if self.out_norm is not None:
             x = self.out_norm(x)
         return x, tuple(new_state)
+
+    def decode(self, x: Tensor, state: LargeState, state_out: LargeState | None = None):
+        """The single-token path with fused Triton glue (see mLSTMLargeBlock.decode); same result as forward."""
+        new_state, pending = [], None
+        for idx, block in enumerate(self.blocks):
+            x, pending, block_state = block.decode(x, pending, state[idx], None if state_out is None else state_out[idx])
+            new_state.append(block_state)
+        if self.out_norm is None:
+            return x + pending, tuple(new_state)
+        norm = self.out_norm
+        return add_rms_norm(x, pending, norm.weight, norm.bias, norm.eps, backend="triton")[1], tuple(new_state)
 
 
 class xLSTMLarge(nn.Module):

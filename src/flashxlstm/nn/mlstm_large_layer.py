@@ -11,12 +11,18 @@ gates of padded positions to i~ = -inf, f~ = +inf so they leave the state exactl
 The state passed in is never modified; a new one is returned. For CUDA-graph decoding a single token may
 be given `state_out`, preallocated (C, n, m) buffers (not overlapping `state`) that receive the new state:
 the Triton step kernel writes them directly, other step backends copy into them.
+
+`decode(x, state, state_out)` is the single-token path of the Triton step backend (`uses_fused_decode`
+says when it applies): the gate soft cap happens inside the step kernel, q/k/v/o and the gates are read
+where the projections put them (no copies), and the per-head norm and sigmoid(o) product are one
+kernel (flashxlstm.ops.fused): four launches besides the matmuls become two.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from ..ops.fused import head_norm_gate
 from ..ops.mlstm import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
 from .rmsnorm import MultiHeadLayerNorm
 
@@ -86,6 +92,37 @@ class mLSTMLargeLayer(nn.Module):
             q, k, v, o = self.qkv_opreact(x).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
             i, f = cap(self.ifgate_preact(x)).split(self.num_heads, dim=-1)
         return q, k, v, o, i, f
+
+    def uses_fused_decode(self, x: Tensor, state: MLSTMState | None, attention_mask: Tensor | None = None) -> bool:
+        """True for one token with a state and no mask when the step backend resolves to Triton."""
+        if x.shape[1] != 1 or state is None or attention_mask is not None:
+            return False
+        name = self.step_backend
+        if name == "auto":
+            name = "triton" if x.is_cuda and "triton" in STEP_BACKENDS else "torch"
+        return name == "triton"
+
+    def decode(self, x: Tensor, state: MLSTMState, state_out: MLSTMState | None = None) -> tuple[Tensor, MLSTMState]:
+        """x (B, 1, D) normed activations -> y (B, 1, D) and the new state, through the fused Triton kernels.
+        Equals forward() on the same input (to rounding of the reductions)."""
+        B = x.shape[0]
+        NH = self.num_heads
+        x2 = x[:, 0]
+        if self.weight_mode == "single":
+            q, k, v, o = self.q(x2), self.k(x2), self.v(x2), self.ogate_preact(x2)
+            i, f = self.igate_preact(x2), self.fgate_preact(x2)
+        else:
+            q, k, v, o = self.qkv_opreact(x2).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
+            i, f = self.ifgate_preact(x2).split(NH, dim=-1)
+        heads = lambda t: t.unflatten(-1, (NH, -1))  # (B, NH, DH), a view
+        out = None
+        if state_out is not None:
+            out = (torch.empty(B, NH, self.v_dim // NH, dtype=v.dtype, device=v.device), *state_out)
+        h, state = STEP_BACKENDS["triton"](heads(q), heads(k), heads(v), i, f, state, eps=self.eps, out=out,
+                                           gate_soft_cap=self.gate_soft_cap)
+        norm = self.multihead_norm
+        y = head_norm_gate(h, o, norm.weight, norm.bias, norm.eps, backend="triton")
+        return self.out_proj(y)[:, None], state
 
     def forward(
         self, x: Tensor, state: MLSTMState | None = None, attention_mask: Tensor | None = None,

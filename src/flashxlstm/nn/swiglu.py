@@ -1,12 +1,15 @@
 """The gated feed-forward of the xLSTM-7B family: proj_down(silu(proj_up_gate(x)) * proj_up(x)).
 
 weight_mode "single" keeps proj_up_gate and proj_up as two Linear layers; "fused" stacks them (gate rows
-first) in one Linear proj_up_gate_z, which is one matmul instead of two at inference.
+first) in one Linear proj_up_gate_z, which is one matmul instead of two at inference. `forward(x,
+fused_glue=True)` does silu(gate) * up in one Triton kernel (flashxlstm.ops.fused.silu_mul), for decoding.
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..ops.fused import silu_mul
 
 
 def round_up(x: float, multiple: int) -> int:
@@ -27,9 +30,9 @@ class SwiGLU(nn.Module):
             raise ValueError(f"SwiGLU: weight_mode must be 'single' or 'fused', got {weight_mode!r}")
         self.proj_down = nn.Linear(hidden, dim, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, fused_glue: bool = False) -> Tensor:
         if self.weight_mode == "single":
             gate, z = self.proj_up_gate(x), self.proj_up(x)
         else:
             gate, z = self.proj_up_gate_z(x).split(self.hidden, dim=-1)
-        return self.proj_down(F.silu(gate) * z)
+        return self.proj_down(silu_mul(gate, z, backend="triton") if fused_glue else F.silu(gate) * z)

@@ -1,0 +1,54 @@
+"""Fused decode glue for the xLSTM-7B block: the elementwise work between its matmuls in few launches.
+
+    s, n = add_rms_norm(x, y, weight, bias, eps)      s = x + y (y may be None), n = RMSNorm(s)
+    out = head_norm_gate(h, o, weight, bias, eps)      sigmoid(o) * per-head LayerNorm(h), (B, NH * DH)
+    a = silu_mul(gate, z)                              silu(gate) * z
+
+Pure tensor functions. `backend="triton"` runs the Triton kernels (CUDA, or the CPU interpreter with
+TRITON_INTERPRET=1), "torch" the reference (reference.py), "auto" Triton on CUDA when importable. Both round
+to the activation dtype at the same points as the unfused nn modules, so in float32 they agree to rounding
+of the reductions and in bf16 to an occasional last-bit flip.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .reference import add_rms_norm_reference, head_norm_gate_reference, silu_mul_reference
+
+__all__ = ["add_rms_norm", "head_norm_gate", "silu_mul"]
+
+
+def _use_triton(t: Tensor, backend: str) -> bool:
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"fused glue: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == "auto":
+        from ..mlstm.triton import triton_usable
+
+        return t.is_cuda and triton_usable()
+    return backend == "triton"
+
+
+def add_rms_norm(x: Tensor, y: Tensor | None, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-6,
+                 backend: str = "auto") -> tuple[Tensor, Tensor]:
+    if _use_triton(x, backend):
+        from .kernels import add_rms_norm_triton
+
+        return add_rms_norm_triton(x, y, weight, bias, eps)
+    return add_rms_norm_reference(x, y, weight, bias, eps)
+
+
+def head_norm_gate(h: Tensor, o: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-6,
+                   backend: str = "auto") -> Tensor:
+    if _use_triton(h, backend):
+        from .kernels import head_norm_gate_triton
+
+        return head_norm_gate_triton(h, o, weight, bias, eps)
+    return head_norm_gate_reference(h, o, weight, bias, eps)
+
+
+def silu_mul(gate: Tensor, z: Tensor, backend: str = "auto") -> Tensor:
+    if _use_triton(gate, backend):
+        from .kernels import silu_mul_triton
+
+        return silu_mul_triton(gate, z)
+    return silu_mul_reference(gate, z)

@@ -1,0 +1,60 @@
+"""The fused decode path of xLSTMLarge under TRITON_INTERPRET=1 (CPU) against the unfused torch path.
+
+The child process (tests/_large_fused_cases.py) runs the cases, since TRITON_INTERPRET must be set before
+Triton is imported: the glue kernels (residual add + RMSNorm, per-head LayerNorm x sigmoid(o), SiLU x up)
+in fp32 and bf16 at odd sizes with strided inputs, the step kernel on views into one projection output with
+the gate soft cap inside (gates beyond the cap), the whole-model decode step (fused and single weights,
+with and without bias and soft cap, into state_out buffers) and generation on static buffers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import require_triton
+
+require_triton()
+
+HERE = Path(__file__).parent
+FP32 = 2e-6  # reductions in another order; everything else is the same float32 arithmetic
+BF16 = 3e-2  # a last-bit flip at each of the (up to four) roundings to bf16, relative to the largest value
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run([sys.executable, str(HERE / "_large_fused_cases.py")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    if proc.returncode != 0:
+        raise AssertionError(f"interpreter cases failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return {r["case"]: r for r in map(json.loads, (l for l in proc.stdout.splitlines() if l.startswith("{")))}
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", FP32), ("bfloat16", BF16)])
+def test_glue_kernels_match_the_torch_reference(results, dtype, tol):
+    errs = results[f"glue_{dtype}"]["errs"]
+    assert len(errs) == 7
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    assert not bad, bad
+
+
+def test_step_kernel_reads_views_and_soft_caps_the_gates(results):
+    r = results["step_views"]
+    assert r["h"] < 1e-5 and r["state"] < 1e-5, r
+
+
+@pytest.mark.parametrize("case", ["model_fused", "model_single_bias_nocap"])
+def test_whole_decode_step_equals_the_unfused_step(results, case):
+    r = results[case]
+    assert r["fused_taken"] and r["into_buffers"], r
+    assert r["logits"] < 1e-5 and r["state"] < 1e-5 and r["state_out_equal"] == 0.0, r
+
+
+def test_static_buffer_generation_with_fused_step_equals_eager(results):
+    assert results["static_generate"]["equal"]
