@@ -147,7 +147,7 @@ def _gpu_script():
 def test_gpu_grid_uses_the_paper_recipe():
     mod = _gpu_script()
     args = mod.argparse.Namespace(steps=20000, seed=0, device="cuda", budget=300.0, mlstm_backend="auto",
-                                  amp="none", smoke=False, parity_models=mod.PARITY_MODELS,
+                                  slstm_backend="auto", amp="none", smoke=False, parity_models=mod.PARITY_MODELS,
                                   mqar_models=mod.MQAR_MODELS, mqar_vocab=256, mqar_zoology=True)
     grid = dict(mod.jobs(args))
     assert len(grid) == 9 and "parity_xlstm01" in grid and "mqar_v8192_xlstm10" in grid
