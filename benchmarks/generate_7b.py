@@ -174,6 +174,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--decode-steps", type=int, default=64)
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument("--skip-prefill", action="store_true", help="leave out the prefill measurements")
     parser.add_argument("--compile-if-before", type=float, default=240.0,
                         help="also measure B=1 decode with the step compiled (torch.compile) if the run is not "
                              "older than this many seconds by then (compilation takes a minute or more)")
@@ -235,7 +236,7 @@ def main() -> int:
           flush=True)
 
     # -- prefill: one forward over the prompt
-    for B, S in prefills:
+    for B, S in [] if args.skip_prefill else prefills:
         ids = ids_of(B, S, 2)
 
         def ours_prefill():
@@ -261,7 +262,7 @@ def main() -> int:
         gc.collect()
 
     # -- chunked prefill keeps memory flat in prompt length
-    for S in chunk_prompts:
+    for S in [] if args.skip_prefill else chunk_prompts:
         ids = ids_of(1, S, 3)
 
         def chunked():
@@ -292,21 +293,42 @@ def main() -> int:
                         tok = lg[:, -1].argmax(-1, keepdim=True)
 
                 te = timed(eager_steps) / 8
+                r = dict(eager=B / te)
                 if not cuda:
-                    return B / te, None, None
-                ref, _ = ours(tok, state)
-                runner = CUDAGraphStep(ours, tok, state)
-                diff = (runner.step(tok) - ref).abs().max().item()
+                    return r
+                # the fused glue against the unfused modules (same Triton step kernel), bf16, one step
+                ours.backbone.fused_decode = False
+                lu, su = ours(tok, state)
+                ours.backbone.fused_decode = True
+                ref, sf = ours(tok, state)
+                rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+                r["fused_vs_unfused"] = f"{rel(ref, lu):.2e}"
+                r["state_rel"] = f"{max(rel(a[0], b[0]) for a, b in zip(sf, su)):.2e}"
+                r["top1"] = f"{(ref.argmax(-1) == lu.argmax(-1)).float().mean().item():.3f}"
 
-                def graph_steps():
+                def graph_rate(runner):
                     nonlocal tok
-                    for _ in range(n):
-                        tok = runner.step(tok)[:, -1].argmax(-1, keepdim=True)
 
-                graph_steps()
-                tg = timed(graph_steps) / n
+                    def graph_steps():
+                        nonlocal tok
+                        for _ in range(n):
+                            tok = runner.step(tok)[:, -1].argmax(-1, keepdim=True)
+
+                    graph_steps()
+                    return B * n / timed(graph_steps)
+
+                base = reset_peak()
+                runner = CUDAGraphStep(ours, tok, state)
+                r["diff"] = (runner.step(tok) - ref).abs().max().item()
+                r["graph"] = graph_rate(runner)
+                r["mem"] = round(peak_above(base), 2)
                 del runner
-                return B / te, B / tg, diff
+                ours.backbone.fused_decode = False  # before: the same step with the glue as separate torch ops
+                runner = CUDAGraphStep(ours, tok, state)
+                ours.backbone.fused_decode = True
+                r["graph_unfused"] = graph_rate(runner)
+                del runner
+                return r
 
             def off_decode():
                 state = official_prefill(off, ids, 512)
@@ -323,9 +345,13 @@ def main() -> int:
 
             o = attempt(f"ours decode B{B}", ours_decode)
             f = None if args.skip_official else attempt(f"official decode B{B}", off_decode)
-        record("decode, eager step", f"B{B}", o and o[0], f and f[0], "tok/s")
-        record("decode, step in a CUDA graph", f"B{B}", o and o[1], f and f[1], "tok/s",
-               graph_vs_eager_maxdiff=o and o[2])
+        o = o or {}
+        record("decode, eager step", f"B{B}", o.get("eager"), f and f[0], "tok/s")
+        record("decode, step in a CUDA graph", f"B{B}", o.get("graph"), f and f[1], "tok/s",
+               graph_vs_eager_maxdiff=o.get("diff"), mem_GB=o.get("mem"))
+        record("decode, CUDA graph, glue unfused (before)", f"B{B}", o.get("graph_unfused"), f and f[1], "tok/s")
+        record("check: fused vs unfused glue, bf16 logits", f"B{B}", None, None, "rel. L2 diff",
+               logits=o.get("fused_vs_unfused"), C_state=o.get("state_rel"), top1_agree=o.get("top1"))
         write(args, shape, nparams, cuda, quiet=True)
         gc.collect()
         if cuda:

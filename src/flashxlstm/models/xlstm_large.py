@@ -148,11 +148,13 @@ class xLSTMLargeBackbone(nn.Module):
                                        _weight=torch.empty(config.vocab_size, config.embedding_dim))
         self.blocks = nn.ModuleList(mLSTMLargeBlock(config) for _ in range(config.num_blocks))
         self.out_norm = RMSNorm(config.embedding_dim, eps=config.norm_eps, bias=config.use_bias) if config.add_out_norm else None
+        self.fused_decode = True  # single tokens through the fused Triton glue when the step backend is Triton
 
     def forward(self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None,
                 state_out: LargeState | None = None):
         x = self.embeddings(input_ids)
-        if state is not None and self.blocks[0].mlstm_layer.uses_fused_decode(x, state[0], attention_mask):
+        if (self.fused_decode and state is not None
+                and self.blocks[0].mlstm_layer.uses_fused_decode(x, state[0], attention_mask)):
             return self.decode(x, state, state_out)
         new_state = []
         for idx, block in enumerate(self.blocks):
