@@ -10,8 +10,10 @@ Timings (bf16, medians of triton.testing.do_bench, everything in this one run): 
 forward+backward of ours, TFLA xl_chunk and limit_chunk (mlstm_kernels 2.0.6), FLA chunk_simple_gla
 (forward; its backward is refused on Hopper with triton < 3.7.1) and torch SDPA causal; peak
 activation memory of forward+backward; the decode step at batch 1/16/64 with the 7B heads against
-TFLA's step. Ours is timed with the library default (or --segments) and with the other choice
-(one walk per sequence vs sequence parallelism with 1024-step segments).
+TFLA's step. Ours is timed with both forward variants (chunk-parallel and the walk; the backward is
+the same), with the library's segment setting (or --segments).
+`--cp-sweep` times launch variants of the chunk-parallel forward (whole, and each pass alone). `--forward`
+picks our forward variant for the checks; both variants are timed.
 `--sweep` also times launch-setting variants and segment lengths of our kernels (after the table,
 reported only). `--budget-s` skips what would start after that many seconds (partial reports are
 written as it goes). `--peer-errors` also reports TFLA xl_chunk's errors on the same inputs. Writes
@@ -301,17 +303,68 @@ SEG_TOKENS = 1024  # the segment length timed against one walk per sequence
 CHOSEN: dict = {}
 
 
-def ours_with(tokens):
-    """Our op with segments of `tokens` steps (0: one walk per sequence); h, or (h, state) if full."""
+def ours_with(tokens, forward=None):
+    """Our op with segments of `tokens` steps (0: one walk per sequence) and forward variant `forward`
+    ("chunkparallel" or "walk"; None: the library's); h, or (h, state) if full."""
     def run(q, k, v, i, f, full=False):
-        saved = tfn.SEGMENT["tokens"]
+        saved, saved_fwd = tfn.SEGMENT["tokens"], tfn.FORWARD["variant"]
         tfn.SEGMENT["tokens"] = tokens
+        tfn.FORWARD["variant"] = forward or saved_fwd
         try:
             out = M.mlstm(q, k, v, i, f, backend="triton")
         finally:
-            tfn.SEGMENT["tokens"] = saved
+            tfn.SEGMENT["tokens"], tfn.FORWARD["variant"] = saved, saved_fwd
         return out if full else out[0]
     return run
+
+
+# ---------------------------------------------------------------- chunk-parallel forward: variants and passes
+_CP_VARIANTS = [dict(), dict(warps_s=8, warps_o=8), dict(BV_s=128, warps_s=8, BV_o=128, warps_o=8),
+                dict(L=128, warps_o=8), dict(stages_s=1, stages_o=1), dict(stages_s=3, stages_o=3)]
+SWEEP_CP = {256: _CP_VARIANTS, 128: _CP_VARIANTS}  # the first entry is the library default
+
+
+def cp_sweep(shapes, deadline):
+    """Time chunk-parallel launch variants (whole forward, and pass 1 / pass 2 alone) against the walk.
+
+    A variant counts only if its h stays within 2e-2 of the walk's (a miscompile shows up as O(1)).
+    """
+    for shape in shapes:
+        BK = triton.next_power_of_2(shape[3])
+        ins = inputs(*shape)
+        q, k, v, i, f = ins
+        with torch.no_grad():
+            ref = ours_with(0, "walk")(*ins).float()
+        B, NH, S, DQK = q.shape
+        DV = v.shape[-1]
+        zs = M.zero_state(B, NH, DQK, DV, DEV)
+        for over in SWEEP_CP[BK]:
+            if time.time() > deadline:
+                say(f"cp sweep: budget spent at {shape} {over}")
+                return
+            tfn.CP_CONFIG[BK] = over
+            try:
+                with torch.no_grad():
+                    run = ours_with(0, "chunkparallel")
+                    e = rel(run(*ins), ref)
+                    ms = bench(lambda: run(*ins), rep=50)
+                    cfg = tfn._cp_config(BK, DV, 64)
+                    Cf, nf, mf = (torch.empty_like(t) for t in zs)
+                    h, hlo = torch.empty_like(v), torch.empty_like(v)
+                    mstat, dstat = torch.empty(q.shape[:3], device=DEV), torch.empty(q.shape[:3], device=DEV)
+                    ms1 = bench(lambda: tfn.chunk_states(k, v, i, f, *zs, Cf, nf, mf, cfg, "exp"), rep=50)
+                    Cs, ns, mss = tfn.chunk_states(k, v, i, f, *zs, Cf, nf, mf, cfg, "exp")
+                    ms2 = bench(lambda: tfn.chunk_outputs(q, k, v, i, f, Cs, ns, mss, h, hlo, mstat, dstat, cfg, 1e-6,
+                                                          "exp", False), rep=50)
+                    del Cs, ns, mss
+                say(f"cp sweep fw {shape} {over}: {ms:.3f} ms (states {ms1:.3f} + outputs {ms2:.3f}) "
+                    f"rel diff to walk {e:.1e} {'OK' if e <= 2e-2 else 'WRONG'}")
+                CHOSEN[f"cp {shape} {over}"] = (round(ms, 3), round(ms1, 3), round(ms2, 3), e)
+            except Exception as ex:
+                say(f"cp sweep fw {shape} {over}: FAIL {repr(ex)[:300]}")
+            finally:
+                tfn.CP_CONFIG.pop(BK, None)
+            torch.cuda.empty_cache()
 
 
 def sweep(shapes, deadline):
@@ -435,17 +488,28 @@ def main():
     ap.add_argument("--segments", type=int, default=None,
                     help="segment length for the whole run (checks and the 'ours' rows; 0 = off); default: the library's")
     ap.add_argument("--peer-errors", action="store_true", help="also measure TFLA's errors vs float64 in the checks")
+    ap.add_argument("--forward", choices=["chunkparallel", "walk"], default=None,
+                    help="our forward variant for the checks and the first 'ours' rows (default: the library's); "
+                         "the other variant is timed too")
+    ap.add_argument("--cp-sweep", action="store_true", help="time chunk-parallel launch variants and passes first")
+    ap.add_argument("--check-segments", action="store_true", help="also check segments against one walk")
+    ap.add_argument("--no-limit", action="store_true", help="skip TFLA limit_chunk rows")
+    ap.add_argument("--shapes", default=None, help="indices into the shape list to time, e.g. 0,1")
     args = ap.parse_args()
     if args.segments is not None:
         tfn.SEGMENT["tokens"] = args.segments
+    if args.forward is not None:
+        tfn.FORWARD["variant"] = args.forward
     if not torch.cuda.is_available():
         sys.exit("mlstm_kernels.py needs a CUDA GPU")
     t0 = time.time()
     deadline = t0 + args.budget_s
     info = versions()
     say(str(info))
-    say(f"segments: {tfn.SEGMENT}")
+    say(f"segments: {tfn.SEGMENT}, forward: {tfn.FORWARD}")
     shapes = SHAPES[::2] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [SHAPES[int(j)] for j in args.shapes.split(",")]
     ok = True
     if not args.skip_checks:
         for shape in shapes:  # each timed shape, full size for ours, first heads against float64
@@ -454,7 +518,8 @@ def main():
         ok &= check_against_f64(2, 4, 4096, 128, 128, torch.float32, 1e-3, label="fp32")
         ok &= check_against_f64(1, 2, 1000, 96, 192, torch.float32, 1e-3, label="fp32 odd dims")
         ok &= check_against_f64(1, 2, 65536, 128, 128, torch.bfloat16, 1e-2, gates="uniform30", label="long")
-        ok &= check_segments_vs_walk(SHAPES[2])
+        if args.check_segments:
+            ok &= check_segments_vs_walk(SHAPES[2])
         ok &= check_varlen()
         if not args.no_step:
             ok &= check_step()
@@ -466,17 +531,21 @@ def main():
     xl = get_mlstm_kernel("chunkwise--triton_xl_chunk")
     limit = get_mlstm_kernel("chunkwise--triton_limit_chunk")
     default_tokens = tfn.SEGMENT["tokens"]
-    for shape in shapes + EXTRA_SHAPES:
+    for shape in shapes + ([] if args.shapes else EXTRA_SHAPES):
         if time.time() > deadline:
             say(f"budget spent: {shape} not timed")
             continue
         write_report(args.out, info, bw, tf)  # partial tables survive a timeout
-        other = 0 if default_tokens else SEG_TOKENS
-        time_seq(f"ours (triton, {f'segments {default_tokens}' if default_tokens else 'no segments'})",
-                 ours_with(default_tokens), shape)
-        time_seq(f"ours (triton, {f'segments {other}' if other else 'no segments'})", ours_with(other), shape)
+        fwd = tfn.FORWARD["variant"]
+        seg = f", segments {default_tokens}" if default_tokens else ""
+        for variant in (fwd, "walk" if fwd == "chunkparallel" else "chunkparallel"):
+            time_seq(f"ours (triton, {'chunk-parallel fw' if variant == 'chunkparallel' else 'walk'}{seg})",
+                     ours_with(default_tokens, variant), shape)
+        if args.segments:
+            time_seq("ours (triton, walk, no segments)", ours_with(0, "walk"), shape)
         time_seq("TFLA xl_chunk", lambda q, k, v, i, f: xl(q, k, v, i, f, chunk_size=128), shape)
-        time_seq("TFLA limit_chunk", lambda q, k, v, i, f: limit(q, k, v, i, f, chunk_size=64), shape)
+        if not args.no_limit:
+            time_seq("TFLA limit_chunk", lambda q, k, v, i, f: limit(q, k, v, i, f, chunk_size=64), shape)
         try:
             from fla.ops.simple_gla import chunk_simple_gla
             time_seq("FLA chunk_simple_gla", lambda q, k, v, g: chunk_simple_gla(q, k, v, g), shape, fw_only=True,
@@ -487,6 +556,9 @@ def main():
             time_seq("torch SDPA causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                      shape, grad_inputs=sdpa_inputs)
     write_report(args.out, info, bw, tf)
+    if args.cp_sweep:
+        cp_sweep([SHAPES[0], SHAPES[1]], deadline)
+        write_report(args.out, info, bw, tf)
     if args.sweep:
         sweep([SHAPES[1], SHAPES[0]], deadline)
     if not args.no_step:
