@@ -7,7 +7,8 @@ c (chunk_states.py) and, inside the chunk, b = cumulative log forget, li = log i
     num_t = exp(b_t + m_c - m_t) q^_t C_c + sum_{s<=t} exp(b_t - b_s + li_s - m_t) (q^_t . k_s) v_s
     den_t = the same with n_c for C_c and 1 for v_s;  h_t = num_t / (max(|den_t|, exp(-m_t)) + eps)
 
-q^ = q / sqrt(DQK). The products q C_c and q k^T are summed over DQK in blocks of BK. The programs of
+q^ = q / sqrt(DQK). The products q C_c, q k^T and q n_c are summed over DQK in blocks of BK
+(q n_c for bf16 on the tensor cores with n_c split into a bf16 head and residual: matvec_fp32). The programs of
 the first DV block also write m_t and den_t (fp32) for the backward; for 16-bit outputs that need
 gradients every program writes h's rounding residual h_lo (see forward.py). k is read transposed
 straight from memory, so no tile is transposed in registers.
@@ -18,6 +19,24 @@ import triton
 import triton.language as tl
 
 from .common import finite_or_zero, load_gates
+
+
+@triton.jit
+def matvec_fp32(a, x, PREC: tl.constexpr):
+    """a @ x for an fp32 vector x, at about fp32 precision.
+
+    bf16 a: on the tensor cores, x split into a bf16 head and its residual in columns 0 and 1 of a
+    16-wide tile, the two products summed in fp32; this keeps an fp32 copy of a out of the registers.
+    fp16 (whose range x may exceed) and fp32 a: elementwise in fp32.
+    """
+    if a.dtype == tl.bfloat16:
+        col = tl.arange(0, 16)
+        hi = x.to(tl.bfloat16)
+        lo = (x - hi.to(tl.float32)).to(tl.bfloat16)
+        X = tl.where(col[None, :] == 0, hi[:, None], tl.where(col[None, :] == 1, lo[:, None], 0.0).to(tl.bfloat16))
+        return tl.sum(tl.dot(a, X, input_precision=PREC), 1)
+    else:
+        return tl.sum(a.to(tl.float32) * x[None, :], 1)
 
 
 @triton.jit
@@ -36,6 +55,14 @@ def mlstm_chunk_output_kernel(
     t = c * L + ol
     mt = t < S
 
+    # the stabilizer first, from the gates alone, so that no (L x L) gate tile is live in the DQK loop
+    m = tl.load(ms + st)
+    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
+    b = tl.cumsum(lf, 0)
+    causal = ol[:, None] >= ol[None, :]
+    m_row = tl.maximum(b + m, tl.max(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")), 1))
+    mrs = finite_or_zero(m_row)
+
     qk = tl.zeros([L, L], dtype=tl.float32)
     qC = tl.zeros([L, BV], dtype=tl.float32)
     qn = tl.zeros([L], dtype=tl.float32)
@@ -50,17 +77,10 @@ def mlstm_chunk_output_kernel(
         nk = tl.load(ns + st * DQK + ok, mask=ok < DQK, other=0.0)
         qk += tl.dot(bq, bkt, input_precision=PREC)
         qC += tl.dot(bq, bC.to(bq.dtype), input_precision=PREC)
-        qn += tl.sum(bq.to(tl.float32) * nk[None, :], 1)
+        qn += matvec_fp32(bq, nk, PREC)
 
-    m = tl.load(ms + st)
-    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
-    b = tl.cumsum(lf, 0)
-    causal = ol[:, None] >= ol[None, :]
-    logD = tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf"))
-    m_row = tl.maximum(b + m, tl.max(logD, 1))
-    mrs = finite_or_zero(m_row)
     w_inter = tl.exp(b + m - mrs) * scale
-    s = qk * scale * tl.exp(logD - mrs[:, None])
+    s = qk * scale * tl.exp(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
     pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
     bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
     num = qC * w_inter[:, None] + tl.dot(s.to(bv.dtype), bv, input_precision=PREC)

@@ -55,7 +55,7 @@ CP_CONFIG: dict = {}
 
 
 def _cp_config(BK: int, DV: int, chunk: int) -> dict:
-    cfg = {"L": chunk, "BK_s": min(64, BK), "BV_s": min(64, next_pow2(DV)), "warps_s": 4,
+    cfg = {"L": chunk, "BK_s": min(64, BK), "BV_s": min(64, next_pow2(DV)), "warps_s": 4, "stages_s": 2,
            "BK_o": min(64, BK), "BV_o": min(64, next_pow2(DV)), "warps_o": 4, "stages_o": 2}
     cfg.update(CP_CONFIG.get(BK, {}))
     return cfg
@@ -235,24 +235,36 @@ def _chunk_parallel_forward(q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat
     The chunk states live only during the forward (the backward recomputes from m_t and den_t):
     B * NH * ceil(S / L) * DQK * DV values in the input dtype, plus fp32 n and m.
     """
-    B, NH, S, DQK = q.shape
+    cfg = _cp_config(next_pow2(q.shape[-1]), v.shape[-1], chunk)
+    Cs, ns, ms = chunk_states(k, v, i, f, C0, n0, m0, Cf, nf, mf, cfg, input_gate)
+    chunk_outputs(q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, cfg, eps, input_gate, store_lo)
+
+
+def chunk_states(k, v, i, f, C0, n0, m0, Cf, nf, mf, cfg, input_gate):
+    """Launch pass 1 (chunk_states.py): returns the states entering each chunk (BH, NT, ...)."""
+    B, NH, S, DQK = k.shape
     DV = v.shape[-1]
-    cfg = _cp_config(next_pow2(DQK), DV, chunk)
-    L = cfg["L"]
+    L, BH = cfg["L"], B * NH
     NT = triton_cdiv(S, L)
-    BH = B * NH
-    Cs = torch.empty((BH, NT, DQK, DV), dtype=q.dtype, device=q.device)
-    ns = torch.empty((BH, NT, DQK), dtype=torch.float32, device=q.device)
-    ms = torch.empty((BH, NT), dtype=torch.float32, device=q.device)
-    prec = _precision(q.dtype)
-    gate = input_gate == "exp"
+    Cs = torch.empty((BH, NT, DQK, DV), dtype=k.dtype, device=k.device)
+    ns = torch.empty((BH, NT, DQK), dtype=torch.float32, device=k.device)
+    ms = torch.empty((BH, NT), dtype=torch.float32, device=k.device)
     mlstm_chunk_states_kernel[(triton_cdiv(DQK, cfg["BK_s"]), triton_cdiv(DV, cfg["BV_s"]), BH)](
         k, v, i, f, C0, n0, m0, Cs, ns, ms, Cf, nf, mf, S, NT, DQK=DQK, DV=DV, L=L, BK=cfg["BK_s"],
-        BV=cfg["BV_s"], EXP_GATE=gate, PREC=prec, num_warps=cfg["warps_s"], num_stages=1)
-    mlstm_chunk_output_kernel[(triton_cdiv(DV, cfg["BV_o"]), NT, BH)](
-        q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, S, NT, DQK**-0.5, eps, DQK=DQK, DV=DV, L=L,
-        BK=cfg["BK_o"], BV=cfg["BV_o"], EXP_GATE=gate, PREC=prec, STORE_LO=store_lo,
-        num_warps=cfg["warps_o"], num_stages=cfg["stages_o"])
+        BV=cfg["BV_s"], EXP_GATE=input_gate == "exp", PREC=_precision(k.dtype), num_warps=cfg["warps_s"],
+        num_stages=cfg["stages_s"])
+    return Cs, ns, ms
+
+
+def chunk_outputs(q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, cfg, eps, input_gate, store_lo):
+    """Launch pass 2 (chunk_output.py): h (and h_lo), m_t and den_t for every chunk in parallel."""
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    NT = Cs.shape[1]
+    mlstm_chunk_output_kernel[(triton_cdiv(DV, cfg["BV_o"]), NT, B * NH)](
+        q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, S, NT, DQK**-0.5, eps, DQK=DQK, DV=DV, L=cfg["L"],
+        BK=cfg["BK_o"], BV=cfg["BV_o"], EXP_GATE=input_gate == "exp", PREC=_precision(q.dtype),
+        STORE_LO=store_lo, num_warps=cfg["warps_o"], num_stages=cfg["stages_o"])
 
 
 def triton_cdiv(a: int, b: int) -> int:
