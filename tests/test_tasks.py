@@ -151,3 +151,29 @@ def test_mqar_power_law_and_errors():
         MQARConfig(vocab_size=16, num_kv_pairs=16, context_length=256)
     with pytest.raises(ValueError, match="even"):
         MQARConfig(vocab_size=512, num_kv_pairs=4, context_length=33)
+
+
+def test_vectorised_parity_batches_follow_the_definition():
+    """sample_batch's vectorised parity: one answer per row at the end of the real sequence, PAD after it, the
+    answer is 1 + (number of 2s) mod 2, lengths cover the whole range."""
+    x, y = fl.sample_batch("parity", np.random.default_rng(3), 400, 3, 12)
+    lengths = set()
+    for b in range(len(x)):
+        (p,) = (y[b] != fl.IGNORE).nonzero().flatten().tolist()
+        seq = x[b, : p + 1].tolist()
+        assert fl.PAD not in seq and (x[b, p + 1 :] == fl.PAD).all()
+        assert int(y[b, p]) == _reference_answer("parity", seq + [0])[0]
+        lengths.add(p + 2)
+    assert lengths == set(range(3, 13)) and x.shape[1] == 11
+
+
+def test_mqar_gaps_follow_the_power_law():
+    """The vectorised (Gumbel-top-k) gap draw has the distribution of drawing the gaps one after another."""
+    cfg = MQARConfig(vocab_size=64, num_kv_pairs=4, context_length=32)
+    _, y = sample_mqar(cfg, np.random.default_rng(0), 4000)
+    gaps = ((y != -1).nonzero()[:, 1].numpy() - 8) // 2
+    empirical = np.bincount(gaps, minlength=12) / len(gaps)
+    rng, sequential = np.random.default_rng(1), np.zeros(12)
+    for _ in range(4000):
+        sequential[rng.choice(12, size=4, replace=False, p=gap_distribution(12, 0.01))] += 1
+    np.testing.assert_allclose(empirical, sequential / sequential.sum(), atol=0.012)

@@ -50,6 +50,8 @@ class FormalTask:
     min_length: int  # shortest valid total sequence length
     generate: Generator
     description: str
+    # optional vectorised form: (rng, lengths (B,)) -> (tokens, answer_mask), both (B, max(lengths)), PAD-padded
+    generate_batch: Callable[[np.random.Generator, np.ndarray], "tuple[np.ndarray, np.ndarray]"] | None = None
 
     @property
     def random_accuracy(self) -> float:
@@ -66,6 +68,16 @@ def _parity(rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarr
     bits = rng.integers(1, 3, size=length - 1)
     answer = int((bits == 2).sum() % 2) + 1
     return _answer_last(np.append(bits, answer))
+
+
+def _parity_batch(rng: np.random.Generator, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_parity` for a whole batch at once (same distribution, not the same random stream)."""
+    width, pos = int(lengths.max()), np.arange(int(lengths.max()))
+    bits = rng.integers(1, 3, size=(len(lengths), width))
+    tokens = np.where(pos < (lengths - 1)[:, None], bits, PAD)
+    mask = pos == (lengths - 1)[:, None]
+    tokens[mask] = (tokens == 2).sum(axis=1) % 2 + 1
+    return tokens, mask
 
 
 def _even_pairs(rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +168,7 @@ def _reverse_string(rng: np.random.Generator, length: int) -> tuple[np.ndarray, 
 TASKS: dict[str, FormalTask] = {
     t.name: t
     for t in [
-        FormalTask("parity", "R", 3, 2, 2, _parity, "is the number of 2s odd"),
+        FormalTask("parity", "R", 3, 2, 2, _parity, "is the number of 2s odd", _parity_batch),
         FormalTask("even_pairs", "R", 3, 2, 2, _even_pairs, "is the number of ab and ba pairs even"),
         FormalTask("cycle_navigation", "R", 4 + CYCLE, CYCLE, 2, _cycle_navigation,
                    f"final position of a walk (stay, +1, -1) on a cycle of {CYCLE}"),
@@ -197,6 +209,8 @@ def sample_batch(task: FormalTask | str, rng: np.random.Generator, batch_size: i
         raise ValueError(f"need 1 <= min_length <= max_length and max_length >= {task.min_length} for "
                          f"{task.name}, got min_length={min_length}, max_length={max_length}")
     lengths = rng.integers(max(min_length, task.min_length), max_length + 1, size=batch_size)
+    if task.generate_batch is not None:
+        return _next_token_layout(*task.generate_batch(rng, lengths))
     return collate([task.generate(rng, int(n)) for n in lengths])
 
 
@@ -207,7 +221,11 @@ def collate(seqs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Tensor, Tensor]:
     mask = np.zeros((len(seqs), width), dtype=bool)
     for b, (t, m) in enumerate(seqs):
         tokens[b, : len(t)], mask[b, : len(m)] = t, m
-    tokens, mask = torch.from_numpy(tokens), torch.from_numpy(mask)
+    return _next_token_layout(tokens, mask)
+
+
+def _next_token_layout(tokens: np.ndarray, mask: np.ndarray) -> tuple[Tensor, Tensor]:
+    tokens, mask = torch.from_numpy(tokens.astype(np.int64, copy=False)), torch.from_numpy(mask.astype(bool))
     inputs = torch.where(mask, PAD, tokens)[:, :-1].contiguous()
     targets = torch.where(mask, tokens, IGNORE)[:, 1:].contiguous()
     return inputs, targets

@@ -53,25 +53,48 @@ def gap_distribution(space: int, power_a: float) -> np.ndarray:
     return p / p.sum()
 
 
+def _distinct(rng: np.random.Generator, batch_size: int, low: int, high: int, k: int) -> np.ndarray:
+    """(batch_size, k) rows of k distinct integers from [low, high), each row a uniformly random ordered
+    k-subset. Large pools: uniform draws, rows with a repeat drawn again; small pools: the k smallest of
+    uniform keys, shuffled."""
+    pool = high - low
+    if pool >= 8 * k:
+        out = rng.integers(low, high, size=(batch_size, k))
+        while True:
+            s = np.sort(out, axis=1)
+            bad = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+            if bad.size == 0:
+                return out
+            out[bad] = rng.integers(low, high, size=(bad.size, k))
+    picked = np.argpartition(rng.random((batch_size, pool)), k - 1, axis=1)[:, :k] if k < pool else \
+        np.tile(np.arange(pool), (batch_size, 1))
+    return rng.permuted(picked, axis=1) + low
+
+
 def sample_mqar(cfg: MQARConfig, rng: np.random.Generator, batch_size: int) -> tuple[Tensor, Tensor]:
-    """(input_ids, targets), both (B, context_length) int64; targets are IGNORE except at query positions."""
+    """(input_ids, targets), both (B, context_length) int64; targets are IGNORE except at query positions.
+
+    Vectorised over the batch: the gaps are drawn without replacement from p(g) by the Gumbel-top-k trick
+    (the K largest of log p(g) + Gumbel noise), which has the distribution of drawing them one after another.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     K, T, V = cfg.num_kv_pairs, cfg.context_length, cfg.vocab_size
     half = V // 2
     pairs = 2 * K
     space = (T - pairs) // 2
-    p = gap_distribution(space, cfg.power_a)
+    log_p = np.log(gap_distribution(space, cfg.power_a))
+    keys = _distinct(rng, batch_size, 1, half, K)
+    values = _distinct(rng, batch_size, half, V, K)
+    scores = log_p + rng.gumbel(size=(batch_size, space))
+    gaps = np.argpartition(-scores, K - 1, axis=1)[:, :K] if K < space else np.tile(np.arange(space), (batch_size, 1))
     inputs = np.zeros((batch_size, T), dtype=np.int64)
     targets = np.full((batch_size, T), IGNORE, dtype=np.int64)
-    for b in range(batch_size):
-        keys = rng.choice(np.arange(1, half), size=K, replace=False)
-        values = rng.choice(np.arange(half, V), size=K, replace=False)
-        inputs[b, 0:pairs:2], inputs[b, 1:pairs:2] = keys, values
-        gaps = rng.choice(space, size=K, replace=False, p=p)
-        query_pos = pairs + 2 * gaps
-        inputs[b, query_pos] = keys
-        targets[b, query_pos] = values
+    inputs[:, 0:pairs:2], inputs[:, 1:pairs:2] = keys, values
+    rows = np.arange(batch_size)[:, None]
+    query_pos = pairs + 2 * gaps
+    inputs[rows, query_pos] = keys
+    targets[rows, query_pos] = values
     if cfg.random_non_queries:
         filler = inputs == 0
         inputs[filler] = rng.integers(0, V, size=int(filler.sum()))
