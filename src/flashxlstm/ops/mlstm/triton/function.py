@@ -3,12 +3,16 @@
     h, (C, n, m) = mlstm_triton(q, k, v, i, f, state, chunk_size=64, eps=1e-6, input_gate="exp",
                                 cu_seqlens=None)
 
-Forward: one fused kernel (forward.py). Backward: four launches (backward.py) plus the gate epilogue
-(gates.py). Gradients flow to q, k, v, i, f and to all three parts of the initial state; the returned
+Forward (FORWARD["variant"]): by default chunk-parallel, two launches: the state entering every chunk
+written to memory (chunk_states.py), then every chunk's outputs in parallel (chunk_output.py). Packed
+documents (cu_seqlens) and segments keep the fused walk (forward.py: one program per sequence and DV
+block carrying the state in registers), as does FORWARD["variant"] = "walk". Backward: four launches
+(backward.py) plus the gate epilogue (gates.py). Gradients flow to q, k, v, i, f and to all three parts of the initial state; the returned
 state carries gradients too. Inputs bf16, fp16 or fp32 (matrix products in that precision, fp32
 accumulation; fp32 inputs use 3xTF32 products), gates, stabilizers and states fp32. float64 inputs
-go to the torch chunkwise form. The kernels use chunks of min(chunk_size rounded up to a power of two
-(at least 16), 32) steps; results do not depend on the chunk size beyond rounding.
+go to the torch chunkwise form. The chunk-parallel forward uses chunks of chunk_size rounded up to a
+power of two (16 to 128) steps, the walks min(that, 32); results do not depend on the chunk size
+beyond rounding.
 
 Sequence parallelism (opt-in, `SEGMENT`): each sequence is cut into segments whose initial states come
 from a torch pass (segments.py: per-segment summaries by batched matmul, then a scan over segments),
@@ -49,14 +53,18 @@ SEGMENT: dict = {"tokens": 0, "min_segments": 2}
 # Which forward runs for sequences without cu_seqlens and without segments: "chunkparallel" (chunk
 # states to memory, then all chunks' outputs in parallel: chunk_states.py, chunk_output.py) or "walk"
 # (one fused program per sequence and DV block: forward.py). Packed documents and segments always walk.
-FORWARD: dict = {"variant": "walk"}  # "chunkparallel" becomes the default once measured faster on the GPU
+# H200, bf16 (benchmarks/results/mlstm_kernels_chunkparallel.md): chunk-parallel fw 3.90 ms vs walk 10.3 ms at
+# the 7B heads (B 8, T 8192), 2.66 vs 6.59 ms at (8, 16, 8192, 128, 256).
+FORWARD: dict = {"variant": "chunkparallel"}
 # Launch settings of the chunk-parallel forward, keyed by the padded head dim; overrides for the benchmark.
 CP_CONFIG: dict = {}
 
 
 def _cp_config(BK: int, DV: int, chunk: int) -> dict:
-    cfg = {"L": chunk, "BK_s": min(64, BK), "BV_s": min(64, next_pow2(DV)), "warps_s": 4, "stages_s": 2,
-           "BK_o": min(64, BK), "BV_o": min(64, next_pow2(DV)), "warps_o": 4, "stages_o": 2}
+    # measured on an H200 (call 1): 4 warps beat 8, BV 64 beat 128, 3 pipeline stages beat 1 and 2 (3.90 vs
+    # 4.39 / 4.59 ms at the 7B heads); L = 128 halves the states pass but slows the output pass more.
+    cfg = {"L": chunk, "BK_s": min(64, BK), "BV_s": min(64, next_pow2(DV)), "warps_s": 4, "stages_s": 3,
+           "BK_o": min(64, BK), "BV_o": min(64, next_pow2(DV)), "warps_o": 4, "stages_o": 3}
     cfg.update(CP_CONFIG.get(BK, {}))
     return cfg
 
