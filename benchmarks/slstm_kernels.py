@@ -1,15 +1,19 @@
 """sLSTM on the GPU: our Triton kernels vs the official xlstm "cuda" and "vanilla" backends and flashrnn.
 
-First checks correctness (our kernels against the float64 reference on the same inputs, outputs, final
-state and gradients; the layer outputs against the official CUDA layer), then times, in one run:
-  layer level: the official sLSTMLayer (bf16, no conv, as in anchors.md) with backend "cuda" (compiled with
-               nvcc inside this script) and "vanilla", and the same layer with only the cell replaced by
-               `flashxlstm.ops.slstm` (same parameters);
-  op level:    `slstm(x, R, b, backend="triton")`, the official CUDA cell on the same gate inputs, flashrnn.
-Times are triton.testing.do_bench medians (vanilla: median of a few wall-clock runs). Writes a markdown table
-and JSON rows into --out.
+One run, made to fit a short device lease:
+  0. starts, in parallel child processes, everything that only compiles: the official CUDA layer of each
+     shape (nvcc, 20-30 s each), and per (shape, launch configuration) our kernels, each child checking the
+     configuration's bf16 forward and backward against the float64 reference at --check-T steps (outputs,
+     final state and every gradient; the Triton cache they fill serves the timings below);
+  1. per shape: times every candidate configuration at op level (fw, fwbw) and keeps the fastest (fw + fwbw),
+     then times, with it:
+       layer level: the official sLSTMLayer (bf16, no conv, as in anchors.md) with backend "cuda" and "vanilla",
+                    and the same layer with only the cell replaced by our kernels (same parameters);
+       op level:    our kernels, the official CUDA cell on the same gate inputs, flashrnn triton_fused.
+Times are triton.testing.do_bench medians (vanilla: median of --vanilla-reps wall-clock runs). Writes a
+markdown table and JSON rows into --out after every shape (a watchdog writes them if the run hangs).
 
-    python benchmarks/slstm_kernels.py [--B 16 --T 1024 --shapes 4x256,1x768,8x64,16x64 --out DIR]
+    python benchmarks/slstm_kernels.py [--B 16 --T 1024 --shapes 1x768,4x256,8x64,16x64 --out DIR]
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -25,10 +30,35 @@ from pathlib import Path
 
 import torch
 
-from flashxlstm.ops import slstm, slstm_reference
+from flashxlstm.ops import slstm_reference
 from flashxlstm.ops.slstm.triton import plan, slstm_triton
 
 ROWS: list[dict] = []
+CHOSEN: dict[str, str] = {}
+
+# Launch configurations tried per head dim (keywords of flashxlstm.ops.slstm.triton.plan); "default" = plan's
+# own choice, which is what `slstm(..., backend="triton")` uses.
+CANDIDATES = {
+    "large": {  # DH >= 512: 768 -> R pieces of 512 + 256 rows
+        "default": {},
+        "resident BJ16 8 warps": dict(resident=True, block_j=16, num_warps=8),
+        "streamed BJ32": dict(resident=False, block_j=32),
+    },
+    "mid": {  # 128 < DH < 512
+        "default": {},
+        "resident BJ16": dict(resident=True, block_j=16),
+        "streamed BJ32": dict(resident=False, block_j=32),
+    },
+    "small": {  # DH <= 128
+        "default": {},
+        "resident BJ64 (whole head, no grid barrier)": dict(resident=True, block_j=64),
+        "resident BJ64, h in registers (forward)": dict(resident=True, block_j=64, registers=True),
+    },
+}
+
+
+def candidates(DH: int) -> dict[str, dict]:
+    return CANDIDATES["large" if DH >= 512 else "mid" if DH > 128 else "small"]
 
 
 def log(*a):
@@ -70,80 +100,162 @@ def fwbw(fn, inputs):
     return run
 
 
-def check_correctness(B, NH, DH, T, dev, forget_gates=("sigmoid", "exp")):
-    """fp32 at T steps: outputs, state, gradients vs the float64 reference, for each forget gate asked for.
+def _zero(B, NH, DH, dev):
+    return tuple(torch.zeros(B, NH, DH, device=dev) for _ in range(4))
 
-    Each gate compiles its own fp32 kernels (about a minute per gate at head dim 768 on a cold machine)."""
+
+def official_layer(B, NH, DH, backend, dev):
+    from xlstm import sLSTMLayer, sLSTMLayerConfig
+
+    torch.manual_seed(0)
+    cfg = sLSTMLayerConfig(embedding_dim=NH * DH, num_heads=NH, conv1d_kernel_size=0, backend=backend,
+                           batch_size=B, recurrent_weight_init="standard")
+    return sLSTMLayer(cfg).to(dev).to(torch.bfloat16)
+
+
+# ---- child processes (compile in parallel) ----
+
+def check_bf16(B, NH, DH, T, tune, dev="cuda", forget_gate="sigmoid", dtype=torch.bfloat16) -> dict:
+    """bf16 inputs through our kernels with `tune` vs the float64 reference on the same (rounded) values."""
     g = torch.Generator(device=dev).manual_seed(NH * 1000 + DH)
-    for fg in forget_gates:
-        x = torch.randn(B, T, 4, NH, DH, device=dev, generator=g) * 2
-        R = torch.randn(4, NH, DH, DH, device=dev, generator=g) / DH**0.5
-        b = torch.randn(4, NH, DH, device=dev, generator=g)
-        st = (torch.randn(B, NH, DH, device=dev, generator=g), torch.rand(B, NH, DH, device=dev, generator=g) + 0.5,
-              torch.randn(B, NH, DH, device=dev, generator=g), torch.randn(B, NH, DH, device=dev, generator=g).tanh())
-        w = torch.randn(B, T, NH, DH, device=dev, generator=g, dtype=torch.float64)
+    x = (torch.randn(B, T, 4, NH, DH, device=dev, generator=g) * 2).to(dtype)
+    R = (torch.randn(4, NH, DH, DH, device=dev, generator=g) / DH**0.5).to(dtype)
+    b = torch.randn(4, NH, DH, device=dev, generator=g)
+    st = (torch.randn(B, NH, DH, device=dev, generator=g), torch.rand(B, NH, DH, device=dev, generator=g) + 0.5,
+          torch.randn(B, NH, DH, device=dev, generator=g), torch.randn(B, NH, DH, device=dev, generator=g).tanh())
+    w = torch.randn(B, T, NH, DH, device=dev, generator=g, dtype=torch.float64)
 
-        def run(f, dt):
-            ins = [t.detach().to(dt).requires_grad_(True) for t in (x, R, b, *st)]
-            h, s = f(ins)
-            loss = (h.double() * w).sum() + sum(v.double().sum() for v in s)
-            return [h, *s], torch.autograd.grad(loss, ins)
+    def run(f, cast):
+        ins = [cast(t).detach().requires_grad_(True) for t in (x, R, b, *st)]
+        h, s = f(ins)
+        loss = (h.double() * w).sum() + sum(v.double().sum() for v in s)
+        return [h, *s], torch.autograd.grad(loss, ins)
 
-        out, grads = run(lambda t: slstm(t[0], t[1], t[2], state=tuple(t[3:]), backend="triton", forget_gate=fg), torch.float32)
-        out_r, grads_r = run(lambda t: slstm_reference(t[0], t[1], t[2], state=tuple(t[3:]), forget_gate=fg), torch.float64)
-        errs = [rel(a, c) for a, c in zip(out + list(grads), out_r + list(grads_r))]
-        ok = max(errs) < 1e-4 and all(torch.isfinite(t).all() for t in out + list(grads))
-        record("check", f"triton fp32 {fg}", f"{NH}x{DH}", "fwbw", "ok" if ok else "FAIL",
-               f"max rel err {max(errs):.1e} over h, c, n, m, h_T, dx, dR, db, dc0, dn0, dm0, dh0 (T={T})")
-        if not ok:
-            log("errors", errs)
+    out, grads = run(lambda t: slstm_triton(t[0], t[1], t[2], tuple(t[3:]), forget_gate=forget_gate, tune=tune),
+                     lambda t: t)
+    out_r, grads_r = run(lambda t: slstm_reference(t[0], t[1], t[2], state=tuple(t[3:]), forget_gate=forget_gate),
+                         lambda t: t.double())
+    with torch.no_grad():  # the inference kernels (no saved tensors) too
+        h_inf, _ = slstm_triton(x, R, b, st, forget_gate=forget_gate, tune=tune)
+    names = ["h", "c", "n", "m", "h_T", "dx", "dR", "db", "dc0", "dn0", "dm0", "dh0"]
+    errs = dict(zip(names, (rel(a, c) for a, c in zip(out + list(grads), out_r + list(grads_r)))))
+    errs["h (no grad)"] = rel(h_inf, out_r[0])
+    finite = all(bool(torch.isfinite(t).all()) for t in out + list(grads))
+    return dict(errs=errs, finite=finite, plan=plan(B, NH, DH, torch.device(dev), **tune))
 
 
-def our_layer(layer, R, b):
-    """The official layer with the cell replaced by our op (same projections and group norm)."""
-    cfg = layer.config
-    NH = cfg.num_heads
+def child(args):
+    NH, DH = (int(v) for v in args.shape.split("x"))
+    t0 = time.time()
+    if args.child == "official":
+        official_layer(args.B, NH, DH, "cuda", "cuda")
+        res = dict(seconds=time.time() - t0)
+    elif args.child == "flashrnn":  # fills the Triton cache for the timed calls
+        from flashrnn import flashrnn
+
+        g = torch.randn(args.B, args.T, 4, NH, DH, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        R = (torch.randn(4, NH, DH, DH, device="cuda") / DH**0.5).to(torch.bfloat16).requires_grad_(True)
+        b = torch.randn(4, NH, DH, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        flashrnn(g, R, b, function="slstm", backend="triton_fused", dtype="bfloat16")[0].float().sum().backward()
+        torch.cuda.synchronize()
+        res = dict(seconds=time.time() - t0)
+    else:
+        tune = json.loads(args.tune)
+        res = check_bf16(args.B, NH, DH, args.check_T, tune)
+        res["seconds"] = time.time() - t0
+    print("RESULT" + json.dumps(res, default=str), flush=True)
+
+
+def spawn(kind, shape, args, tune=None):
+    cmd = [sys.executable, __file__, "--child", kind, "--shape", shape, "--B", str(args.B), "--T", str(args.T),
+           "--check-T", str(args.check_T)]
+    if tune is not None:
+        cmd += ["--tune", json.dumps(tune)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def collect(proc, timeout) -> dict:
+    try:
+        out, err = proc.communicate(timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return dict(error="timed out")
+    line = next((l for l in out.splitlines() if l.startswith("RESULT")), None)
+    return json.loads(line[6:]) if line else dict(error=err.strip().splitlines()[-1][-300:] if err.strip() else "no output")
+
+
+# ---- the timed part ----
+
+def our_layer(layer, R, b, tune):
+    """The official layer with the cell replaced by our kernels (same projections and group norm)."""
+    NH = layer.config.num_heads
 
     def fwd(x):
         B, S, D = x.shape
         gates = torch.cat([layer.fgate(x), layer.igate(x), layer.zgate(x), layer.ogate(x)], dim=-1)
-        h, _ = slstm(gates.view(B, S, 4, NH, D // NH), R, b, backend="triton")
+        h, _ = slstm_triton(gates.view(B, S, 4, NH, D // NH), R, b, _zero(B, NH, D // NH, x.device), tune=tune)
+        h = h.to(x.dtype)
         return layer.group_norm(h.transpose(1, 2)).transpose(1, 2).reshape(B, S, D)
     return fwd
 
 
-def run_shape(B, T, NH, DH, dev, args):
-    from xlstm import sLSTMLayer, sLSTMLayerConfig
-
-    D = NH * DH
+def run_shape(B, T, NH, DH, dev, args, builder):
     shape = f"{NH}x{DH}"
-    x = torch.randn(B, T, D, device=dev, dtype=torch.bfloat16)
+    # op-level sweep over the candidate configurations that passed their check
+    gates = torch.randn(B, T, 4, NH, DH, device=dev, dtype=torch.bfloat16)
+    R0 = torch.randn(4, NH, DH, DH, device=dev) / DH**0.5
+    b0 = torch.randn(4, NH, DH, device=dev)
+    gq = gates.clone().requires_grad_(True)
+    best = None
+    for name, tune in candidates(DH).items():
+        if not CHECKED.get((shape, name), False):
+            continue
+        p = plan(B, NH, DH, torch.device(dev), **tune)
+        desc = f"BJ={p['BJ']} NJ={p['NJ']} R {'resident' if p['R_RESIDENT'] else 'streamed'} warps={p['num_warps']}"
+        try:
+            z = _zero(B, NH, DH, dev)
+            with torch.no_grad():
+                ms_fw = bench(lambda: slstm_triton(gates, R0, b0, z, tune=tune)[0])
+            Rq, bq = R0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+            ms_fb = bench(fwbw(lambda: slstm_triton(gq, Rq, bq, z, tune=tune)[0], [gq, Rq, bq]))
+            record("sweep", f"triton {name}", shape, "fw/bw", f"{ms_fw:.3f} / {ms_fb:.3f} ms", desc)
+            if best is None or ms_fw + ms_fb < best[0]:
+                best = (ms_fw + ms_fb, name, tune, desc)
+        except Exception as e:
+            record("sweep", f"triton {name}", shape, "fw/bw", "FAIL", repr(e)[:200].replace("\n", " "))
+    if best is None:
+        record("sweep", "triton", shape, "fw/bw", "FAIL", "no configuration passed its check")
+        return
+    _, name, tune, desc = best
+    CHOSEN[shape] = f"{name} ({desc})"
+    record("choice", f"triton {name}", shape, "-", "info", desc)
+
+    # layers: ours (best config), official cuda (built by the child process) and vanilla
+    x = torch.randn(B, T, NH * DH, device=dev, dtype=torch.bfloat16)
     layers = {}
+    res = collect(builder, args.deadline - time.time()) if builder is not None else dict(error="not started")
     for backend in ("cuda", "vanilla"):
+        if backend == "cuda" and "error" in res:
+            record("build", "official cuda", shape, "init", "FAIL", res["error"])
+            continue
         try:
             t0 = time.time()
-            torch.manual_seed(0)
-            cfg = sLSTMLayerConfig(embedding_dim=D, num_heads=NH, conv1d_kernel_size=0, backend=backend,
-                                   batch_size=B, recurrent_weight_init="standard")
-            layers[backend] = sLSTMLayer(cfg).to(dev).to(torch.bfloat16)
-            record("build", f"official {backend}", shape, "init", f"{time.time() - t0:.1f} s")
+            layers[backend] = official_layer(B, NH, DH, backend, dev)
+            note = f"(compiled in a child process in {res['seconds']:.1f} s)" if backend == "cuda" else ""
+            record("build", f"official {backend}", shape, "init", f"{time.time() - t0:.1f} s", note)
         except Exception as e:
             record("build", f"official {backend}", shape, "init", "FAIL", repr(e)[-300:].replace("\n", " "))
     ref_layer = layers.get("cuda") or layers.get("vanilla")
     cell = ref_layer.slstm_cell
     R = cell.recurrent_kernel[...].permute(2, 0, 3, 1).contiguous().requires_grad_(True)  # (4, NH, DH, DH)
     b = cell.bias[...].permute(1, 0, 2).contiguous().requires_grad_(True)
-    ours = our_layer(ref_layer, R, b)
+    ours = our_layer(ref_layer, R, b, tune)
     with torch.no_grad():
         y_ours = ours(x)
-        for name, layer in layers.items():
-            y = layer(x)
-            record("check", f"layer vs official {name}", shape, "fw", "info",
-                   f"rel diff of bf16 layer outputs {rel(y_ours, y):.1e}")
-    # op-level correctness on the benchmark's own bf16 inputs
-    gates = torch.randn(B, T, 4, NH, DH, device=dev, dtype=torch.bfloat16)
-    with torch.no_grad():
-        h, _ = slstm(gates, R, b, backend="triton")
+        for lname, layer in layers.items():
+            record("check", f"layer vs official {lname}", shape, "fw", "info",
+                   f"rel diff of bf16 layer outputs {rel(y_ours, layer(x)):.1e}")
+        h, _ = slstm_triton(gates, R, b, _zero(B, NH, DH, dev), tune=tune)
         h_ref, _ = slstm_reference(gates, R, b)
     record("check", "triton bf16 vs fp64 ref", shape, "fw", "info", f"rel err {rel(h, h_ref):.1e} (T={T})")
 
@@ -152,57 +264,53 @@ def run_shape(B, T, NH, DH, dev, args):
     with torch.no_grad():
         record("layer", "flashxlstm triton", shape, "fw", bench(lambda: ours(x)))
     record("layer", "flashxlstm triton", shape, "fwbw", bench(fwbw(lambda: ours(xg), params)))
-    for name, layer in layers.items():
+    for lname, layer in layers.items():
         lp = [xg] + list(layer.parameters())
-        if name == "vanilla":
+        if lname == "vanilla":
             with torch.no_grad():
                 record("layer", "official vanilla", shape, "fw", wall(lambda: layer(x), n=args.vanilla_reps))
             record("layer", "official vanilla", shape, "fwbw", wall(fwbw(lambda: layer(xg), lp), n=args.vanilla_reps))
         else:
             with torch.no_grad():
-                record("layer", f"official {name}", shape, "fw", bench(lambda: layer(x)))
-            record("layer", f"official {name}", shape, "fwbw", bench(fwbw(lambda: layer(xg), lp)))
+                record("layer", f"official {lname}", shape, "fw", bench(lambda: layer(x)))
+            record("layer", f"official {lname}", shape, "fwbw", bench(fwbw(lambda: layer(xg), lp)))
 
-    # op level
-    gq = gates.clone().requires_grad_(True)
+    # op level: the same gate inputs and weights for every implementation
+    z = _zero(B, NH, DH, dev)
     with torch.no_grad():
-        record("op", "flashxlstm triton", shape, "fw", bench(lambda: slstm(gates, R, b, backend="triton")[0]))
-    record("op", "flashxlstm triton", shape, "fwbw", bench(fwbw(lambda: slstm(gq, R, b, backend="triton")[0], [gq, R, b])))
+        record("op", "flashxlstm triton", shape, "fw", bench(lambda: slstm_triton(gates, R, b, z, tune=tune)[0]))
+    record("op", "flashxlstm triton", shape, "fwbw", bench(fwbw(lambda: slstm_triton(gq, R, b, z, tune=tune)[0], [gq, R, b])))
     if "cuda" in layers:
         c = layers["cuda"].slstm_cell
-        flat = gates.reshape(B, T, 4 * D)
+        flat = gates.reshape(B, T, 4 * NH * DH)
         fq = flat.clone().requires_grad_(True)
         with torch.no_grad():
             record("op", "official cuda cell", shape, "fw", bench(lambda: c(flat)[0]))
         record("op", "official cuda cell", shape, "fwbw", bench(fwbw(lambda: c(fq)[0], [fq] + list(c.parameters()))))
-    try:
-        from flashrnn import flashrnn
+    if _flashrnn_runs(DH):
+        try:
+            from flashrnn import flashrnn
 
-        Rb, bb = R.detach().to(torch.bfloat16), b.detach().to(torch.bfloat16)
-        fn = lambda g_, R_, b_: flashrnn(g_, R_, b_, function="slstm", backend="triton_fused", dtype="bfloat16")[0]
-        with torch.no_grad():
-            record("op", "flashrnn triton_fused", shape, "fw", bench(lambda: fn(gates, Rb, bb)))
-        Rq, bq = Rb.clone().requires_grad_(True), bb.clone().requires_grad_(True)
-        record("op", "flashrnn triton_fused", shape, "fwbw", bench(fwbw(lambda: fn(gq, Rq, bq), [gq, Rq, bq])))
-    except Exception as e:
-        record("op", "flashrnn triton_fused", shape, "fw", "FAIL", repr(e)[:200].replace("\n", " "))
-    if shape in args.sweep.split(","):
-        p = plan(B, NH, DH, torch.device(dev))
-        bj = 16
-        while bj <= min(64, max(16, 1 << (DH - 1).bit_length())):
-            try:
-                with torch.no_grad():
-                    ms_fw = bench(lambda: slstm_triton(gates, R, b, _zero(B, NH, DH, dev), block_j=bj)[0])
-                ms_fb = bench(fwbw(lambda: slstm_triton(gq, R, b, _zero(B, NH, DH, dev), block_j=bj)[0], [gq, R, b]))
-                record("sweep", f"triton BJ={bj}{' (auto)' if bj == p['BJ'] else ''}", shape, "fw/bw", f"{ms_fw:.3f} / {ms_fb:.3f} ms")
-            except Exception as e:
-                record("sweep", f"triton BJ={bj}", shape, "fw/bw", "FAIL", repr(e)[:200])
-            bj *= 2
+            Rb, bb = R.detach().to(torch.bfloat16), b.detach().to(torch.bfloat16)
+            fn = lambda g_, R_, b_: flashrnn(g_, R_, b_, function="slstm", backend="triton_fused", dtype="bfloat16")[0]
+            with torch.no_grad():
+                record("op", "flashrnn triton_fused", shape, "fw", bench(lambda: fn(gates, Rb, bb)))
+            Rq, bq = Rb.clone().requires_grad_(True), bb.clone().requires_grad_(True)
+            record("op", "flashrnn triton_fused", shape, "fwbw", bench(fwbw(lambda: fn(gq, Rq, bq), [gq, Rq, bq])))
+        except Exception as e:
+            record("op", "flashrnn triton_fused", shape, "fw", "FAIL", repr(e)[:200].replace("\n", " "))
+    else:
+        record("op", "flashrnn triton_fused", shape, "fw", "n/a",
+               "not run: it needs a power-of-two head dim and fails at 256 (out of shared memory, measured before)")
     del layers
 
 
-def _zero(B, NH, DH, dev):
-    return tuple(torch.zeros(B, NH, DH, device=dev) for _ in range(4))
+CHECKED: dict[tuple[str, str], bool] = {}
+
+
+def _flashrnn_runs(DH: int) -> bool:
+    """flashrnn triton_fused needs a power-of-two head dim and ran out of shared memory at 256 (measured)."""
+    return DH & (DH - 1) == 0 and DH <= 128
 
 
 def table(B, T, shapes) -> str:
@@ -210,8 +318,8 @@ def table(B, T, shapes) -> str:
     fmt = lambda v: "—" if v is None else (v if isinstance(v, str) else f"{v:.2f}")
     ratio = lambda a, b: "—" if not isinstance(a, float) or not isinstance(b, float) else f"{a / b:.2f}"
     lines = [f"B={B} T={T}, bf16 inputs, fp32 states. ms (do_bench median); ratio = ours / peer (lower is better).", ""]
-    lines += ["| level | (NH, DH) | pass | flashxlstm triton | official cuda | ours/cuda | official vanilla | vanilla/ours | flashrnn triton_fused |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| level | (NH, DH) | pass | flashxlstm triton | official cuda | ours/cuda | official vanilla | vanilla/ours | flashrnn triton_fused | ours/flashrnn |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for lvl in ("layer", "op"):
         for s in shapes:
             for mode in ("fw", "fwbw"):
@@ -220,11 +328,13 @@ def table(B, T, shapes) -> str:
                 v = get(lvl, "official vanilla", s, mode)
                 f = get(lvl, "flashrnn triton_fused", s, mode) if lvl == "op" else None
                 speed = "—" if not isinstance(o, float) or not isinstance(v, float) else f"{v / o:.0f}x"
-                lines.append(f"| {lvl} | {s} | {mode} | {fmt(o)} | {fmt(c)} | {ratio(o, c)} | {fmt(v)} | {speed} | {fmt(f)} |")
-    lines += ["", "Checks and other rows:", ""]
+                lines.append(f"| {lvl} | {s} | {mode} | {fmt(o)} | {fmt(c)} | {ratio(o, c)} | {fmt(v)} | {speed} | {fmt(f)} | {ratio(o, f)} |")
+    lines += ["", "Configuration timed per shape (the fastest fw + fwbw of the sweep):", ""]
+    lines += [f"- {s}: {CHOSEN.get(s, '—')}" for s in shapes]
+    lines += ["", "Checks, sweep and other rows:", ""]
     show = lambda v: v if isinstance(v, str) else f"{v:.3f} ms"
     lines += [f"- {r['level']} {r['impl']} {r['shape']} {r['mode']}: {show(r['ms'])} {r['note']}"
-              for r in ROWS if r["level"] in ("check", "build", "sweep") or isinstance(r["ms"], str)]
+              for r in ROWS if r["level"] in ("check", "build", "sweep", "choice") or isinstance(r["ms"], str)]
     return "\n".join(lines) + "\n"
 
 
@@ -232,51 +342,70 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--T", type=int, default=1024)
-    ap.add_argument("--shapes", default="4x256,1x768,8x64,16x64")
-    ap.add_argument("--check-T", type=int, default=64)
-    ap.add_argument("--check-gates", default="sigmoid,exp",
-                    help="forget gates whose fp32 kernels are checked against the float64 reference first")
-    ap.add_argument("--vanilla-reps", type=int, default=2)
-    ap.add_argument("--sweep", default="", help="shapes (NHxDH,...) to also time with every block size BJ")
-    ap.add_argument("--watchdog", type=float, default=560.0, help="seconds before the run gives up (a hung kernel)")
+    ap.add_argument("--shapes", default="1x768,4x256,8x64,16x64")
+    ap.add_argument("--check-T", type=int, default=32)
+    ap.add_argument("--check-tol", type=float, default=2e-2, help="max relative error of the bf16 check")
+    ap.add_argument("--vanilla-reps", type=int, default=1)
+    ap.add_argument("--budget-s", type=float, default=230.0, help="seconds before the run writes what it has and exits")
     ap.add_argument("--out", default=os.environ.get("OUT", str(Path(__file__).parent / "results")))
+    ap.add_argument("--child", choices=["official", "check", "flashrnn"], help=argparse.SUPPRESS)
+    ap.add_argument("--shape", help=argparse.SUPPRESS)
+    ap.add_argument("--tune", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child(args)
+    t_start = time.time()
+    args.deadline = t_start + args.budget_s
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    shape_list = args.shapes.split(",")
 
     def dump():
-        shapes = args.shapes.split(",")
         import triton
         head = ["# sLSTM kernels on the GPU: flashxlstm Triton vs official xlstm (cuda, vanilla) and flashrnn", "",
                 f"Command: `python {' '.join(sys.argv)}`", "",
                 f"Machine: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}, "
-                f"CUDA {torch.version.cuda}", ""]
-        (out / "slstm_kernels.md").write_text("\n".join(head) + table(args.B, args.T, shapes))
-        (out / "slstm_kernels.json").write_text(json.dumps(ROWS, indent=1))
+                f"CUDA {torch.version.cuda}; run took {time.time() - t_start:.0f} s", ""]
+        (out / "slstm_kernels.md").write_text("\n".join(head) + table(args.B, args.T, shape_list))
+        (out / "slstm_kernels.json").write_text(json.dumps(dict(rows=ROWS, chosen=CHOSEN), indent=1, default=str))
 
     def give_up():
-        log("WATCHDOG: giving up (hung kernel?)")
+        log("BUDGET: out of time, writing what there is")
         dump()
         os._exit(3)
 
-    threading.Timer(args.watchdog, give_up).start()
+    threading.Timer(args.budget_s, give_up).start()
     dev = "cuda"
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    for NH, DH in shapes:
+    builders = {s: spawn("official", s, args) for s in shape_list}
+    checks = {(s, name): spawn("check", s, args, tune) for s in shape_list
+              for name, tune in candidates(int(s.split("x")[1])).items()}
+    warm = {s: spawn("flashrnn", s, args) for s in shape_list if _flashrnn_runs(int(s.split("x")[1]))}
+    for (s, name), proc in checks.items():
+        res = collect(proc, args.deadline - time.time() - 60)
+        if "error" in res:
+            record("check", f"triton bf16 {name}", s, "fwbw", "FAIL", res["error"])
+            continue
+        worst = max(res["errs"].values())
+        ok = res["finite"] and worst < args.check_tol
+        CHECKED[(s, name)] = res["finite"] and worst < 0.2  # timed unless plainly broken; flagged above tol
+        errs = ", ".join(f"{k} {v:.1e}" for k, v in res["errs"].items())
+        record("check", f"triton bf16 {name}", s, "fwbw", "ok" if ok else "OVER TOL" if CHECKED[(s, name)] else "FAIL",
+               f"max rel err {worst:.1e} vs float64 (T={args.check_T}; {errs}); compile+check {res['seconds']:.0f} s")
+    for s, proc in warm.items():
+        res = collect(proc, args.deadline - time.time() - 60)
+        record("build", "flashrnn triton_fused", s, "warm", "FAIL" if "error" in res else f"{res['seconds']:.1f} s",
+               res.get("error", "first fw + bw call in a child process (compiles)"))
+    dump()
+    for s in shape_list:
+        NH, DH = (int(v) for v in s.split("x"))
         try:
-            check_correctness(args.B, NH, DH, args.check_T, dev, tuple(args.check_gates.split(",")))
+            run_shape(args.B, args.T, NH, DH, dev, args, builders[s])
         except Exception:
             traceback.print_exc()
-            record("check", "triton fp32", f"{NH}x{DH}", "fwbw", "FAIL", "exception")
-        dump()
-    for NH, DH in shapes:
-        try:
-            run_shape(args.B, args.T, NH, DH, dev, args)
-        except Exception:
-            traceback.print_exc()
+            record("error", "run_shape", s, "-", "FAIL", traceback.format_exc().splitlines()[-1][:200])
         dump()
         torch.cuda.empty_cache()
-    log(table(args.B, args.T, args.shapes.split(",")))
+    log(table(args.B, args.T, shape_list))
     os._exit(0)
 
 

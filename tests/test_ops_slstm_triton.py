@@ -24,6 +24,11 @@ CASES = {
     # the configuration used on CUDA: no register-held R/h_prev; a whole head per program syncs per step
     "cuda_config_whole_head": (2, 4, 2, 16, None, "sigmoid", True, "cuda", 2e-5),
     "cuda_config_split_head": (3, 3, 1, 40, None, "exp", True, "cuda", 2e-5),
+    # R kept on chip in two K pieces (40 -> 32 + 16 rows, 72 -> 64 + 16 with padding)
+    "resident_two_k_pieces_split_head": (2, 4, 2, 40, 16, "sigmoid", True, "cuda", 2e-5),
+    "resident_two_k_pieces_whole_head": (3, 3, 1, 24, 32, "exp", True, "cuda", 2e-5),
+    "resident_padded_pieces_fp16": (2, 3, 1, 72, 32, "sigmoid", True, "float16_cuda", 3e-3),
+    "streamed_split_head_state": (2, 4, 1, 40, 16, "sigmoid", True, "stream_cuda", 2e-5),
     "extreme_preactivations": (2, 6, 1, 16, None, "sigmoid", True, "extreme", 1e-4),
     # bf16 dots are not emulated correctly by the Triton 3.6 interpreter (numpy has no bf16); fp16 takes
     # the same low-precision path here, and benchmarks/slstm_kernels.py checks bf16 on the GPU.
@@ -45,7 +50,7 @@ def _child() -> None:
     results = {}
     for name, (B, S, NH, DH, block_j, fg, with_state, kind, _) in CASES.items():
         gen = torch.Generator().manual_seed(len(name))
-        dtype = torch.float16 if kind == "float16" else torch.float32
+        dtype = torch.float16 if kind.startswith("float16") else torch.float32
         x, R, b = make(gen, B, S, NH, DH, scale=2.0)
         if kind == "extreme":
             x = (torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1) * 30
@@ -62,8 +67,8 @@ def _child() -> None:
             return [h, *st], torch.autograd.grad(loss, inputs)
 
         zero = lambda: tuple(torch.zeros(B, NH, DH) for _ in range(4))
-        tri.R_RESIDENT_MAX = 0 if kind == "stream" else 16384
-        tri.REGISTER_PATHS = False if kind == "cuda" else None
+        tri.R_RESIDENT_MAX_INTERPRET = 0 if kind.startswith("stream") else 16384
+        tri.REGISTER_PATHS = False if kind.endswith("cuda") else None
         # with as many "SMs" as heads, each program runs both batch blocks of this case one after another
         tri._num_sms = (lambda device: NH) if name == "two_batch_blocks" else (lambda device: 1 << 30)
         out, grads = run(lambda t: slstm_triton(t[0], t[1], t[2], tuple(t[3:]) or zero(), forget_gate=fg,
@@ -73,7 +78,9 @@ def _child() -> None:
         with torch.no_grad():  # the inference path: no saved tensors, one state slot
             h_inf, st_inf = slstm_triton(x, R, b, tuple(t.float() for t in state) or zero(), forget_gate=fg,
                                          block_j=block_j)
+        p = tri.plan(B, NH, DH, torch.device("cpu"), block_j, dot_dtype=dtype)
         results[name] = {
+            "plan": {k: p[k] for k in ("R_RESIDENT", "KR1", "REG", "NJ")},
             "inference": [rel(a, c) for a, c in zip([h_inf, *st_inf], out_ref)],
             "outputs": [rel(a, c) for a, c in zip(out, out_ref)],
             "grads": [rel(a, c) for a, c in zip(grads, grads_ref)],
@@ -98,6 +105,11 @@ def interpreted():
 def test_triton_kernels_match_reference(interpreted, case):
     tol = CASES[case][-1]
     r = interpreted[case]
+    if case.startswith("resident"):  # the case exercises what its name says
+        assert r["plan"]["R_RESIDENT"] and not r["plan"]["REG"], r["plan"]
+        assert r["plan"]["KR1"] > 0, r["plan"]
+    if case.startswith("stream"):
+        assert not r["plan"]["R_RESIDENT"], r["plan"]
     assert r["finite"]
     for name, err in zip(["h", "c", "n", "m", "h_last"], r["inference"]):
         assert err < tol, f"{case} (no grad): {name} relative error {err:.2e} >= {tol:.0e}"

@@ -1,8 +1,8 @@
 """The "triton" backend of the sLSTM op: launches the persistent kernels of triton_kernels.py.
 
 Block sizes: BB = 16 batch rows per dot (tensor cores need 16), BJ output units per program (see `plan`;
-all programs must fit on the GPU at once, since a barrier across programs needs them resident), BK inputs
-per dot chunk.
+all programs must fit on the GPU at once, since a barrier across programs needs them resident); R either
+stays on chip (R_RESIDENT, two K pieces KR0 + KR1 >= DH) or is streamed in chunks of BK rows per step.
 Inputs of any float dtype; the dot runs in x's dtype (bf16/fp16 as the official kernels do, fp32 in IEEE
 precision for fp32 and fp64 inputs) with fp32 accumulation; gates, states and gradients are fp32.
 
@@ -21,10 +21,15 @@ from torch import Tensor
 from .checks import SLSTMState
 
 BB = 16
-R_RESIDENT_MAX = 16384  # elements of R a program keeps in registers (4 gates x BK x BJ)
-# Keeping R, h_prev and draw in registers (R_RESIDENT, REG) is tested under the interpreter only: on an H200
-# with Triton 3.6 the fp32 backward of the REG path failed to compile (layout propagation into the dot
-# operand), and the bf16 path has not been measured yet. None = use them everywhere but on CUDA.
+# R slices a program may keep on chip for all steps, in elements (4 gates x K x BJ). On CUDA the compiler keeps
+# such a loop-invariant 16-bit dot operand in shared memory (227 KB per SM on an H200; the dot operands of a
+# step need room too). fp32 dots (IEEE) run without tensor cores, with operands in registers: streamed there.
+R_RESIDENT_MAX = 65536
+R_RESIDENT_MAX_INTERPRET = 16384
+# Keeping h_prev (forward) and draw (backward) in registers (REG) when one program holds a head: the backward
+# of that path fails to compile for sm_90 with Triton 3.6 (bf16 and fp32: layout propagation into the dot
+# operand), so on CUDA the backward never uses it and the forward only when asked (plan's `registers`).
+# None = use it everywhere but on CUDA.
 REGISTER_PATHS: bool | None = None
 
 
@@ -42,34 +47,56 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = None) -> dict:
+def k_pieces(DH: int) -> tuple[int, int]:
+    """Two power-of-two row counts (>= 16; the second 0 when one suffices) that cover DH with little padding:
+    768 -> (512, 256), 384 -> (256, 128), 64 -> (64, 0), 20 -> (16, 16)."""
+    k0 = max(16, 1 << (DH.bit_length() - 1))
+    return (k0, 0) if k0 >= DH else (k0, max(16, _next_pow2(DH - k0)))
+
+
+def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = None,
+         dot_dtype: torch.dtype = torch.bfloat16, resident: bool | None = None, block_k: int | None = None,
+         num_warps: int | None = None, registers: bool | None = None) -> dict:
     """Block sizes and grid: (NH * NJ, NBP) programs, each (head, batch group) synchronised per step.
 
-    Heads are split in blocks of 32 units (16 for DH <= 32): on an H200 BJ = 32 was the fastest of 16/32/64
-    for DH 256 and 768 and within noise of the best for DH 64 (benchmarks/slstm_kernels.py).
+    BJ units per program (NJ = ceil(DH / BJ) programs per head). R_RESIDENT: the program's slice of R
+    (4 x DH x BJ) is loaded once and stays on chip; chosen on CUDA for 16-bit dots when the slice fits
+    (R_RESIDENT_MAX), halving BJ (more programs per head) until it does. Otherwise R is streamed from L2 in
+    chunks of BK rows each step. REG (registers): a head held by one program keeps h_prev (forward) and
+    draw (backward) in registers. block_j, resident, block_k, num_warps and registers override the choices
+    (the benchmark sweeps them); None = the default.
     """
     sms = _num_sms(device)
     dhp = max(16, _next_pow2(DH))
-    registers = REGISTER_PATHS if REGISTER_PATHS is not None else device.type != "cuda"
+    cuda = device.type == "cuda"
+    if registers is None:
+        registers = REGISTER_PATHS if REGISTER_PATHS is not None else not cuda
+    limit = R_RESIDENT_MAX if cuda else R_RESIDENT_MAX_INTERPRET
+    kr0, kr1 = k_pieces(DH)
+    can_resident = not cuda or dot_dtype in (torch.bfloat16, torch.float16)
     if block_j is None:
         block_j = 32 if DH > 32 else 16
+        if (resident is None and can_resident) or resident:
+            while 4 * (kr0 + kr1) * block_j > limit and block_j > 16:
+                block_j //= 2
         while NH * -(-DH // block_j) > sms and block_j < dhp:
             block_j *= 2
     nj = -(-DH // block_j)
-    reg = nj == 1 and registers
-    if reg:  # a whole head per program, h_prev in registers: one K chunk as wide as the unit block
-        block_k = block_j = max(block_j, dhp)
+    reg = nj == 1 and registers and (resident is None or resident)
+    if reg:  # a whole head per program, h_prev in registers: one K piece as wide as the unit block
+        block_j = kr0 = max(block_j, dhp)
+        kr1 = 0
         resident = True
-    else:
-        block_k = min(256, dhp)
-        resident = registers and block_k >= DH and 4 * block_k * block_j <= R_RESIDENT_MAX
+    elif resident is None:
+        resident = can_resident and 4 * (kr0 + kr1) * block_j <= limit
+    block_k = block_k or min(256, dhp)
     nb = -(-B // BB)
     fits = NH * nj <= sms
     nbp = max(1, min(nb, sms // (NH * nj))) if fits else nb
     stepwise = not fits or (_interpreting() and nj > 1)  # the interpreter runs programs one by one
     barrier = nj > 1 and not stepwise
-    return dict(BJ=block_j, BK=block_k, NJ=nj, NBP=nbp, R_RESIDENT=resident, REG=reg, stepwise=stepwise,
-                barrier=barrier, cta_sync=(nj == 1 and not reg))
+    return dict(BJ=block_j, BK=block_k, KR0=kr0, KR1=kr1, NJ=nj, NBP=nbp, R_RESIDENT=bool(resident), REG=reg,
+                stepwise=stepwise, barrier=barrier, cta_sync=(nj == 1 and not reg), num_warps=num_warps or 4)
 
 
 def _dot_dtype(x: Tensor) -> torch.dtype:
@@ -78,7 +105,7 @@ def _dot_dtype(x: Tensor) -> torch.dtype:
 
 class _SLSTMTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool, block_j):
+    def forward(ctx, x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool, tune: dict):
         from .triton_kernels import slstm_fw_kernel
 
         B, S, _, NH, DH = x.shape
@@ -93,20 +120,22 @@ class _SLSTMTriton(torch.autograd.Function):
         H = torch.empty(B, S, NH, DH, **f32)
         C, N, M = (torch.empty(B, slots, NH, DH, **f32) for _ in range(3))
         raw = torch.empty(B, S, 4, NH, DH, **f32) if train else H  # H: a placeholder pointer, never written
-        p = plan(B, NH, DH, dev, block_j)
+        HK = torch.empty(B, 2, NH, DH, device=dev, dtype=dot_dt)  # h_t in the dot dtype, slot t % 2
+        HK[:, 1] = h0  # "h_{-1}"
+        p = plan(B, NH, DH, dev, dot_dtype=dot_dt, **tune)
         grid = (NH * p["NJ"], p["NBP"])
         cnt = torch.zeros(NH * p["NBP"], device=dev, dtype=torch.int32)
         common = dict(DH=DH, EXP_FORGET=exp_forget, STORE_RAW=train, STORE_STATES=train, USE_BARRIER=p["barrier"],
                       CTA_SYNC=p["cta_sync"], IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
-                      BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
-        args = (x, bias, RT, h0, c0, n0, m0, H, C, N, M, raw, cnt, B, S, NH, slots, p["NBP"])
+                      BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], num_warps=p["num_warps"])
+        args = (x, bias, RT, h0, c0, n0, m0, H, HK, C, N, M, raw, cnt, B, S, NH, slots, p["NBP"])
         for t0, t1 in ([(t, t + 1) for t in range(S)] if p["stepwise"] else [(0, S)]):
             slstm_fw_kernel[grid](*args, t0, t1, **common)
         last = (S - 1) % slots
         c, n, m = C[:, last].clone(), N[:, last].clone(), M[:, last].clone()
         if train:
             ctx.save_for_backward(raw, R, c0, n0, m0, h0, C, N, M, H)
-            ctx.cfg = (exp_forget, block_j, dot_dt)
+            ctx.cfg = (exp_forget, tune, dot_dt)
         return H, c, n, m
 
     @staticmethod
@@ -114,20 +143,23 @@ class _SLSTMTriton(torch.autograd.Function):
         from .triton_kernels import slstm_bw_kernel
 
         raw, R, c0, n0, m0, h0, C, N, M, H = ctx.saved_tensors
-        exp_forget, block_j, dot_dt = ctx.cfg
+        exp_forget, tune, dot_dt = ctx.cfg
         B, S, _, NH, DH = raw.shape
         zeros = lambda t: torch.zeros_like(t)
         gH = zeros(H) if gH is None else gH.to(torch.float32).contiguous()
         DC, DN, DM = (zeros(c0) if g is None else g.to(torch.float32).clone().contiguous() for g in (gc, gn, gm))
         draw = torch.empty_like(raw)
+        DK = torch.empty(B, 2, 4, NH, DH, device=raw.device, dtype=dot_dt)  # draw_t in the dot dtype, slot t % 2
         Rd = R.to(dot_dt).contiguous()
-        p = plan(B, NH, DH, raw.device, block_j)
+        if raw.device.type == "cuda":  # the REG backward does not compile with Triton 3.6 (bf16 and fp32)
+            tune = dict(tune, registers=False)
+        p = plan(B, NH, DH, raw.device, dot_dtype=dot_dt, **tune)
         grid = (NH * p["NJ"], p["NBP"])
         cnt = torch.zeros(NH * p["NBP"], device=raw.device, dtype=torch.int32)
         common = dict(DH=DH, EXP_FORGET=exp_forget, USE_BARRIER=p["barrier"], CTA_SYNC=p["cta_sync"],
                       IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
-                      BB=BB, BJ=p["BJ"], BK=p["BK"], num_warps=4)
-        args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, cnt, B, S, NH, p["NBP"])
+                      BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], num_warps=p["num_warps"])
+        args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, DK, cnt, B, S, NH, p["NBP"])
         for t0, t1 in ([(t, t + 1) for t in range(S - 1, -1, -1)] if p["stepwise"] else [(0, S)]):
             slstm_bw_kernel[grid](*args, t0, t1, **common)
         Rf = R.to(torch.float32)
@@ -140,13 +172,19 @@ class _SLSTMTriton(torch.autograd.Function):
 
 def slstm_triton(
     x: Tensor, R: Tensor, b: Tensor, state: SLSTMState, *, forget_gate: str = "sigmoid", block_j: int | None = None,
+    tune: dict | None = None,
 ) -> tuple[Tensor, SLSTMState]:
-    """The persistent-kernel form. h: (B, S, NH, DH) float32 (the op casts it to x's dtype)."""
+    """The persistent-kernel form. h: (B, S, NH, DH) float32 (the op casts it to x's dtype).
+
+    block_j / tune (keywords of `plan`: block_j, resident, block_k, num_warps) override the launch choices."""
     if x.device.type != "cuda" and not _interpreting():
         raise ValueError("slstm: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for tests)")
     c0, n0, m0, h0 = state
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, R, b, *state))
     out_dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    H, c, n, m = _SLSTMTriton.apply(x, R, b, c0, n0, m0, h0, forget_gate == "exp", train, block_j)
+    tune = dict(tune or {})
+    if block_j is not None:
+        tune["block_j"] = block_j
+    H, c, n, m = _SLSTMTriton.apply(x, R, b, c0, n0, m0, h0, forget_gate == "exp", train, tune)
     h_last = H[:, -1]
     return H.to(out_dt), tuple(s.to(out_dt) for s in (c, n, m, h_last))

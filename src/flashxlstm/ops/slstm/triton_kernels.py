@@ -3,13 +3,15 @@
 Parallelisation. The recurrent weights are block-diagonal per head, so heads never talk to each other. A
 program owns one head h, a block of BJ output units j (all four gates of them) and a set of batch blocks of
 BB rows, which it runs one after another; a head is split over NJ = ceil(DH / BJ) programs. Per step a
-program computes raw = x + b + h_prev @ R for its units (tensor-core dots over the head's DH inputs in chunks
-of BK; R stays in registers when its slice is small, else it is streamed from L1/L2, where it stays hot),
-applies the stabilized cell of xlstm-spec section 2 in float32 and stores h. The next step needs the whole
-h_prev of the head, written by the NJ programs of that head, so the programs of a (head, batch group) meet
-at a barrier (an atomic counter in global memory) once per step; there is no launch per step. Loads of
-values other programs wrote bypass L1 (".cg"). The grid stays below the SM count, so all programs are
-resident at once. When one program holds a whole head (NJ = 1) there is no head barrier, and with REG
+program computes raw = x + b + h_prev @ R for its units (tensor-core dots over the head's DH inputs), applies
+the stabilized cell of xlstm-spec section 2 in float32 and stores h. R is either resident (this program's
+slice, 4 x DH x BJ, loaded once before the time loop in two power-of-two K pieces; the compiler keeps such a
+loop-invariant 16-bit dot operand in shared memory) or streamed from L2 in chunks of BK rows each step. The
+next step needs the whole h_prev of the head, written by the NJ programs of that head, so each step also
+writes h in the dot dtype to a two-slot ring (HK) that the dots read, and the programs of a (head, batch
+group) meet at a barrier (an atomic counter in global memory) once per step; there is no launch per step.
+Loads of values other programs wrote bypass L1 (".cg"). The grid stays below the SM count, so all programs
+are resident at once. When one program holds a whole head (NJ = 1) there is no head barrier, and with REG
 h_prev never leaves registers. The cell state stays in registers, and the next step's inputs are loaded
 while the current step computes.
 
@@ -18,8 +20,8 @@ is the barrier: used under TRITON_INTERPRET=1, which runs programs one after ano
 
 The backward runs the same loop in reverse: dh_t = dH_t + sum_g draw_{t+1,g} @ R_g for the program's units,
 then the hand-derived gradient of the stabilized step, including the path through the stabilizer m (the
-max routes it to raw_i or to log f and m_{t-1}); draw (= dx) is written per step and read by the other
-programs of the head after the barrier. dR, db and dh_0 are plain matmuls/sums over the saved tensors.
+max routes it to raw_i or to log f and m_{t-1}); draw (= dx) is written per step in float32 (the output)
+and in the dot dtype to a two-slot ring (DK) that the other programs of the head read after the barrier. dR, db and dh_0 are plain matmuls/sums over the saved tensors.
 """
 from __future__ import annotations
 
@@ -79,20 +81,45 @@ def _store4(ptr, off, stride, a, b, c, d, mask):
 
 
 @triton.jit
+def _load_r_piece(r_base, k0, KP: tl.constexpr, DH: tl.constexpr, gate_stride, offs_j, mj):
+    """Rows [k0, k0 + KP) (masked to DH) of the four (k, j) gate matrices at r_base, columns offs_j."""
+    offs_k = k0 + tl.arange(0, KP)
+    r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
+    rmask = (offs_k[:, None] < DH) & mj[None, :]
+    a = tl.load(r_ptr, mask=rmask, other=0.0)
+    b = tl.load(r_ptr + gate_stride, mask=rmask, other=0.0)
+    c = tl.load(r_ptr + 2 * gate_stride, mask=rmask, other=0.0)
+    d = tl.load(r_ptr + 3 * gate_stride, mask=rmask, other=0.0)
+    return a, b, c, d
+
+
+@triton.jit
+def _load_k_piece(row_ptr, k0, KP: tl.constexpr, DH: tl.constexpr, mb):
+    """Columns [k0, k0 + KP) (masked to DH) of the rows at row_ptr (BB, 1): a dot operand written by others."""
+    offs_k = k0 + tl.arange(0, KP)
+    return tl.load(row_ptr + offs_k[None, :], mask=mb[:, None] & (offs_k[None, :] < DH), other=0.0,
+                   cache_modifier=".cg")
+
+
+@triton.jit
 def slstm_fw_kernel(
     X, BIAS, RT, H0, C0, N0, M0,
-    H, C, N, M, RAW, CNT,
+    H, HK, C, N, M, RAW, CNT,
     Bsz, S, NH, SLOTS, NBP, t_start, t_end,
     DH: tl.constexpr, EXP_FORGET: tl.constexpr, STORE_RAW: tl.constexpr, STORE_STATES: tl.constexpr,
     USE_BARRIER: tl.constexpr, CTA_SYNC: tl.constexpr, IEEE: tl.constexpr, R_RESIDENT: tl.constexpr,
-    REG: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+    REG: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, KR0: tl.constexpr, KR1: tl.constexpr,
 ):
     """X (B, S, 4, NH, DH) any float; BIAS (4, NH, DH) f32; RT (NH, 4, DH_k, DH_j) = R^T in the dot dtype;
     H0/C0/N0/M0 (B, NH, DH) f32; H (B, S, NH, DH) f32; C/N/M (B, SLOTS, NH, DH) f32: the state after step t
     in slot t % SLOTS (every step when STORE_STATES, else the last of the launch); RAW (B, S, 4, NH, DH) f32
-    (when STORE_RAW); CNT int32 (NH * NBP) barrier counters. REG (needs BJ >= DH, BK == BJ, R_RESIDENT): a
-    program holds a whole head and keeps h_prev in registers; CTA_SYNC: a whole head per program, h_prev
-    through memory (a block-level barrier per step instead of the head barrier)."""
+    (when STORE_RAW); CNT int32 (NH * NBP) barrier counters. HK (B, 2, NH, DH) in the dot dtype: h_t in slot
+    t % 2, the copy the next step's dot reads (slot 1 holds h0 on entry). R_RESIDENT: this program's slice of
+    R is loaded once, in two K pieces of KR0 and KR1 (0: none) rows, and stays on chip for all steps (the
+    compiler keeps a loop-invariant dot operand in shared memory); else it is streamed in BK chunks per step.
+    REG (needs BJ >= DH, KR0 == BJ, KR1 == 0, R_RESIDENT): a program holds a whole head and keeps h_prev in
+    registers; CTA_SYNC: a whole head per program, h_prev through memory (a block-level barrier per step
+    instead of the head barrier)."""
     NJ: tl.constexpr = (DH + BJ - 1) // BJ
     NK: tl.constexpr = (DH + BK - 1) // BK
     pid = tl.program_id(0)
@@ -106,14 +133,10 @@ def slstm_fw_kernel(
     RG = DH * DH
     b_i, b_f, b_z, b_o = _load4(BIAS, h * DH + offs_j[None, :], HD, mj[None, :])
     r_base = RT + h * 4 * RG
-    if R_RESIDENT:  # one K chunk covers DH: keep this program's slice of R in registers for all steps
-        offs_k = tl.arange(0, BK)
-        r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
-        rmask = (offs_k[:, None] < DH) & mj[None, :]
-        R_i = tl.load(r_ptr, mask=rmask, other=0.0)
-        R_f = tl.load(r_ptr + RG, mask=rmask, other=0.0)
-        R_z = tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0)
-        R_o = tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0)
+    if R_RESIDENT:  # this program's slice of R, loaded once: rows [0, KR0) and [KR0, KR0 + KR1)
+        R_i, R_f, R_z, R_o = _load_r_piece(r_base, 0, KR0, DH, RG, offs_j, mj)
+        if KR1 > 0:
+            R_i1, R_f1, R_z1, R_o1 = _load_r_piece(r_base, KR0, KR1, DH, RG, offs_j, mj)
     nsteps = t_end - t_start
     for bblk in range(pid_b, NB, NBP):
         offs_b = bblk * BB + tl.arange(0, BB)
@@ -151,21 +174,25 @@ def slstm_fw_kernel(
                 rz = _mm(rz, hk, R_z, IEEE)
                 ro = _mm(ro, hk, R_o, IEEE)
             else:
-                if t == 0:
-                    hp_ptr = H0 + offs_b[:, None] * HD
+                hp_ptr = HK + offs_b[:, None] * (2 * HD) + ((t + 1) % 2) * HD + h * DH  # h_{t-1}
+                if R_RESIDENT:
+                    hk = _load_k_piece(hp_ptr, 0, KR0, DH, mb)
+                    ri = _mm(ri, hk, R_i, IEEE)
+                    rf = _mm(rf, hk, R_f, IEEE)
+                    rz = _mm(rz, hk, R_z, IEEE)
+                    ro = _mm(ro, hk, R_o, IEEE)
+                    if KR1 > 0:
+                        hk = _load_k_piece(hp_ptr, KR0, KR1, DH, mb)
+                        ri = _mm(ri, hk, R_i1, IEEE)
+                        rf = _mm(rf, hk, R_f1, IEEE)
+                        rz = _mm(rz, hk, R_z1, IEEE)
+                        ro = _mm(ro, hk, R_o1, IEEE)
                 else:
-                    hp_ptr = H + offs_b[:, None] * (S * HD) + (t - 1) * HD
-                for kc in tl.static_range(NK):
-                    offs_k = kc * BK + tl.arange(0, BK)
-                    mk = offs_k < DH
-                    hk = tl.load(hp_ptr + h * DH + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
-                                 cache_modifier=".cg").to(RT.dtype.element_ty)
-                    if R_RESIDENT:
-                        ri = _mm(ri, hk, R_i, IEEE)
-                        rf = _mm(rf, hk, R_f, IEEE)
-                        rz = _mm(rz, hk, R_z, IEEE)
-                        ro = _mm(ro, hk, R_o, IEEE)
-                    else:
+                    for kc in tl.static_range(NK):
+                        offs_k = kc * BK + tl.arange(0, BK)
+                        mk = offs_k < DH
+                        hk = tl.load(hp_ptr + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
+                                     cache_modifier=".cg")
                         r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
                         rmask = mk[:, None] & mj[None, :]
                         ri = _mm(ri, hk, tl.load(r_ptr, mask=rmask, other=0.0), IEEE)
@@ -183,6 +210,9 @@ def slstm_fw_kernel(
             n = fg * n + ig
             h_new = tl.sigmoid(ro) * c / n
             tl.store(H + offs_b[:, None] * (S * HD) + t * HD + h * DH + offs_j[None, :], h_new, mask=mask)
+            if not REG:
+                tl.store(HK + offs_b[:, None] * (2 * HD) + (t % 2) * HD + h * DH + offs_j[None, :],
+                         h_new.to(HK.dtype.element_ty), mask=mask)
             st_off = offs_b[:, None] * (SLOTS * HD) + (t % SLOTS) * HD + h * DH + offs_j[None, :]
             if STORE_STATES:
                 tl.store(C + st_off, c, mask=mask)
@@ -220,16 +250,17 @@ def _load_bw_step(RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, t, S, HD, DH:
 
 @triton.jit
 def slstm_bw_kernel(
-    RAW, R, C0, N0, M0, C, N, M, GH, DC, DN, DM, DRAW, CNT,
+    RAW, R, C0, N0, M0, C, N, M, GH, DC, DN, DM, DRAW, DK, CNT,
     Bsz, S, NH, NBP, t_start, t_end,
     DH: tl.constexpr, EXP_FORGET: tl.constexpr, USE_BARRIER: tl.constexpr, CTA_SYNC: tl.constexpr,
     IEEE: tl.constexpr, R_RESIDENT: tl.constexpr, REG: tl.constexpr,
-    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, KR0: tl.constexpr, KR1: tl.constexpr,
 ):
     """Reverse loop over t in [t_start, t_end). RAW (B, S, 4, NH, DH) f32; R (4, NH, DH, DH) in the dot dtype;
     C/N/M (B, S, NH, DH) f32 states after each step; GH (B, S, NH, DH) f32 = dL/dh; DC/DN/DM (B, NH, DH) f32
     carried state gradients (in: of the state after t_end - 1, out: of the state before t_start);
-    DRAW (B, S, 4, NH, DH) f32 = dL/draw."""
+    DRAW (B, S, 4, NH, DH) f32 = dL/draw; DK (B, 2, 4, NH, DH) in the dot dtype: draw_t in slot t % 2, the
+    copy the previous step's dot reads. R_RESIDENT, KR0, KR1, REG: as in the forward."""
     NJ: tl.constexpr = (DH + BJ - 1) // BJ
     NK: tl.constexpr = (DH + BK - 1) // BK
     pid = tl.program_id(0)
@@ -243,13 +274,9 @@ def slstm_bw_kernel(
     RG = NH * DH * DH
     r_base = R + h * DH * DH
     if R_RESIDENT:
-        offs_k = tl.arange(0, BK)
-        r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
-        rmask = (offs_k[:, None] < DH) & mj[None, :]
-        R_i = tl.load(r_ptr, mask=rmask, other=0.0)
-        R_f = tl.load(r_ptr + RG, mask=rmask, other=0.0)
-        R_z = tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0)
-        R_o = tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0)
+        R_i, R_f, R_z, R_o = _load_r_piece(r_base, 0, KR0, DH, RG, offs_j, mj)
+        if KR1 > 0:
+            R_i1, R_f1, R_z1, R_o1 = _load_r_piece(r_base, KR0, KR1, DH, RG, offs_j, mj)
     nsteps = t_end - t_start
     for bblk in range(pid_b, NB, NBP):
         offs_b = bblk * BB + tl.arange(0, BB)
@@ -278,23 +305,34 @@ def slstm_bw_kernel(
                     dh = _mm(dh, d_z.to(dt_), R_z, IEEE)
                     dh = _mm(dh, d_o.to(dt_), R_o, IEEE)
                 else:
-                    d_row = DRAW + offs_b[:, None] * (S * GHD) + (t + 1) * GHD + h * DH
+                    d_row = DK + offs_b[:, None] * (2 * GHD) + ((t + 1) % 2) * GHD + h * DH  # draw_{t+1}
                     for g in tl.static_range(4):
-                        for kc in tl.static_range(NK):
-                            offs_k = kc * BK + tl.arange(0, BK)
-                            mk = offs_k < DH
-                            d = tl.load(d_row + g * HD + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
-                                        cache_modifier=".cg").to(R.dtype.element_ty)
-                            if R_RESIDENT:
-                                if g == 0:
-                                    dh = _mm(dh, d, R_i, IEEE)
-                                elif g == 1:
-                                    dh = _mm(dh, d, R_f, IEEE)
-                                elif g == 2:
-                                    dh = _mm(dh, d, R_z, IEEE)
-                                else:
-                                    dh = _mm(dh, d, R_o, IEEE)
+                        if R_RESIDENT:
+                            d = _load_k_piece(d_row + g * HD, 0, KR0, DH, mb)
+                            if g == 0:
+                                dh = _mm(dh, d, R_i, IEEE)
+                            elif g == 1:
+                                dh = _mm(dh, d, R_f, IEEE)
+                            elif g == 2:
+                                dh = _mm(dh, d, R_z, IEEE)
                             else:
+                                dh = _mm(dh, d, R_o, IEEE)
+                            if KR1 > 0:
+                                d = _load_k_piece(d_row + g * HD, KR0, KR1, DH, mb)
+                                if g == 0:
+                                    dh = _mm(dh, d, R_i1, IEEE)
+                                elif g == 1:
+                                    dh = _mm(dh, d, R_f1, IEEE)
+                                elif g == 2:
+                                    dh = _mm(dh, d, R_z1, IEEE)
+                                else:
+                                    dh = _mm(dh, d, R_o1, IEEE)
+                        else:
+                            for kc in tl.static_range(NK):
+                                offs_k = kc * BK + tl.arange(0, BK)
+                                mk = offs_k < DH
+                                d = tl.load(d_row + g * HD + offs_k[None, :], mask=mb[:, None] & mk[None, :],
+                                            other=0.0, cache_modifier=".cg")
                                 r = tl.load(r_base + g * RG + offs_k[:, None] * DH + offs_j[None, :],
                                             mask=mk[:, None] & mj[None, :], other=0.0)
                                 dh = _mm(dh, d, r, IEEE)
@@ -322,6 +360,10 @@ def slstm_bw_kernel(
             else:
                 d_f = da * tl.sigmoid(-rf)
             _store4(DRAW, offs_b[:, None] * (S * GHD) + t * GHD + h * DH + offs_j[None, :], HD, d_i, d_f, d_z, d_o, mask)
+            if not REG:
+                dk = R.dtype.element_ty
+                _store4(DK, offs_b[:, None] * (2 * GHD) + (t % 2) * GHD + h * DH + offs_j[None, :], HD,
+                        d_i.to(dk), d_f.to(dk), d_z.to(dk), d_o.to(dk), mask)
             dc = dc * fg
             dn = dn * fg
             dm = da
