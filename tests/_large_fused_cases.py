@@ -13,7 +13,7 @@ import torch
 
 from flashxlstm import xLSTMLarge, xLSTMLargeConfig
 from flashxlstm.generation import generate
-from flashxlstm.ops.fused import add_rms_norm, head_norm_gate, silu_mul
+from flashxlstm.ops.fused import add_rms_norm, head_norm_gate, mlstm_layer_step, silu_mul
 from flashxlstm.ops.mlstm import STEP_BACKENDS, mlstm_step
 
 torch.manual_seed(1234)
@@ -62,6 +62,36 @@ def step_views() -> None:
     cap = lambda t: 15.0 * torch.tanh(t / 15.0)
     hr, ref = mlstm_step(heads(q), heads(k), heads(v), cap(i), cap(f), state=state, backend="torch")
     emit("step_views", h=rel(h, hr), state=max(rel(a, b) for a, b in zip(new, ref)))
+
+
+def layer_step(layout, name: str) -> None:
+    """The layer step (gate projections, soft cap, step, per-head norm, sigmoid(o)) in one layout vs torch.
+    Odd sizes: D = 100, NH = 3, DQK = 20, DV = 12; gates beyond the cap; with and without a norm bias; a
+    normal state and an empty one (m = -inf); out buffers."""
+    from importlib import import_module
+
+    impl = import_module("flashxlstm.ops.fused.mlstm_layer_step")
+    B, NH, DQK, DV, D = 2, 3, 20, 12, 100
+    x = torch.randn(B, D)
+    qkvo = torch.randn(B, 2 * NH * DQK + 2 * NH * DV)
+    q, k, v, o = qkvo.split([NH * DQK, NH * DQK, NH * DV, NH * DV], dim=-1)
+    heads = lambda t: t.unflatten(-1, (NH, -1))
+    W, bias = torch.randn(2 * NH, D), torch.randn(2 * NH) * 20
+    (w_i, w_f), (b_i, b_f) = W.split(NH), bias.split(NH)
+    nw, nb = torch.randn(NH * DV), torch.randn(NH * DV)
+    errs = {}
+    for st_name, st in (("state", (torch.randn(B, NH, DQK, DV), torch.randn(B, NH, DQK), torch.randn(B, NH))),
+                        ("empty", (torch.zeros(B, NH, DQK, DV), torch.zeros(B, NH, DQK),
+                                   torch.full((B, NH), float("-inf"))))):
+        for norm_bias in (None, nb):
+            args = (x, heads(q), heads(k), heads(v), o, w_i, w_f, b_i, b_f, st, nw, norm_bias)
+            out = tuple(torch.empty_like(t) for t in st)
+            y, new = impl.mlstm_layer_step_triton(*args, out=out, layout=layout)
+            yr, ref = mlstm_layer_step(*args, backend="torch")
+            key = f"{st_name} bias={norm_bias is not None}"
+            errs[key] = max([rel(y, yr)] + [rel(a, b) for a, b in zip(new, ref) if b.isfinite().all()])
+            errs[key + " into out"] = float(not all(a is b for a, b in zip(new, out)))
+    emit(name, errs=errs)
 
 
 def model(weight_mode: str, **over) -> xLSTMLarge:
@@ -113,4 +143,11 @@ if __name__ == "__main__":
     step_views()
     whole_step("model_fused", "fused")
     whole_step("model_single_bias_nocap", "single", use_bias=True, gate_soft_cap=None)
+    layer_step((16, 32, 4, False), "layer_step_split")
+    layer_step((16, 8, 4, True), "layer_step_whole")
+    import importlib
+
+    importlib.import_module("flashxlstm.ops.fused.mlstm_layer_step").LAYOUT_OVERRIDE = (64, 16, 4, True)
+    whole_step("model_fused_whole_head", "fused")
+    whole_step("model_single_bias_whole_head", "single", use_bias=True)
     static_generate()

@@ -3,8 +3,10 @@
 The child process (tests/_large_fused_cases.py) runs the cases, since TRITON_INTERPRET must be set before
 Triton is imported: the glue kernels (residual add + RMSNorm, per-head LayerNorm x sigmoid(o), SiLU x up)
 in fp32 and bf16 at odd sizes with strided inputs, the step kernel on views into one projection output with
-the gate soft cap inside (gates beyond the cap), the whole-model decode step (fused and single weights,
-with and without bias and soft cap, into state_out buffers) and generation on static buffers.
+the gate soft cap inside (gates beyond the cap), the layer step kernel (gate projections, soft cap, step,
+per-head norm, sigmoid(o)) in its split and whole-head layouts at odd sizes with normal and empty (m = -inf)
+states, the whole-model decode step (fused and single weights, with and without bias and soft cap, both
+layouts, into state_out buffers) and generation on static buffers.
 """
 from __future__ import annotations
 
@@ -49,7 +51,16 @@ def test_step_kernel_reads_views_and_soft_caps_the_gates(results):
     assert r["h"] < 1e-5 and r["state"] < 1e-5, r
 
 
-@pytest.mark.parametrize("case", ["model_fused", "model_single_bias_nocap"])
+@pytest.mark.parametrize("layout", ["split", "whole"])
+def test_layer_step_kernel_matches_the_torch_layer(results, layout):
+    errs = results[f"layer_step_{layout}"]["errs"]
+    assert len(errs) == 8
+    bad = {k: v for k, v in errs.items() if not v <= (0.0 if k.endswith("into out") else 1e-5)}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("case", ["model_fused", "model_single_bias_nocap", "model_fused_whole_head",
+                                  "model_single_bias_whole_head"])
 def test_whole_decode_step_equals_the_unfused_step(results, case):
     r = results[case]
     assert r["fused_taken"] and r["into_buffers"], r

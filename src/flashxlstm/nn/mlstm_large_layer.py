@@ -13,16 +13,16 @@ be given `state_out`, preallocated (C, n, m) buffers (not overlapping `state`) t
 the Triton step kernel writes them directly, other step backends copy into them.
 
 `decode(x, state, state_out)` is the single-token path of the Triton step backend (`uses_fused_decode`
-says when it applies): the gate soft cap happens inside the step kernel, q/k/v/o and the gates are read
-where the projections put them (no copies), and the per-head norm and sigmoid(o) product are one
-kernel (flashxlstm.ops.fused): four launches besides the matmuls become two.
+says when it applies): the gate projections, their soft cap, the step, the per-head norm and the sigmoid(o)
+product run in one or two launches (flashxlstm.ops.fused.mlstm_layer_step) that read q/k/v/o where the
+projection put them; about a dozen launches of the unfused layer become two or three with the matmuls.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from ..ops.fused import head_norm_gate
+from ..ops.fused import mlstm_layer_step
 from ..ops.mlstm import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
 from .rmsnorm import MultiHeadLayerNorm
 
@@ -103,25 +103,23 @@ class mLSTMLargeLayer(nn.Module):
         return name == "triton"
 
     def decode(self, x: Tensor, state: MLSTMState, state_out: MLSTMState | None = None) -> tuple[Tensor, MLSTMState]:
-        """x (B, 1, D) normed activations -> y (B, 1, D) and the new state, through the fused Triton kernels.
+        """x (B, 1, D) normed activations -> y (B, 1, D) and the new state, through the fused Triton kernels:
+        besides the q/k/v/o matmul and out_proj, one or two launches (flashxlstm.ops.fused.mlstm_layer_step).
         Equals forward() on the same input (to rounding of the reductions)."""
-        B = x.shape[0]
         NH = self.num_heads
         x2 = x[:, 0]
         if self.weight_mode == "single":
             q, k, v, o = self.q(x2), self.k(x2), self.v(x2), self.ogate_preact(x2)
-            i, f = self.igate_preact(x2), self.fgate_preact(x2)
+            w_i, w_f = self.igate_preact.weight, self.fgate_preact.weight
+            b_i, b_f = self.igate_preact.bias, self.fgate_preact.bias
         else:
             q, k, v, o = self.qkv_opreact(x2).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
-            i, f = self.ifgate_preact(x2).split(NH, dim=-1)
+            (w_i, w_f), (b_i, b_f) = self.ifgate_preact.weight.split(NH), self.ifgate_preact.bias.split(NH)
         heads = lambda t: t.unflatten(-1, (NH, -1))  # (B, NH, DH), a view
-        out = None
-        if state_out is not None:
-            out = (torch.empty(B, NH, self.v_dim // NH, dtype=v.dtype, device=v.device), *state_out)
-        h, state = STEP_BACKENDS["triton"](heads(q), heads(k), heads(v), i, f, state, eps=self.eps, out=out,
-                                           gate_soft_cap=self.gate_soft_cap)
         norm = self.multihead_norm
-        y = head_norm_gate(h, o, norm.weight, norm.bias, norm.eps, backend="triton")
+        y, state = mlstm_layer_step(x2, heads(q), heads(k), heads(v), o, w_i, w_f, b_i, b_f, state, norm.weight,
+                                    norm.bias, gate_soft_cap=self.gate_soft_cap, eps=self.eps, norm_eps=norm.eps,
+                                    out=state_out, backend="triton")
         return self.out_proj(y)[:, None], state
 
     def forward(

@@ -3,6 +3,9 @@
     s, n = add_rms_norm(x, y, weight, bias, eps)      s = x + y (y may be None), n = RMSNorm(s)
     out = head_norm_gate(h, o, weight, bias, eps)      sigmoid(o) * per-head LayerNorm(h), (B, NH * DH)
     a = silu_mul(gate, z)                              silu(gate) * z
+    y, state = mlstm_layer_step(x, q, k, v, o, w_i, w_f, b_i, b_f, state, norm_weight, norm_bias, ...)
+        the mLSTM layer between its matmuls: gate projections, soft cap, step, per-head norm, sigmoid(o)
+        product (mlstm_layer_step.py)
 
 Pure tensor functions. `backend="triton"` runs the Triton kernels (CUDA, or the CPU interpreter with
 TRITON_INTERPRET=1), "torch" the reference (reference.py), "auto" Triton on CUDA when importable. Both round
@@ -13,9 +16,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .reference import add_rms_norm_reference, head_norm_gate_reference, silu_mul_reference
+from .reference import (add_rms_norm_reference, head_norm_gate_reference, mlstm_layer_step_reference,
+                        silu_mul_reference)
 
-__all__ = ["add_rms_norm", "head_norm_gate", "silu_mul"]
+__all__ = ["add_rms_norm", "head_norm_gate", "silu_mul", "mlstm_layer_step"]
 
 
 def _use_triton(t: Tensor, backend: str) -> bool:
@@ -52,3 +56,21 @@ def silu_mul(gate: Tensor, z: Tensor, backend: str = "auto") -> Tensor:
 
         return silu_mul_triton(gate, z)
     return silu_mul_reference(gate, z)
+
+
+def mlstm_layer_step(x: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, w_i: Tensor, w_f: Tensor, b_i: Tensor,
+                     b_f: Tensor, state, norm_weight: Tensor, norm_bias: Tensor | None = None, *,
+                     gate_soft_cap: float | None = 15.0, eps: float = 1e-6, norm_eps: float = 1e-6, out=None,
+                     backend: str = "auto"):
+    if _use_triton(x, backend):
+        from .mlstm_layer_step import mlstm_layer_step_triton
+
+        return mlstm_layer_step_triton(x, q, k, v, o, w_i, w_f, b_i, b_f, state, norm_weight, norm_bias,
+                                       gate_soft_cap=gate_soft_cap, eps=eps, norm_eps=norm_eps, out=out)
+    y, new = mlstm_layer_step_reference(x, q, k, v, o, w_i, w_f, b_i, b_f, state, norm_weight, norm_bias,
+                                        gate_soft_cap=gate_soft_cap, eps=eps, norm_eps=norm_eps)
+    if out is not None:
+        for buf, t in zip(out, new):
+            buf.copy_(t)
+        new = tuple(out)
+    return y, new

@@ -47,27 +47,8 @@ def soft_capped(x, cap, SOFT_CAP: tl.constexpr):
 
 
 @triton.jit
-def mlstm_step_kernel(
-    q, k, v, ig, fg, C, n, m, h, Cn, nn, mn, scale, eps, cap,
-    sqb, skb, svb, sib, sfb, NH,
-    DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr,
-    EXP_GATE: tl.constexpr, SOFT_CAP: tl.constexpr,
-):
-    p = tl.program_id(0).to(tl.int64)  # b * NH + head
-    vb = tl.program_id(1)
-    b = p // NH
-    hd = p % NH
-    ok = tl.arange(0, BK)
-    mk = ok < DQK
-    ov = vb * BV + tl.arange(0, BV)
-    mv = ov < DV
-    qp = q + b * sqb + hd * DQK
-    kp = k + b * skb + hd * DQK
-    vp = v + b * svb + hd * DV
-
-    i = soft_capped(tl.load(ig + b * sib + hd).to(tl.float32), cap, SOFT_CAP)
-    f = soft_capped(tl.load(fg + b * sfb + hd).to(tl.float32), cap, SOFT_CAP)
-    m_old = tl.load(m + p)
+def gate_values(i, f, m_old, EXP_GATE: tl.constexpr):
+    """Soft-capped gate pre-activations and the old stabilizer -> (forget factor, input factor, m_new, ms)."""
     if EXP_GATE:
         li = i
     else:
@@ -75,9 +56,18 @@ def mlstm_step_kernel(
     lf = logsigmoid(f)
     m_new = tl.maximum(lf + m_old, li)
     ms = finite_or_zero(m_new)
-    fgate = tl.exp(lf + m_old - ms)
-    igate = tl.exp(li - ms)
+    return tl.exp(lf + m_old - ms), tl.exp(li - ms), m_new, ms
 
+
+@triton.jit
+def step_block(qp, kp, vp, C, n, Cn, nn, p, vb, fgate, igate, ms, scale, eps,
+               DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr):
+    """State update of head p for value columns [vb * BV, (vb + 1) * BV): writes C' (and n' from block 0),
+    returns h of those columns in float32. qp, kp, vp point at the head's q, k, v vectors."""
+    ok = tl.arange(0, BK)
+    mk = ok < DQK
+    ov = vb * BV + tl.arange(0, BV)
+    mv = ov < DV
     bq = tl.load(qp + ok, mask=mk, other=0.0).to(tl.float32)
     bk = tl.load(kp + ok, mask=mk, other=0.0).to(tl.float32)
     n_new = tl.load(n + p * DQK + ok, mask=mk, other=0.0) * fgate + igate * bk
@@ -96,11 +86,31 @@ def mlstm_step_kernel(
         Ct = Ct * fgate + kt[:, None] * bv[None, :]
         tl.store(Cn + off, Ct, mask=msk)
         num += tl.sum(qt[:, None] * Ct, 0)
-
-    z = tl.maximum(tl.abs(den), tl.exp(-ms)) + eps
-    tl.store(h + p * DV + ov, (num * scale / z).to(h.dtype.element_ty), mask=mv)
     if vb == 0:
         tl.store(nn + p * DQK + ok, n_new, mask=mk)
+    z = tl.maximum(tl.abs(den), tl.exp(-ms)) + eps
+    return num * scale / z
+
+
+@triton.jit
+def mlstm_step_kernel(
+    q, k, v, ig, fg, C, n, m, h, Cn, nn, mn, scale, eps, cap,
+    sqb, skb, svb, sib, sfb, NH,
+    DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr,
+    EXP_GATE: tl.constexpr, SOFT_CAP: tl.constexpr,
+):
+    p = tl.program_id(0).to(tl.int64)  # b * NH + head
+    vb = tl.program_id(1)
+    b = p // NH
+    hd = p % NH
+    i = soft_capped(tl.load(ig + b * sib + hd).to(tl.float32), cap, SOFT_CAP)
+    f = soft_capped(tl.load(fg + b * sfb + hd).to(tl.float32), cap, SOFT_CAP)
+    fgate, igate, m_new, ms = gate_values(i, f, tl.load(m + p), EXP_GATE)
+    hb = step_block(q + b * sqb + hd * DQK, k + b * skb + hd * DQK, v + b * svb + hd * DV, C, n, Cn, nn, p, vb,
+                    fgate, igate, ms, scale, eps, DQK, DV, BK, BV, BKT)
+    ov = vb * BV + tl.arange(0, BV)
+    tl.store(h + p * DV + ov, hb.to(h.dtype.element_ty), mask=ov < DV)
+    if vb == 0:
         tl.store(mn + p, m_new)
 
 
