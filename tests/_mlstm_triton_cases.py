@@ -26,15 +26,19 @@ def emit(case, errors, tol, nan=False, **extra):
 
 
 def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, chunk=16, dtype=torch.float32,
-                  gate_range=None, masked=(), tol=2e-4, seed=0, seg=0, forward="chunkparallel"):
+                  gate_range=None, masked=(), tol=2e-4, seed=0, seg=0, forward="chunkparallel",
+                  backward=None):
     """seg > 0: sequence parallelism with segments of `seg` steps (checked to be taken).
 
-    forward: the forward variant for sequences without cu_seqlens or segments ("chunkparallel" or "walk").
+    forward / backward: the variants for sequences without cu_seqlens or segments ("chunkparallel" or
+    "walk"; backward None: the library default).
     """
     from flashxlstm.ops.mlstm.triton import function as tfn
     saved = dict(tfn.SEGMENT)
-    saved_fwd = dict(tfn.FORWARD)
+    saved_fwd, saved_bwd = dict(tfn.FORWARD), dict(tfn.BACKWARD)
     tfn.FORWARD["variant"] = forward
+    if backward is not None:
+        tfn.BACKWARD["variant"] = backward
     if seg:
         tfn.SEGMENT.update(tokens=seg, min_segments=2)
         assert tfn.segment_length(torch.empty(B, NH, S, DQK), None) == seg, "segments not taken"
@@ -45,6 +49,7 @@ def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, ch
         tfn.SEGMENT.clear()
         tfn.SEGMENT.update(saved)
         tfn.FORWARD.update(saved_fwd)
+        tfn.BACKWARD.update(saved_bwd)
 
 
 def _sequence_case(case, B, NH, S, DQK, DV, *, gate, init, cu, chunk, dtype, gate_range, masked, tol, seed):
@@ -156,10 +161,18 @@ def main():
     sequence_case("cp_blocks", 1, 2, 150, 80, 72, chunk=64, init="random")
     sequence_case("cp_extreme_sigmoid", 1, 1, 70, 24, 40, gate="sigmoid", init="empty", gate_range=30.0,
                   masked=((0, 5), (30, 40)), chunk=32, tol=5e-4)
-    # the fused walk, still used for packed documents and segments, on its own
-    sequence_case("walk_odd_dims", 1, 2, 21, 24, 40, chunk=16, init="random", forward="walk")
+    # chunk-parallel backward (chunk_backward.py): initial-state gradients, odd dims, a tail, several
+    # blocks, extreme gates with masked steps and an empty state, fp16
+    sequence_case("cpb_init_odd", 2, 1, 37, 24, 40, chunk=16, init="random", backward="chunkparallel")
+    sequence_case("cpb_blocks", 1, 2, 150, 80, 72, chunk=64, init="random", backward="chunkparallel")
+    sequence_case("cpb_extreme_sigmoid", 1, 1, 70, 24, 40, gate="sigmoid", init="empty", gate_range=30.0,
+                  masked=((0, 5), (30, 40)), chunk=32, tol=5e-4, backward="chunkparallel")
+    sequence_case("cpb_s1", 2, 1, 1, 16, 16, init="random", backward="chunkparallel")
+    sequence_case("cpb_fp16", 1, 1, 24, 16, 16, dtype=torch.float16, tol=1e-2, backward="chunkparallel")
+    # the fused walks (forward and backward), still used for packed documents and segments, on their own
+    sequence_case("walk_odd_dims", 1, 2, 21, 24, 40, chunk=16, init="random", forward="walk", backward="walk")
     sequence_case("walk_masked_extreme", 1, 2, 45, 16, 16, init="empty", gate_range=30.0,
-                  masked=((0, 2), (3, 9), (40, 45)), tol=5e-4, forward="walk")
+                  masked=((0, 2), (3, 9), (40, 45)), tol=5e-4, forward="walk", backward="walk")
     # sequence parallelism: segments of 16 steps (the last one shorter), states scanned in torch
     sequence_case("seg_init", 2, 1, 40, 16, 16, init="random", seg=16)
     sequence_case("seg_sigmoid_odd", 1, 1, 40, 24, 40, gate="sigmoid", init="random", seg=16)

@@ -32,6 +32,8 @@ from torch import Tensor
 
 from .backward import (mlstm_bwd_dkv_kernel, mlstm_bwd_dq_kernel, mlstm_bwd_finalize_kernel,
                        mlstm_bwd_prep_kernel)
+from .chunk_backward import (mlstm_chunk_bwd_dqk_kernel, mlstm_chunk_bwd_dv_kernel,
+                             mlstm_chunk_bwd_states_kernel)
 from .chunk_output import mlstm_chunk_output_kernel
 from .chunk_states import mlstm_chunk_states_kernel
 from .common import next_pow2
@@ -56,7 +58,9 @@ SEGMENT: dict = {"tokens": 0, "min_segments": 2}
 # H200, bf16 (benchmarks/results/mlstm_kernels_chunkparallel.md): chunk-parallel fw 3.90 ms vs walk 10.3 ms at
 # the 7B heads (B 8, T 8192), 2.66 vs 6.59 ms at (8, 16, 8192, 128, 256).
 FORWARD: dict = {"variant": "chunkparallel"}
-# Launch settings of the chunk-parallel forward, keyed by the padded head dim; overrides for the benchmark.
+# Which backward runs where the chunk-parallel forward may: "chunkparallel" (chunk_backward.py) or "walk".
+BACKWARD: dict = {"variant": "walk"}
+# Launch settings of the chunk-parallel forward and backward, keyed by the padded head dim; overrides for the benchmark.
 CP_CONFIG: dict = {}
 
 
@@ -64,7 +68,8 @@ def _cp_config(BK: int, DV: int, chunk: int) -> dict:
     # measured on an H200 (call 1): 4 warps beat 8, BV 64 beat 128, 3 pipeline stages beat 1 and 2 (3.90 vs
     # 4.39 / 4.59 ms at the 7B heads); L = 128 halves the states pass but slows the output pass more.
     cfg = {"L": chunk, "BK_s": min(64, BK), "BV_s": min(64, next_pow2(DV)), "warps_s": 4, "stages_s": 3,
-           "BK_o": min(64, BK), "BV_o": min(64, next_pow2(DV)), "warps_o": 4, "stages_o": 3}
+           "BK_o": min(64, BK), "BV_o": min(64, next_pow2(DV)), "warps_o": 4, "stages_o": 3,
+           "BK_b": min(64, BK), "BV_b": min(64, next_pow2(DV)), "warps_b": 4, "stages_b": 2}
     cfg.update(CP_CONFIG.get(BK, {}))
     return cfg
 
@@ -209,23 +214,12 @@ class MLSTMTritonFn(torch.autograd.Function):
             h, hlo, dh, mstat, dstat, rz, dden, dfo, R, eps, DV=DV, BR=BR, BVP=min(128, next_pow2(DV)),
             HAS_LO=store_lo, num_warps=4)
 
-        dk32, dq32, dli = zeros(q.shape), zeros(q.shape), zeros(q.shape[:3])
-        dv = torch.empty_like(v)
-        dC0, dn0 = zeros(C0.shape), zeros(n0.shape)
-        grid = (sp.N * NH, triton_cdiv(DV, cfg["BV"]))
-        common = dict(NH=NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"], EXP_GATE=input_gate == "exp",
-                      IS_VARLEN=sp.varlen, PREC=_precision(q.dtype), num_warps=cfg["num_warps"],
-                      num_stages=cfg["num_stages"])
-        bounds = (sp.cu_k, sp.S, sp.TSEG, sp.NSEG, DQK**-0.5)
-        mlstm_bwd_dkv_kernel[grid](q, k, v, i, f, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dli, dv, dC0, dn0,
-                                   *bounds, **common)
-        mlstm_bwd_dq_kernel[grid](k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dq32, *bounds, **common)
-
-        dq, dk = torch.empty_like(q), torch.empty_like(k)
-        dF = torch.empty_like(rz)
-        mlstm_bwd_finalize_kernel[(triton_cdiv(R, BR),)](dk32, dq32, dk, dq, dfo, dli, dF, R, DQK=DQK, BR=BR,
-                                                        BK=BK, num_warps=4)
-        del dk32, dq32
+        if BACKWARD["variant"] == "chunkparallel" and not sp.varlen and not sp.segmented:
+            grads = _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, chunk,
+                                             input_gate)
+        else:
+            grads = _walk_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, sp, cfg, input_gate)
+        dq, dk, dv, dC0, dn0, dli, dF = grads
 
         S = sp.S
         packed = lambda t: t.transpose(0, 1).reshape(NH, -1)  # (B, NH, S) -> (NH, B*S)
@@ -234,6 +228,67 @@ class MLSTMTritonFn(torch.autograd.Function):
         unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
         dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + sp.from_docs(dm0_routed).float()
         return dq, dk, dv, unpack(di), unpack(df), dC0, dn0, dm0, None, None, None, None, None
+
+
+def _walk_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, sp, cfg, input_gate):
+    """The walks (backward.py): dkv backwards and dq forwards, one program per span and DV block."""
+    DQK, DV = q.shape[-1], v.shape[-1]
+    BK = next_pow2(DQK)
+    R = q.numel() // DQK
+    BR = 32
+    NH = sp.NH
+    zeros = lambda shape: torch.zeros(shape, dtype=torch.float32, device=q.device)
+    dk32, dq32, dli = zeros(q.shape), zeros(q.shape), zeros(q.shape[:3])
+    dv = torch.empty_like(v)
+    dC0, dn0 = zeros(C0.shape), zeros(n0.shape)
+    grid = (sp.N * NH, triton_cdiv(DV, cfg["BV"]))
+    common = dict(NH=NH, DQK=DQK, DV=DV, L=cfg["L"], BK=BK, BV=cfg["BV"], EXP_GATE=input_gate == "exp",
+                  IS_VARLEN=sp.varlen, PREC=_precision(q.dtype), num_warps=cfg["num_warps"],
+                  num_stages=cfg["num_stages"])
+    bounds = (sp.cu_k, sp.S, sp.TSEG, sp.NSEG, DQK**-0.5)
+    mlstm_bwd_dkv_kernel[grid](q, k, v, i, f, m0, mstat, rz, dden, dh, dCf, dnf, dk32, dli, dv, dC0, dn0,
+                               *bounds, **common)
+    mlstm_bwd_dq_kernel[grid](k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dq32, *bounds, **common)
+
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dF = torch.empty_like(rz)
+    mlstm_bwd_finalize_kernel[(triton_cdiv(R, BR),)](dk32, dq32, dk, dq, dfo, dli, dF, R, DQK=DQK, BR=BR,
+                                                    BK=BK, num_warps=4)
+    del dk32, dq32
+    return dq, dk, dv, dC0, dn0, dli, dF
+
+
+def _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, chunk, input_gate):
+    """chunk_backward.py: G at every chunk end (one walk per state block), then dv and dq, dk per chunk.
+
+    The forward's chunk states are recomputed (chunk_states.py) rather than kept from the forward.
+    """
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    cfg = _cp_config(next_pow2(DQK), DV, chunk)
+    L, BH = cfg["L"], B * NH
+    NT = triton_cdiv(S, L)
+    dev = q.device
+    spare = (torch.empty_like(C0), torch.empty_like(n0), torch.empty_like(m0))
+    Cs, ns, ms = chunk_states(k, v, i, f, C0, n0, m0, *spare, cfg, input_gate)
+    del spare
+    Gs = torch.empty((BH, NT, DQK, DV), dtype=q.dtype, device=dev)
+    gns = torch.empty((BH, NT, DQK), dtype=torch.float32, device=dev)
+    dC0, dn0 = torch.empty_like(C0), torch.empty_like(n0)
+    common = dict(DQK=DQK, DV=DV, L=L, EXP_GATE=input_gate == "exp", PREC=_precision(q.dtype))
+    scale = DQK**-0.5
+    mlstm_chunk_bwd_states_kernel[(triton_cdiv(DQK, cfg["BK_s"]), triton_cdiv(DV, cfg["BV_s"]), BH)](
+        q, i, f, m0, mstat, rz, dden, dh, dCf, dnf, Gs, gns, dC0, dn0, S, NT, scale, BK=cfg["BK_s"],
+        BV=cfg["BV_s"], num_warps=cfg["warps_s"], num_stages=cfg["stages_s"], **common)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    mlstm_chunk_bwd_dv_kernel[(triton_cdiv(DV, cfg["BV_o"]), NT, BH)](
+        q, k, i, f, m0, mstat, rz, dh, Gs, dv, S, NT, scale, BK=cfg["BK_o"], BV=cfg["BV_o"],
+        num_warps=cfg["warps_o"], num_stages=cfg["stages_o"], **common)
+    dli = torch.zeros(q.shape[:3], dtype=torch.float32, device=dev)
+    mlstm_chunk_bwd_dqk_kernel[(triton_cdiv(DQK, cfg["BK_b"]), NT, BH)](
+        q, k, v, i, f, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli, S, NT, scale,
+        BK=cfg["BK_b"], BV=cfg["BV_b"], num_warps=cfg["warps_b"], num_stages=cfg["stages_b"], **common)
+    return dq, dk, dv, dC0, dn0, dli, dfo - dli
 
 
 def _chunk_parallel_forward(q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, chunk, eps,

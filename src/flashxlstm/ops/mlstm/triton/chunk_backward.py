@@ -1,0 +1,206 @@
+"""Chunk-parallel backward: the backward state at every chunk end, then every chunk's gradients at once.
+
+Notation as in backward.py (the stabilizer m_t held fixed; dnum_t = dh_t / z_t, dden_t from the prep
+kernel; b cumulative log forget inside the chunk, g its total, li log input gate; m_in / m_out the
+stabilizers entering / leaving the chunk, read from the per-step m_t; D_ts = exp(b_t - b_s + li_s - m_t),
+w_t = exp(b_t + m_in - m_t), u_s = exp(g - b_s + li_s - m_out)):
+
+  pass 1 (`mlstm_chunk_bwd_states_kernel`, grid (DQK blocks, DV blocks, batch*head), walks backwards):
+      stores G_out, gn_out of every chunk (the gradient of the stabilized state leaving it), then
+      G_in = exp(g + m_in - m_out) G_out + sum_t w_t q^_t dnum_t^T   (gn with dden_t), ending as dC0, dn0.
+  pass 2 (`mlstm_chunk_bwd_dv_kernel`, grid (DV blocks, chunks, batch*head)):
+      dv_s = sum_{t>=s} D_ts (q^_t . k_s) dnum_t + u_s G_out^T k_s
+  pass 3 (`mlstm_chunk_bwd_dqk_kernel`, grid (DQK blocks, chunks, batch*head)), with P_ts = dnum_t . v_s + dden_t:
+      dq^_t = sum_{s<=t} D_ts P_ts k_s + w'_t (C_c dnum_t + n_c dden_t)
+      dk_s  = sum_{t>=s} D_ts P_ts q^_t + u_s (G_out v_s + gn_out)
+      and k_s . dk_s (the log input gate's gradient) from fp32 products, added over DQK blocks.
+  C_c, n_c (stabilized by their own m_c, and w'_t = exp(b_t + m_c - m_t)) are the forward's chunk states,
+  recomputed by chunk_states.py. Every factor is at most 1.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import finite_or_zero, load_gates
+
+
+@triton.jit
+def _chunk_stabilizers(mstat, m0, bh, row0, c, S, L: tl.constexpr):
+    """(m_in, m_out) of chunk c: the per-step stabilizer before its first step and at its last step."""
+    m_in = tl.load(mstat + row0 + c * L - 1, mask=c > 0, other=0.0)
+    m_in = tl.where(c > 0, m_in, tl.load(m0 + bh))
+    m_out = tl.load(mstat + row0 + tl.minimum(c * L + L, S) - 1)
+    return m_in, finite_or_zero(m_out)
+
+
+@triton.jit
+def mlstm_chunk_bwd_states_kernel(
+    q, ig, fg, m0, mstat, rz, dden, dh, dCf, dnf, Gs, gns, dC0, dn0,
+    S, NT, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    EXP_GATE: tl.constexpr, PREC: tl.constexpr,
+):
+    kb = tl.program_id(0)
+    vb = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    row0 = bh * S
+    ok = kb * BK + tl.arange(0, BK)
+    ov = vb * BV + tl.arange(0, BV)
+    ol = tl.arange(0, L)
+    mk = ok < DQK
+    mkv = mk[:, None] & (ov < DV)[None, :]
+    first_v = vb == 0
+
+    G = tl.load(dCf + bh * DQK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0)
+    gn = tl.load(dnf + bh * DQK + ok, mask=mk, other=0.0)
+    for cc in range(0, NT):
+        c = NT - 1 - cc
+        st = bh * NT + c
+        tl.store(Gs + st * DQK * DV + ok[:, None] * DV + ov[None, :], G.to(Gs.dtype.element_ty), mask=mkv)
+        if first_v:
+            tl.store(gns + st * DQK + ok, gn, mask=mk)
+        t = c * L + ol
+        mt = t < S
+        li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
+        b = tl.cumsum(lf, 0)
+        g = tl.sum(lf, 0)
+        m_in, mos = _chunk_stabilizers(mstat, m0, bh, row0, c, S, L)
+        mrs = finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0))
+        w = tl.where(mt, tl.exp(b + m_in - mrs) * scale, 0.0)
+        r = tl.load(rz + row0 + t, mask=mt, other=0.0)
+        pq = tl.make_block_ptr(q + row0 * DQK, (DQK, S), (1, DQK), (kb * BK, c * L), (BK, L), (0, 1))
+        pdh = tl.make_block_ptr(dh + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+        bqt = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
+        bdh = tl.load(pdh, boundary_check=(0, 1), padding_option="zero")
+        dnum = (bdh.to(tl.float32) * r[:, None]).to(bqt.dtype)
+        decay = tl.exp(g + m_in - mos)
+        qw = (bqt.to(tl.float32) * w[None, :]).to(bqt.dtype)
+        G = G * decay + tl.dot(qw, dnum, input_precision=PREC)
+        if first_v:
+            dd = tl.load(dden + row0 + t, mask=mt, other=0.0)
+            gn = gn * decay + tl.sum(bqt.to(tl.float32) * (w * dd)[None, :], 1)
+
+    tl.store(dC0 + bh * DQK * DV + ok[:, None] * DV + ov[None, :], G, mask=mkv)
+    if first_v:
+        tl.store(dn0 + bh * DQK + ok, gn, mask=mk)
+
+
+@triton.jit
+def mlstm_chunk_bwd_dv_kernel(
+    q, k, ig, fg, m0, mstat, rz, dh, Gs, dv,
+    S, NT, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    EXP_GATE: tl.constexpr, PREC: tl.constexpr,
+):
+    vb = tl.program_id(0)
+    c = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    row0 = bh * S
+    st = bh * NT + c
+    ol = tl.arange(0, L)
+    t = c * L + ol
+    mt = t < S
+
+    kq = tl.zeros([L, L], dtype=tl.float32)  # kq[s, t] = k_s . q_t
+    kG = tl.zeros([L, BV], dtype=tl.float32)
+    for k0 in range(0, DQK, BK):
+        pk = tl.make_block_ptr(k + row0 * DQK, (S, DQK), (DQK, 1), (c * L, k0), (L, BK), (1, 0))
+        pq = tl.make_block_ptr(q + row0 * DQK, (DQK, S), (1, DQK), (k0, c * L), (BK, L), (0, 1))
+        pG = tl.make_block_ptr(Gs + st * DQK * DV, (DQK, DV), (DV, 1), (k0, vb * BV), (BK, BV), (1, 0))
+        bk = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
+        bqt = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
+        bG = tl.load(pG, boundary_check=(0, 1), padding_option="zero")
+        kq += tl.dot(bk, bqt, input_precision=PREC)
+        kG += tl.dot(bk, bG.to(bk.dtype), input_precision=PREC)
+
+    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
+    b = tl.cumsum(lf, 0)
+    g = tl.sum(lf, 0)
+    m_in, mos = _chunk_stabilizers(mstat, m0, bh, row0, c, S, L)
+    mrs = finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0))
+    # transposed gate matrix: row s, column t
+    logDT = tl.where(ol[None, :] >= ol[:, None], b[None, :] - b[:, None] + li[:, None] - mrs[None, :], float("-inf"))
+    AT = kq * scale * tl.exp(logDT)
+    u = tl.exp(g - b + li - mos)
+    r = tl.load(rz + row0 + t, mask=mt, other=0.0)
+    pdh = tl.make_block_ptr(dh + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+    bdh = tl.load(pdh, boundary_check=(0, 1), padding_option="zero")
+    dnum = (bdh.to(tl.float32) * r[:, None]).to(bdh.dtype)
+    bdv = tl.dot(AT.to(bdh.dtype), dnum, input_precision=PREC) + kG * u[:, None]
+    pdv = tl.make_block_ptr(dv + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+    tl.store(pdv, bdv.to(dv.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def mlstm_chunk_bwd_dqk_kernel(
+    q, k, v, ig, fg, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli32,
+    S, NT, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    EXP_GATE: tl.constexpr, PREC: tl.constexpr,
+):
+    kb = tl.program_id(0)
+    c = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    row0 = bh * S
+    st = bh * NT + c
+    ol = tl.arange(0, L)
+    t = c * L + ol
+    mt = t < S
+    ok = kb * BK + tl.arange(0, BK)
+    mk = ok < DQK
+
+    r = tl.load(rz + row0 + t, mask=mt, other=0.0)
+    P = tl.zeros([L, L], dtype=tl.float32)    # P[t, s] = dnum_t . v_s
+    dqi = tl.zeros([L, BK], dtype=tl.float32)  # dnum C_c^T
+    dki = tl.zeros([L, BK], dtype=tl.float32)  # v G_out^T
+    for v0 in range(0, DV, BV):
+        pdh = tl.make_block_ptr(dh + row0 * DV, (S, DV), (DV, 1), (c * L, v0), (L, BV), (1, 0))
+        pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (c * L, v0), (L, BV), (1, 0))
+        pvt = tl.make_block_ptr(v + row0 * DV, (DV, S), (1, DV), (v0, c * L), (BV, L), (0, 1))
+        pCt = tl.make_block_ptr(Cs + st * DQK * DV, (DV, DQK), (1, DV), (v0, kb * BK), (BV, BK), (0, 1))
+        pGt = tl.make_block_ptr(Gs + st * DQK * DV, (DV, DQK), (1, DV), (v0, kb * BK), (BV, BK), (0, 1))
+        bdh = tl.load(pdh, boundary_check=(0, 1), padding_option="zero")
+        bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
+        bvt = tl.load(pvt, boundary_check=(0, 1), padding_option="zero")
+        bCt = tl.load(pCt, boundary_check=(0, 1), padding_option="zero")
+        bGt = tl.load(pGt, boundary_check=(0, 1), padding_option="zero")
+        dnum = (bdh.to(tl.float32) * r[:, None]).to(bdh.dtype)
+        P += tl.dot(dnum, bvt, input_precision=PREC)
+        dqi += tl.dot(dnum, bCt.to(bdh.dtype), input_precision=PREC)
+        dki += tl.dot(bv, bGt.to(bv.dtype), input_precision=PREC)
+
+    pq = tl.make_block_ptr(q + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
+    pk = tl.make_block_ptr(k + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
+    pkt = tl.make_block_ptr(k + row0 * DQK, (DQK, S), (1, DQK), (kb * BK, c * L), (BK, L), (0, 1))
+    bq = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
+    bk = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
+    bkt = tl.load(pkt, boundary_check=(0, 1), padding_option="zero")
+
+    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
+    b = tl.cumsum(lf, 0)
+    g = tl.sum(lf, 0)
+    m_in, mos = _chunk_stabilizers(mstat, m0, bh, row0, c, S, L)
+    mrs = finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0))
+    dd = tl.load(dden + row0 + t, mask=mt, other=0.0)
+    D = tl.exp(tl.where(ol[:, None] >= ol[None, :], b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
+    P += dd[:, None]
+    DP = D * P
+    A = tl.dot(bq, bkt, input_precision=PREC) * scale * D  # this DQK block's share of the scores
+    u = tl.exp(g - b + li - mos)
+    gn = tl.load(gns + st * DQK + ok, mask=mk, other=0.0)
+    # k_s . dk_s for the log input gate, from fp32 products (summed over DQK blocks)
+    dli_part = tl.sum(A * P, 0) + u * tl.sum(bk.to(tl.float32) * (dki + gn[None, :]), 1)
+    tl.atomic_add(dli32 + row0 + t, dli_part, mask=mt)
+
+    DPc = DP.to(bq.dtype)
+    bdk = tl.dot(tl.trans(DPc), bq, input_precision=PREC) * scale + (dki + gn[None, :]) * u[:, None]
+    pdk = tl.make_block_ptr(dk + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
+    tl.store(pdk, bdk.to(dk.dtype.element_ty), boundary_check=(0, 1))
+
+    mc = tl.load(ms + st)
+    nc = tl.load(ns + st * DQK + ok, mask=mk, other=0.0)
+    w = tl.exp(b + mc - mrs)
+    bdq = (tl.dot(DPc, bk, input_precision=PREC) + (dqi + dd[:, None] * nc[None, :]) * w[:, None]) * scale
+    pdq = tl.make_block_ptr(dq + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
+    tl.store(pdq, bdq.to(dq.dtype.element_ty), boundary_check=(0, 1))
