@@ -94,6 +94,22 @@ def layer_step(layout, name: str) -> None:
     emit(name, errs=errs)
 
 
+def gemv() -> None:
+    """The one-row matrix-vector kernel (odd N and K, K over one block) with and without bias and SiLU x z."""
+    from flashxlstm.ops.fused.linear import linear_decode
+
+    errs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, z = torch.randn(1, 1, 700, dtype=dtype), torch.randn(1, 1, 700, dtype=dtype)
+        W, b = torch.randn(37, 700, dtype=dtype), torch.randn(37, dtype=dtype)
+        for bias in (None, b):
+            for zz in (None, z):
+                got = linear_decode(x, W, bias, z=zz, backend="triton")
+                want = linear_decode(x, W, bias, z=zz, backend="torch")
+                errs[f"{str(dtype)[6:]} bias={bias is not None} glu={zz is not None}"] = rel(got, want)
+    emit("gemv", errs=errs)
+
+
 def model(weight_mode: str, **over) -> xLSTMLarge:
     cfg = xLSTMLargeConfig(embedding_dim=48, num_heads=2, num_blocks=2, vocab_size=97, chunk_size=8,
                            weight_mode=weight_mode, step_backend="torch", **over)
@@ -111,10 +127,10 @@ def set_step(m: xLSTMLarge, backend: str) -> xLSTMLarge:
 
 
 @torch.no_grad()
-def whole_step(name: str, weight_mode: str, **over) -> None:
+def whole_step(name: str, weight_mode: str, batch: int = 3, **over) -> None:
     """The whole-model decode step through the fused kernels equals the unfused step (fp32, CPU)."""
     m = model(weight_mode, **over)
-    ids = torch.randint(0, 97, (3, 11))
+    ids = torch.randint(0, 97, (batch, 11))
     _, state = m(ids[:, :10])
     lu, su = m(ids[:, 10:], state)
     set_step(m, "triton")
@@ -150,4 +166,8 @@ if __name__ == "__main__":
     importlib.import_module("flashxlstm.ops.fused.mlstm_layer_step").LAYOUT_OVERRIDE = (64, 16, 4, True)
     whole_step("model_fused_whole_head", "fused")
     whole_step("model_single_bias_whole_head", "single", use_bias=True)
+    gemv()
+    importlib.import_module("flashxlstm.ops.fused.linear").FORCE_BACKEND = "triton"
+    whole_step("model_fused_whole_head_gemv", "fused", batch=1)  # one row: every projection is the Triton kernel
+    whole_step("model_single_bias_gemv", "single", batch=1, use_bias=True)
     static_generate()

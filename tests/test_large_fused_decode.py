@@ -6,7 +6,8 @@ in fp32 and bf16 at odd sizes with strided inputs, the step kernel on views into
 the gate soft cap inside (gates beyond the cap), the layer step kernel (gate projections, soft cap, step,
 per-head norm, sigmoid(o)) in its split and whole-head layouts at odd sizes with normal and empty (m = -inf)
 states, the whole-model decode step (fused and single weights, with and without bias and soft cap, both
-layouts, into state_out buffers) and generation on static buffers.
+layouts, with the one-row matrix-vector kernel for every projection, into state_out buffers), that kernel
+alone (odd sizes, bias, SiLU x z prologue) and generation on static buffers.
 """
 from __future__ import annotations
 
@@ -59,8 +60,16 @@ def test_layer_step_kernel_matches_the_torch_layer(results, layout):
     assert not bad, bad
 
 
+def test_one_row_matvec_matches_linear(results):
+    errs = results["gemv"]["errs"]
+    assert len(errs) == 8
+    bad = {k: v for k, v in errs.items() if not v <= (1e-5 if k.startswith("float32") else BF16)}
+    assert not bad, bad
+
+
 @pytest.mark.parametrize("case", ["model_fused", "model_single_bias_nocap", "model_fused_whole_head",
-                                  "model_single_bias_whole_head"])
+                                  "model_single_bias_whole_head", "model_fused_whole_head_gemv",
+                                  "model_single_bias_gemv"])
 def test_whole_decode_step_equals_the_unfused_step(results, case):
     r = results[case]
     assert r["fused_taken"] and r["into_buffers"], r

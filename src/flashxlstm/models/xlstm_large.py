@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..nn.mlstm_large_layer import mLSTMLargeLayer, soft_cap
 from ..ops.fused import add_rms_norm
+from ..ops.fused.linear import linear_decode
 from ..nn.rmsnorm import MultiHeadLayerNorm, RMSNorm
 from ..nn.swiglu import SwiGLU, round_up
 
@@ -153,8 +154,7 @@ class xLSTMLargeBackbone(nn.Module):
     def forward(self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None,
                 state_out: LargeState | None = None):
         x = self.embeddings(input_ids)
-        if (self.fused_decode and state is not None
-                and self.blocks[0].mlstm_layer.uses_fused_decode(x, state[0], attention_mask)):
+        if self.decodes_fused(input_ids, state, attention_mask):
             return self.decode(x, state, state_out)
         new_state = []
         for idx, block in enumerate(self.blocks):
@@ -164,6 +164,11 @@ class xLSTMLargeBackbone(nn.Module):
         if self.out_norm is not None:
             x = self.out_norm(x)
         return x, tuple(new_state)
+
+    def decodes_fused(self, input_ids: Tensor, state: LargeState | None, attention_mask: Tensor | None) -> bool:
+        """Whether forward takes the fused single-token path (see mLSTMLargeLayer.uses_fused_decode)."""
+        return (self.fused_decode and state is not None
+                and self.blocks[0].mlstm_layer.uses_fused_decode(input_ids, state[0], attention_mask))
 
     def decode(self, x: Tensor, state: LargeState, state_out: LargeState | None = None):
         """The single-token path with fused Triton glue (see mLSTMLargeBlock.decode); same result as forward."""
@@ -248,10 +253,12 @@ class xLSTMLarge(nn.Module):
                              f"got {tuple(attention_mask.shape)}")
         if state_out is not None and (state is None or input_ids.shape[1] != 1):
             raise ValueError("xLSTMLarge: state_out needs a state and a single token (S == 1)")
+        fused = self.backbone.decodes_fused(input_ids, state, attention_mask)
         x, state = self.backbone(input_ids, state, attention_mask, state_out)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        logits = soft_cap(self.lm_head(x).float(), self.config.output_logit_soft_cap)
+        logits = linear_decode(x, self.lm_head.weight) if fused else self.lm_head(x)
+        logits = soft_cap(logits.float(), self.config.output_logit_soft_cap)
         return logits, state
 
     def generate(self, input_ids: Tensor, max_new_tokens: int = 20, **kwargs) -> Tensor:

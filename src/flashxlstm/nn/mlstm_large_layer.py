@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.fused import mlstm_layer_step
+from ..ops.fused.linear import linear_decode
 from ..ops.mlstm import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
 from .rmsnorm import MultiHeadLayerNorm
 
@@ -108,19 +109,20 @@ class mLSTMLargeLayer(nn.Module):
         Equals forward() on the same input (to rounding of the reductions)."""
         NH = self.num_heads
         x2 = x[:, 0]
+        lin = lambda layer: linear_decode(x2, layer.weight, layer.bias)
         if self.weight_mode == "single":
-            q, k, v, o = self.q(x2), self.k(x2), self.v(x2), self.ogate_preact(x2)
+            q, k, v, o = lin(self.q), lin(self.k), lin(self.v), lin(self.ogate_preact)
             w_i, w_f = self.igate_preact.weight, self.fgate_preact.weight
             b_i, b_f = self.igate_preact.bias, self.fgate_preact.bias
         else:
-            q, k, v, o = self.qkv_opreact(x2).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
+            q, k, v, o = lin(self.qkv_opreact).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
             (w_i, w_f), (b_i, b_f) = self.ifgate_preact.weight.split(NH), self.ifgate_preact.bias.split(NH)
         heads = lambda t: t.unflatten(-1, (NH, -1))  # (B, NH, DH), a view
         norm = self.multihead_norm
         y, state = mlstm_layer_step(x2, heads(q), heads(k), heads(v), o, w_i, w_f, b_i, b_f, state, norm.weight,
                                     norm.bias, gate_soft_cap=self.gate_soft_cap, eps=self.eps, norm_eps=norm.eps,
                                     out=state_out, backend="triton")
-        return self.out_proj(y)[:, None], state
+        return linear_decode(y, self.out_proj.weight, self.out_proj.bias)[:, None], state
 
     def forward(
         self, x: Tensor, state: MLSTMState | None = None, attention_mask: Tensor | None = None,

@@ -2,7 +2,8 @@
 
 weight_mode "single" keeps proj_up_gate and proj_up as two Linear layers; "fused" stacks them (gate rows
 first) in one Linear proj_up_gate_z, which is one matmul instead of two at inference. `forward(x,
-fused_glue=True)` does silu(gate) * up in one Triton kernel (flashxlstm.ops.fused.silu_mul), for decoding.
+fused_glue=True)` is for decoding: silu(gate) * up in one Triton kernel (flashxlstm.ops.fused.silu_mul), or
+for a single token inside the down projection's matrix-vector product (flashxlstm.ops.fused.linear).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.fused import silu_mul
+from ..ops.fused.linear import linear_decode
 
 
 def round_up(x: float, multiple: int) -> int:
@@ -31,8 +33,13 @@ class SwiGLU(nn.Module):
         self.proj_down = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor, fused_glue: bool = False) -> Tensor:
+        lin = (lambda layer, t: linear_decode(t, layer.weight, layer.bias)) if fused_glue else (lambda layer, t: layer(t))
         if self.weight_mode == "single":
-            gate, z = self.proj_up_gate(x), self.proj_up(x)
+            gate, z = lin(self.proj_up_gate, x), lin(self.proj_up, x)
         else:
-            gate, z = self.proj_up_gate_z(x).split(self.hidden, dim=-1)
-        return self.proj_down(silu_mul(gate, z, backend="triton") if fused_glue else F.silu(gate) * z)
+            gate, z = lin(self.proj_up_gate_z, x).split(self.hidden, dim=-1)
+        if not fused_glue:
+            return self.proj_down(F.silu(gate) * z)
+        if x.numel() == x.shape[-1]:  # one token: the SiLU x up product is the prologue of the down projection
+            return linear_decode(gate, self.proj_down.weight, self.proj_down.bias, z=z)
+        return self.proj_down(silu_mul(gate, z, backend="triton"))
