@@ -130,6 +130,7 @@ def check_segments_vs_walk(shape):
         xs = [t.clone().requires_grad_(True) for t in ins]
         h, (C, n, m) = ours_with(tokens)(*xs, full=True)
         (h.float().square().sum() + C.sum()).backward()
+        restore_defaults()
         outs.append([h, C, n, m] + [x.grad for x in xs])
     errs = {nm: rel(a, b) for nm, a, b in zip(["h", "C", "n", "m", "dq", "dk", "dv", "di", "df"], *outs)}
     ok = max(errs.values()) <= 1e-2
@@ -213,16 +214,17 @@ def peak_activation(go):
     return (torch.cuda.max_memory_allocated() - base) / 1e9
 
 
-def time_seq(name, fn, shape, fw_only=False, grad_inputs=None):
+def time_seq(name, fn, shape, fw_only=False, grad_inputs=None, skip_fw=False):
     B, NH, T, DQK, DV = shape
     el = torch.bfloat16.itemsize
     fw_bytes = B * NH * T * (2 * DQK + 2 * DV) * el
     bw_bytes = fw_bytes + B * NH * T * (2 * DQK + 2 * DV + DV) * el + B * NH * T * (2 * DQK + DV) * el
     try:
-        ins = (grad_inputs or inputs)(*shape)
-        with torch.no_grad():
-            ms = bench(lambda: fn(*ins))
-        record(name, shape, "fw", ms, lin_flops(*shape), fw_bytes)
+        if not skip_fw:
+            ins = (grad_inputs or inputs)(*shape)
+            with torch.no_grad():
+                ms = bench(lambda: fn(*ins))
+            record(name, shape, "fw", ms, lin_flops(*shape), fw_bytes)
     except Exception as e:  # a peer that fails is reported, not fatal
         say(f"FAIL {name} {shape} fw: {repr(e)[:300]}")
         record(name, shape, "fw", None)
@@ -303,25 +305,32 @@ SEG_TOKENS = 1024  # the segment length timed against one walk per sequence
 CHOSEN: dict = {}
 
 
-def ours_with(tokens, forward=None):
-    """Our op with segments of `tokens` steps (0: one walk per sequence) and forward variant `forward`
-    ("chunkparallel" or "walk"; None: the library's); h, or (h, state) if full."""
+def ours_with(tokens, forward=None, backward=None):
+    """Our op with segments of `tokens` steps (0: one walk per sequence), forward variant `forward` and
+    backward variant `backward` ("chunkparallel" or "walk"; None: the library's); h, or (h, state) if full.
+    The settings stay in force after the call (the backward needs them) until `restore_defaults()`."""
     def run(q, k, v, i, f, full=False):
-        saved, saved_fwd = tfn.SEGMENT["tokens"], tfn.FORWARD["variant"]
         tfn.SEGMENT["tokens"] = tokens
-        tfn.FORWARD["variant"] = forward or saved_fwd
-        try:
-            out = M.mlstm(q, k, v, i, f, backend="triton")
-        finally:
-            tfn.SEGMENT["tokens"], tfn.FORWARD["variant"] = saved, saved_fwd
+        tfn.FORWARD["variant"] = forward or DEFAULTS["forward"]
+        tfn.BACKWARD["variant"] = backward or DEFAULTS["backward"]
+        out = M.mlstm(q, k, v, i, f, backend="triton")
         return out if full else out[0]
     return run
 
 
+DEFAULTS: dict = {}
+
+
+def restore_defaults():
+    tfn.SEGMENT["tokens"] = DEFAULTS["tokens"]
+    tfn.FORWARD["variant"], tfn.BACKWARD["variant"] = DEFAULTS["forward"], DEFAULTS["backward"]
+
+
 # ---------------------------------------------------------------- chunk-parallel forward: variants and passes
-_CP_VARIANTS = [dict(), dict(warps_s=8, warps_o=8), dict(BV_s=128, warps_s=8, BV_o=128, warps_o=8),
-                dict(L=128, warps_o=8), dict(stages_s=1, stages_o=1), dict(stages_s=3, stages_o=3)]
+# call 1 (2 stages then) also timed 8 warps, BV 128, L 128 and 1 or 3 stages: 3 stages won
+_CP_VARIANTS = [dict(), dict(stages_s=4, stages_o=4), dict(BV_o=128, warps_o=8), dict(BK_s=128, BV_s=32)]
 SWEEP_CP = {256: _CP_VARIANTS, 128: _CP_VARIANTS}  # the first entry is the library default
+SWEEP_CP_BW = [dict(), dict(warps_b=4), dict(stages_b=3), dict(BV_b=32), dict(warps_o=8, warps_s=8)]
 
 
 def cp_sweep(shapes, deadline):
@@ -364,7 +373,34 @@ def cp_sweep(shapes, deadline):
                 say(f"cp sweep fw {shape} {over}: FAIL {repr(ex)[:300]}")
             finally:
                 tfn.CP_CONFIG.pop(BK, None)
+                restore_defaults()
             torch.cuda.empty_cache()
+        # the chunk-parallel backward: forward+backward time of launch variants, gradients vs the default's
+        gins = [t.requires_grad_(True) for t in inputs(*shape)]
+        for j, over in enumerate(SWEEP_CP_BW):
+            if time.time() > deadline:
+                say(f"cp bw sweep: budget spent at {shape} {over}")
+                break
+            tfn.CP_CONFIG[BK] = over
+            try:
+                go = fwbw_runner(ours_with(0, "chunkparallel", "chunkparallel"), gins)
+                for t in gins:
+                    t.grad = None
+                go()
+                grads = [t.grad.float().clone() for t in gins]
+                if j == 0:
+                    ref_grads = grads
+                e = max(rel(a, b) for a, b in zip(grads, ref_grads))
+                ms = bench(go, rep=50)
+                say(f"cp bw sweep fwbw {shape} {over}: {ms:.3f} ms (grads rel diff to first {e:.1e})")
+                CHOSEN[f"cp fwbw {shape} {over}"] = (round(ms, 3), e)
+            except Exception as ex:
+                say(f"cp bw sweep fwbw {shape} {over}: FAIL {repr(ex)[:300]}")
+            finally:
+                tfn.CP_CONFIG.pop(BK, None)
+                restore_defaults()
+        del gins
+        torch.cuda.empty_cache()
 
 
 def sweep(shapes, deadline):
@@ -375,6 +411,7 @@ def sweep(shapes, deadline):
     """
     ours = ours_with(tfn.SEGMENT["tokens"])
     for shape in shapes:
+        restore_defaults()
         BK = triton.next_power_of_2(shape[3])
         ins = inputs(*shape)
         with torch.no_grad():
@@ -491,6 +528,8 @@ def main():
     ap.add_argument("--forward", choices=["chunkparallel", "walk"], default=None,
                     help="our forward variant for the checks and the first 'ours' rows (default: the library's); "
                          "the other variant is timed too")
+    ap.add_argument("--backward", choices=["chunkparallel", "walk"], default=None,
+                    help="our backward variant for the checks and the first 'ours' rows (default: the library's)")
     ap.add_argument("--cp-sweep", action="store_true", help="time chunk-parallel launch variants and passes first")
     ap.add_argument("--check-segments", action="store_true", help="also check segments against one walk")
     ap.add_argument("--no-limit", action="store_true", help="skip TFLA limit_chunk rows")
@@ -500,13 +539,16 @@ def main():
         tfn.SEGMENT["tokens"] = args.segments
     if args.forward is not None:
         tfn.FORWARD["variant"] = args.forward
+    if args.backward is not None:
+        tfn.BACKWARD["variant"] = args.backward
+    DEFAULTS.update(tokens=tfn.SEGMENT["tokens"], forward=tfn.FORWARD["variant"], backward=tfn.BACKWARD["variant"])
     if not torch.cuda.is_available():
         sys.exit("mlstm_kernels.py needs a CUDA GPU")
     t0 = time.time()
     deadline = t0 + args.budget_s
     info = versions()
     say(str(info))
-    say(f"segments: {tfn.SEGMENT}, forward: {tfn.FORWARD}")
+    say(f"segments: {tfn.SEGMENT}, forward: {tfn.FORWARD}, backward: {tfn.BACKWARD}")
     shapes = SHAPES[::2] if args.quick else SHAPES
     if args.shapes:
         shapes = [SHAPES[int(j)] for j in args.shapes.split(",")]
@@ -536,13 +578,20 @@ def main():
             say(f"budget spent: {shape} not timed")
             continue
         write_report(args.out, info, bw, tf)  # partial tables survive a timeout
-        fwd = tfn.FORWARD["variant"]
         seg = f", segments {default_tokens}" if default_tokens else ""
-        for variant in (fwd, "walk" if fwd == "chunkparallel" else "chunkparallel"):
-            time_seq(f"ours (triton, {'chunk-parallel fw' if variant == 'chunkparallel' else 'walk'}{seg})",
-                     ours_with(default_tokens, variant), shape)
+        short = lambda x: "chunk-par" if x == "chunkparallel" else "walk"
+        name = lambda fwd, bwd: f"ours (fw {short(fwd)}, bw {short(bwd)}{seg})"
+        done_fw = set()
+        for fwd, bwd in [(DEFAULTS["forward"], DEFAULTS["backward"]), ("chunkparallel", "chunkparallel"),
+                         ("chunkparallel", "walk"), ("walk", "walk")]:
+            if name(fwd, bwd) in {r["kernel"] for r in ROWS if r["shape"] == shape}:
+                continue
+            time_seq(name(fwd, bwd), ours_with(default_tokens, fwd, bwd), shape, skip_fw=fwd in done_fw)
+            done_fw.add(fwd)
+            restore_defaults()
         if args.segments:
-            time_seq("ours (triton, walk, no segments)", ours_with(0, "walk"), shape)
+            time_seq("ours (fw walk, bw walk, no segments)", ours_with(0, "walk", "walk"), shape)
+            restore_defaults()
         time_seq("TFLA xl_chunk", lambda q, k, v, i, f: xl(q, k, v, i, f, chunk_size=128), shape)
         if not args.no_limit:
             time_seq("TFLA limit_chunk", lambda q, k, v, i, f: limit(q, k, v, i, f, chunk_size=64), shape)
