@@ -163,7 +163,8 @@ def row(name: str, r: dict | None, status: str) -> dict:
          "steps": r.get("steps", last.get("step")), "complete": r.get("complete", False),
          "stopped_early": r.get("stopped_early"), "step_time_ms": r.get("step_time_ms"),
          "wall_time_s": r.get("wall_time_s", last.get("elapsed_s")),
-         "requested_steps": (r.get("requested_train_config") or r.get("train_config") or {}).get("steps")}
+         "requested_steps": (r.get("requested_train_config") or r.get("train_config") or {}).get("steps"),
+         "planned_steps": (r.get("train_config") or {}).get("steps")}
     if r.get("task") == "mqar":
         d.update(vocab=r["mqar"]["vocab_size"], train_accuracy=last.get("train_batch_accuracy"),
                  test_accuracy=last.get("test_accuracy"))
@@ -180,7 +181,7 @@ def fmt(v, spec: str = ".3f") -> str:
 
 def summary_md(rows: list[dict], header: str) -> str:
     lines = [header, "",
-             "| task | model | steps (of requested) | ended | train acc | test acc | step ms | wall s |",
+             "| task | model | steps done / fitted plan / asked | ended | train acc | test acc | step ms | wall s |",
              "|---|---|---|---|---|---|---|---|"]
     for d in rows:
         if "task" not in d:
@@ -191,7 +192,8 @@ def summary_md(rows: list[dict], header: str) -> str:
             task, tr, te = f"MQAR V={d['vocab']}", fmt(d["train_accuracy"]), fmt(d["test_accuracy"])
         else:
             task, tr, te = d["task"], fmt(d["train_scaled"]) + " (scaled)", fmt(d["test_scaled"]) + " (scaled)"
-        lines.append(f"| {task} | {d['model']} | {d['steps']} ({d['requested_steps']}) | {ended} | {tr} | {te} | "
+        lines.append(f"| {task} | {d['model']} | {d['steps']} / {d.get('planned_steps')} / {d['requested_steps']} | "
+                     f"{ended} | {tr} | {te} | "
                      f"{fmt(d['step_time_ms'], '.1f')} | {fmt(d['wall_time_s'], '.0f')} |")
     return "\n".join(lines) + "\n"
 
@@ -232,6 +234,7 @@ def main() -> int:
         prev = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         info, status = prev.get("preflight", {}), {d["job"]: d["status"] for d in prev.get("rows", [])}
         header_cmd = prev.get("command", "")
+        start -= prev.get("wall_time_s", 0.0)  # keep the run's wall time
     else:
         header_cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
         if not args.no_preflight:

@@ -164,5 +164,5 @@ def test_gpu_grid_uses_the_paper_recipe():
                                     "step_time_ms": 2.0, "wall_time_s": 3.0,
                                     "train_config": {"steps": 5}}, "ok"), mod.row("mqar_x", None, "killed")]
     table = mod.summary_md(rows, "header")
-    assert "| parity | lstm | 5 (5) | stopped early | 1.000 (scaled) | 0.500 (scaled) |" in table
+    assert "| parity | lstm | 5 / 5 / 5 | stopped early | 1.000 (scaled) | 0.500 (scaled) |" in table
     assert "| mqar_x | - | - | killed |" in table
