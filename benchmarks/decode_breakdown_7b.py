@@ -2,8 +2,9 @@
 
 Random bf16 weights of the 7B shape (weight_mode fused), a 128-token prompt (the state has the same size
 after any prompt), then for each batch size: the graph-captured step time, and torch.profiler's GPU time of
-each kernel over eager steps, grouped as matmul (cuBLAS/CUTLASS), mLSTM step (Triton), fused glue (Triton)
-and other (embedding, soft cap, casts). Graph step minus the kernel sum is time between kernels.
+each kernel over eager steps, grouped as matmul (cuBLAS/CUTLASS), matvec (the Triton one-row kernel), mLSTM
+layer step (Triton), fused glue (Triton) and other (embedding, soft cap, casts). Also which layouts the
+first-use timing picked (layer step per batch size, matrix-vector kernel vs cuBLAS per weight shape). Graph step minus the kernel sum is time between kernels.
 
     python benchmarks/decode_breakdown_7b.py [--out DIR]
 """
@@ -24,7 +25,8 @@ def main() -> int:
     args = parser.parse_args()
     from flashxlstm import xLSTMLarge, xLSTMLargeConfig
     from flashxlstm.generation.cuda_graph import CUDAGraphStep
-    from flashxlstm.ops.mlstm.triton import step as step_mod
+    from flashxlstm.ops.fused import linear as linear_mod
+    from flashxlstm.ops.fused import layer_step as step_mod
 
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -65,8 +67,9 @@ def main() -> int:
             name = ev.key
             t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
             low = name.lower()
-            g = ("mlstm step" if "mlstm_step_kernel" in name else
+            g = ("mlstm layer step" if "mlstm_layer_step_kernel" in name or "mlstm_step_kernel" in name else
                  "fused glue" if any(s in name for s in ("add_rms_norm", "head_norm_gate", "silu_mul")) else
+                 "matvec (Triton)" if "gemv_kernel" in name else
                  "matmul" if any(s in low for s in ("gemm", "gemv", "cutlass", "sm90", "xmma", "splitk", "cublas")) else
                  "other")
             groups[g] = groups.get(g, 0.0) + t / 5 / 1e3  # ms per step
@@ -74,18 +77,22 @@ def main() -> int:
         row = dict(B=B, graph_step_ms=round(graph_ms, 3), tok_s=round(B / graph_ms * 1e3),
                    kernels_ms={k: round(v, 3) for k, v in groups.items()}, launches=counts,
                    kernel_sum_ms=round(sum(groups.values()), 3),
-                   weight_GB_s_in_matmul=round(weights / 1e9 / (groups.get("matmul", 1e9) / 1e3)),
+                   weight_GB_s_in_matmuls=round(weights / 1e9 / ((groups.get("matmul", 0) + groups.get("matvec (Triton)", 0)) / 1e3 or 1e9)),
                    state_GB=round(sum(t.numel() * 4 for s in state for t in s) / 1e9, 2))
         print(json.dumps(row), flush=True)
         top = sorted(kernels, key=lambda e: -(getattr(e, "device_time_total", 0) or 0))[:12]
         for e in top:
             print(f"   {(getattr(e, 'device_time_total', 0) or 0) / 5 / 1e3:8.3f} ms  x{e.count // 5:4d}  {e.key[:90]}")
+        row["top_kernels"] = [(round((getattr(e, "device_time_total", 0) or 0) / 5 / 1e3, 4), e.count // 5, e.key[:120])
+                              for e in top]
         rows.append(row)
-    print("step layouts picked:", {str(k): v for k, v in step_mod._LAYOUTS.items()})
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "decode_breakdown_7b.json"), "w") as f:
-        json.dump(dict(rows=rows, layouts={str(k): v for k, v in step_mod._LAYOUTS.items()},
-                       device=torch.cuda.get_device_name(), torch=torch.__version__), f, indent=1)
+        picks = dict(layer_step={str(k): v for k, v in step_mod._LAYOUTS.items()},
+                     matvec={str(k): v for k, v in linear_mod._CHOICE.items()})
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "decode_breakdown_7b.json"), "w") as f:  # after each batch size
+            json.dump(dict(rows=rows, picks=picks, device=torch.cuda.get_device_name(), torch=torch.__version__), f,
+                      indent=1)
+    print("picked:", json.dumps(picks))
     return 0
 
 

@@ -404,6 +404,16 @@ def main() -> int:
     return 0
 
 
+def picks() -> dict:
+    """What the first-use timing chose: layer-step layouts and matrix-vector kernel vs cuBLAS per shape."""
+    try:
+        from flashxlstm.ops.fused import layer_step, linear
+    except Exception:
+        return {}
+    return dict(layer_step={str(k): v for k, v in layer_step._LAYOUTS.items()},
+                matvec={str(k): v for k, v in linear._CHOICE.items()})
+
+
 def versions() -> dict:
     import importlib.metadata as md
 
@@ -446,7 +456,7 @@ def write(args, shape, nparams, cuda, quiet: bool = False) -> None:
     with open(os.path.join(args.out, "generate_7b.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out, "generate_7b.json"), "w") as f:
-        json.dump(dict(rows=ROWS, notes=NOTES, versions=versions(), shape=shape), f, indent=1)
+        json.dump(dict(rows=ROWS, notes=NOTES, versions=versions(), shape=shape, picks=picks()), f, indent=1)
     if not quiet:
         print("\n".join(lines))
 

@@ -70,7 +70,7 @@ def layer_step(layout, name: str) -> None:
     normal state and an empty one (m = -inf); out buffers."""
     from importlib import import_module
 
-    impl = import_module("flashxlstm.ops.fused.mlstm_layer_step")
+    impl = import_module("flashxlstm.ops.fused.layer_step")
     B, NH, DQK, DV, D = 2, 3, 20, 12, 100
     x = torch.randn(B, D)
     qkvo = torch.randn(B, 2 * NH * DQK + 2 * NH * DV)
@@ -163,7 +163,7 @@ if __name__ == "__main__":
     layer_step((16, 8, 4, True), "layer_step_whole")
     import importlib
 
-    importlib.import_module("flashxlstm.ops.fused.mlstm_layer_step").LAYOUT_OVERRIDE = (64, 16, 4, True)
+    importlib.import_module("flashxlstm.ops.fused.layer_step").LAYOUT_OVERRIDE = (64, 16, 4, True)
     whole_step("model_fused_whole_head", "fused")
     whole_step("model_single_bias_whole_head", "single", use_bias=True)
     gemv()

@@ -14,7 +14,7 @@ the Triton step kernel writes them directly, other step backends copy into them.
 
 `decode(x, state, state_out)` is the single-token path of the Triton step backend (`uses_fused_decode`
 says when it applies): the gate projections, their soft cap, the step, the per-head norm and the sigmoid(o)
-product run in one or two launches (flashxlstm.ops.fused.mlstm_layer_step) that read q/k/v/o where the
+product run in one or two launches (flashxlstm.ops.fused.mlstm_layer_step, in ops/fused/layer_step.py) that read q/k/v/o where the
 projection put them; about a dozen launches of the unfused layer become two or three with the matmuls.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ class mLSTMLargeLayer(nn.Module):
 
     def decode(self, x: Tensor, state: MLSTMState, state_out: MLSTMState | None = None) -> tuple[Tensor, MLSTMState]:
         """x (B, 1, D) normed activations -> y (B, 1, D) and the new state, through the fused Triton kernels:
-        besides the q/k/v/o matmul and out_proj, one or two launches (flashxlstm.ops.fused.mlstm_layer_step).
+        besides the q/k/v/o matmul and out_proj, one or two launches (flashxlstm.ops.fused.mlstm_layer_step, in ops/fused/layer_step.py).
         Equals forward() on the same input (to rounding of the reductions)."""
         NH = self.num_heads
         x2 = x[:, 0]

@@ -5,7 +5,7 @@
     a = silu_mul(gate, z)                              silu(gate) * z
     y, state = mlstm_layer_step(x, q, k, v, o, w_i, w_f, b_i, b_f, state, norm_weight, norm_bias, ...)
         the mLSTM layer between its matmuls: gate projections, soft cap, step, per-head norm, sigmoid(o)
-        product (mlstm_layer_step.py)
+        product (layer_step.py)
 
 Pure tensor functions. `backend="triton"` runs the Triton kernels (CUDA, or the CPU interpreter with
 TRITON_INTERPRET=1), "torch" the reference (reference.py), "auto" Triton on CUDA when importable. Both round
@@ -63,7 +63,7 @@ def mlstm_layer_step(x: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, w_i:
                      gate_soft_cap: float | None = 15.0, eps: float = 1e-6, norm_eps: float = 1e-6, out=None,
                      backend: str = "auto"):
     if _use_triton(x, backend):
-        from .mlstm_layer_step import mlstm_layer_step_triton
+        from .layer_step import mlstm_layer_step_triton
 
         return mlstm_layer_step_triton(x, q, k, v, o, w_i, w_f, b_i, b_f, state, norm_weight, norm_bias,
                                        gate_soft_cap=gate_soft_cap, eps=eps, norm_eps=norm_eps, out=out)
