@@ -116,7 +116,7 @@ def test_time_budget_fits_the_schedule_and_stops_early(tmp_path):
     held_out = [sample(np.random.default_rng(0))]
     calls["n"] = 0
     model = build_model("lstm", 5, TINY)
-    cfg = TrainConfig(steps=100000, warmup_steps=10000, eval_every=10000, lr=1e-3, time_budget_s=2.0)
+    cfg = TrainConfig(steps=100000, warmup_steps=10000, eval_every=10000, lr=1e-3, time_budget_s=3.0)
     run = train(model, sample, {"val": held_out}, cfg)
     fitted = run["train_config"]
     assert run["requested_train_config"]["steps"] == 100000 and 1 <= fitted["steps"] < 100000
