@@ -155,18 +155,20 @@ def _sync(device: str) -> None:
 
 def fit_to_budget(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batch]], cfg: TrainConfig,
                   probe_steps: int = 12) -> tuple[TrainConfig, dict]:
-    """The run `cfg` shrunk to `cfg.time_budget_s`: times up to `probe_steps` training steps (at least 3, at
-    most ~10 % of the budget; the first two are not counted: compilation, allocation) and one pass over the evaluation sets on a copy of the model, then
-    scales steps, warm-up and evaluation interval by the same factor. Returns (fitted cfg, measurements)."""
+    """The run `cfg` shrunk to `cfg.time_budget_s`.
+
+    Times up to `probe_steps` training steps, data included (at least 3, at most ~10 % of the budget; the
+    first two are not counted: compilation, allocation) and a pass over the evaluation sets, on a copy of the
+    model; then scales steps, warm-up and evaluation interval by the same factor. Returns (fitted cfg,
+    measurements)."""
     start = time.perf_counter()
     probe = copy.deepcopy(model).to(cfg.device).train()
     optimizer = _optimizer(probe, cfg)
     rng = np.random.default_rng([cfg.seed, 99])  # not the training stream
     times = []
     for k in range(max(probe_steps, 3)):
-        x, y = sample(rng)
-        _sync(cfg.device)
         t0 = time.perf_counter()
+        x, y = sample(rng)
         _step(probe, optimizer, x.to(cfg.device), y.to(cfg.device), cfg, cfg.lr * 1e-3)
         _sync(cfg.device)
         times.append(time.perf_counter() - t0)
