@@ -101,10 +101,15 @@ def default_layout(BNH: int, DQK: int, DV: int) -> Layout:
     return (min(128 if BNH >= 128 else 32, next_pow2(DV)), min(next_pow2(DQK), 32), 4, False)
 
 
-def candidate_layouts(BNH: int, DQK: int, DV: int) -> list[Layout]:
+def candidate_layouts(BNH: int, DQK: int, DV: int, sms: int = 132) -> list[Layout]:
+    """Split layouts always; whole-head ones only with at least one program per two multiprocessors (`sms`):
+    fewer cannot stream the state at bandwidth (at batch 1, 8 programs: measured 31 us per layer against
+    a split layout's few us, yet per-call timing with its launch gaps once picked it)."""
     BK, W = next_pow2(DQK), next_pow2(DV)
     cands = [default_layout(BNH, DQK, DV), (16, 32, 4, False), (32, 32, 4, False), (64, 32, 4, False),
-             (128, 32, 4, False), (W, 8, 4, True), (W, 8, 8, True), (W, 16, 8, True)]
+             (128, 32, 4, False)]
+    if 2 * BNH >= sms:
+        cands += [(W, 8, 4, True), (W, 8, 8, True), (W, 16, 8, True)]
     out = []
     for bv, bkt, warps, whole in cands:
         c = (W if whole else min(bv, W), min(bkt, BK), warps, whole)
@@ -169,7 +174,8 @@ def _pick(launch, x: Tensor, key: tuple) -> Layout:
     from triton.testing import do_bench
 
     best, best_t = default, float("inf")
-    for lay in candidate_layouts(*key[:3]):
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    for lay in candidate_layouts(*key[:3], sms=sms):
         try:
             t = do_bench(lambda: launch(lay), warmup=5, rep=20)
         except Exception:  # a layout that does not compile here (resources) is not a candidate
