@@ -120,3 +120,26 @@ def test_triton_kernels_match_reference(interpreted, case):
 
 if __name__ == "__main__":
     _child()
+
+
+def test_plan_defaults_on_cuda(monkeypatch):
+    """The launch choices measured fastest on an H200 (benchmarks/results/slstm_kernels.md); pure Python."""
+    import torch
+
+    from flashxlstm.ops.slstm import triton as tri
+
+    monkeypatch.setattr(tri, "_num_sms", lambda device: 132)
+    monkeypatch.setattr(tri, "REGISTER_PATHS", None)
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    p = tri.plan(16, 1, 768, cuda, dot_dtype=bf16)
+    assert (p["BJ"], p["NJ"], p["R_RESIDENT"], p["KR0"], p["KR1"], p["barrier"]) == (16, 48, True, 512, 256, True)
+    p = tri.plan(16, 4, 256, cuda, dot_dtype=bf16)
+    assert (p["BJ"], p["NJ"], p["R_RESIDENT"], p["KR1"]) == (32, 8, True, 0)
+    p = tri.plan(16, 8, 64, cuda, dot_dtype=bf16)
+    assert (p["BJ"], p["NJ"], p["R_RESIDENT"], p["REG"]) == (32, 2, True, False)
+    p = tri.plan(16, 8, 64, cuda, dot_dtype=bf16, inference=True)  # no gradients: a head per program
+    assert (p["BJ"], p["NJ"], p["R_RESIDENT"], p["REG"], p["barrier"]) == (64, 1, True, True, False)
+    p = tri.plan(16, 1, 768, cuda, dot_dtype=torch.float32)  # fp32 dots run without tensor cores: streamed
+    assert (p["BJ"], p["R_RESIDENT"], p["REG"]) == (32, False, False)
+    p = tri.plan(16, 1, 768, cuda, dot_dtype=bf16, resident=False, block_k=128, num_warps=8)
+    assert (p["R_RESIDENT"], p["BK"], p["num_warps"]) == (False, 128, 8)

@@ -26,6 +26,7 @@ BB = 16
 # step need room too). fp32 dots (IEEE) run without tensor cores, with operands in registers: streamed there.
 R_RESIDENT_MAX = 65536
 R_RESIDENT_MAX_INTERPRET = 16384
+INFERENCE_WHOLE_HEAD_MAX = 64  # head dims whose no-grad forward runs one program per head, h in registers
 # Keeping h_prev (forward) and draw (backward) in registers (REG) when one program holds a head: the backward
 # of that path fails to compile for sm_90 with Triton 3.6 (bf16 and fp32: layout propagation into the dot
 # operand), so on CUDA the backward never uses it and the forward only when asked (plan's `registers`).
@@ -56,7 +57,7 @@ def k_pieces(DH: int) -> tuple[int, int]:
 
 def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = None,
          dot_dtype: torch.dtype = torch.bfloat16, resident: bool | None = None, block_k: int | None = None,
-         num_warps: int | None = None, registers: bool | None = None) -> dict:
+         num_warps: int | None = None, registers: bool | None = None, inference: bool = False) -> dict:
     """Block sizes and grid: (NH * NJ, NBP) programs, each (head, batch group) synchronised per step.
 
     BJ units per program (NJ = ceil(DH / BJ) programs per head). R_RESIDENT: the program's slice of R
@@ -65,15 +66,23 @@ def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = N
     chunks of BK rows each step. REG (registers): a head held by one program keeps h_prev (forward) and
     draw (backward) in registers. block_j, resident, block_k, num_warps and registers override the choices
     (the benchmark sweeps them); None = the default.
+
+    Defaults measured on an H200 (benchmarks/results/slstm_kernels.md, 2026-11-28): resident R with BJ = 32
+    for DH 64 and 256 and BJ = 16 (48 programs) for DH 768 was the fastest forward + backward; for a forward
+    without gradients (`inference`) at DH <= 64 one program per head with h_prev in registers was faster
+    still (1.36 vs 1.93 ms at 8 heads of 64, B 16, T 1024), so that is the inference default there.
     """
     sms = _num_sms(device)
     dhp = max(16, _next_pow2(DH))
     cuda = device.type == "cuda"
-    if registers is None:
-        registers = REGISTER_PATHS if REGISTER_PATHS is not None else not cuda
     limit = R_RESIDENT_MAX if cuda else R_RESIDENT_MAX_INTERPRET
     kr0, kr1 = k_pieces(DH)
     can_resident = not cuda or dot_dtype in (torch.bfloat16, torch.float16)
+    if (inference and cuda and can_resident and DH <= INFERENCE_WHOLE_HEAD_MAX and NH <= sms and block_j is None
+            and registers is None and resident is not False):
+        block_j, registers = dhp, True
+    if registers is None:
+        registers = REGISTER_PATHS if REGISTER_PATHS is not None else not cuda
     if block_j is None:
         block_j = 32 if DH > 32 else 16
         if (resident is None and can_resident) or resident:
@@ -122,7 +131,7 @@ class _SLSTMTriton(torch.autograd.Function):
         raw = torch.empty(B, S, 4, NH, DH, **f32) if train else H  # H: a placeholder pointer, never written
         HK = torch.empty(B, 2, NH, DH, device=dev, dtype=dot_dt)  # h_t in the dot dtype, slot t % 2
         HK[:, 1] = h0  # "h_{-1}"
-        p = plan(B, NH, DH, dev, dot_dtype=dot_dt, **tune)
+        p = plan(B, NH, DH, dev, dot_dtype=dot_dt, inference=not train, **tune)
         grid = (NH * p["NJ"], p["NBP"])
         cnt = torch.zeros(NH * p["NBP"], device=dev, dtype=torch.int32)
         common = dict(DH=DH, EXP_FORGET=exp_forget, STORE_RAW=train, STORE_STATES=train, USE_BARRIER=p["barrier"],
