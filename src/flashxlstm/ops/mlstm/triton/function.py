@@ -6,9 +6,12 @@
 Forward (FORWARD["variant"]): by default chunk-parallel, two launches: the state entering every chunk
 written to memory (chunk_states.py), then every chunk's outputs in parallel (chunk_output.py). Packed
 documents (cu_seqlens) and segments keep the fused walk (forward.py: one program per sequence and DV
-block carrying the state in registers), as does FORWARD["variant"] = "walk". Backward: four launches
-(backward.py) plus the gate epilogue (gates.py). Gradients flow to q, k, v, i, f and to all three parts of the initial state; the returned
-state carries gradients too. Inputs bf16, fp16 or fp32 (matrix products in that precision, fp32
+block carrying the state in registers), as does FORWARD["variant"] = "walk". Backward: the prep kernel
+(backward.py), then by default chunk-parallel (chunk_backward.py: the forward's chunk states recomputed,
+the backward state at every chunk end, then dv and dq, dk for every chunk in parallel); packed documents,
+segments and BACKWARD["variant"] = "walk" take the walks (backward.py: dkv backwards, dq forwards); then
+the gate epilogue (gates.py). Gradients flow to q, k, v, i, f and to all three parts of the initial
+state; the returned state carries gradients too. Inputs bf16, fp16 or fp32 (matrix products in that precision, fp32
 accumulation; fp32 inputs use 3xTF32 products), gates, stabilizers and states fp32. float64 inputs
 go to the torch chunkwise form. The chunk-parallel forward uses chunks of chunk_size rounded up to a
 power of two (16 to 128) steps, the walks min(that, 32); results do not depend on the chunk size
@@ -22,8 +25,9 @@ initial-state gradients through the scan. Packed documents (cu_seqlens) are neve
 torch.compile does not trace into the op: it graph-breaks around it (torch.compiler.disable) and the
 autograd Function runs as is, so compiled models keep these kernels and their gradients.
 
-Launch settings live in `_fwd_config` / `_bwd_config`; `FWD_CONFIG` / `BWD_CONFIG` (keyed by the padded
-head dim) override them, which is how benchmarks/mlstm_kernels.py --sweep compares variants.
+Launch settings live in `_cp_config` (chunk-parallel passes) and `_fwd_config` / `_bwd_config` (walks);
+`CP_CONFIG` / `FWD_CONFIG` / `BWD_CONFIG` (keyed by the padded head dim) override them, which is how
+benchmarks/mlstm_kernels.py --cp-sweep / --sweep compare variants.
 """
 from __future__ import annotations
 
@@ -58,8 +62,11 @@ SEGMENT: dict = {"tokens": 0, "min_segments": 2}
 # H200, bf16 (benchmarks/results/mlstm_kernels_chunkparallel.md): chunk-parallel fw 3.90 ms vs walk 10.3 ms at
 # the 7B heads (B 8, T 8192), 2.66 vs 6.59 ms at (8, 16, 8192, 128, 256).
 FORWARD: dict = {"variant": "chunkparallel"}
-# Which backward runs where the chunk-parallel forward may: "chunkparallel" (chunk_backward.py) or "walk".
-BACKWARD: dict = {"variant": "walk"}
+# Which backward runs where the chunk-parallel forward may: "chunkparallel" (chunk_backward.py) or "walk"
+# (backward.py). H200, bf16, fw+bw (mlstm_kernels_chunkparallel.md): 16.7 vs 41.7 ms at the 7B heads, 12.4 vs
+# 28.3 ms at (8, 16, 8192, 128, 256), but peak activation 7.15 vs 3.91 GB (bf16 chunk states and backward
+# states, B * NH * S/64 * DQK * DV each): "walk" is the low-memory choice.
+BACKWARD: dict = {"variant": "chunkparallel"}
 # Launch settings of the chunk-parallel forward and backward, keyed by the padded head dim; overrides for the benchmark.
 CP_CONFIG: dict = {}
 
