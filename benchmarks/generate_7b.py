@@ -310,8 +310,6 @@ def main() -> int:
                 r["top1"] = f"{(ref.argmax(-1) == lu.argmax(-1)).float().mean().item():.3f}"
 
                 def graph_rate(runner):
-                    nonlocal tok
-
                     def graph_steps():
                         nonlocal tok
                         for _ in range(n):

@@ -6,7 +6,6 @@ the largest differences; the test file holds the tolerances.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import torch
