@@ -286,7 +286,7 @@ def ceilings():
     b = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
     ms = bench(lambda: a @ b)
     tf = 2 * 8192**3 / ms / 1e9
-    del x, y, a, b
+    x = y = a = b = None  # free before the timings (not del: the lambdas above name them)
     torch.cuda.empty_cache()
     say(f"ceilings: copy {bw:.2f} TB/s (read+write), bf16 matmul {tf:.0f} TFLOP/s")
     return bw, tf
@@ -365,7 +365,7 @@ def cp_sweep(shapes, deadline):
                     Cs, ns, mss = tfn.chunk_states(k, v, i, f, *zs, Cf, nf, mf, cfg, "exp")
                     ms2 = bench(lambda: tfn.chunk_outputs(q, k, v, i, f, Cs, ns, mss, h, hlo, mstat, dstat, cfg, 1e-6,
                                                           "exp", False), rep=50)
-                    del Cs, ns, mss
+                    Cs = ns = mss = None  # free the chunk states (not del: the lambda names them)
                 say(f"cp sweep fw {shape} {over}: {ms:.3f} ms (states {ms1:.3f} + outputs {ms2:.3f}) "
                     f"rel diff to walk {e:.1e} {'OK' if e <= 2e-2 else 'WRONG'}")
                 CHOSEN[f"cp {shape} {over}"] = (round(ms, 3), round(ms1, 3), round(ms2, 3), e)
