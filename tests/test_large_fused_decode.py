@@ -11,15 +11,11 @@ alone (odd sizes, bias, SiLU x z prologue) and generation on static buffers.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import require_triton
+from conftest import require_triton, run_interpreter_cases
 
 require_triton()
 
@@ -30,13 +26,7 @@ BF16 = 3e-2  # a last-bit flip at each of the (up to four) roundings to bf16, re
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run([sys.executable, str(HERE / "_large_fused_cases.py")], env=env, capture_output=True,
-                          text=True, timeout=300)
-    if proc.returncode != 0:
-        raise AssertionError(f"interpreter cases failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return {r["case"]: r for r in map(json.loads, (l for l in proc.stdout.splitlines() if l.startswith("{")))}
+    return run_interpreter_cases(HERE / "_large_fused_cases.py", timeout=300)
 
 
 @pytest.mark.parametrize("dtype, tol", [("float32", FP32), ("bfloat16", BF16)])

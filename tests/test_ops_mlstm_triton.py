@@ -14,15 +14,11 @@ cases the fused walks (forward.py, backward.py) on them instead.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import require_triton
+from conftest import require_triton, run_interpreter_cases
 
 require_triton()
 
@@ -32,18 +28,7 @@ TOL_FP32 = 2e-4  # fp32 kernels vs float64; the stabilizer is held fixed in the 
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run([sys.executable, str(HERE / "_mlstm_triton_cases.py")], env=env, capture_output=True,
-                          text=True, timeout=600)
-    if proc.returncode != 0:
-        raise AssertionError(f"interpreter cases failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    out = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            row = json.loads(line)
-            out[row["case"]] = row
-    return out
+    return run_interpreter_cases(HERE / "_mlstm_triton_cases.py", timeout=600)
 
 
 CASES = ["s1", "odd_dims", "tail", "sigmoid_init", "empty_init", "masked_extreme", "varlen", "varlen_sigmoid",

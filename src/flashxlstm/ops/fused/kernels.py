@@ -31,6 +31,22 @@ def add_rms_norm_kernel(x, y, w, b, s_out, n_out, D, sx, sy, eps,
 
 
 @triton.jit
+def norm_gate_row(x, mask, DH, w, b, og, eps, dt: tl.constexpr, BH: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """sigmoid(og) * LayerNorm(x) * w (+ b) for one head's row x (BH float32 lanes, those outside `mask`
+    ignored), w and b pointers to the head's DH weights; rounded to dt where the torch modules round."""
+    j = tl.arange(0, BH)
+    mean = tl.sum(tl.where(mask, x, 0.0), 0) / DH
+    xc = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(xc * xc, 0) / DH
+    y = (xc / tl.sqrt(var + eps)).to(dt)
+    y = (y.to(tl.float32) * tl.load(w + j, mask=mask, other=0.0).to(tl.float32)).to(dt)
+    if HAS_BIAS:
+        y = (y.to(tl.float32) + tl.load(b + j, mask=mask, other=0.0).to(tl.float32)).to(dt)
+    g = (1.0 / (1.0 + tl.exp(-og))).to(dt)
+    return (g.to(tl.float32) * y.to(tl.float32)).to(dt)
+
+
+@triton.jit
 def head_norm_gate_kernel(h, o, w, b, out, NH, DH, so, eps, BH: tl.constexpr, HAS_BIAS: tl.constexpr):
     p = tl.program_id(0).to(tl.int64)  # row * NH + head
     row = p // NH
@@ -38,17 +54,9 @@ def head_norm_gate_kernel(h, o, w, b, out, NH, DH, so, eps, BH: tl.constexpr, HA
     j = tl.arange(0, BH)
     mask = j < DH
     x = tl.load(h + p * DH + j, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, 0) / DH
-    xc = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(xc * xc, 0) / DH
-    dt = out.dtype.element_ty
-    y = (xc / tl.sqrt(var + eps)).to(dt)
-    y = (y.to(tl.float32) * tl.load(w + hd * DH + j, mask=mask, other=0.0).to(tl.float32)).to(dt)
-    if HAS_BIAS:
-        y = (y.to(tl.float32) + tl.load(b + hd * DH + j, mask=mask, other=0.0).to(tl.float32)).to(dt)
     og = tl.load(o + row * so + hd * DH + j, mask=mask, other=0.0).to(tl.float32)
-    g = (1.0 / (1.0 + tl.exp(-og))).to(dt)
-    tl.store(out + row * NH * DH + hd * DH + j, (g.to(tl.float32) * y.to(tl.float32)).to(dt), mask=mask)
+    y = norm_gate_row(x, mask, DH, w + hd * DH, b + hd * DH, og, eps, out.dtype.element_ty, BH, HAS_BIAS)
+    tl.store(out + row * NH * DH + hd * DH + j, y, mask=mask)
 
 
 @triton.jit

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..mlstm.triton.common import next_pow2
 from ..mlstm.triton.step import _overlaps, gate_values, soft_capped, step_block
-from .kernels import head_norm_gate_triton
+from .kernels import head_norm_gate_triton, norm_gate_row
 
 Layout = tuple  # (BV, BKT, num_warps, whole)
 LAYOUT_OVERRIDE: Layout | None = None
@@ -69,18 +69,10 @@ def mlstm_layer_step_kernel(
     mv = ov < DV
     dt = h.dtype.element_ty
     hv = hb.to(dt)  # h is rounded to the activation dtype before the norm, as in the unfused layer
-    if WHOLE:
-        xf = tl.where(mv, hv.to(tl.float32), 0.0)
-        mean = tl.sum(xf, 0) / DV
-        xc = tl.where(mv, xf - mean, 0.0)
-        var = tl.sum(xc * xc, 0) / DV
-        yv = (xc / tl.sqrt(var + norm_eps)).to(dt)
-        yv = (yv.to(tl.float32) * tl.load(nw + hd * DV + ov, mask=mv, other=0.0).to(tl.float32)).to(dt)
-        if HAS_NB:
-            yv = (yv.to(tl.float32) + tl.load(nb + hd * DV + ov, mask=mv, other=0.0).to(tl.float32)).to(dt)
+    if WHOLE:  # one program holds the whole head (vb == 0, BV >= DV): norm and gate in registers
         og = tl.load(o + b * sob + hd * DV + ov, mask=mv, other=0.0).to(tl.float32)
-        g = (1.0 / (1.0 + tl.exp(-og))).to(dt)
-        tl.store(y + p * DV + ov, (g.to(tl.float32) * yv.to(tl.float32)).to(dt), mask=mv)
+        yv = norm_gate_row(hv.to(tl.float32), mv, DV, nw + hd * DV, nb + hd * DV, og, norm_eps, dt, BV, HAS_NB)
+        tl.store(y + p * DV + ov, yv, mask=mv)
     else:
         tl.store(h + p * DV + ov, hv, mask=mv)
     if vb == 0:
