@@ -6,7 +6,6 @@ relative errors; the tests below assert on them. Tiny shapes: the interpreter is
 """
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -47,7 +46,6 @@ def _child() -> None:
     from flashxlstm.ops.slstm import triton as tri
     from flashxlstm.ops.slstm.triton import slstm_triton
 
-    results = {}
     for name, (B, S, NH, DH, block_j, fg, with_state, kind, _) in CASES.items():
         gen = torch.Generator().manual_seed(len(name))
         dtype = torch.float16 if kind.startswith("float16") else torch.float32
@@ -79,26 +77,22 @@ def _child() -> None:
             h_inf, st_inf = slstm_triton(x, R, b, tuple(t.float() for t in state) or zero(), forget_gate=fg,
                                          block_j=block_j)
         p = tri.plan(B, NH, DH, torch.device("cpu"), block_j, dot_dtype=dtype)
-        results[name] = {
+        print(json.dumps({
+            "case": name,
             "plan": {k: p[k] for k in ("R_RESIDENT", "KR1", "REG", "NJ")},
             "inference": [rel(a, c) for a, c in zip([h_inf, *st_inf], out_ref)],
             "outputs": [rel(a, c) for a, c in zip(out, out_ref)],
             "grads": [rel(a, c) for a, c in zip(grads, grads_ref)],
             "finite": bool(all(torch.isfinite(t).all() for t in (*out, *grads))),
-        }
-    print("RESULTS" + json.dumps(results))
+        }), flush=True)
 
 
 @pytest.fixture(scope="module")
 def interpreted():
-    from conftest import require_triton
+    from conftest import require_triton, run_interpreter_cases
 
     require_triton()
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULTS"))
-    return json.loads(line[len("RESULTS"):])
+    return run_interpreter_cases(Path(__file__), timeout=600)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
