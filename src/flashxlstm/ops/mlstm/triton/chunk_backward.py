@@ -16,6 +16,19 @@ w_t = exp(b_t + m_in - m_t), u_s = exp(g - b_s + li_s - m_out)):
       and k_s . dk_s (the log input gate's gradient) from fp32 products, added over DQK blocks.
   C_c, n_c (stabilized by their own m_c, and w'_t = exp(b_t + m_c - m_t)) are the forward's chunk states,
   recomputed by chunk_states.py. Every factor is at most 1.
+
+The log forget gradient. With W_ts = D_ts (q^_t . k_s) P_ts the pair terms (s <= t, the initial state
+counting as a step before the first and the returned final state as one after the last), the gradient of
+log f_r is the sum of W_ts over the pairs that straddle r, s < r <= t. Summing per-step terms
+(q_t . dq_t - k_t . dk_t) backwards from the end gives the same number, but as the difference of long
+sums that nearly cancel (the normalizer makes every row of W sum to about zero), so bf16 rounding of
+each term is amplified ~sqrt(S)-fold. Pass 3 instead adds, for every r of chunk c, the four kinds of
+straddling pairs directly, in fp32:
+      pairs across the whole chunk:   exp(g + m_c - m_out) (<G_out, C_c> + <gn_out, n_c>)
+      s before the chunk, t >= r:     sum_{t >= r} q^_t . dq^_t (through C_c, n_c)
+      s < r, t after the chunk:       sum_{s < r} k_s . dk_s (through G_out, gn_out)
+      both inside the chunk:          sum_{j >= r} (sum_s W_js - sum_t W_tj)
+so no sum runs beyond one chunk; only the final stabilizer's routing is added in gates.py.
 """
 from __future__ import annotations
 
@@ -134,7 +147,7 @@ def mlstm_chunk_bwd_dv_kernel(
 
 @triton.jit
 def mlstm_chunk_bwd_dqk_kernel(
-    q, k, v, ig, fg, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli32,
+    q, k, v, ig, fg, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli32, dlf32,
     S, NT, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     EXP_GATE: tl.constexpr, PREC: tl.constexpr,
@@ -154,6 +167,7 @@ def mlstm_chunk_bwd_dqk_kernel(
     P = tl.zeros([L, L], dtype=tl.float32)    # P[t, s] = dnum_t . v_s
     dqi = tl.zeros([L, BK], dtype=tl.float32)  # dnum C_c^T
     dki = tl.zeros([L, BK], dtype=tl.float32)  # v G_out^T
+    GC = tl.zeros([BV, BK], dtype=tl.float32)  # G_out * C_c elementwise, summed over DV blocks
     for v0 in range(0, DV, BV):
         pdh = tl.make_block_ptr(dh + row0 * DV, (S, DV), (DV, 1), (c * L, v0), (L, BV), (1, 0))
         pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (c * L, v0), (L, BV), (1, 0))
@@ -169,6 +183,7 @@ def mlstm_chunk_bwd_dqk_kernel(
         P += tl.dot(dnum, bvt, input_precision=PREC)
         dqi += tl.dot(dnum, bCt.to(bdh.dtype), input_precision=PREC)
         dki += tl.dot(bv, bGt.to(bv.dtype), input_precision=PREC)
+        GC += bGt.to(tl.float32) * bCt.to(tl.float32)
 
     pq = tl.make_block_ptr(q + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
     pk = tl.make_block_ptr(k + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
@@ -186,12 +201,14 @@ def mlstm_chunk_bwd_dqk_kernel(
     D = tl.exp(tl.where(ol[:, None] >= ol[None, :], b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
     P += dd[:, None]
     DP = D * P
-    A = tl.dot(bq, bkt, input_precision=PREC) * scale * D  # this DQK block's share of the scores
+    W = tl.dot(bq, bkt, input_precision=PREC) * scale * D * P  # this DQK block's share of the pair terms W_ts
     u = tl.exp(g - b + li - mos)
     gn = tl.load(gns + st * DQK + ok, mask=mk, other=0.0)
-    # k_s . dk_s for the log input gate, from fp32 products (summed over DQK blocks)
-    dli_part = tl.sum(A * P, 0) + u * tl.sum(bk.to(tl.float32) * (dki + gn[None, :]), 1)
-    tl.atomic_add(dli32 + row0 + t, dli_part, mask=mt)
+    # k_s . dk_s (the log input gate's gradient) from fp32 products, in two parts: pairs inside the chunk
+    # and pairs whose t lies after it (through G_out)
+    colsum = tl.sum(W, 0)
+    k_out = u * tl.sum(bk.to(tl.float32) * (dki + gn[None, :]), 1)
+    tl.atomic_add(dli32 + row0 + t, colsum + k_out, mask=mt)
 
     DPc = DP.to(bq.dtype)
     bdk = tl.dot(tl.trans(DPc), bq, input_precision=PREC) * scale + (dki + gn[None, :]) * u[:, None]
@@ -201,6 +218,16 @@ def mlstm_chunk_bwd_dqk_kernel(
     mc = tl.load(ms + st)
     nc = tl.load(ns + st * DQK + ok, mask=mk, other=0.0)
     w = tl.exp(b + mc - mrs)
-    bdq = (tl.dot(DPc, bk, input_precision=PREC) + (dqi + dd[:, None] * nc[None, :]) * w[:, None]) * scale
+    dq_in = dqi + dd[:, None] * nc[None, :]  # pairs whose s lies before the chunk (through C_c, n_c)
+    bdq = (tl.dot(DPc, bk, input_precision=PREC) + dq_in * w[:, None]) * scale
     pdq = tl.make_block_ptr(dq + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
     tl.store(pdq, bdq.to(dq.dtype.element_ty), boundary_check=(0, 1))
+
+    # the log forget gradient straight from the pairs s < r <= t that straddle each step r of the chunk
+    # (see the module docstring): no long sums of nearly cancelling per-step terms
+    q_in = tl.sum(bq.to(tl.float32) * dq_in, 1) * w * scale
+    across = tl.exp(g + mc - mos) * (tl.sum(tl.sum(GC, 1), 0) + tl.sum(gn * nc, 0))
+    x = q_in + tl.sum(W, 1) - colsum
+    after = tl.sum(x, 0) - tl.cumsum(x, 0) + x      # sum over j >= r
+    before = tl.cumsum(k_out, 0) - k_out             # sum over j < r
+    tl.atomic_add(dlf32 + row0 + t, across + after + before, mask=mt)

@@ -228,12 +228,13 @@ class MLSTMTritonFn(torch.autograd.Function):
                                              input_gate)
         else:
             grads = _walk_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, sp, cfg, input_gate)
-        dq, dk, dv, dC0, dn0, dli, dF = grads
+        dq, dk, dv, dC0, dn0, dli, forget = grads
 
         S = sp.S
         packed = lambda t: t.transpose(0, 1).reshape(NH, -1)  # (B, NH, S) -> (NH, B*S)
-        di, df, dm0_routed = gate_grads(packed(i), packed(f), sp.to_docs(m0), packed(dF), packed(dli),
-                                        sp.to_docs(dfinal), sp.to_docs(dmf), sp.doc_offsets(dev), input_gate)
+        di, df, dm0_routed = gate_grads(packed(i), packed(f), sp.to_docs(m0), packed(dli), sp.to_docs(dfinal),
+                                        sp.to_docs(dmf), sp.doc_offsets(dev), input_gate,
+                                        **{k: packed(t) for k, t in forget.items()})
         unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
         dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + sp.from_docs(dm0_routed).float()
         return dq, dk, dv, unpack(di), unpack(df), dC0, dn0, dm0, None, None, None, None, None
@@ -264,7 +265,7 @@ def _walk_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf
     mlstm_bwd_finalize_kernel[(triton_cdiv(R, BR),)](dk32, dq32, dk, dq, dfo, dli, dF, R, DQK=DQK, BR=BR,
                                                     BK=BK, num_warps=4)
     del dk32, dq32
-    return dq, dk, dv, dC0, dn0, dli, dF
+    return dq, dk, dv, dC0, dn0, dli, {"dF": dF}
 
 
 def _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, chunk, input_gate):
@@ -294,10 +295,11 @@ def _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh
         q, k, i, f, m0, mstat, rz, dh, Gs, dv, S, NT, scale, BK=cfg["BK_o"], BV=cfg["BV_o"],
         num_warps=cfg["warps_o"], num_stages=cfg["stages_o"], **common)
     dli = torch.zeros(q.shape[:3], dtype=torch.float32, device=dev)
+    dlogf = torch.zeros_like(dli)
     mlstm_chunk_bwd_dqk_kernel[(triton_cdiv(DQK, cfg["BK_b"]), NT, BH)](
-        q, k, v, i, f, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli, S, NT, scale,
+        q, k, v, i, f, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli, dlogf, S, NT, scale,
         BK=cfg["BK_b"], BV=cfg["BV_b"], num_warps=cfg["warps_b"], num_stages=cfg["stages_b"], **common)
-    return dq, dk, dv, dC0, dn0, dli, dfo - dli
+    return dq, dk, dv, dC0, dn0, dli, {"dlogf": dlogf}
 
 
 def _chunk_parallel_forward(q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, chunk, eps,
