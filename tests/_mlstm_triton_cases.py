@@ -27,11 +27,12 @@ def emit(case, errors, tol, nan=False, **extra):
 
 def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, chunk=16, dtype=torch.float32,
                   gate_range=None, masked=(), tol=2e-4, seed=0, seg=0, forward="chunkparallel",
-                  backward=None):
+                  backward=None, window=None):
     """seg > 0: sequence parallelism with segments of `seg` steps (checked to be taken).
 
     forward / backward: the variants for sequences without cu_seqlens or segments ("chunkparallel" or
-    "walk"; backward None: the library default).
+    "walk"; backward None: the library default). window: the chunk-parallel backward's time window in
+    steps (None: the library default).
     """
     from flashxlstm.ops.mlstm.triton import function as tfn
     saved = dict(tfn.SEGMENT)
@@ -39,6 +40,8 @@ def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, ch
     tfn.FORWARD["variant"] = forward
     if backward is not None:
         tfn.BACKWARD["variant"] = backward
+    if window is not None:
+        tfn.BACKWARD["window_steps"] = window
     if seg:
         tfn.SEGMENT.update(tokens=seg, min_segments=2)
         assert tfn.segment_length(torch.empty(B, NH, S, DQK), None) == seg, "segments not taken"
@@ -169,6 +172,11 @@ def main():
                   masked=((0, 5), (30, 40)), chunk=32, tol=5e-4, backward="chunkparallel")
     sequence_case("cpb_s1", 2, 1, 1, 16, 16, init="random", backward="chunkparallel")
     sequence_case("cpb_fp16", 1, 1, 24, 16, 16, dtype=torch.float16, tol=1e-2, backward="chunkparallel")
+    # time windows in the chunk-parallel backward: 10 chunks of 16 in windows of 3 (the last one holds 1),
+    # restarted from the forward's fp32 entry states; with masked steps and extreme gates across windows
+    sequence_case("cpb_windows", 2, 1, 150, 24, 40, chunk=16, init="random", window=48)
+    sequence_case("cpb_windows_extreme", 1, 2, 100, 16, 24, gate="sigmoid", init="empty", gate_range=30.0,
+                  masked=((0, 5), (30, 70)), chunk=16, tol=5e-4, window=32)
     # the fused walks (forward and backward), still used for packed documents and segments, on their own
     sequence_case("walk_odd_dims", 1, 2, 21, 24, 40, chunk=16, init="random", forward="walk", backward="walk")
     sequence_case("walk_masked_extreme", 1, 2, 45, 16, 16, init="empty", gate_range=30.0,

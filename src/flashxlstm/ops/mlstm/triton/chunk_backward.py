@@ -5,9 +5,14 @@ kernel; b cumulative log forget inside the chunk, g its total, li log input gate
 stabilizers entering / leaving the chunk, read from the per-step m_t; D_ts = exp(b_t - b_s + li_s - m_t),
 w_t = exp(b_t + m_in - m_t), u_s = exp(g - b_s + li_s - m_out)):
 
+All three passes work on a window of NT chunks c_first, c_first + 1, ... (the whole sequence, or one
+of the time windows the launcher walks backwards to bound memory); the chunk and backward states of the
+window's chunks sit in slots j = c - c_first.
+
   pass 1 (`mlstm_chunk_bwd_states_kernel`, grid (DQK blocks, DV blocks, batch*head), walks backwards):
       stores G_out, gn_out of every chunk (the gradient of the stabilized state leaving it), then
-      G_in = exp(g + m_in - m_out) G_out + sum_t w_t q^_t dnum_t^T   (gn with dden_t), ending as dC0, dn0.
+      G_in = exp(g + m_in - m_out) G_out + sum_t w_t q^_t dnum_t^T   (gn with dden_t), starting from
+      (dCf, dnf), the gradient leaving the window, and ending as (dC0, dn0), the gradient entering it.
   pass 2 (`mlstm_chunk_bwd_dv_kernel`, grid (DV blocks, chunks, batch*head)):
       dv_s = sum_{t>=s} D_ts (q^_t . k_s) dnum_t + u_s G_out^T k_s
   pass 3 (`mlstm_chunk_bwd_dqk_kernel`, grid (DQK blocks, chunks, batch*head)), with P_ts = dnum_t . v_s + dden_t:
@@ -50,7 +55,7 @@ def _chunk_stabilizers(mstat, m0, bh, row0, c, S, L: tl.constexpr):
 @triton.jit
 def mlstm_chunk_bwd_states_kernel(
     q, ig, fg, m0, mstat, rz, dden, dh, dCf, dnf, Gs, gns, dC0, dn0,
-    S, NT, scale,
+    S, NT, c_first, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     EXP_GATE: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -67,9 +72,10 @@ def mlstm_chunk_bwd_states_kernel(
 
     G = tl.load(dCf + bh * DQK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0)
     gn = tl.load(dnf + bh * DQK + ok, mask=mk, other=0.0)
-    for cc in range(0, NT):
-        c = NT - 1 - cc
-        st = bh * NT + c
+    for jj in range(0, NT):
+        j = NT - 1 - jj
+        st = bh * NT + j
+        c = c_first + j
         tl.store(Gs + st * DQK * DV + ok[:, None] * DV + ov[None, :], G.to(Gs.dtype.element_ty), mask=mkv)
         if first_v:
             tl.store(gns + st * DQK + ok, gn, mask=mk)
@@ -102,15 +108,16 @@ def mlstm_chunk_bwd_states_kernel(
 @triton.jit
 def mlstm_chunk_bwd_dv_kernel(
     q, k, ig, fg, m0, mstat, rz, dh, Gs, dv,
-    S, NT, scale,
+    S, NT, c_first, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     EXP_GATE: tl.constexpr, PREC: tl.constexpr,
 ):
     vb = tl.program_id(0)
-    c = tl.program_id(1)
+    j = tl.program_id(1)
+    c = c_first + j
     bh = tl.program_id(2).to(tl.int64)
     row0 = bh * S
-    st = bh * NT + c
+    st = bh * NT + j
     ol = tl.arange(0, L)
     t = c * L + ol
     mt = t < S
@@ -148,15 +155,16 @@ def mlstm_chunk_bwd_dv_kernel(
 @triton.jit
 def mlstm_chunk_bwd_dqk_kernel(
     q, k, v, ig, fg, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli32, dlf32,
-    S, NT, scale,
+    S, NT, c_first, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     EXP_GATE: tl.constexpr, PREC: tl.constexpr,
 ):
     kb = tl.program_id(0)
-    c = tl.program_id(1)
+    j = tl.program_id(1)
+    c = c_first + j
     bh = tl.program_id(2).to(tl.int64)
     row0 = bh * S
-    st = bh * NT + c
+    st = bh * NT + j
     ol = tl.arange(0, L)
     t = c * L + ol
     mt = t < S

@@ -1,11 +1,15 @@
 """Chunk-parallel forward, pass 1: the state entering every chunk, written to memory.
 
-One program per (block of DQK rows, block of DV columns, batch*head) walks its sequence chunk by chunk
-(L steps each) and keeps its state block C[kb, vb] (BK x BV) in fp32 registers. Before each chunk it
-writes the stabilized state entering that chunk: C_c (in the input dtype, which is the precision the
-output pass multiplies it in anyway), n_c and m_c (fp32); after the last chunk it writes the final
-state in fp32. Per chunk (b = cumulative log forget inside the chunk, g = its total, li = log input
-gate, stabilizer m of the entering state):
+One program per (block of DQK rows, block of DV columns, batch*head) walks the NT chunks (L steps each)
+c_first, c_first + 1, ... of its sequence, starting from the state (C0, n0, m0) entering chunk c_first,
+and keeps its state block C[kb, vb] (BK x BV) in fp32 registers. Before each chunk it writes the
+stabilized state entering that chunk to slot j = c - c_first: C_c (in the input dtype, which is the
+precision the output pass multiplies it in anyway), n_c and m_c (fp32); after the last chunk it writes
+the final state in fp32. With EVERY > 0 it also writes the fp32 state entering every EVERY-th chunk
+walked (window w = j // EVERY of Ew, En, Em, laid out (windows, batch*head, ...)): the backward restarts
+its time windows from these, so the chunk states it recomputes equal the forward's to the bit.
+Per chunk (b = cumulative log forget inside the chunk, g = its total, li = log input gate, stabilizer m
+of the entering state):
 
     a_s = g - b_s + li_s;  m' = max(g + m, max_s a_s)
     C'  = exp(g + m - m') C + k^T diag(exp(a - m')) v        (one (BK x L) @ (L x BV) product)
@@ -25,10 +29,10 @@ from .common import finite_or_zero, load_gates
 
 @triton.jit
 def mlstm_chunk_states_kernel(
-    k, v, ig, fg, C0, n0, m0, Cs, ns, ms, Cf, nf, mf,
-    S, NT,
+    k, v, ig, fg, C0, n0, m0, Cs, ns, ms, Cf, nf, mf, Ew, En, Em,
+    S, NT, c_first,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    EXP_GATE: tl.constexpr, PREC: tl.constexpr,
+    EXP_GATE: tl.constexpr, PREC: tl.constexpr, EVERY: tl.constexpr,
 ):
     kb = tl.program_id(0)
     vb = tl.program_id(1)
@@ -46,14 +50,23 @@ def mlstm_chunk_states_kernel(
     n = tl.load(n0 + bh * DQK + ok, mask=mk, other=0.0).to(tl.float32)
     m = tl.load(m0 + bh).to(tl.float32)
 
-    for c in range(0, NT):
-        st = bh * NT + c
+    for j in range(0, NT):
+        st = bh * NT + j
         tl.store(Cs + st * DQK * DV + ok[:, None] * DV + ov[None, :], C.to(Cs.dtype.element_ty), mask=mkv)
         if first_v:
             tl.store(ns + st * DQK + ok, n, mask=mk)
             if kb == 0:
                 tl.store(ms + st, m)
-        t = c * L + ol
+        if EVERY > 0:
+            if j % EVERY == 0:
+                se = (j // EVERY) * tl.num_programs(2) + bh  # Ew is (windows, batch*head, DQK, DV)
+                tl.store(Ew + se * DQK * DV + ok[:, None] * DV + ov[None, :], C, mask=mkv)
+                if first_v:
+                    tl.store(En + se * DQK + ok, n, mask=mk)
+                    if kb == 0:
+                        tl.store(Em + se, m)
+        t0 = (c_first + j) * L
+        t = t0 + ol
         li, lf = load_gates(ig, fg, row0 + t, t < S, EXP_GATE)
         b = tl.cumsum(lf, 0)
         g = tl.sum(lf, 0)
@@ -62,8 +75,8 @@ def mlstm_chunk_states_kernel(
         mns = finite_or_zero(m_new)
         decay = tl.exp(g + m - mns)
         wk = tl.exp(a - mns)
-        pk = tl.make_block_ptr(k + row0 * DQK, (DQK, S), (1, DQK), (kb * BK, c * L), (BK, L), (0, 1))
-        pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
+        pk = tl.make_block_ptr(k + row0 * DQK, (DQK, S), (1, DQK), (kb * BK, t0), (BK, L), (0, 1))
+        pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (t0, vb * BV), (L, BV), (1, 0))
         bkt = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
         bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
         vw = (bv.to(tl.float32) * wk[:, None]).to(bv.dtype)

@@ -66,7 +66,9 @@ FORWARD: dict = {"variant": "chunkparallel"}
 # (backward.py). H200, bf16, fw+bw (mlstm_kernels_chunkparallel.md): 16.7 vs 41.7 ms at the 7B heads, 12.4 vs
 # 28.3 ms at (8, 16, 8192, 128, 256), but peak activation 7.15 vs 3.91 GB (bf16 chunk states and backward
 # states, B * NH * S/64 * DQK * DV each): "walk" is the low-memory choice.
-BACKWARD: dict = {"variant": "chunkparallel"}
+# window_steps: the chunk-parallel backward walks the sequence in time windows of this many steps (last
+# first) and holds the chunk and backward states of one window only (see _chunk_parallel_backward).
+BACKWARD: dict = {"variant": "chunkparallel", "window_steps": 2048}
 # Launch settings of the chunk-parallel forward and backward, keyed by the padded head dim; overrides for the benchmark.
 CP_CONFIG: dict = {}
 
@@ -177,9 +179,11 @@ class MLSTMTritonFn(torch.autograd.Function):
         Cf = torch.empty(sp.prefix + (DQK, DV), dtype=torch.float32, device=q.device)
         nf = torch.empty(sp.prefix + (DQK,), dtype=torch.float32, device=q.device)
         mf = torch.empty(sp.prefix, dtype=torch.float32, device=q.device)
+        entries = ()
         if FORWARD["variant"] == "chunkparallel" and not sp.varlen and not sp.segmented:
-            _chunk_parallel_forward(q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, chunk, eps,
-                                    input_gate, store_lo)
+            windowed = any(ctx.needs_input_grad[:8]) and BACKWARD["variant"] == "chunkparallel"
+            entries = _chunk_parallel_forward(q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, chunk,
+                                              eps, input_gate, store_lo, windowed)
         else:
             grid = (sp.N * sp.NH, triton_cdiv(DV, cfg["BV"]))
             mlstm_fwd_kernel[grid](
@@ -189,13 +193,13 @@ class MLSTMTritonFn(torch.autograd.Function):
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
             )
         Cf, nf, mf = sp.last(Cf), sp.last(nf), sp.last(mf)
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf)
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf, *entries)
         ctx.meta = (sp, chunk, eps, input_gate, store_lo)
         return h, Cf, nf, mf
 
     @staticmethod
     def backward(ctx, dh, dCf, dnf, dmf):
-        q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf = ctx.saved_tensors
+        q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf, *entries = ctx.saved_tensors
         sp, chunk, eps, input_gate, store_lo = ctx.meta
         NH = sp.NH
         DQK, DV = q.shape[-1], v.shape[-1]
@@ -224,8 +228,8 @@ class MLSTMTritonFn(torch.autograd.Function):
             HAS_LO=store_lo, num_warps=4)
 
         if BACKWARD["variant"] == "chunkparallel" and not sp.varlen and not sp.segmented:
-            grads = _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, chunk,
-                                             input_gate)
+            grads = _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dCf, dnf, chunk,
+                                             input_gate, entries)
         else:
             grads = _walk_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, sp, cfg, input_gate)
         dq, dk, dv, dC0, dn0, dli, forget = grads
@@ -268,10 +272,13 @@ def _walk_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf
     return dq, dk, dv, dC0, dn0, dli, {"dF": dF}
 
 
-def _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, chunk, input_gate):
-    """chunk_backward.py: G at every chunk end (one walk per state block), then dv and dq, dk per chunk.
-
-    The forward's chunk states are recomputed (chunk_states.py) rather than kept from the forward.
+def _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dCf, dnf, chunk, input_gate, entries):
+    """chunk_backward.py over time windows, last window first: in each, the forward's chunk states are
+    recomputed (chunk_states.py, from the fp32 state the forward saved at the window's start), the backward
+    state at every chunk end is walked backwards from the gradient leaving the window, then dv and dq, dk
+    run for all its chunks at once. The chunk and backward states of one window are all that is held:
+    2 * B * NH * (window chunks) * DQK * DV values in the input dtype. Without saved entries (a forward
+    that did not expect this backward) the whole sequence is one window.
     """
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
@@ -279,54 +286,91 @@ def _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh
     L, BH = cfg["L"], B * NH
     NT = triton_cdiv(S, L)
     dev = q.device
+    if entries:
+        Ew, En, Em = entries
+        W = triton_cdiv(NT, Ew.shape[0])
+    else:
+        Ew, En, Em, W = C0.reshape((1, BH) + C0.shape[2:]), n0.reshape(1, BH, DQK), m0.reshape(1, BH), NT
+    NW = Ew.shape[0]
+    Cs = torch.empty(BH * W * DQK * DV, dtype=q.dtype, device=dev)
+    Gs = torch.empty_like(Cs)
+    ns, gns = (torch.empty(BH * W * DQK, dtype=torch.float32, device=dev) for _ in range(2))
+    ms = torch.empty(BH * W, dtype=torch.float32, device=dev)
     spare = (torch.empty_like(C0), torch.empty_like(n0), torch.empty_like(m0))
-    Cs, ns, ms = chunk_states(k, v, i, f, C0, n0, m0, *spare, cfg, input_gate)
-    del spare
-    Gs = torch.empty((BH, NT, DQK, DV), dtype=q.dtype, device=dev)
-    gns = torch.empty((BH, NT, DQK), dtype=torch.float32, device=dev)
-    dC0, dn0 = torch.empty_like(C0), torch.empty_like(n0)
-    common = dict(DQK=DQK, DV=DV, L=L, EXP_GATE=input_gate == "exp", PREC=_precision(q.dtype))
-    scale = DQK**-0.5
-    mlstm_chunk_bwd_states_kernel[(triton_cdiv(DQK, cfg["BK_s"]), triton_cdiv(DV, cfg["BV_s"]), BH)](
-        q, i, f, m0, mstat, rz, dden, dh, dCf, dnf, Gs, gns, dC0, dn0, S, NT, scale, BK=cfg["BK_s"],
-        BV=cfg["BV_s"], num_warps=cfg["warps_s"], num_stages=cfg["stages_s"], **common)
+    # the gradient leaving the current window, and the one entering it (ping-pong)
+    G_out, gn_out = dCf.reshape(C0.shape), dnf.reshape(n0.shape)
+    G_in, gn_in = torch.empty_like(C0), torch.empty_like(n0)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    mlstm_chunk_bwd_dv_kernel[(triton_cdiv(DV, cfg["BV_o"]), NT, BH)](
-        q, k, i, f, m0, mstat, rz, dh, Gs, dv, S, NT, scale, BK=cfg["BK_o"], BV=cfg["BV_o"],
-        num_warps=cfg["warps_o"], num_stages=cfg["stages_o"], **common)
     dli = torch.zeros(q.shape[:3], dtype=torch.float32, device=dev)
     dlogf = torch.zeros_like(dli)
-    mlstm_chunk_bwd_dqk_kernel[(triton_cdiv(DQK, cfg["BK_b"]), NT, BH)](
-        q, k, v, i, f, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli, dlogf, S, NT, scale,
-        BK=cfg["BK_b"], BV=cfg["BV_b"], num_warps=cfg["warps_b"], num_stages=cfg["stages_b"], **common)
-    return dq, dk, dv, dC0, dn0, dli, {"dlogf": dlogf}
+    common = dict(DQK=DQK, DV=DV, L=L, EXP_GATE=input_gate == "exp", PREC=_precision(q.dtype))
+    scale = DQK**-0.5
+    for w in reversed(range(NW)):
+        c_first = w * W
+        nt = min(W, NT - c_first)
+        cs, ns_w, ms_w = Cs[: BH * nt * DQK * DV], ns[: BH * nt * DQK], ms[: BH * nt]
+        gs, gns_w = Gs[: BH * nt * DQK * DV], gns[: BH * nt * DQK]
+        chunk_states(k, v, i, f, Ew[w], En[w], Em[w], *spare, cfg, input_gate, out=(cs, ns_w, ms_w),
+                     c_first=c_first, n_chunks=nt)
+        mlstm_chunk_bwd_states_kernel[(triton_cdiv(DQK, cfg["BK_s"]), triton_cdiv(DV, cfg["BV_s"]), BH)](
+            q, i, f, m0, mstat, rz, dden, dh, G_out, gn_out, gs, gns_w, G_in, gn_in, S, nt, c_first, scale,
+            BK=cfg["BK_s"], BV=cfg["BV_s"], num_warps=cfg["warps_s"], num_stages=cfg["stages_s"], **common)
+        mlstm_chunk_bwd_dv_kernel[(triton_cdiv(DV, cfg["BV_o"]), nt, BH)](
+            q, k, i, f, m0, mstat, rz, dh, gs, dv, S, nt, c_first, scale, BK=cfg["BK_o"], BV=cfg["BV_o"],
+            num_warps=cfg["warps_o"], num_stages=cfg["stages_o"], **common)
+        mlstm_chunk_bwd_dqk_kernel[(triton_cdiv(DQK, cfg["BK_b"]), nt, BH)](
+            q, k, v, i, f, m0, mstat, rz, dden, dh, cs, ns_w, ms_w, gs, gns_w, dq, dk, dli, dlogf, S, nt, c_first,
+            scale, BK=cfg["BK_b"], BV=cfg["BV_b"], num_warps=cfg["warps_b"], num_stages=cfg["stages_b"], **common)
+        if w == NW - 1:  # the caller's dCf, dnf are read-only: from here on ping-pong between own buffers
+            G_out, gn_out = torch.empty_like(C0), torch.empty_like(n0)
+        G_out, G_in, gn_out, gn_in = G_in, G_out, gn_in, gn_out
+    return dq, dk, dv, G_out, gn_out, dli, {"dlogf": dlogf}
 
 
 def _chunk_parallel_forward(q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, chunk, eps,
-                            input_gate, store_lo):
+                            input_gate, store_lo, windowed):
     """Pass 1 writes the state entering every chunk, pass 2 computes all chunks' outputs in parallel.
 
-    The chunk states live only during the forward (the backward recomputes from m_t and den_t):
-    B * NH * ceil(S / L) * DQK * DV values in the input dtype, plus fp32 n and m.
+    The chunk states live only during the forward: B * NH * ceil(S / L) * DQK * DV values in the input
+    dtype, plus fp32 n and m. With `windowed` (the chunk-parallel backward will run) and a sequence longer
+    than one backward window (BACKWARD["window_steps"]), pass 1 also writes the fp32 state entering every
+    window, which is returned (Ew, En, Em) for the backward to restart from; otherwise () is returned.
     """
     cfg = _cp_config(next_pow2(q.shape[-1]), v.shape[-1], chunk)
-    Cs, ns, ms = chunk_states(k, v, i, f, C0, n0, m0, Cf, nf, mf, cfg, input_gate)
+    L = cfg["L"]
+    NT = triton_cdiv(q.shape[2], L)
+    W = max(1, int(BACKWARD["window_steps"]) // L)
+    entries = ()
+    if windowed and NT > W:
+        NW, BH = triton_cdiv(NT, W), q.shape[0] * q.shape[1]
+        entries = (torch.empty((NW, BH) + C0.shape[2:], dtype=torch.float32, device=q.device),
+                   torch.empty((NW, BH) + n0.shape[2:], dtype=torch.float32, device=q.device),
+                   torch.empty((NW, BH), dtype=torch.float32, device=q.device))
+    Cs, ns, ms = chunk_states(k, v, i, f, C0, n0, m0, Cf, nf, mf, cfg, input_gate, entries=entries,
+                              every=W if entries else 0)
     chunk_outputs(q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, cfg, eps, input_gate, store_lo)
+    return entries
 
 
-def chunk_states(k, v, i, f, C0, n0, m0, Cf, nf, mf, cfg, input_gate):
-    """Launch pass 1 (chunk_states.py): returns the states entering each chunk (BH, NT, ...)."""
+def chunk_states(k, v, i, f, C0, n0, m0, Cf, nf, mf, cfg, input_gate, *, out=None, c_first=0, n_chunks=None,
+                 entries=(), every=0):
+    """Launch pass 1 (chunk_states.py) over n_chunks chunks from c_first (default: all) and return the
+    states entering each (BH, n_chunks, ...), in `out` (flat buffers) when given. With every > 0, also
+    write the fp32 state entering every every-th chunk into `entries` (Ew, En, Em)."""
     B, NH, S, DQK = k.shape
     DV = v.shape[-1]
     L, BH = cfg["L"], B * NH
-    NT = triton_cdiv(S, L)
-    Cs = torch.empty((BH, NT, DQK, DV), dtype=k.dtype, device=k.device)
-    ns = torch.empty((BH, NT, DQK), dtype=torch.float32, device=k.device)
-    ms = torch.empty((BH, NT), dtype=torch.float32, device=k.device)
+    NT = triton_cdiv(S, L) - c_first if n_chunks is None else n_chunks
+    if out is None:
+        out = (torch.empty(BH * NT * DQK * DV, dtype=k.dtype, device=k.device),
+               torch.empty(BH * NT * DQK, dtype=torch.float32, device=k.device),
+               torch.empty(BH * NT, dtype=torch.float32, device=k.device))
+    Cs, ns, ms = out[0].view(BH, NT, DQK, DV), out[1].view(BH, NT, DQK), out[2].view(BH, NT)
+    Ew, En, Em = entries if every else (Cf, nf, mf)  # unused without every
     mlstm_chunk_states_kernel[(triton_cdiv(DQK, cfg["BK_s"]), triton_cdiv(DV, cfg["BV_s"]), BH)](
-        k, v, i, f, C0, n0, m0, Cs, ns, ms, Cf, nf, mf, S, NT, DQK=DQK, DV=DV, L=L, BK=cfg["BK_s"],
-        BV=cfg["BV_s"], EXP_GATE=input_gate == "exp", PREC=_precision(k.dtype), num_warps=cfg["warps_s"],
-        num_stages=cfg["stages_s"])
+        k, v, i, f, C0, n0, m0, Cs, ns, ms, Cf, nf, mf, Ew, En, Em, S, NT, c_first, DQK=DQK, DV=DV, L=L,
+        BK=cfg["BK_s"], BV=cfg["BV_s"], EXP_GATE=input_gate == "exp", PREC=_precision(k.dtype), EVERY=every,
+        num_warps=cfg["warps_s"], num_stages=cfg["stages_s"])
     return Cs, ns, ms
 
 
