@@ -12,7 +12,8 @@ forward+backward of ours, TFLA xl_chunk and limit_chunk (mlstm_kernels 2.0.6), F
 activation memory of forward+backward; the decode step at batch 1/16/64 with the 7B heads against
 TFLA's step. Ours is timed with both forward variants (chunk-parallel and the walk; the backward is
 the same), with the library's segment setting (or --segments).
-`--cp-sweep` times launch variants of the chunk-parallel forward (whole, and each pass alone). `--forward`
+`--profile` prints the GPU time per kernel of one forward+backward of ours. `--cp-sweep` times launch
+variants of the chunk-parallel forward (whole, and each pass alone). `--forward`
 picks our forward variant for the checks; both variants are timed.
 `--sweep` also times launch-setting variants and segment lengths of our kernels (after the table,
 reported only). `--budget-s` skips what would start after that many seconds (partial reports are
@@ -326,6 +327,31 @@ def restore_defaults():
     tfn.FORWARD["variant"], tfn.BACKWARD["variant"] = DEFAULTS["forward"], DEFAULTS["backward"]
 
 
+# ---------------------------------------------------------------- where the time goes
+def profile_ours(shape, top=14):
+    """One forward+backward of ours (library defaults) under torch.profiler: GPU time per kernel name,
+    the kernels that take the most first (Triton kernels by their function name, torch ops by theirs)."""
+    from torch.profiler import ProfilerActivity, profile
+    ins = [t.requires_grad_(True) for t in inputs(*shape)]
+    go = fwbw_runner(ours_with(DEFAULTS["tokens"]), ins)
+    for _ in range(3):
+        go()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        go()
+        torch.cuda.synchronize()
+    restore_defaults()
+    gpu = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+    evs = sorted(prof.key_averages(), key=gpu, reverse=True)
+    total = sum(gpu(e) for e in evs) / 1e3
+    say(f"profile fwbw {shape}: {total:.3f} ms of GPU time in kernels")
+    for e in evs[:top]:
+        say(f"  {gpu(e) / 1e3:8.3f} ms  x{e.count:<4d} {e.key[:90]}")
+        CHOSEN[f"profile {shape} {e.key[:60]}"] = (round(gpu(e) / 1e3, 3), e.count)
+    del ins, go
+    torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------- chunk-parallel forward: variants and passes
 # call 1 (2 stages then) also timed 8 warps, BV 128, L 128 and 1 or 3 stages: 3 stages won
 _CP_VARIANTS = [dict(), dict(stages_s=4, stages_o=4), dict(BV_o=128, warps_o=8), dict(BK_s=128, BV_s=32)]
@@ -534,6 +560,8 @@ def main():
     ap.add_argument("--check-segments", action="store_true", help="also check segments against one walk")
     ap.add_argument("--no-limit", action="store_true", help="skip TFLA limit_chunk rows")
     ap.add_argument("--shapes", default=None, help="indices into the shape list to time, e.g. 0,1")
+    ap.add_argument("--profile", action="store_true",
+                    help="before the table, GPU time per kernel of one forward+backward of ours per shape")
     args = ap.parse_args()
     if args.segments is not None:
         tfn.SEGMENT["tokens"] = args.segments
@@ -569,6 +597,9 @@ def main():
         if not ok:
             say("timings are still taken below, but the kernel is NOT correct")
     bw, tf = ceilings()
+    if args.profile:
+        for shape in shapes:
+            profile_ours(shape)
     from mlstm_kernels.torch import get_mlstm_kernel
     xl = get_mlstm_kernel("chunkwise--triton_xl_chunk")
     limit = get_mlstm_kernel("chunkwise--triton_limit_chunk")

@@ -175,7 +175,7 @@ def mlstm_chunk_bwd_dqk_kernel(
     P = tl.zeros([L, L], dtype=tl.float32)    # P[t, s] = dnum_t . v_s
     dqi = tl.zeros([L, BK], dtype=tl.float32)  # dnum C_c^T
     dki = tl.zeros([L, BK], dtype=tl.float32)  # v G_out^T
-    GC = tl.zeros([BV, BK], dtype=tl.float32)  # G_out * C_c elementwise, summed over DV blocks
+    GC = tl.zeros([BK], dtype=tl.float32)      # <G_out, C_c> per DQK row
     for v0 in range(0, DV, BV):
         pdh = tl.make_block_ptr(dh + row0 * DV, (S, DV), (DV, 1), (c * L, v0), (L, BV), (1, 0))
         pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (c * L, v0), (L, BV), (1, 0))
@@ -191,7 +191,7 @@ def mlstm_chunk_bwd_dqk_kernel(
         P += tl.dot(dnum, bvt, input_precision=PREC)
         dqi += tl.dot(dnum, bCt.to(bdh.dtype), input_precision=PREC)
         dki += tl.dot(bv, bGt.to(bv.dtype), input_precision=PREC)
-        GC += bGt.to(tl.float32) * bCt.to(tl.float32)
+        GC += tl.sum(bGt.to(tl.float32) * bCt.to(tl.float32), 0)
 
     pq = tl.make_block_ptr(q + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
     pk = tl.make_block_ptr(k + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
@@ -234,7 +234,7 @@ def mlstm_chunk_bwd_dqk_kernel(
     # the log forget gradient straight from the pairs s < r <= t that straddle each step r of the chunk
     # (see the module docstring): no long sums of nearly cancelling per-step terms
     q_in = tl.sum(bq.to(tl.float32) * dq_in, 1) * w * scale
-    across = tl.exp(g + mc - mos) * (tl.sum(tl.sum(GC, 1), 0) + tl.sum(gn * nc, 0))
+    across = tl.exp(g + mc - mos) * tl.sum(GC + gn * nc, 0)
     x = q_in + tl.sum(W, 1) - colsum
     after = tl.sum(x, 0) - tl.cumsum(x, 0) + x      # sum over j >= r
     before = tl.cumsum(k_out, 0) - k_out             # sum over j < r
