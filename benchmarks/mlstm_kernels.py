@@ -560,6 +560,8 @@ def main():
     ap.add_argument("--check-segments", action="store_true", help="also check segments against one walk")
     ap.add_argument("--no-limit", action="store_true", help="skip TFLA limit_chunk rows")
     ap.add_argument("--shapes", default=None, help="indices into the shape list to time, e.g. 0,1")
+    ap.add_argument("--default-only", action="store_true",
+                    help="time ours with the library's forward/backward variants only (not the walks)")
     ap.add_argument("--profile", action="store_true",
                     help="before the table, GPU time per kernel of one forward+backward of ours per shape")
     args = ap.parse_args()
@@ -613,8 +615,9 @@ def main():
         short = lambda x: "chunk-par" if x == "chunkparallel" else "walk"
         name = lambda fwd, bwd: f"ours (fw {short(fwd)}, bw {short(bwd)}{seg})"
         done_fw = set()
-        for fwd, bwd in [(DEFAULTS["forward"], DEFAULTS["backward"]), ("chunkparallel", "chunkparallel"),
-                         ("chunkparallel", "walk"), ("walk", "walk")]:
+        variants = [(DEFAULTS["forward"], DEFAULTS["backward"]), ("chunkparallel", "chunkparallel"),
+                    ("chunkparallel", "walk"), ("walk", "walk")]
+        for fwd, bwd in variants[:1] if args.default_only else variants:
             if name(fwd, bwd) in {r["kernel"] for r in ROWS if r["shape"] == shape}:
                 continue
             time_seq(name(fwd, bwd), ours_with(default_tokens, fwd, bwd), shape, skip_fw=fwd in done_fw)
