@@ -4,6 +4,7 @@ One program per (block of DV columns, chunk, batch*head). With the state (C_c, n
 c (chunk_states.py) and, inside the chunk, b = cumulative log forget, li = log input gate:
 
     m_t   = max(b_t + m_c, max_{s<=t} b_t - b_s + li_s)        (the recurrent stabilizer)
+          = b_t + max(m_c, running max_{s<=t} (li_s - b_s))  (a scan: no (L x L) tile)
     num_t = exp(b_t + m_c - m_t) q^_t C_c + sum_{s<=t} exp(b_t - b_s + li_s - m_t) (q^_t . k_s) v_s
     den_t = the same with n_c for C_c and 1 for v_s;  h_t = num_t / (max(|den_t|, exp(-m_t)) + eps)
 
@@ -11,7 +12,8 @@ q^ = q / sqrt(DQK). The products q C_c, q k^T and q n_c are summed over DQK in b
 (q n_c for bf16 on the tensor cores with n_c split into a bf16 head and residual: matvec_fp32). The programs of
 the first DV block also write m_t and den_t (fp32) for the backward; for 16-bit outputs that need
 gradients every program writes h's rounding residual h_lo (see forward.py). k is read transposed
-straight from memory, so no tile is transposed in registers.
+straight from memory, so no tile is transposed in registers. The gates are loaded before the DQK loop
+and used after it, so their load latency overlaps the loop's and only the vectors b, li stay live in it.
 """
 from __future__ import annotations
 
@@ -40,6 +42,11 @@ def matvec_fp32(a, x, PREC: tl.constexpr):
 
 
 @triton.jit
+def _running_max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
 def mlstm_chunk_output_kernel(
     q, k, v, ig, fg, Cs, ns, ms, h, hlo, mstat, dstat,
     S, NT, scale, eps,
@@ -55,13 +62,9 @@ def mlstm_chunk_output_kernel(
     t = c * L + ol
     mt = t < S
 
-    # the stabilizer first, from the gates alone, so that no (L x L) gate tile is live in the DQK loop
+    # gate loads first (their latency overlaps the DQK loop's); the (L x L) gate tile comes after the loop
     m = tl.load(ms + st)
     li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
-    b = tl.cumsum(lf, 0)
-    causal = ol[:, None] >= ol[None, :]
-    m_row = tl.maximum(b + m, tl.max(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")), 1))
-    mrs = finite_or_zero(m_row)
 
     qk = tl.zeros([L, L], dtype=tl.float32)
     qC = tl.zeros([L, BV], dtype=tl.float32)
@@ -79,11 +82,15 @@ def mlstm_chunk_output_kernel(
         qC += tl.dot(bq, bC.to(bq.dtype), input_precision=PREC)
         qn += matvec_fp32(bq, nk, PREC)
 
+    b = tl.cumsum(lf, 0)
+    m_row = b + tl.maximum(m, tl.associative_scan(li - b, 0, _running_max))
+    mrs = finite_or_zero(m_row)
+    causal = ol[:, None] >= ol[None, :]
     w_inter = tl.exp(b + m - mrs) * scale
     s = qk * scale * tl.exp(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
     pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
     bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
-    num = qC * w_inter[:, None] + tl.dot(s.to(bv.dtype), bv, input_precision=PREC)
+    num = tl.dot(s.to(bv.dtype), bv, qC * w_inter[:, None], input_precision=PREC)
     den = tl.sum(s, 1) + qn * w_inter
     z = tl.maximum(tl.abs(den), tl.exp(-mrs)) + eps
     hv = num / z[:, None]
