@@ -353,35 +353,84 @@ def profile_ours(shape, top=14):
 
 
 # ---------------------------------------------------------------- chunk-parallel forward: variants and passes
-# call 1 (2 stages then) also timed 8 warps, BV 128, L 128 and 1 or 3 stages: 3 stages won
-_CP_VARIANTS = [dict(), dict(stages_s=4, stages_o=4), dict(BV_o=128, warps_o=8), dict(BK_s=128, BV_s=32)]
-SWEEP_CP = {256: _CP_VARIANTS, 128: _CP_VARIANTS}  # the first entry is the library default
+# Keys of _cp_config (forward: *_s, *_o) plus maxnreg_s / maxnreg_o (a register cap per thread, passed to the
+# launch by the sweep itself). The first entry is the library default. Resources of each variant (sm_90,
+# registers, programs per SM): benchmarks/kernel_resources.py; history in mlstm_notes.md items 6 and 7.
+_CP_VARIANTS = [dict(), dict(BV_o=128, warps_o=8), dict(BV_o=128, warps_o=8, stages_o=2),
+                dict(BV_o=128, warps_o=8, maxnreg_s=128), dict(stages_o=2, maxnreg_o=128),
+                dict(BV_o=128, warps_o=8, BV_s=32)]
+SWEEP_CP = {256: _CP_VARIANTS, 128: _CP_VARIANTS}
 SWEEP_CP_BW = [dict(), dict(warps_b=4), dict(stages_b=3), dict(BV_b=32), dict(warps_o=8, warps_s=8)]
 
 
-def cp_sweep(shapes, deadline):
+class _WithOptions:
+    """A Triton kernel whose launches get extra compile options (e.g. maxnreg); stands in for the kernel
+    the library's launch wrappers call, for the time of one sweep variant."""
+
+    def __init__(self, kernel, **opts):
+        self.kernel, self.opts = kernel, opts
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.kernel[grid](*args, **kw, **self.opts)
+
+
+def _cp_variant(BK, over):
+    """Install launch variant `over` (CP_CONFIG plus kernel options); returns a function that undoes it."""
+    over = dict(over)
+    caps = {"s": over.pop("maxnreg_s", None), "o": over.pop("maxnreg_o", None)}
+    tfn.CP_CONFIG[BK] = over
+    saved = tfn.mlstm_chunk_states_kernel, tfn.mlstm_chunk_output_kernel
+    if caps["s"]:
+        tfn.mlstm_chunk_states_kernel = _WithOptions(saved[0], maxnreg=caps["s"])
+    if caps["o"]:
+        tfn.mlstm_chunk_output_kernel = _WithOptions(saved[1], maxnreg=caps["o"])
+
+    def undo():
+        tfn.mlstm_chunk_states_kernel, tfn.mlstm_chunk_output_kernel = saved
+        tfn.CP_CONFIG.pop(BK, None)
+        restore_defaults()
+    return undo
+
+
+def cp_sweep(shapes, deadline, peers=False, backward=True):
     """Time chunk-parallel launch variants (whole forward, and pass 1 / pass 2 alone) against the walk.
 
-    A variant counts only if its h stays within 2e-2 of the walk's (a miscompile shows up as O(1)).
+    A variant counts only if its h and final state stay within 2e-2 of the walk's (a miscompile shows up as
+    O(1)); the walk (forward.py) is independent code. With `peers`, TFLA xl_chunk's and FLA
+    chunk_simple_gla's forward are timed on the same shape in the same run (rows of the report). With
+    `backward`, also forward+backward of backward launch variants.
     """
     for shape in shapes:
         BK = triton.next_power_of_2(shape[3])
         ins = inputs(*shape)
         q, k, v, i, f = ins
         with torch.no_grad():
-            ref = ours_with(0, "walk")(*ins).float()
+            ref_h, ref_state = ours_with(0, "walk")(*ins, full=True)
+            ref_h = ref_h.float()
+        restore_defaults()
         B, NH, S, DQK = q.shape
         DV = v.shape[-1]
         zs = M.zero_state(B, NH, DQK, DV, DEV)
-        for over in SWEEP_CP[BK]:
+        if peers and time.time() < deadline:
+            from mlstm_kernels.torch import get_mlstm_kernel
+            xl = get_mlstm_kernel("chunkwise--triton_xl_chunk")
+            time_seq("TFLA xl_chunk", lambda q, k, v, i, f: xl(q, k, v, i, f, chunk_size=128), shape, fw_only=True)
+            try:
+                from fla.ops.simple_gla import chunk_simple_gla
+                time_seq("FLA chunk_simple_gla", lambda q, k, v, g: chunk_simple_gla(q, k, v, g), shape,
+                         fw_only=True, grad_inputs=fla_inputs)
+            except ImportError as e:
+                say(f"FAIL fla import {e}")
+        for j, over in enumerate(SWEEP_CP[BK]):
             if time.time() > deadline:
                 say(f"cp sweep: budget spent at {shape} {over}")
                 return
-            tfn.CP_CONFIG[BK] = over
+            undo = _cp_variant(BK, over)
             try:
                 with torch.no_grad():
                     run = ours_with(0, "chunkparallel")
-                    e = rel(run(*ins), ref)
+                    h, state = run(*ins, full=True)
+                    e = max([rel(h.float(), ref_h)] + [rel(a, b) for a, b in zip(state[:2], ref_state[:2])])
                     ms = bench(lambda: run(*ins), rep=50)
                     cfg = tfn._cp_config(BK, DV, 64)
                     Cf, nf, mf = (torch.empty_like(t) for t in zs)
@@ -392,22 +441,26 @@ def cp_sweep(shapes, deadline):
                     ms2 = bench(lambda: tfn.chunk_outputs(q, k, v, i, f, Cs, ns, mss, h, hlo, mstat, dstat, cfg, 1e-6,
                                                           "exp", False), rep=50)
                     Cs = ns = mss = None  # free the chunk states (not del: the lambda names them)
+                ok = e <= 2e-2
                 say(f"cp sweep fw {shape} {over}: {ms:.3f} ms (states {ms1:.3f} + outputs {ms2:.3f}) "
-                    f"rel diff to walk {e:.1e} {'OK' if e <= 2e-2 else 'WRONG'}")
+                    f"rel diff to walk (h, C, n) {e:.1e} {'OK' if ok else 'WRONG'}")
                 CHOSEN[f"cp {shape} {over}"] = (round(ms, 3), round(ms1, 3), round(ms2, 3), e)
+                if j == 0:
+                    record("ours (fw chunk-par, default)", shape, "fw", ms, lin_flops(*shape))
             except Exception as ex:
                 say(f"cp sweep fw {shape} {over}: FAIL {repr(ex)[:300]}")
             finally:
-                tfn.CP_CONFIG.pop(BK, None)
-                restore_defaults()
+                undo()
             torch.cuda.empty_cache()
+        if not backward:
+            continue
         # the chunk-parallel backward: forward+backward time of launch variants, gradients vs the default's
         gins = [t.requires_grad_(True) for t in inputs(*shape)]
         for j, over in enumerate(SWEEP_CP_BW):
             if time.time() > deadline:
                 say(f"cp bw sweep: budget spent at {shape} {over}")
                 break
-            tfn.CP_CONFIG[BK] = over
+            undo = _cp_variant(BK, over)
             try:
                 go = fwbw_runner(ours_with(0, "chunkparallel", "chunkparallel"), gins)
                 for t in gins:
@@ -423,8 +476,7 @@ def cp_sweep(shapes, deadline):
             except Exception as ex:
                 say(f"cp bw sweep fwbw {shape} {over}: FAIL {repr(ex)[:300]}")
             finally:
-                tfn.CP_CONFIG.pop(BK, None)
-                restore_defaults()
+                undo()
         del gins
         torch.cuda.empty_cache()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .chunk_output import matvec_fp32
 from .common import finite_or_zero, load_gates
 
 
@@ -52,7 +53,8 @@ def mlstm_chunk_states_kernel(
 
     for j in range(0, NT):
         st = bh * NT + j
-        tl.store(Cs + st * DQK * DV + ok[:, None] * DV + ov[None, :], C.to(Cs.dtype.element_ty), mask=mkv)
+        pCs = tl.make_block_ptr(Cs + st * DQK * DV, (DQK, DV), (DV, 1), (kb * BK, vb * BV), (BK, BV), (1, 0))
+        tl.store(pCs, C.to(Cs.dtype.element_ty), boundary_check=(0, 1))
         if first_v:
             tl.store(ns + st * DQK + ok, n, mask=mk)
             if kb == 0:
@@ -60,7 +62,8 @@ def mlstm_chunk_states_kernel(
         if EVERY > 0:
             if j % EVERY == 0:
                 se = (j // EVERY) * tl.num_programs(2) + bh  # Ew is (windows, batch*head, DQK, DV)
-                tl.store(Ew + se * DQK * DV + ok[:, None] * DV + ov[None, :], C, mask=mkv)
+                pE = tl.make_block_ptr(Ew + se * DQK * DV, (DQK, DV), (DV, 1), (kb * BK, vb * BV), (BK, BV), (1, 0))
+                tl.store(pE, C, boundary_check=(0, 1))
                 if first_v:
                     tl.store(En + se * DQK + ok, n, mask=mk)
                     if kb == 0:
@@ -82,7 +85,7 @@ def mlstm_chunk_states_kernel(
         vw = (bv.to(tl.float32) * wk[:, None]).to(bv.dtype)
         C = C * decay + tl.dot(bkt, vw, input_precision=PREC)
         if first_v:  # only these programs store n
-            n = n * decay + tl.sum(bkt.to(tl.float32) * wk[None, :], 1)
+            n = n * decay + matvec_fp32(bkt, wk, PREC)
         m = m_new
 
     tl.store(Cf + bh * DQK * DV + ok[:, None] * DV + ov[None, :], C, mask=mkv)
