@@ -3,9 +3,9 @@
     python benchmarks/mlstm_forward_sweep.py [--out DIR] [--shapes 0,1,2,3] [--budget-s S] [--no-check]
 
 A short GPU call for forward work (issue 4): for each shape of mlstm_kernels.py's list, ours with the
-library defaults against float64 (forward only, first 2 heads), then TFLA xl_chunk's and FLA
-chunk_simple_gla's forward, then `mlstm_kernels.cp_sweep` (every chunk-parallel launch variant: whole
-forward, states pass alone, output pass alone, h and final state against the walk's). No
+library defaults against float64 (forward only, first 2 heads), TFLA xl_chunk's and FLA
+chunk_simple_gla's forward and ours (whole, states pass alone, output pass alone); then, once per head
+dims, `mlstm_kernels.cp_sweep`'s launch variants (the same times, h and final state against the walk's). No
 forward+backward table (mlstm_kernels.py makes that one). Writes mlstm_kernels.md / .json to --out.
 """
 from __future__ import annotations
@@ -41,12 +41,20 @@ def main():
     mk.say(str(info))
     mk.say(f"cp config default (DQK 256, DV 512): {mk.tfn._cp_config(256, 512, 64)}")
     bw, tf = mk.ceilings()
-    for j in args.shapes.split(","):
-        shape = mk.SHAPES[int(j)]
+    shapes = [mk.SHAPES[int(j)] for j in args.shapes.split(",")]
+    for shape in shapes:  # first the defaults and the peers on every shape
         if not args.no_check and time.time() < deadline:
             mk.check_against_f64(*shape, torch.bfloat16, 1e-2, grad=False, label="timed fw")
-        mk.cp_sweep([shape], deadline, peers=True, backward=False)
+        mk.cp_sweep([shape], deadline, peers=True, backward=False, variants=[{}])
         mk.write_report(args.out, info, bw, tf)  # partial results survive a timeout
+    seen = set()
+    for shape in shapes:  # then the launch variants, once per head dims
+        if shape[3:] in seen:
+            continue
+        seen.add(shape[3:])
+        BK = mk.triton.next_power_of_2(shape[3])
+        mk.cp_sweep([shape], deadline, backward=False, variants=[v for v in mk.SWEEP_CP[BK] if v])
+        mk.write_report(args.out, info, bw, tf)
     mk.say(f"done in {time.time() - t0:.0f} s")
     mk.write_report(args.out, info, bw, tf)
 

@@ -356,9 +356,9 @@ def profile_ours(shape, top=14):
 # Keys of _cp_config (forward: *_s, *_o) plus maxnreg_s / maxnreg_o (a register cap per thread, passed to the
 # launch by the sweep itself). The first entry is the library default. Resources of each variant (sm_90,
 # registers, programs per SM): benchmarks/kernel_resources.py; history in mlstm_notes.md items 6 and 7.
-_CP_VARIANTS = [dict(), dict(BV_o=128, warps_o=8), dict(BV_o=128, warps_o=8, stages_o=2),
-                dict(BV_o=128, warps_o=8, maxnreg_s=128), dict(stages_o=2, maxnreg_o=128),
-                dict(BV_o=128, warps_o=8, BV_s=32)]
+_CP_VARIANTS = [dict(), dict(BV_o=128, warps_o=8), dict(BV_o=128, warps_o=8, stages_o=2), dict(warps_o=8),
+                dict(stages_o=2, maxnreg_o=128), dict(BV_o=128, warps_o=8, maxnreg_s=128),
+                dict(BV_o=128, warps_o=8, BV_s=32), dict(BV_o=128, warps_o=8, BV_s=32, stages_s=4)]
 SWEEP_CP = {256: _CP_VARIANTS, 128: _CP_VARIANTS}
 SWEEP_CP_BW = [dict(), dict(warps_b=4), dict(stages_b=3), dict(BV_b=32), dict(warps_o=8, warps_s=8)]
 
@@ -392,13 +392,14 @@ def _cp_variant(BK, over):
     return undo
 
 
-def cp_sweep(shapes, deadline, peers=False, backward=True):
+def cp_sweep(shapes, deadline, peers=False, backward=True, variants=None):
     """Time chunk-parallel launch variants (whole forward, and pass 1 / pass 2 alone) against the walk.
 
     A variant counts only if its h and final state stay within 2e-2 of the walk's (a miscompile shows up as
     O(1)); the walk (forward.py) is independent code. With `peers`, TFLA xl_chunk's and FLA
     chunk_simple_gla's forward are timed on the same shape in the same run (rows of the report). With
-    `backward`, also forward+backward of backward launch variants.
+    `backward`, also forward+backward of backward launch variants. `variants`: the forward launch variants
+    (default SWEEP_CP by head dim; an empty dict is the library default, recorded as a table row).
     """
     for shape in shapes:
         BK = triton.next_power_of_2(shape[3])
@@ -421,7 +422,7 @@ def cp_sweep(shapes, deadline, peers=False, backward=True):
                          fw_only=True, grad_inputs=fla_inputs)
             except ImportError as e:
                 say(f"FAIL fla import {e}")
-        for j, over in enumerate(SWEEP_CP[BK]):
+        for over in SWEEP_CP[BK] if variants is None else variants:
             if time.time() > deadline:
                 say(f"cp sweep: budget spent at {shape} {over}")
                 return
@@ -445,7 +446,7 @@ def cp_sweep(shapes, deadline, peers=False, backward=True):
                 say(f"cp sweep fw {shape} {over}: {ms:.3f} ms (states {ms1:.3f} + outputs {ms2:.3f}) "
                     f"rel diff to walk (h, C, n) {e:.1e} {'OK' if ok else 'WRONG'}")
                 CHOSEN[f"cp {shape} {over}"] = (round(ms, 3), round(ms1, 3), round(ms2, 3), e)
-                if j == 0:
+                if not over:
                     record("ours (fw chunk-par, default)", shape, "fw", ms, lin_flops(*shape))
             except Exception as ex:
                 say(f"cp sweep fw {shape} {over}: FAIL {repr(ex)[:300]}")
