@@ -149,7 +149,9 @@ def check_varlen():
     h, (C, n, m) = M.mlstm(*ins, state=st, backend="triton", cu_seqlens=cu)
     h.float().square().sum().backward()
     errs = []
-    saved, tfn.SEGMENT["tokens"] = tfn.SEGMENT["tokens"], 0  # the same walk for each document alone
+    # each document alone through the same kernels (the walks, which packed documents take)
+    saved, tfn.SEGMENT["tokens"] = tfn.SEGMENT["tokens"], 0
+    tfn.FORWARD["variant"], tfn.BACKWARD["variant"] = "walk", "walk"
     for d, (a, b) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
         one = [t.detach()[:, :, a:b].clone().requires_grad_(True) for t in ins]
         hd, (Cd, nd, md) = M.mlstm(*one, state=tuple(s[d:d + 1] for s in st), backend="triton")
@@ -157,6 +159,7 @@ def check_varlen():
         errs += [rel(h[:, :, a:b], hd), rel(C[d:d + 1], Cd), rel(m[d:d + 1], md)]
         errs += [rel(x.grad[:, :, a:b], y.grad) for x, y in zip(ins, one)]
     tfn.SEGMENT["tokens"] = saved
+    restore_defaults()
     ok = max(errs) <= 1e-2
     say(f"check varlen docs {lens}: worst rel err vs each document alone {max(errs):.2e} {'OK' if ok else 'FAIL'}")
     return ok
@@ -357,8 +360,7 @@ def profile_ours(shape, top=14):
 # launch by the sweep itself). The first entry is the library default. Resources of each variant (sm_90,
 # registers, programs per SM): benchmarks/kernel_resources.py; history in mlstm_notes.md items 6 and 7.
 _CP_VARIANTS = [dict(), dict(BV_o=128, warps_o=8), dict(BV_o=128, warps_o=8, stages_o=2), dict(warps_o=8),
-                dict(stages_o=2, maxnreg_o=128), dict(BV_o=128, warps_o=8, maxnreg_s=128),
-                dict(BV_o=128, warps_o=8, BV_s=32), dict(BV_o=128, warps_o=8, BV_s=32, stages_s=4)]
+                dict(stages_o=2, maxnreg_o=128), dict(maxnreg_s=128), dict(BV_s=32), dict(BV_s=32, stages_s=4)]
 SWEEP_CP = {256: _CP_VARIANTS, 128: _CP_VARIANTS}
 SWEEP_CP_BW = [dict(), dict(warps_b=4), dict(stages_b=3), dict(BV_b=32), dict(warps_o=8, warps_s=8)]
 
@@ -642,7 +644,9 @@ def main():
             ok &= check_against_f64(*shape, torch.bfloat16, 1e-2, label="timed", peer=args.peer_errors)
         ok &= check_against_f64(2, 4, 4096, 128, 128, torch.float32, 1e-3, label="fp32")
         ok &= check_against_f64(1, 2, 1000, 96, 192, torch.float32, 1e-3, label="fp32 odd dims")
-        ok &= check_against_f64(1, 2, 65536, 128, 128, torch.bfloat16, 1e-2, gates="uniform30", label="long")
+        # the issue asks for no NaN here; gates in [-30, 30] make q, k ill-conditioned (mlstm_notes.md item 5:
+        # fp32 autograd is already 1e4 x its rounding off), so the bound is looser than the bf16 one
+        ok &= check_against_f64(1, 2, 65536, 128, 128, torch.bfloat16, 5e-2, gates="uniform30", label="long")
         if args.check_segments:
             ok &= check_segments_vs_walk(SHAPES[2])
         ok &= check_varlen()

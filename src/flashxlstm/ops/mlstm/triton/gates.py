@@ -20,6 +20,36 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+class _Docs:
+    """Per-step tensors (NH, R) over packed documents <-> a padded (NH, N, Lmax) layout.
+
+    Documents of one length (every sequence without cu_seqlens) are a free view; otherwise the steps
+    are gathered into rows, padded with `fill`, and scattered back.
+    """
+
+    def __init__(self, cu: Tensor, R: int):
+        self.cu = cu
+        self.lengths = cu[1:] - cu[:-1]
+        self.N = cu.numel() - 1
+        lengths = self.lengths.tolist()
+        self.Lmax = max(lengths, default=0)
+        self.uniform = self.N > 0 and min(lengths) == self.Lmax and self.N * self.Lmax == R
+        if not self.uniform:
+            pos = torch.arange(self.Lmax, device=cu.device)
+            self.valid = pos[None, :] < self.lengths[:, None]
+            self.index = (cu[:-1, None] + pos[None, :]).clamp(max=max(R - 1, 0))
+
+    def pad(self, x: Tensor, fill: float) -> Tensor:
+        if self.uniform:
+            return x.reshape(x.shape[0], self.N, self.Lmax)
+        return torch.where(self.valid, x[:, self.index], fill)
+
+    def unpad(self, y: Tensor) -> Tensor:
+        if self.uniform:
+            return y.reshape(y.shape[0], -1)
+        return y[:, self.valid]
+
+
 def gate_grads(
     i: Tensor, f: Tensor, m0: Tensor, dli: Tensor, dfinal: Tensor, dmf: Tensor, cu: Tensor, input_gate: str,
     *, dF: Tensor | None = None, dlogf: Tensor | None = None,
@@ -35,51 +65,41 @@ def gate_grads(
     if (dF is None) == (dlogf is None):
         raise ValueError("gate_grads: pass exactly one of dF (cumulative form) and dlogf (direct form)")
     dt = torch.float64
-    NH, R = i.shape
-    N = cu.numel() - 1
-    cu = cu.to(i.device, torch.long)
-    lengths = cu[1:] - cu[:-1]
-    doc = torch.repeat_interleave(torch.arange(N, device=i.device), lengths, output_size=R)
-    first, last = cu[:-1], cu[1:] - 1
-    i64, f64 = i.to(dt), f.to(dt)
+    docs = _Docs(cu.to(i.device, torch.long), i.shape[1])
+    i64, f64 = docs.pad(i.to(dt), 0.0), docs.pad(f.to(dt), 0.0)
     logi = i64 if input_gate == "exp" else F.logsigmoid(i64)
-    logf = F.logsigmoid(f64)
-    dli = dli.to(dt).clone()
-    # dR: per-step terms whose reverse cumulative sum is added to dlogf (sparse for the direct form)
-    dR = torch.zeros(NH, R, dtype=dt, device=i.device) if dF is None else dF.to(dt).clone()
+    if not docs.uniform:
+        logi = torch.where(docs.valid, logi, float("-inf"))
+    logf = F.logsigmoid(f64) if docs.uniform else torch.where(docs.valid, F.logsigmoid(f64), 0.0)
+    dli = docs.pad(dli.to(dt), 0.0)
+    dfinal, dmf = dfinal.to(dt), dmf.to(dt)
 
-    # the final state depends on F_e directly (C = exp(F_e - F_s + li_s - M) ...)
-    dfinal_explicit = dfinal.to(dt)
-    dM = dmf.to(dt) - dfinal_explicit
-
-    # route dM to the term attaining M
-    Fc = torch.cumsum(logf, dim=-1)
-    F_end = Fc[:, last]
-    F_before = Fc[:, first] - logf[:, first]
-    a = F_end[:, doc] - Fc + logi
-    a_init = F_end - F_before + m0.to(dt)
-    amax = torch.full((NH, N), float("-inf"), dtype=dt, device=i.device)
-    amax = amax.scatter_reduce(1, doc.expand(NH, R), a, "amax")
-    M = torch.maximum(amax, a_init)
+    # the final stabilizer M = max(F_e + m0, max_s F_e - F_s + li_s) and the term attaining it
+    Fc = torch.cumsum(logf, -1)
+    F_end = Fc[..., -1] if docs.Lmax else torch.zeros_like(dfinal)
+    a = F_end[..., None] - Fc + logi
+    amax = a.amax(-1) if docs.Lmax else torch.full_like(dfinal, float("-inf"))
+    M = torch.maximum(amax, F_end + m0.to(dt))
     live = torch.isfinite(M)
-    init_wins = live & (a_init >= amax)
+    init_wins = live & (F_end + m0.to(dt) >= amax)
     step_wins = live & ~init_wins
-    pos = torch.arange(R, device=i.device).expand(NH, R)
-    hit = torch.where(a == amax[:, doc], pos, -1)
-    s_star = torch.full((NH, N), -1, dtype=torch.long, device=i.device).scatter_reduce(1, doc.expand(NH, R), hit, "amax")
-    dM_live = torch.where(live, dM, 0.0)
-    dR[:, last] += dM_live if dF is None else dfinal_explicit + dM_live
-    route = torch.where(step_wins, dM, 0.0)
-    s_idx = s_star.clamp(min=0)
-    dR.scatter_add_(1, s_idx, -route)
-    dli.scatter_add_(1, s_idx, route)
+    pos = torch.arange(docs.Lmax, device=i.device)
+    s_star = torch.where(a == amax[..., None], pos, -1).amax(-1) if docs.Lmax else torch.zeros_like(dfinal).long()
+
+    # dM = dm - <dC, C> - <dn, n> moves M: through F_e it reaches every log forget gate of the document;
+    # when a step s* attains M, through -F_{s*} + li_{s*} it also leaves the gates up to s* and enters li_{s*}
+    dM = dmf - dfinal
+    route = torch.where(step_wins, dM, 0.0)[..., None]
+    upto = pos <= s_star[..., None]
+    via_M = torch.where(live, dM, 0.0)[..., None] - torch.where(upto, route, 0.0)
+    dli = dli + torch.where(pos == s_star[..., None], route, 0.0)
     dm0_routed = torch.where(init_wins, dM, 0.0)
 
-    # sum over t >= r of dR_t inside the document
-    rc = torch.flip(torch.cumsum(torch.flip(dR, [-1]), -1), [-1])
-    rc_next = torch.cat([rc, rc.new_zeros(NH, 1)], dim=-1)[:, cu[1:]]
-    dlogf = rc - rc_next[:, doc] if dlogf is None else dlogf.to(dt) + rc - rc_next[:, doc]
-
-    df = dlogf * torch.sigmoid(-f64)
+    if dlogf is None:  # dlogf_r = sum over t >= r of dF_t, plus what the final state adds through F_e
+        dFp = docs.pad(dF.to(dt), 0.0)
+        dlogf = torch.flip(torch.cumsum(torch.flip(dFp, [-1]), -1), [-1]) + dfinal[..., None]
+    else:
+        dlogf = docs.pad(dlogf.to(dt), 0.0)
+    df = (dlogf + via_M) * torch.sigmoid(-f64)
     di = dli if input_gate == "exp" else dli * torch.sigmoid(-i64)
-    return di, df, dm0_routed
+    return docs.unpad(di), docs.unpad(df), dm0_routed
