@@ -24,7 +24,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .chunk_output import matvec_fp32
 from .common import finite_or_zero, load_gates
 
 
@@ -85,7 +84,7 @@ def mlstm_chunk_states_kernel(
         vw = (bv.to(tl.float32) * wk[:, None]).to(bv.dtype)
         C = C * decay + tl.dot(bkt, vw, input_precision=PREC)
         if first_v:  # only these programs store n
-            n = n * decay + matvec_fp32(bkt, wk, PREC)
+            n = n * decay + tl.sum(bkt.to(tl.float32) * wk[None, :], 1)
         m = m_new
 
     tl.store(Cf + bh * DQK * DV + ok[:, None] * DV + ov[None, :], C, mask=mkv)
