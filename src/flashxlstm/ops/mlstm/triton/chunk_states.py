@@ -61,8 +61,7 @@ def mlstm_chunk_states_kernel(
         if EVERY > 0:
             if j % EVERY == 0:
                 se = (j // EVERY) * tl.num_programs(2) + bh  # Ew is (windows, batch*head, DQK, DV)
-                pE = tl.make_block_ptr(Ew + se * DQK * DV, (DQK, DV), (DV, 1), (kb * BK, vb * BV), (BK, BV), (1, 0))
-                tl.store(pE, C, boundary_check=(0, 1))
+                tl.store(Ew + se * DQK * DV + ok[:, None] * DV + ov[None, :], C, mask=mkv)
                 if first_v:
                     tl.store(En + se * DQK + ok, n, mask=mk)
                     if kb == 0:
