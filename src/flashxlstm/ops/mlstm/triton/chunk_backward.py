@@ -215,6 +215,7 @@ def mlstm_chunk_bwd_dqk_kernel(
     # k_s . dk_s (the log input gate's gradient) from fp32 products, in two parts: pairs inside the chunk
     # and pairs whose t lies after it (through G_out)
     colsum = tl.sum(W, 0)
+    intra = tl.sum(W, 1) - colsum  # the pairs inside the chunk, per step (for the log forget gradient)
     k_out = u * tl.sum(bk.to(tl.float32) * (dki + gn[None, :]), 1)
     tl.atomic_add(dli32 + row0 + t, colsum + k_out, mask=mt)
 
@@ -235,7 +236,7 @@ def mlstm_chunk_bwd_dqk_kernel(
     # (see the module docstring): no long sums of nearly cancelling per-step terms
     q_in = tl.sum(bq.to(tl.float32) * dq_in, 1) * w * scale
     across = tl.exp(g + mc - mos) * tl.sum(GC + gn * nc, 0)
-    x = q_in + tl.sum(W, 1) - colsum
+    x = q_in + intra
     after = tl.sum(x, 0) - tl.cumsum(x, 0) + x      # sum over j >= r
     before = tl.cumsum(k_out, 0) - k_out             # sum over j < r
     tl.atomic_add(dlf32 + row0 + t, across + after + before, mask=mt)
