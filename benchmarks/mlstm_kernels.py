@@ -355,6 +355,60 @@ def profile_ours(shape, top=14):
     torch.cuda.empty_cache()
 
 
+# ---------------------------------------------------------------- chunk-parallel backward: launch variants
+# keys of _cp_config: *_b = the dq/dk pass; the dv pass uses *_o and the backward state walk *_s (as do
+# the forward's passes: these variants change only the *_b keys and the window)
+BW_VARIANTS = [dict(), dict(warps_b=4), dict(warps_b=4, stages_b=3), dict(BK_b=128), dict(BK_b=128, BV_b=32),
+               dict(window_steps=4096), dict(window_steps=1024)]
+
+
+def bw_sweep(shapes, deadline):
+    """Forward+backward time of backward launch variants (and window lengths), with the kernels' time
+    per name from one profiled run; gradients compared with the default's (a miscompile shows as O(1))."""
+    from torch.profiler import ProfilerActivity, profile
+    gpu = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+    for shape in shapes:
+        BK = triton.next_power_of_2(shape[3])
+        gins = [t.requires_grad_(True) for t in inputs(*shape)]
+        ref = None
+        for over in BW_VARIANTS:
+            if time.time() > deadline:
+                say(f"bw sweep: budget spent at {shape} {over}")
+                return
+            over = dict(over)
+            window = over.pop("window_steps", None)
+            saved_window = tfn.BACKWARD["window_steps"]
+            if window:
+                tfn.BACKWARD["window_steps"] = window
+            tfn.CP_CONFIG[BK] = over
+            try:
+                go = fwbw_runner(ours_with(0, "chunkparallel", "chunkparallel"), gins)
+                for t in gins:
+                    t.grad = None
+                go()
+                grads = [t.grad.float().clone() for t in gins]
+                ref = ref or grads
+                e = max(rel(a, b) for a, b in zip(grads, ref))
+                ms = bench(go, rep=50)
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    go()
+                    torch.cuda.synchronize()
+                per = {e_.key: gpu(e_) / 1e3 for e_ in prof.key_averages() if e_.key.startswith("mlstm_")}
+                parts = " ".join(f"{k.replace('mlstm_', '').replace('_kernel', '')} {v:.2f}" for k, v in
+                                 sorted(per.items(), key=lambda kv: -kv[1]))
+                say(f"bw sweep fwbw {shape} {over or 'default'}{f' window {window}' if window else ''}: "
+                    f"{ms:.3f} ms (grads rel diff to default {e:.1e}) [{parts}]")
+                CHOSEN[f"bw {shape} {over} {window}"] = (round(ms, 3), e)
+            except Exception as ex:
+                say(f"bw sweep fwbw {shape} {over}: FAIL {repr(ex)[:300]}")
+            finally:
+                tfn.CP_CONFIG.pop(BK, None)
+                tfn.BACKWARD["window_steps"] = saved_window
+                restore_defaults()
+        del gins
+        torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------- chunk-parallel forward: variants and passes
 # Keys of _cp_config (forward: *_s, *_o) plus maxnreg_s / maxnreg_o (a register cap per thread, passed to the
 # launch by the sweep itself). The first entry is the library default. Resources of each variant (sm_90,
@@ -615,6 +669,7 @@ def main():
     ap.add_argument("--check-segments", action="store_true", help="also check segments against one walk")
     ap.add_argument("--no-limit", action="store_true", help="skip TFLA limit_chunk rows")
     ap.add_argument("--shapes", default=None, help="indices into the shape list to time, e.g. 0,1")
+    ap.add_argument("--bw-sweep", action="store_true", help="time backward launch variants first")
     ap.add_argument("--default-only", action="store_true",
                     help="time ours with the library's forward/backward variants only (not the walks)")
     ap.add_argument("--profile", action="store_true",
@@ -659,6 +714,9 @@ def main():
     if args.profile:
         for shape in shapes:
             profile_ours(shape)
+    if args.bw_sweep:
+        bw_sweep(shapes, deadline)
+        write_report(args.out, info, bw, tf)
     from mlstm_kernels.torch import get_mlstm_kernel
     xl = get_mlstm_kernel("chunkwise--triton_xl_chunk")
     limit = get_mlstm_kernel("chunkwise--triton_limit_chunk")
