@@ -129,12 +129,12 @@ class _Spans:
     def segmented(self) -> bool:
         return self.NSEG > 1
 
-    def doc_offsets(self, device) -> Tensor:
-        """(N + 1,) offsets of the spans in the packed per-head order (NH, B*S), documents in (b, s) order."""
+    def doc_offsets(self) -> Tensor:
+        """(N + 1,) offsets of the spans in the packed per-head order (NH, B*S), documents in (b, s) order;
+        on the CPU unless they are the caller's cu_seqlens (so that reading them does not wait for the GPU)."""
         if self.varlen:
             return self.cu_k.long()
-        starts = (torch.arange(self.B, device=device)[:, None] * self.S
-                  + torch.arange(self.NSEG, device=device)[None, :] * self.TSEG).reshape(-1)
+        starts = (torch.arange(self.B)[:, None] * self.S + torch.arange(self.NSEG)[None, :] * self.TSEG).reshape(-1)
         return torch.cat([starts, starts.new_full((1,), self.B * self.S)])
 
     def to_docs(self, x: Tensor) -> Tensor:
@@ -237,7 +237,7 @@ class MLSTMTritonFn(torch.autograd.Function):
         S = sp.S
         packed = lambda t: t.transpose(0, 1).reshape(NH, -1)  # (B, NH, S) -> (NH, B*S)
         di, df, dm0_routed = gate_grads(packed(i), packed(f), sp.to_docs(m0), packed(dli), sp.to_docs(dfinal),
-                                        sp.to_docs(dmf), sp.doc_offsets(dev), input_gate,
+                                        sp.to_docs(dmf), sp.doc_offsets(), input_gate,
                                         **{k: packed(t) for k, t in forget.items()})
         unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
         dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + sp.from_docs(dm0_routed).float()

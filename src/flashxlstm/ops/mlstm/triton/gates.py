@@ -27,16 +27,15 @@ class _Docs:
     are gathered into rows, padded with `fill`, and scattered back.
     """
 
-    def __init__(self, cu: Tensor, R: int):
-        self.cu = cu
-        self.lengths = cu[1:] - cu[:-1]
-        self.N = cu.numel() - 1
-        lengths = self.lengths.tolist()
+    def __init__(self, cu: Tensor, R: int, device: torch.device):
+        lengths = (cu[1:] - cu[:-1]).tolist()  # waits for the GPU only if cu lives there (cu_seqlens)
+        self.N = len(lengths)
         self.Lmax = max(lengths, default=0)
         self.uniform = self.N > 0 and min(lengths) == self.Lmax and self.N * self.Lmax == R
         if not self.uniform:
-            pos = torch.arange(self.Lmax, device=cu.device)
-            self.valid = pos[None, :] < self.lengths[:, None]
+            cu = cu.to(device, torch.long)
+            pos = torch.arange(self.Lmax, device=device)
+            self.valid = pos[None, :] < (cu[1:] - cu[:-1])[:, None]
             self.index = (cu[:-1, None] + pos[None, :]).clamp(max=max(R - 1, 0))
 
     def pad(self, x: Tensor, fill: float) -> Tensor:
@@ -65,7 +64,7 @@ def gate_grads(
     if (dF is None) == (dlogf is None):
         raise ValueError("gate_grads: pass exactly one of dF (cumulative form) and dlogf (direct form)")
     dt = torch.float64
-    docs = _Docs(cu.to(i.device, torch.long), i.shape[1])
+    docs = _Docs(cu, i.shape[1], i.device)
     i64, f64 = docs.pad(i.to(dt), 0.0), docs.pad(f.to(dt), 0.0)
     logi = i64 if input_gate == "exp" else F.logsigmoid(i64)
     if not docs.uniform:
