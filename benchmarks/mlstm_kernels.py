@@ -413,8 +413,9 @@ def bw_sweep(shapes, deadline):
 # Keys of _cp_config (forward: *_s, *_o) plus maxnreg_s / maxnreg_o (a register cap per thread, passed to the
 # launch by the sweep itself). The first entry is the library default. Resources of each variant (sm_90,
 # registers, programs per SM): benchmarks/kernel_resources.py; history in mlstm_notes.md items 6 and 7.
-_CP_VARIANTS = [dict(), dict(BV_o=128, warps_o=8), dict(BV_o=128, warps_o=8, stages_o=2), dict(warps_o=8),
-                dict(stages_o=2, maxnreg_o=128), dict(maxnreg_s=128), dict(BV_s=32), dict(BV_s=32, stages_s=4)]
+# Call B (mlstm_forward_sweep.md) also timed BV_o 128 at 2 stages, BV_o 64 at 8 warps or with maxnreg 128 at
+# 2 stages, and BV_s 32 (2 or 4 stages): all slower than the chosen ones.
+_CP_VARIANTS = [dict(), dict(BV_o=64, warps_o=4), dict(maxnreg_s=128), dict(maxnreg_s=128, maxnreg_o=128)]
 SWEEP_CP = {256: _CP_VARIANTS, 128: _CP_VARIANTS}
 SWEEP_CP_BW = [dict(), dict(warps_b=4), dict(stages_b=3), dict(BV_b=32), dict(warps_o=8, warps_s=8)]
 

@@ -52,8 +52,7 @@ def mlstm_chunk_states_kernel(
 
     for j in range(0, NT):
         st = bh * NT + j
-        pCs = tl.make_block_ptr(Cs + st * DQK * DV, (DQK, DV), (DV, 1), (kb * BK, vb * BV), (BK, BV), (1, 0))
-        tl.store(pCs, C.to(Cs.dtype.element_ty), boundary_check=(0, 1))
+        tl.store(Cs + st * DQK * DV + ok[:, None] * DV + ov[None, :], C.to(Cs.dtype.element_ty), mask=mkv)
         if first_v:
             tl.store(ns + st * DQK + ok, n, mask=mk)
             if kb == 0:
