@@ -1,15 +1,16 @@
 """Registers, spills, stack and shared memory of Triton kernels compiled for sm_90, without a GPU.
 
-    python benchmarks/kernel_resources.py [--dims 256x512,128x256] [--kernels states,output,fla_h,fla_o]
-                                          [--variant 'output:BK=128,warps=8' ...] [--fla PATH]
+    python benchmarks/kernel_resources.py [--dims 256x512,128x256] [--variant 'output:BV=128,warps=8' ...]
+                                          [--variant 'states:maxnreg=128'] [--fla PATH] [--no-align]
 
 Each kernel is compiled the way a launch would compile it (Triton's bundled ptxas, target sm_90a,
 pointers and integer arguments that are multiples of 16 marked so, as the launcher does for aligned
 tensors and S = 8192) and the table gives, per kernel and launch setting: registers per thread,
 spill stores / loads and stack frame (bytes per thread, from `ptxas -v`), shared memory (bytes per
 program, Triton's allocation), programs per SM that the registers and shared memory allow (65536
-registers and 227 KB per SM; 255 registers x 128 threads leave 2), and which matrix instruction the
-SASS uses (HGMMA = Hopper wgmma, HMMA = mma.sync).
+registers, allocated per thread in steps of 8, and 227 KB per SM; 255 registers x 128 threads leave 2),
+and which matrix instruction the SASS uses (HGMMA = Hopper wgmma, HMMA = mma.sync). A variant is
+KERNEL:key=value,... with keys L, BK, BV, warps, stages, maxnreg (a register cap) or a kernel constexpr.
 
 Kernels: `states` and `output` are the chunk-parallel forward's two passes (chunk_states.py,
 chunk_output.py) with `_cp_config`'s forward settings (keys without the _s / _o suffix override them);
@@ -79,7 +80,7 @@ def resources(ck, num_warps: int) -> dict:
     num = lambda pat: int(re.search(pat, log).group(1)) if re.search(pat, log) else 0
     regs = num(r"Used (\d+) registers")
     smem = ck.metadata.shared
-    by_regs = REGS_PER_SM // (max(regs, 1) * 32 * num_warps)  # registers are allocated per warp
+    by_regs = REGS_PER_SM // (-(-max(regs, 1) // 8) * 8 * 32 * num_warps)  # allocated in steps of 8 per thread
     by_smem = SMEM_PER_SM // smem if smem else MAX_PROGRAMS
     mma = "HGMMA" if "HGMMA" in sass else ("HMMA" if "HMMA" in sass else "-")
     return dict(regs=regs, spill_st=num(r"(\d+) bytes spill stores"), spill_ld=num(r"(\d+) bytes spill loads"),
@@ -140,6 +141,17 @@ DEFAULT_VARIANTS = ["states:", "output:", "fla_h:", "fla_h:BK=32,BV=64,warps=2",
                     "fla_o:BK=64,BV=64,warps=4"]
 
 
+def fla_folder(path: str) -> str:
+    """`path` if it holds the fla package, else the fla-core wheel from the repository's .whl unpacked under it."""
+    if not os.path.isdir(os.path.join(path, "fla")):
+        import glob
+        import zipfile
+        wheels = sorted(glob.glob(os.path.join(HERE, "..", ".whl", "fla_core-*.whl")))
+        if wheels:
+            zipfile.ZipFile(wheels[-1]).extractall(path)
+    return path
+
+
 def parse_variant(text: str):
     name, _, rest = text.partition(":")
     over = {}
@@ -154,12 +166,13 @@ def main():
     ap.add_argument("--dims", default="256x512,128x256,128x128", help="DQKxDV list")
     ap.add_argument("--variant", action="append", default=None,
                     help="KERNEL:key=val,... (keys: L, BK, BV, warps, stages, maxnreg, kernel constexprs); repeatable")
-    ap.add_argument("--fla", default="/tmp/fla", help="folder holding the fla package (unpacked fla-core wheel)")
+    ap.add_argument("--fla", default="/tmp/fla",
+                    help="folder holding the fla package; if missing, .whl/fla_core-*.whl is unpacked there")
     ap.add_argument("--no-align", action="store_true", help="compile without the multiple-of-16 hints")
     args = ap.parse_args()
     global ALIGN
     ALIGN = not args.no_align
-    sys.path.append(args.fla)
+    sys.path.append(fla_folder(args.fla))
     print("| DQK x DV | kernel | setting | regs | spill st/ld B | stack B | smem KB | programs/SM | warps/SM | mma |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for dims in args.dims.split(","):
