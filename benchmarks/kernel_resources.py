@@ -58,7 +58,8 @@ def compile_sm90(kernel, constexprs: dict, types: dict, num_warps: int, num_stag
             sig[name] = "constexpr"
             continue
         sig[name] = types.get(name, "i32")
-        if ALIGN and (sig[name].startswith("*") or sig[name] == "i32") and not fn.params[j].do_not_specialize:  # aligned pointers, S and NT multiples of 16
+        # aligned pointers, S and NT multiples of 16, as the launcher marks them (unless told not to)
+        if ALIGN and (sig[name].startswith("*") or sig[name] == "i32") and not fn.params[j].do_not_specialize:
             attrs[(j,)] = [["tt.divisibility", 16]]
     opts = dict(num_warps=num_warps, num_stages=num_stages)
     if maxnreg:

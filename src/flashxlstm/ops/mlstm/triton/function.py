@@ -76,10 +76,10 @@ CP_CONFIG: dict = {}
 def _cp_config(BK: int, DV: int, chunk: int) -> dict:
     # measured on an H200 (call 1): 4 warps beat 8, BV 64 beat 128, 3 pipeline stages beat 1 and 2 (3.90 vs
     # 4.39 / 4.59 ms at the 7B heads); L = 128 halves the states pass but slows the output pass more.
-    # Output pass: BV 128 at 8 warps since the pass needs 125-128 registers there (2 programs of 8 warps
-    # per SM; BV 64 at 4 warps: 165, 3 of 4; BV 64 at 8 warps was 1.4x slower): 1.56 -> 1.35 ms at the 7B heads, 1.08 -> 1.01 at (8, 16,
-    # 8192, 128, 256), 0.29 -> 0.27 at (8, 16, 4096, 128, 128) (H200, mlstm_forward_sweep.py call B,
-    # benchmarks/results/mlstm_forward_sweep.md). BV_o / warps_o also launch the backward's dv pass
+    # Output pass: BV 128 at 8 warps, where it needs 125-128 registers (2 programs of 8 warps per SM; BV 64
+    # at 4 warps: 165, 3 of 4; BV 64 at 8 warps was 1.4x slower): 1.56 -> 1.35 ms at the 7B heads, 1.08 ->
+    # 1.01 at (8, 16, 8192, 128, 256), 0.29 -> 0.27 at (8, 16, 4096, 128, 128) (H200, mlstm_forward_sweep.py
+    # call B, benchmarks/results/mlstm_forward_sweep.md). BV_o / warps_o also launch the backward's dv pass
     # (123-125 registers, no spill in the sm_90 report at BV 128, 8 warps; its time not yet measured).
     # Backward (_s, _o also serve its state and dv passes; _b its dq/dk pass): 8 warps for dq/dk because
     # 4 spill 336 bytes per thread in the sm_90 resource report (8: none).
