@@ -358,8 +358,10 @@ def profile_ours(shape, top=14):
 # ---------------------------------------------------------------- chunk-parallel backward: launch variants
 # keys of _cp_config: *_b = the dq/dk pass; the dv pass uses *_o and the backward state walk *_s (as do
 # the forward's passes: these variants change only the *_b keys and the window)
-BW_VARIANTS = [dict(), dict(warps_b=4), dict(warps_b=4, stages_b=3), dict(BK_b=128), dict(BK_b=128, BV_b=32),
-               dict(window_steps=4096), dict(window_steps=1024)]
+# Run 2 of this session (mlstm_kernels_s3.md) also timed dq/dk at 8 warps (then the default), 4 warps at 2
+# stages, BK_b 128 (with BV_b 64 or 32) and 1024-step windows: all slower than the defaults now
+BW_VARIANTS = [dict(), dict(maxnreg_s=None), dict(maxnreg_g=128), dict(maxnreg_g=168), dict(BV_o=64, warps_o=4),
+               dict(window_steps=4096)]
 
 
 def bw_sweep(shapes, deadline):
@@ -407,6 +409,40 @@ def bw_sweep(shapes, deadline):
                 restore_defaults()
         del gins
         torch.cuda.empty_cache()
+
+
+def cpu_profile(shape, iters=20, top=18):
+    """Where the host time of our forward+backward goes (cProfile over `iters` calls, library defaults):
+    on small shapes the host, not the GPU, can set the pace."""
+    import cProfile
+    import pstats
+    ins = [t.requires_grad_(True) for t in inputs(*shape)]
+    go = fwbw_runner(ours_with(DEFAULTS["tokens"]), ins)
+    for _ in range(3):
+        go()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        go()
+    host = (time.perf_counter() - t0) / iters * 1e3
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / iters * 1e3
+    say(f"host time per forward+backward {shape}: {host:.3f} ms issued, {wall:.3f} ms with the GPU done")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(iters):
+        go()
+    torch.cuda.synchronize()
+    prof.disable()
+    import io
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    for line in buf.getvalue().splitlines():
+        if line.strip():
+            say("  " + line[:160])
+    restore_defaults()
+    del ins, go
+    torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- chunk-parallel forward: variants and passes
@@ -671,6 +707,7 @@ def main():
     ap.add_argument("--no-limit", action="store_true", help="skip TFLA limit_chunk rows")
     ap.add_argument("--shapes", default=None, help="indices into the shape list to time, e.g. 0,1")
     ap.add_argument("--bw-sweep", action="store_true", help="time backward launch variants first")
+    ap.add_argument("--cpu-profile", action="store_true", help="host time (cProfile) of ours at the smallest shape")
     ap.add_argument("--default-only", action="store_true",
                     help="time ours with the library's forward/backward variants only (not the walks)")
     ap.add_argument("--profile", action="store_true",
@@ -715,6 +752,8 @@ def main():
     if args.profile:
         for shape in shapes:
             profile_ours(shape)
+    if args.cpu_profile:
+        cpu_profile(min(shapes, key=lambda sh: sh[0] * sh[1] * sh[2] * sh[3] * sh[4]))
     if args.bw_sweep:
         bw_sweep(shapes, deadline)
         write_report(args.out, info, bw, tf)

@@ -31,6 +31,8 @@ benchmarks/mlstm_kernels.py --cp-sweep / --sweep compare variants.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -81,14 +83,25 @@ def _cp_config(BK: int, DV: int, chunk: int) -> dict:
     # 1.01 at (8, 16, 8192, 128, 256), 0.29 -> 0.27 at (8, 16, 4096, 128, 128) (H200, mlstm_forward_sweep.py
     # call B, benchmarks/results/mlstm_forward_sweep.md). BV_o / warps_o also launch the backward's dv pass
     # (123-125 registers, no spill in the sm_90 report at BV 128, 8 warps; its time not yet measured).
-    # Backward (_s, _o also serve its state and dv passes; _b its dq/dk pass): 8 warps for dq/dk because
-    # 4 spill 336 bytes per thread in the sm_90 resource report (8: none).
+    # States pass: a cap of 128 registers per thread (4 programs per SM instead of 2, 24-28 B spill):
+    # 1.83 -> 1.58 ms at the 7B heads, -7% / -10% on the other head dims (call B, same file).
+    # Backward (_s, _o also serve its state and dv passes; _b its dq/dk pass): dq/dk at 4 warps and 3
+    # stages (88 B spill, 2 programs per SM) beat 8 warps (206 registers, 1 per SM): 5.25 -> 2.70 ms at the
+    # 7B heads, 3.68 -> 2.07 at (8, 16, 8192, 128, 256), 2.91 -> 1.78 at (4, 16, 16384, 128, 128) (H200,
+    # mlstm_kernels.py --bw-sweep, benchmarks/results/mlstm_kernels_s3.md). maxnreg_g: the backward state
+    # walk's register cap (None: none).
     BV_o = min(128, next_pow2(DV))
     cfg = {"L": chunk, "BK_s": min(64, BK), "BV_s": min(64, next_pow2(DV)), "warps_s": 4, "stages_s": 3,
+           "maxnreg_s": 128, "maxnreg_g": None,
            "BK_o": min(64, BK), "BV_o": BV_o, "warps_o": 8 if BV_o >= 128 else 4, "stages_o": 3,
-           "BK_b": min(64, BK), "BV_b": min(64, next_pow2(DV)), "warps_b": 8, "stages_b": 2}
+           "BK_b": min(64, BK), "BV_b": min(64, next_pow2(DV)), "warps_b": 4, "stages_b": 3}
     cfg.update(CP_CONFIG.get(BK, {}))
     return cfg
+
+
+def _cap(maxnreg: int | None) -> dict:
+    """Launch option capping registers per thread (none under the interpreter, which has no registers)."""
+    return {"maxnreg": maxnreg} if maxnreg and os.environ.get("TRITON_INTERPRET") != "1" else {}
 
 
 def _fwd_config(BK: int, DV: int, chunk: int) -> dict:
@@ -320,7 +333,8 @@ def _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dCf
                      c_first=c_first, n_chunks=nt)
         mlstm_chunk_bwd_states_kernel[(triton_cdiv(DQK, cfg["BK_s"]), triton_cdiv(DV, cfg["BV_s"]), BH)](
             q, i, f, m0, mstat, rz, dden, dh, G_out, gn_out, gs, gns_w, G_in, gn_in, S, nt, c_first, scale,
-            BK=cfg["BK_s"], BV=cfg["BV_s"], num_warps=cfg["warps_s"], num_stages=cfg["stages_s"], **common)
+            BK=cfg["BK_s"], BV=cfg["BV_s"], num_warps=cfg["warps_s"], num_stages=cfg["stages_s"],
+            **_cap(cfg["maxnreg_g"]), **common)
         mlstm_chunk_bwd_dv_kernel[(triton_cdiv(DV, cfg["BV_o"]), nt, BH)](
             q, k, i, f, m0, mstat, rz, dh, gs, dv, S, nt, c_first, scale, BK=cfg["BK_o"], BV=cfg["BV_o"],
             num_warps=cfg["warps_o"], num_stages=cfg["stages_o"], **common)
@@ -376,7 +390,7 @@ def chunk_states(k, v, i, f, C0, n0, m0, Cf, nf, mf, cfg, input_gate, *, out=Non
     mlstm_chunk_states_kernel[(triton_cdiv(DQK, cfg["BK_s"]), triton_cdiv(DV, cfg["BV_s"]), BH)](
         k, v, i, f, C0, n0, m0, Cs, ns, ms, Cf, nf, mf, Ew, En, Em, S, NT, c_first, DQK=DQK, DV=DV, L=L,
         BK=cfg["BK_s"], BV=cfg["BV_s"], EXP_GATE=input_gate == "exp", PREC=_precision(k.dtype), EVERY=every,
-        num_warps=cfg["warps_s"], num_stages=cfg["stages_s"])
+        num_warps=cfg["warps_s"], num_stages=cfg["stages_s"], **_cap(cfg["maxnreg_s"]))
     return Cs, ns, ms
 
 
