@@ -358,10 +358,10 @@ def profile_ours(shape, top=14):
 # ---------------------------------------------------------------- chunk-parallel backward: launch variants
 # keys of _cp_config: *_b = the dq/dk pass; the dv pass uses *_o and the backward state walk *_s (as do
 # the forward's passes: these variants change only the *_b keys and the window)
-# Run 2 of this session (mlstm_kernels_s3.md) also timed dq/dk at 8 warps (then the default), 4 warps at 2
-# stages, BK_b 128 (with BV_b 64 or 32) and 1024-step windows: all slower than the defaults now
-BW_VARIANTS = [dict(), dict(maxnreg_s=None), dict(maxnreg_g=128), dict(maxnreg_g=168), dict(BV_o=64, warps_o=4),
-               dict(window_steps=4096)]
+# Run 2 of session 3 (mlstm_kernels_s3.md) also timed dq/dk at 8 warps (then the default), 4 warps at 2
+# stages, BK_b 128 (with BV_b 64 or 32) and 1024-step windows; run 3 the backward state walk at 168
+# registers and the dv pass at BV 64, 4 warps: none better than the defaults now
+BW_VARIANTS = [dict(), dict(maxnreg_g=None), dict(maxnreg_s=None), dict(window_steps=4096)]
 
 
 def bw_sweep(shapes, deadline):

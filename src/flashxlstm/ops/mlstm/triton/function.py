@@ -88,11 +88,12 @@ def _cp_config(BK: int, DV: int, chunk: int) -> dict:
     # Backward (_s, _o also serve its state and dv passes; _b its dq/dk pass): dq/dk at 4 warps and 3
     # stages (88 B spill, 2 programs per SM) beat 8 warps (206 registers, 1 per SM): 5.25 -> 2.70 ms at the
     # 7B heads, 3.68 -> 2.07 at (8, 16, 8192, 128, 256), 2.91 -> 1.78 at (4, 16, 16384, 128, 128) (H200,
-    # mlstm_kernels.py --bw-sweep, benchmarks/results/mlstm_kernels_s3.md). maxnreg_g: the backward state
-    # walk's register cap (None: none).
+    # mlstm_kernels.py --bw-sweep, benchmarks/results/mlstm_kernels_s3.md). The backward state walk capped at
+    # 128 registers (4 programs per SM instead of 2): 2.59 -> 2.45 ms at the 7B heads, 0.46 -> 0.41 at
+    # (8, 16, 4096, 128, 128) (168: 2.33 / 0.43); the states-pass cap is neutral inside the backward.
     BV_o = min(128, next_pow2(DV))
     cfg = {"L": chunk, "BK_s": min(64, BK), "BV_s": min(64, next_pow2(DV)), "warps_s": 4, "stages_s": 3,
-           "maxnreg_s": 128, "maxnreg_g": None,
+           "maxnreg_s": 128, "maxnreg_g": 128,
            "BK_o": min(64, BK), "BV_o": BV_o, "warps_o": 8 if BV_o >= 128 else 4, "stages_o": 3,
            "BK_b": min(64, BK), "BV_b": min(64, next_pow2(DV)), "warps_b": 4, "stages_b": 3}
     cfg.update(CP_CONFIG.get(BK, {}))
