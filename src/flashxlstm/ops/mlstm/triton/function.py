@@ -7,10 +7,12 @@ Forward (FORWARD["variant"]): by default chunk-parallel, two launches: the state
 written to memory (chunk_states.py), then every chunk's outputs in parallel (chunk_output.py). Packed
 documents (cu_seqlens) and segments keep the fused walk (forward.py: one program per sequence and DV
 block carrying the state in registers), as does FORWARD["variant"] = "walk". Backward: the prep kernel
-(backward.py), then by default chunk-parallel (chunk_backward.py: the forward's chunk states recomputed,
-the backward state at every chunk end, then dv and dq, dk for every chunk in parallel); packed documents,
-segments and BACKWARD["variant"] = "walk" take the walks (backward.py: dkv backwards, dq forwards); then
-the gate epilogue (gates.py). Gradients flow to q, k, v, i, f and to all three parts of the initial
+(backward.py), then by default chunk-parallel over time windows, last first (chunk_backward.py: the
+forward's chunk states recomputed from the fp32 state the forward saved at the window's start, the
+backward state at every chunk end, then dv and dq, dk for every chunk in parallel; the log forget
+gradient summed from the pairs of steps that straddle each gate); packed documents, segments and
+BACKWARD["variant"] = "walk" take the walks (backward.py: dkv backwards, dq forwards; the log forget
+gradient as a reverse cumulative sum, ~30x less precise in bf16); then the gate epilogue (gates.py). Gradients flow to q, k, v, i, f and to all three parts of the initial
 state; the returned state carries gradients too. Inputs bf16, fp16 or fp32 (matrix products in that precision, fp32
 accumulation; fp32 inputs use 3xTF32 products), gates, stabilizers and states fp32. float64 inputs
 go to the torch chunkwise form. The chunk-parallel forward uses chunks of chunk_size rounded up to a
@@ -61,15 +63,16 @@ SEGMENT: dict = {"tokens": 0, "min_segments": 2}
 # Which forward runs for sequences without cu_seqlens and without segments: "chunkparallel" (chunk
 # states to memory, then all chunks' outputs in parallel: chunk_states.py, chunk_output.py) or "walk"
 # (one fused program per sequence and DV block: forward.py). Packed documents and segments always walk.
-# H200, bf16 (benchmarks/results/mlstm_kernels_chunkparallel.md): chunk-parallel fw 3.90 ms vs walk 10.3 ms at
-# the 7B heads (B 8, T 8192), 2.66 vs 6.59 ms at (8, 16, 8192, 128, 256).
+# H200, bf16: chunk-parallel fw 2.91 ms at the 7B heads (B 8, T 8192; TFLA xl_chunk 4.99), the walk 10.3
+# (benchmarks/results/mlstm_kernels_s3.md, mlstm_kernels_chunkparallel.md).
 FORWARD: dict = {"variant": "chunkparallel"}
 # Which backward runs where the chunk-parallel forward may: "chunkparallel" (chunk_backward.py) or "walk"
-# (backward.py). H200, bf16, fw+bw (mlstm_kernels_chunkparallel.md): 16.7 vs 41.7 ms at the 7B heads, 12.4 vs
-# 28.3 ms at (8, 16, 8192, 128, 256), but peak activation 7.15 vs 3.91 GB (bf16 chunk states and backward
-# states, B * NH * S/64 * DQK * DV each): "walk" is the low-memory choice.
-# window_steps: the chunk-parallel backward walks the sequence in time windows of this many steps (last
-# first) and holds the chunk and backward states of one window only (see _chunk_parallel_backward).
+# (backward.py). window_steps: the chunk-parallel backward takes the sequence in time windows of this
+# many steps (last first) and holds the chunk and backward states of one window only
+# (2 * B * NH * window/64 * DQK * DV values in the input dtype; see _chunk_parallel_backward).
+# H200, bf16, fw+bw at the 7B heads (mlstm_kernels_s3.md): 13.1 ms and 4.11 GB of activations with
+# 2048-step windows (TFLA xl_chunk 18.3 ms, 6.53 GB); the walks 41.7 ms, 3.91 GB (session 2). 4096-step
+# windows were 0.2 ms faster there but leave (8, 16, 4096, 128, 128) without windows, above TFLA's memory.
 BACKWARD: dict = {"variant": "chunkparallel", "window_steps": 2048}
 # Launch settings of the chunk-parallel forward and backward, keyed by the padded head dim; overrides for the benchmark.
 CP_CONFIG: dict = {}
