@@ -34,7 +34,7 @@ def results() -> dict:
 
 CASES = ["s1", "odd_dims", "tail", "sigmoid_init", "empty_init", "masked_extreme", "varlen", "varlen_sigmoid",
          "fp16", "chunk_invariance", "cp_blocks", "cp_extreme_sigmoid", "cpb_init_odd", "cpb_blocks",
-         "cpb_extreme_sigmoid", "cpb_s1", "cpb_fp16", "cpb_windows", "cpb_windows_extreme", "walk_odd_dims",
+         "cpb_extreme_sigmoid", "cpb_s1", "cpb_fp16", "cpb_fp16_long", "cpb_windows", "cpb_windows_extreme", "walk_odd_dims",
          "walk_masked_extreme", "seg_init", "seg_sigmoid_odd", "seg_empty_masked", "seg_fp16"]
 
 
