@@ -45,7 +45,7 @@ def main():
     for shape in shapes:  # first the defaults and the peers on every shape
         if not args.no_check and time.time() < deadline:
             mk.check_against_f64(*shape, torch.bfloat16, 1e-2, grad=False, label="timed fw")
-        mk.cp_sweep([shape], deadline, peers=True, backward=False, variants=[{}])
+        mk.cp_sweep([shape], deadline, peers=True, variants=[{}])
         mk.write_report(args.out, info, bw, tf)  # partial results survive a timeout
     seen = set()
     for shape in shapes:  # then the launch variants, once per head dims
@@ -53,7 +53,7 @@ def main():
             continue
         seen.add(shape[3:])
         BK = mk.triton.next_power_of_2(shape[3])
-        mk.cp_sweep([shape], deadline, backward=False, variants=[v for v in mk.SWEEP_CP[BK] if v])
+        mk.cp_sweep([shape], deadline, variants=[v for v in mk.SWEEP_CP[BK] if v])
         mk.write_report(args.out, info, bw, tf)
     mk.say(f"done in {time.time() - t0:.0f} s")
     mk.write_report(args.out, info, bw, tf)

@@ -446,53 +446,33 @@ def cpu_profile(shape, iters=20, top=18):
 
 
 # ---------------------------------------------------------------- chunk-parallel forward: variants and passes
-# Keys of _cp_config (forward: *_s, *_o) plus maxnreg_s / maxnreg_o (a register cap per thread, passed to the
-# launch by the sweep itself). The first entry is the library default. Resources of each variant (sm_90,
-# registers, programs per SM): benchmarks/kernel_resources.py; history in mlstm_notes.md items 6 and 7.
+# Keys of _cp_config (forward: *_s, *_o, maxnreg_s / maxnreg_o: register caps per thread). The first entry is
+# the library default. Resources of each variant (sm_90, registers, programs per SM):
+# benchmarks/kernel_resources.py; history in mlstm_notes.md items 6 and 7.
 # Call B (mlstm_forward_sweep.md) also timed BV_o 128 at 2 stages, BV_o 64 at 8 warps or with maxnreg 128 at
 # 2 stages, and BV_s 32 (2 or 4 stages): all slower than the chosen ones.
-_CP_VARIANTS = [dict(), dict(BV_o=64, warps_o=4), dict(maxnreg_s=128), dict(maxnreg_s=128, maxnreg_o=128)]
+_CP_VARIANTS = [dict(), dict(BV_o=64, warps_o=4), dict(maxnreg_s=None), dict(maxnreg_o=128)]
 SWEEP_CP = {256: _CP_VARIANTS, 128: _CP_VARIANTS}
-SWEEP_CP_BW = [dict(), dict(warps_b=4), dict(stages_b=3), dict(BV_b=32), dict(warps_o=8, warps_s=8)]
-
-
-class _WithOptions:
-    """A Triton kernel whose launches get extra compile options (e.g. maxnreg); stands in for the kernel
-    the library's launch wrappers call, for the time of one sweep variant."""
-
-    def __init__(self, kernel, **opts):
-        self.kernel, self.opts = kernel, opts
-
-    def __getitem__(self, grid):
-        return lambda *args, **kw: self.kernel[grid](*args, **kw, **self.opts)
 
 
 def _cp_variant(BK, over):
-    """Install launch variant `over` (CP_CONFIG plus kernel options); returns a function that undoes it."""
-    over = dict(over)
-    caps = {"s": over.pop("maxnreg_s", None), "o": over.pop("maxnreg_o", None)}
-    tfn.CP_CONFIG[BK] = over
-    saved = tfn.mlstm_chunk_states_kernel, tfn.mlstm_chunk_output_kernel
-    if caps["s"]:
-        tfn.mlstm_chunk_states_kernel = _WithOptions(saved[0], maxnreg=caps["s"])
-    if caps["o"]:
-        tfn.mlstm_chunk_output_kernel = _WithOptions(saved[1], maxnreg=caps["o"])
+    """Install launch variant `over` (keys of _cp_config); returns a function that undoes it."""
+    tfn.CP_CONFIG[BK] = dict(over)
 
     def undo():
-        tfn.mlstm_chunk_states_kernel, tfn.mlstm_chunk_output_kernel = saved
         tfn.CP_CONFIG.pop(BK, None)
         restore_defaults()
     return undo
 
 
-def cp_sweep(shapes, deadline, peers=False, backward=True, variants=None):
+def cp_sweep(shapes, deadline, peers=False, variants=None):
     """Time chunk-parallel launch variants (whole forward, and pass 1 / pass 2 alone) against the walk.
 
     A variant counts only if its h and final state stay within 2e-2 of the walk's (a miscompile shows up as
     O(1)); the walk (forward.py) is independent code. With `peers`, TFLA xl_chunk's and FLA
-    chunk_simple_gla's forward are timed on the same shape in the same run (rows of the report). With
-    `backward`, also forward+backward of backward launch variants. `variants`: the forward launch variants
-    (default SWEEP_CP by head dim; an empty dict is the library default, recorded as a table row).
+    chunk_simple_gla's forward are timed on the same shape in the same run (rows of the report).
+    `variants`: the forward launch variants (default SWEEP_CP by head dim; an empty dict is the library
+    default, recorded as a table row). Backward launch variants: bw_sweep.
     """
     for shape in shapes:
         BK = triton.next_power_of_2(shape[3])
@@ -546,33 +526,6 @@ def cp_sweep(shapes, deadline, peers=False, backward=True, variants=None):
             finally:
                 undo()
             torch.cuda.empty_cache()
-        if not backward:
-            continue
-        # the chunk-parallel backward: forward+backward time of launch variants, gradients vs the default's
-        gins = [t.requires_grad_(True) for t in inputs(*shape)]
-        for j, over in enumerate(SWEEP_CP_BW):
-            if time.time() > deadline:
-                say(f"cp bw sweep: budget spent at {shape} {over}")
-                break
-            undo = _cp_variant(BK, over)
-            try:
-                go = fwbw_runner(ours_with(0, "chunkparallel", "chunkparallel"), gins)
-                for t in gins:
-                    t.grad = None
-                go()
-                grads = [t.grad.float().clone() for t in gins]
-                if j == 0:
-                    ref_grads = grads
-                e = max(rel(a, b) for a, b in zip(grads, ref_grads))
-                ms = bench(go, rep=50)
-                say(f"cp bw sweep fwbw {shape} {over}: {ms:.3f} ms (grads rel diff to first {e:.1e})")
-                CHOSEN[f"cp fwbw {shape} {over}"] = (round(ms, 3), e)
-            except Exception as ex:
-                say(f"cp bw sweep fwbw {shape} {over}: FAIL {repr(ex)[:300]}")
-            finally:
-                undo()
-        del gins
-        torch.cuda.empty_cache()
 
 
 def sweep(shapes, deadline):

@@ -94,9 +94,10 @@ def _cp_config(BK: int, DV: int, chunk: int) -> dict:
     # mlstm_kernels.py --bw-sweep, benchmarks/results/mlstm_kernels_s3.md). The backward state walk capped at
     # 128 registers (4 programs per SM instead of 2): 2.59 -> 2.45 ms at the 7B heads, 0.46 -> 0.41 at
     # (8, 16, 4096, 128, 128) (168: 2.33 / 0.43); the states-pass cap is neutral inside the backward.
+    # maxnreg_o: the output pass's cap (none: a cap of 128 at 2 stages was slower in call B).
     BV_o = min(128, next_pow2(DV))
     cfg = {"L": chunk, "BK_s": min(64, BK), "BV_s": min(64, next_pow2(DV)), "warps_s": 4, "stages_s": 3,
-           "maxnreg_s": 128, "maxnreg_g": 128,
+           "maxnreg_s": 128, "maxnreg_g": 128, "maxnreg_o": None,
            "BK_o": min(64, BK), "BV_o": BV_o, "warps_o": 8 if BV_o >= 128 else 4, "stages_o": 3,
            "BK_b": min(64, BK), "BV_b": min(64, next_pow2(DV)), "warps_b": 4, "stages_b": 3}
     cfg.update(CP_CONFIG.get(BK, {}))
@@ -406,7 +407,7 @@ def chunk_outputs(q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, cfg, eps, inp
     mlstm_chunk_output_kernel[(triton_cdiv(DV, cfg["BV_o"]), NT, B * NH)](
         q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, S, NT, DQK**-0.5, eps, DQK=DQK, DV=DV, L=cfg["L"],
         BK=cfg["BK_o"], BV=cfg["BV_o"], EXP_GATE=input_gate == "exp", PREC=_precision(q.dtype),
-        STORE_LO=store_lo, num_warps=cfg["warps_o"], num_stages=cfg["stages_o"])
+        STORE_LO=store_lo, num_warps=cfg["warps_o"], num_stages=cfg["stages_o"], **_cap(cfg["maxnreg_o"]))
 
 
 def triton_cdiv(a: int, b: int) -> int:
