@@ -176,6 +176,11 @@ def main():
     # (df 2.8e-4, dq 4.7e-4); the reverse cumulative sum of per-step terms (the walks) gives df 1.4e-3
     sequence_case("cpb_fp16_long", 1, 1, 512, 64, 64, dtype=torch.float16, chunk=64, tol=7e-4,
                   backward="chunkparallel")
+    # the gate epilogue kernel (gate_rows.py) over more than one block of 1024 steps: the final stabilizer's
+    # argmax in the second block, its gradient routed across the block boundary; sigmoid gate, masked steps
+    sequence_case("cpb_rows_blocks", 1, 2, 1300, 16, 16, init="random", chunk=64)
+    sequence_case("cpb_rows_blocks_sigmoid", 1, 1, 1300, 16, 16, gate="sigmoid", init="random",
+                  masked=((1000, 1100),), chunk=64)
     # time windows in the chunk-parallel backward: 10 chunks of 16 in windows of 3 (the last one holds 1),
     # restarted from the forward's fp32 entry states; with masked steps and extreme gates across windows
     sequence_case("cpb_windows", 2, 1, 150, 24, 40, chunk=16, init="random", window=48)

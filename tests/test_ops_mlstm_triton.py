@@ -10,7 +10,7 @@ in [-30, 30], packed documents (cu_seqlens) with per-document initial states, se
 steps, an empty initial state, both gates, odd head dims, fp16), and the decode step. Sequences without
 cu_seqlens or segments take the chunk-parallel forward (chunk_states.py, chunk_output.py; several DQK and
 DV blocks in `cp_blocks`); `cpb_*` run the chunk-parallel backward (chunk_backward.py; `cpb_windows*` over
-several time windows) and the `walk_*`
+several time windows, `cpb_rows_*` the gate epilogue kernel over several blocks) and the `walk_*`
 cases the fused walks (forward.py, backward.py) on them instead.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ def results() -> dict:
 
 CASES = ["s1", "odd_dims", "tail", "sigmoid_init", "empty_init", "masked_extreme", "varlen", "varlen_sigmoid",
          "fp16", "chunk_invariance", "cp_blocks", "cp_extreme_sigmoid", "cpb_init_odd", "cpb_blocks",
-         "cpb_extreme_sigmoid", "cpb_s1", "cpb_fp16", "cpb_fp16_long", "cpb_windows", "cpb_windows_extreme", "walk_odd_dims",
-         "walk_masked_extreme", "seg_init", "seg_sigmoid_odd", "seg_empty_masked", "seg_fp16"]
+         "cpb_extreme_sigmoid", "cpb_s1", "cpb_fp16", "cpb_fp16_long", "cpb_rows_blocks", "cpb_rows_blocks_sigmoid",
+         "cpb_windows", "cpb_windows_extreme", "walk_odd_dims", "walk_masked_extreme", "seg_init", "seg_sigmoid_odd", "seg_empty_masked", "seg_fp16"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -12,7 +12,8 @@ forward's chunk states recomputed from the fp32 state the forward saved at the w
 backward state at every chunk end, then dv and dq, dk for every chunk in parallel; the log forget
 gradient summed from the pairs of steps that straddle each gate); packed documents, segments and
 BACKWARD["variant"] = "walk" take the walks (backward.py: dkv backwards, dq forwards; the log forget
-gradient as a reverse cumulative sum, ~30x less precise in bf16); then the gate epilogue (gates.py). Gradients flow to q, k, v, i, f and to all three parts of the initial
+gradient as a reverse cumulative sum, ~30x less precise in bf16); then the gate epilogue (gate_rows.py,
+one launch, after the chunk-parallel backward; gates.py, torch, after the walks). Gradients flow to q, k, v, i, f and to all three parts of the initial
 state; the returned state carries gradients too. Inputs bf16, fp16 or fp32 (matrix products in that precision, fp32
 accumulation; fp32 inputs use 3xTF32 products), gates, stabilizers and states fp32. float64 inputs
 go to the torch chunkwise form. The chunk-parallel forward uses chunks of chunk_size rounded up to a
@@ -46,6 +47,7 @@ from .chunk_output import mlstm_chunk_output_kernel
 from .chunk_states import mlstm_chunk_states_kernel
 from .common import next_pow2
 from .forward import mlstm_fwd_kernel
+from .gate_rows import gate_grads_rows
 from .gates import gate_grads
 from .segments import segment_states
 
@@ -258,14 +260,18 @@ class MLSTMTritonFn(torch.autograd.Function):
             grads = _walk_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, sp, cfg, input_gate)
         dq, dk, dv, dC0, dn0, dli, forget = grads
 
-        S = sp.S
-        packed = lambda t: t.transpose(0, 1).reshape(NH, -1)  # (B, NH, S) -> (NH, B*S)
-        di, df, dm0_routed = gate_grads(packed(i), packed(f), sp.to_docs(m0), packed(dli), sp.to_docs(dfinal),
-                                        sp.to_docs(dmf), sp.doc_offsets(), input_gate,
-                                        **{k: packed(t) for k, t in forget.items()})
-        unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
-        dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + sp.from_docs(dm0_routed).float()
-        return dq, dk, dv, unpack(di), unpack(df), dC0, dn0, dm0, None, None, None, None, None
+        if "dlogf" in forget and not sp.varlen and not sp.segmented:  # one launch (gate_rows.py)
+            di, df, dm0_routed = gate_grads_rows(i, f, m0, dli, forget["dlogf"], dfinal, dmf, input_gate)
+        else:
+            S = sp.S
+            packed = lambda t: t.transpose(0, 1).reshape(NH, -1)  # (B, NH, S) -> (NH, B*S)
+            unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
+            di, df, dm0_routed = gate_grads(packed(i), packed(f), sp.to_docs(m0), packed(dli), sp.to_docs(dfinal),
+                                            sp.to_docs(dmf), sp.doc_offsets(), input_gate,
+                                            **{k: packed(t) for k, t in forget.items()})
+            di, df, dm0_routed = unpack(di), unpack(df), sp.from_docs(dm0_routed)
+        dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + dm0_routed.float()
+        return dq, dk, dv, di, df, dC0, dn0, dm0, None, None, None, None, None
 
 
 def _walk_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, sp, cfg, input_gate):

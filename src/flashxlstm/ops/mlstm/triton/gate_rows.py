@@ -1,0 +1,93 @@
+"""The gate epilogue of the chunk-parallel backward as one Triton launch (sequences of one length).
+
+The same computation as gates.gate_grads in its direct form (see there for the math), for tensors laid
+out (B, NH, S) with one sequence per row: one program per row walks its steps twice in blocks of BLOCK.
+Pass 1 finds the step s* that attains the final stabilizer M = F_e + max_s (li_s - F_s) (the last one
+on ties) and the row's total log forget F_e, in float64; pass 2 writes
+
+    df_r = (dlogf_r + [M live] dM - [step wins, r <= s*] dM) * sigmoid(-f_r)
+    di_r = (dli_r + [step wins, r = s*] dM) * (1, or sigmoid(-i_r) for the sigmoid input gate)
+
+with dM = dm - <dC, C> - <dn, n> of the returned state, and the initial stabilizer's share
+[initial state wins] dM per row. It replaces about forty small torch operations (and their host time)
+of the general form, which stays for packed documents and segments.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _logsigmoid64(x):
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def mlstm_gate_rows_kernel(ig, fg, m0, dli, dlogf, dfinal, dmf, di, df, dm0r, S,
+                           BLOCK: tl.constexpr, EXP_GATE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * S
+    offs = tl.arange(0, BLOCK)
+
+    # pass 1: F (cumulative log forget) and the last step maximizing li_s - F_s
+    F_run = tl.load(dfinal + row) * 0.0          # float64 zero (dfinal is float64)
+    best = F_run - float("inf")
+    best_at = (F_run * 0).to(tl.int64) - 1
+    for s0 in range(0, S, BLOCK):
+        t = s0 + offs
+        mask = t < S
+        f = tl.load(fg + base + t, mask=mask, other=float("inf")).to(tl.float64)
+        i = tl.load(ig + base + t, mask=mask, other=0.0).to(tl.float64)
+        li = i if EXP_GATE else _logsigmoid64(i)
+        li = tl.where(mask, li, float("-inf"))
+        F_t = F_run + tl.cumsum(_logsigmoid64(f), 0)
+        val = li - F_t
+        bmax = tl.max(val, 0)
+        barg = tl.max(tl.where(val == bmax, t, -1), 0)
+        later = bmax >= best
+        best_at = tl.where(later, barg, best_at)
+        best = tl.where(later, bmax, best)
+        F_run = F_run + tl.sum(_logsigmoid64(f), 0)
+
+    a_init = F_run + tl.load(m0 + row).to(tl.float64)
+    a_step = F_run + best
+    M = tl.maximum(a_init, a_step)
+    live = M > float("-inf")
+    init_wins = live & (a_init >= a_step)
+    step_wins = live & (a_init < a_step)
+    dM = tl.load(dmf + row).to(tl.float64) - tl.load(dfinal + row)
+    dM_live = tl.where(live, dM, 0.0)
+    route = tl.where(step_wins, dM, 0.0)
+    tl.store(dm0r + row, tl.where(init_wins, dM, 0.0).to(dm0r.dtype.element_ty))
+
+    # pass 2: the per-step gradients
+    for s0 in range(0, S, BLOCK):
+        t = s0 + offs
+        mask = t < S
+        f = tl.load(fg + base + t, mask=mask, other=0.0).to(tl.float64)
+        g = tl.load(dlogf + base + t, mask=mask, other=0.0).to(tl.float64)
+        g = g + dM_live - tl.where(t <= best_at, route, 0.0)
+        tl.store(df + base + t, (g / (1.0 + tl.exp(f))).to(df.dtype.element_ty), mask=mask)
+        d = tl.load(dli + base + t, mask=mask, other=0.0).to(tl.float64) + tl.where(t == best_at, route, 0.0)
+        if not EXP_GATE:
+            i = tl.load(ig + base + t, mask=mask, other=0.0).to(tl.float64)
+            d = d / (1.0 + tl.exp(i))
+        tl.store(di + base + t, d.to(di.dtype.element_ty), mask=mask)
+
+
+def gate_grads_rows(i: Tensor, f: Tensor, m0: Tensor, dli: Tensor, dlogf: Tensor, dfinal: Tensor, dmf: Tensor,
+                    input_gate: str) -> tuple[Tensor, Tensor, Tensor]:
+    """i, f, dli, dlogf (B, NH, S) float32 contiguous; m0, dmf (B, NH) float32; dfinal (B, NH) float64.
+
+    Returns di, df (B, NH, S) float32 and the routed part of dm0 (B, NH) float32.
+    """
+    B, NH, S = i.shape
+    di, df = torch.empty_like(i), torch.empty_like(f)
+    dm0r = torch.empty_like(m0)
+    mlstm_gate_rows_kernel[(B * NH,)](
+        i, f, m0.contiguous(), dli, dlogf, dfinal.contiguous(), dmf.contiguous(), di, df, dm0r, S,
+        BLOCK=min(1024, triton.next_power_of_2(max(S, 16))), EXP_GATE=input_gate == "exp", num_warps=4)
+    return di, df, dm0r
