@@ -33,29 +33,28 @@ def mlstm_gate_rows_kernel(ig, fg, m0, dli, dlogf, dfinal, dmf, di, df, dm0r, S,
     offs = tl.arange(0, BLOCK)
 
     # pass 1: F (cumulative log forget) and the last step maximizing li_s - F_s
-    F_run = tl.load(dfinal + row) * 0.0          # float64 zero (dfinal is float64)
+    F_run = tl.sum(tl.zeros([BLOCK], dtype=tl.float64), 0)  # a float64 scalar carried through the loop
     best = F_run - float("inf")
-    best_at = (F_run * 0).to(tl.int64) - 1
+    best_at = F_run.to(tl.int64) - 1
     for s0 in range(0, S, BLOCK):
         t = s0 + offs
         mask = t < S
-        f = tl.load(fg + base + t, mask=mask, other=float("inf")).to(tl.float64)
+        lf = _logsigmoid64(tl.load(fg + base + t, mask=mask, other=float("inf")).to(tl.float64))  # 0 past S
         i = tl.load(ig + base + t, mask=mask, other=0.0).to(tl.float64)
         li = i if EXP_GATE else _logsigmoid64(i)
         li = tl.where(mask, li, float("-inf"))
-        F_t = F_run + tl.cumsum(_logsigmoid64(f), 0)
-        val = li - F_t
+        val = li - (F_run + tl.cumsum(lf, 0))
         bmax = tl.max(val, 0)
         barg = tl.max(tl.where(val == bmax, t, -1), 0)
         later = bmax >= best
         best_at = tl.where(later, barg, best_at)
         best = tl.where(later, bmax, best)
-        F_run = F_run + tl.sum(_logsigmoid64(f), 0)
+        F_run = F_run + tl.sum(lf, 0)
 
     a_init = F_run + tl.load(m0 + row).to(tl.float64)
     a_step = F_run + best
     M = tl.maximum(a_init, a_step)
-    live = M > float("-inf")
+    live = (M > float("-inf")) & (M < float("inf"))
     init_wins = live & (a_init >= a_step)
     step_wins = live & (a_init < a_step)
     dM = tl.load(dmf + row).to(tl.float64) - tl.load(dfinal + row)
