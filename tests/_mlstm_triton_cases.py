@@ -128,6 +128,33 @@ def step_case(case, *, gate="exp", out=False, empty=False, tol=1e-6):
     emit(case, errors, tol, any(torch.isnan(t).any() for t in (h, C, n, m)))
 
 
+def gate_rows_case(case, gate):
+    """The gate epilogue kernel (gate_rows.py) against the torch form (gates.py, float64) it replaces:
+    three blocks of steps, initial stabilizers finite or -inf, the final stabilizer won by a step or by
+    the initial state, masked steps."""
+    from flashxlstm.ops.mlstm.triton.gate_rows import gate_grads_rows
+    from flashxlstm.ops.mlstm.triton.gates import gate_grads
+    g = torch.Generator().manual_seed(3)
+    B, NH, S = 2, 3, 2500
+    i = torch.randn(B, NH, S, generator=g) * 3
+    f = torch.randn(B, NH, S, generator=g) * 2 + 3
+    i[0, 1, 2000:], f[0, 1, 2000:] = -INF, INF
+    m0 = torch.randn(B, NH, generator=g) * 4
+    m0[1, 0] = -INF
+    m0[1, 2] = 1000.0  # the initial state wins (F_e is about -125 here)
+    dli, dlogf = torch.randn(B, NH, S, generator=g), torch.randn(B, NH, S, generator=g)
+    dfinal, dmf = torch.randn(B, NH, generator=g, dtype=torch.float64), torch.randn(B, NH, generator=g)
+    di, df, dm0 = gate_grads_rows(i, f, m0, dli, dlogf, dfinal, dmf, gate)
+    packed = lambda t: t.transpose(0, 1).reshape(NH, -1)
+    docs = lambda t: t.T.contiguous()
+    cu = torch.arange(B + 1) * S
+    ri, rf, rm = gate_grads(packed(i), packed(f), docs(m0), packed(dli), docs(dfinal), docs(dmf), cu, gate,
+                            dlogf=packed(dlogf))
+    unpack = lambda t: t.reshape(NH, B, S).transpose(0, 1)
+    errors = {"di": rel(di, unpack(ri)), "df": rel(df, unpack(rf)), "dm0": rel(dm0, rm.T)}
+    emit(case, errors, 1e-6, any(torch.isnan(t).any() for t in (di, df, dm0)))
+
+
 def compile_case():
     """torch.compile graph-breaks around the op: same values and gradients as eager."""
     g = torch.Generator().manual_seed(2)
@@ -196,6 +223,8 @@ def main():
     sequence_case("seg_empty_masked", 1, 1, 56, 16, 16, init="empty", gate_range=30.0,
                   masked=((0, 20), (33, 40), (50, 56)), tol=5e-4, seg=16)
     sequence_case("seg_fp16", 1, 1, 48, 16, 16, dtype=torch.float16, tol=1e-2, seg=16)
+    gate_rows_case("gate_rows_exp", "exp")
+    gate_rows_case("gate_rows_sigmoid", "sigmoid")
     compile_case()
     step_case("step_exp")
     step_case("step_sigmoid", gate="sigmoid")

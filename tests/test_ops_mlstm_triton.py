@@ -48,6 +48,14 @@ def test_sequence_kernels_match_reference(results, case):
     assert not bad, f"{case}: relative errors above {row['tol']}: {bad}"
 
 
+@pytest.mark.parametrize("case", ["gate_rows_exp", "gate_rows_sigmoid"])
+def test_gate_epilogue_kernel_matches_torch_form(results, case):
+    row = results[case]
+    assert not row["nan"]
+    bad = {k: v for k, v in row["errors"].items() if not v <= row["tol"]}
+    assert not bad, f"{case}: {bad}"
+
+
 def test_torch_compile_runs_around_the_op(results):
     row = results["compile"]
     assert not row["nan"] and all(v <= row["tol"] for v in row["errors"].values()), row["errors"]
