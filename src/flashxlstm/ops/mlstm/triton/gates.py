@@ -5,7 +5,9 @@ and for the log forget gate one of two things: the walks (backward.py) give dF_t
 respect to the cumulative log forget F_t, which this module turns into per-step gates as
 dlogf_r = sum_{t >= r} dF_t within each document (plus what the final state adds through F_e); the
 chunk-parallel backward (chunk_backward.py) gives dlogf_r itself, summed from the pairs that straddle r
-(including those through the final state), which avoids that long nearly-cancelling sum.
+(including those through the final state), which avoids that long nearly-cancelling sum. After the
+chunk-parallel backward the library runs the same computation as one Triton launch (gate_rows.py);
+this torch form serves the walks and is the reference that kernel is tested against.
 
 Either way this module adds what the stabilizer of the final state routes to its argmax. The returned
 state is stabilized, C = exp(-M) C_true with M = max(F_e + m0, max_s F_e - F_s + li_s). Gradients reaching
