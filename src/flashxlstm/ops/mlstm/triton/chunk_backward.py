@@ -33,23 +33,29 @@ straddling pairs directly, in fp32:
       s before the chunk, t >= r:     sum_{t >= r} q^_t . dq^_t (through C_c, n_c)
       s < r, t after the chunk:       sum_{s < r} k_s . dk_s (through G_out, gn_out)
       both inside the chunk:          sum_{j >= r} (sum_s W_js - sum_t W_tj)
-so no sum runs beyond one chunk; only the final stabilizer's routing is added in gates.py.
+so no sum runs beyond one chunk; only the final stabilizer's routing is added afterwards (gate_rows.py).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .common import finite_or_zero, load_gates
+from .common import chunk_program, finite_or_zero, load_gates, state_block
 
 
 @triton.jit
-def _chunk_stabilizers(mstat, m0, bh, row0, c, S, L: tl.constexpr):
-    """(m_in, m_out) of chunk c: the per-step stabilizer before its first step and at its last step."""
+def _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L: tl.constexpr, EXP_GATE: tl.constexpr):
+    """Gates and stabilizers of chunk c (steps t, mt = t < S): li, b (cumulative log forget), g (its total),
+    m_in and m_out (the per-step stabilizer before the chunk's first step and at its last) and the
+    per-step stabilizers m_t, with -inf (nothing seen) as 0 where they are subtracted."""
+    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
+    b = tl.cumsum(lf, 0)
+    g = tl.sum(lf, 0)
     m_in = tl.load(mstat + row0 + c * L - 1, mask=c > 0, other=0.0)
     m_in = tl.where(c > 0, m_in, tl.load(m0 + bh))
-    m_out = tl.load(mstat + row0 + tl.minimum(c * L + L, S) - 1)
-    return m_in, finite_or_zero(m_out)
+    m_out = finite_or_zero(tl.load(mstat + row0 + tl.minimum(c * L + L, S) - 1))
+    m_t = finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0))
+    return li, b, g, m_in, m_out, m_t
 
 
 @triton.jit
@@ -59,15 +65,8 @@ def mlstm_chunk_bwd_states_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     EXP_GATE: tl.constexpr, PREC: tl.constexpr,
 ):
-    kb = tl.program_id(0)
-    vb = tl.program_id(1)
-    bh = tl.program_id(2).to(tl.int64)
-    row0 = bh * S
-    ok = kb * BK + tl.arange(0, BK)
-    ov = vb * BV + tl.arange(0, BV)
+    kb, vb, bh, row0, ok, ov, mk, mkv = state_block(S, DQK, DV, BK, BV)
     ol = tl.arange(0, L)
-    mk = ok < DQK
-    mkv = mk[:, None] & (ov < DV)[None, :]
     first_v = vb == 0
 
     G = tl.load(dCf + bh * DQK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0)
@@ -81,11 +80,7 @@ def mlstm_chunk_bwd_states_kernel(
             tl.store(gns + st * DQK + ok, gn, mask=mk)
         t = c * L + ol
         mt = t < S
-        li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
-        b = tl.cumsum(lf, 0)
-        g = tl.sum(lf, 0)
-        m_in, mos = _chunk_stabilizers(mstat, m0, bh, row0, c, S, L)
-        mrs = finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0))
+        li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L, EXP_GATE)
         w = tl.where(mt, tl.exp(b + m_in - mrs) * scale, 0.0)
         r = tl.load(rz + row0 + t, mask=mt, other=0.0)
         pq = tl.make_block_ptr(q + row0 * DQK, (DQK, S), (1, DQK), (kb * BK, c * L), (BK, L), (0, 1))
@@ -113,14 +108,8 @@ def mlstm_chunk_bwd_dv_kernel(
     EXP_GATE: tl.constexpr, PREC: tl.constexpr,
 ):
     vb = tl.program_id(0)
-    j = tl.program_id(1)
-    c = c_first + j
-    bh = tl.program_id(2).to(tl.int64)
-    row0 = bh * S
-    st = bh * NT + j
+    c, bh, row0, st, t, mt = chunk_program(c_first, NT, S, L)
     ol = tl.arange(0, L)
-    t = c * L + ol
-    mt = t < S
 
     kq = tl.zeros([L, L], dtype=tl.float32)  # kq[s, t] = k_s . q_t
     kG = tl.zeros([L, BV], dtype=tl.float32)
@@ -134,11 +123,7 @@ def mlstm_chunk_bwd_dv_kernel(
         kq += tl.dot(bk, bqt, input_precision=PREC)
         kG += tl.dot(bk, bG.to(bk.dtype), input_precision=PREC)
 
-    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
-    b = tl.cumsum(lf, 0)
-    g = tl.sum(lf, 0)
-    m_in, mos = _chunk_stabilizers(mstat, m0, bh, row0, c, S, L)
-    mrs = finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0))
+    li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L, EXP_GATE)
     # transposed gate matrix: row s, column t
     logDT = tl.where(ol[None, :] >= ol[:, None], b[None, :] - b[:, None] + li[:, None] - mrs[None, :], float("-inf"))
     AT = kq * scale * tl.exp(logDT)
@@ -160,14 +145,8 @@ def mlstm_chunk_bwd_dqk_kernel(
     EXP_GATE: tl.constexpr, PREC: tl.constexpr,
 ):
     kb = tl.program_id(0)
-    j = tl.program_id(1)
-    c = c_first + j
-    bh = tl.program_id(2).to(tl.int64)
-    row0 = bh * S
-    st = bh * NT + j
+    c, bh, row0, st, t, mt = chunk_program(c_first, NT, S, L)
     ol = tl.arange(0, L)
-    t = c * L + ol
-    mt = t < S
     ok = kb * BK + tl.arange(0, BK)
     mk = ok < DQK
 
@@ -200,11 +179,7 @@ def mlstm_chunk_bwd_dqk_kernel(
     bk = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
     bkt = tl.load(pkt, boundary_check=(0, 1), padding_option="zero")
 
-    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
-    b = tl.cumsum(lf, 0)
-    g = tl.sum(lf, 0)
-    m_in, mos = _chunk_stabilizers(mstat, m0, bh, row0, c, S, L)
-    mrs = finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0))
+    li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L, EXP_GATE)
     dd = tl.load(dden + row0 + t, mask=mt, other=0.0)
     D = tl.exp(tl.where(ol[:, None] >= ol[None, :], b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
     P += dd[:, None]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import finite_or_zero, load_gates
+from .common import chunk_program, finite_or_zero, load_gates
 
 
 @triton.jit
@@ -54,13 +54,8 @@ def mlstm_chunk_output_kernel(
     EXP_GATE: tl.constexpr, PREC: tl.constexpr, STORE_LO: tl.constexpr,
 ):
     vb = tl.program_id(0)
-    c = tl.program_id(1)
-    bh = tl.program_id(2).to(tl.int64)
-    row0 = bh * S
-    st = bh * NT + c
+    c, bh, row0, st, t, mt = chunk_program(0, NT, S, L)
     ol = tl.arange(0, L)
-    t = c * L + ol
-    mt = t < S
 
     # gate loads first (their latency overlaps the DQK loop's); the (L x L) gate tile comes after the loop
     m = tl.load(ms + st)

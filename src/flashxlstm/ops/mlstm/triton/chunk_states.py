@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import finite_or_zero, load_gates
+from .common import finite_or_zero, load_gates, state_block
 
 
 @triton.jit
@@ -34,16 +34,8 @@ def mlstm_chunk_states_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     EXP_GATE: tl.constexpr, PREC: tl.constexpr, EVERY: tl.constexpr,
 ):
-    kb = tl.program_id(0)
-    vb = tl.program_id(1)
-    bh = tl.program_id(2).to(tl.int64)
-    row0 = bh * S
-    ok = kb * BK + tl.arange(0, BK)
-    ov = vb * BV + tl.arange(0, BV)
+    kb, vb, bh, row0, ok, ov, mk, mkv = state_block(S, DQK, DV, BK, BV)
     ol = tl.arange(0, L)
-    mk = ok < DQK
-    mv = ov < DV
-    mkv = mk[:, None] & mv[None, :]
     first_v = vb == 0
 
     C = tl.load(C0 + bh * DQK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0).to(tl.float32)

@@ -51,6 +51,30 @@ def seq_bounds(cu, pid, S, TSEG, NSEG, NH: tl.constexpr, IS_VARLEN: tl.constexpr
 
 
 @triton.jit
+def state_block(S, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Coordinates of a state-walk program (chunk_states.py, the backward state walk), grid (DQK blocks,
+    DV blocks, batch*head): (kb, vb, bh, first row, DQK rows ok, DV columns ov, ok mask, block mask)."""
+    kb = tl.program_id(0)
+    vb = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    ok = kb * BK + tl.arange(0, BK)
+    ov = vb * BV + tl.arange(0, BV)
+    mk = ok < DQK
+    return kb, vb, bh, bh * S, ok, ov, mk, mk[:, None] & (ov < DV)[None, :]
+
+
+@triton.jit
+def chunk_program(c_first, NT, S, L: tl.constexpr):
+    """Coordinates of a per-chunk program, grid (blocks, chunks of the window, batch*head), over the NT
+    chunks from c_first: (chunk c, bh, first row, state slot bh * NT + j, the chunk's steps t, t < S)."""
+    j = tl.program_id(1)
+    c = c_first + j
+    bh = tl.program_id(2).to(tl.int64)
+    t = c * L + tl.arange(0, L)
+    return c, bh, bh * S, bh * NT + j, t, t < S
+
+
+@triton.jit
 def load_gates(ig, fg, rows, mask, EXP_GATE: tl.constexpr):
     """log input gate and log forget gate of a chunk; rows past the end leave the state untouched."""
     i = tl.load(ig + rows, mask=mask, other=0.0).to(tl.float32)
