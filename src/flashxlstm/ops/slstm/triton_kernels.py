@@ -81,6 +81,20 @@ def _store4(ptr, off, stride, a, b, c, d, mask):
 
 
 @triton.jit
+def _gate_piece(g: tl.constexpr, a, b, c, d):
+    """The piece of gate g (0..3: i, f, z, o) among four, chosen at compile time."""
+    if g == 0:
+        x = a
+    elif g == 1:
+        x = b
+    elif g == 2:
+        x = c
+    else:
+        x = d
+    return x
+
+
+@triton.jit
 def _load_r_piece(r_base, k0, KP: tl.constexpr, DH: tl.constexpr, gate_stride, offs_j, mj):
     """Rows [k0, k0 + KP) (masked to DH) of the four (k, j) gate matrices at r_base, columns offs_j."""
     offs_k = k0 + tl.arange(0, KP)
@@ -309,24 +323,10 @@ def slstm_bw_kernel(
                     for g in tl.static_range(4):
                         if R_RESIDENT:
                             d = _load_k_piece(d_row + g * HD, 0, KR0, DH, mb)
-                            if g == 0:
-                                dh = _mm(dh, d, R_i, IEEE)
-                            elif g == 1:
-                                dh = _mm(dh, d, R_f, IEEE)
-                            elif g == 2:
-                                dh = _mm(dh, d, R_z, IEEE)
-                            else:
-                                dh = _mm(dh, d, R_o, IEEE)
+                            dh = _mm(dh, d, _gate_piece(g, R_i, R_f, R_z, R_o), IEEE)
                             if KR1 > 0:
                                 d = _load_k_piece(d_row + g * HD, KR0, KR1, DH, mb)
-                                if g == 0:
-                                    dh = _mm(dh, d, R_i1, IEEE)
-                                elif g == 1:
-                                    dh = _mm(dh, d, R_f1, IEEE)
-                                elif g == 2:
-                                    dh = _mm(dh, d, R_z1, IEEE)
-                                else:
-                                    dh = _mm(dh, d, R_o1, IEEE)
+                                dh = _mm(dh, d, _gate_piece(g, R_i1, R_f1, R_z1, R_o1), IEEE)
                         else:
                             for kc in tl.static_range(NK):
                                 offs_k = kc * BK + tl.arange(0, BK)
