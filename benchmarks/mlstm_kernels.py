@@ -331,26 +331,30 @@ def restore_defaults():
 
 
 # ---------------------------------------------------------------- where the time goes
-def profile_ours(shape, top=14):
-    """One forward+backward of ours (library defaults) under torch.profiler: GPU time per kernel name,
-    the kernels that take the most first (Triton kernels by their function name, torch ops by theirs)."""
+def gpu_time_per_kernel(go) -> list[tuple[str, float, int]]:
+    """One call of `go` under torch.profiler: (kernel name, GPU ms, launches) per name, most time first
+    (Triton kernels by their function name, torch ops by theirs)."""
     from torch.profiler import ProfilerActivity, profile
-    ins = [t.requires_grad_(True) for t in inputs(*shape)]
-    go = fwbw_runner(ours_with(DEFAULTS["tokens"]), ins)
-    for _ in range(3):
-        go()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         go()
         torch.cuda.synchronize()
-    restore_defaults()
     gpu = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
-    evs = sorted(prof.key_averages(), key=gpu, reverse=True)
-    total = sum(gpu(e) for e in evs) / 1e3
-    say(f"profile fwbw {shape}: {total:.3f} ms of GPU time in kernels")
-    for e in evs[:top]:
-        say(f"  {gpu(e) / 1e3:8.3f} ms  x{e.count:<4d} {e.key[:90]}")
-        CHOSEN[f"profile {shape} {e.key[:60]}"] = (round(gpu(e) / 1e3, 3), e.count)
+    return sorted(((e.key, gpu(e) / 1e3, e.count) for e in prof.key_averages()), key=lambda r: -r[1])
+
+
+def profile_ours(shape, top=14):
+    """GPU time per kernel of one forward+backward of ours (library defaults), after three warm-up calls."""
+    ins = [t.requires_grad_(True) for t in inputs(*shape)]
+    go = fwbw_runner(ours_with(DEFAULTS["tokens"]), ins)
+    for _ in range(3):
+        go()
+    rows = gpu_time_per_kernel(go)
+    restore_defaults()
+    say(f"profile fwbw {shape}: {sum(ms for _, ms, _ in rows):.3f} ms of GPU time in kernels")
+    for name, ms, count in rows[:top]:
+        say(f"  {ms:8.3f} ms  x{count:<4d} {name[:90]}")
+        CHOSEN[f"profile {shape} {name[:60]}"] = (round(ms, 3), count)
     del ins, go
     torch.cuda.empty_cache()
 
@@ -367,8 +371,6 @@ BW_VARIANTS = [dict(), dict(maxnreg_g=None), dict(maxnreg_s=None), dict(window_s
 def bw_sweep(shapes, deadline):
     """Forward+backward time of backward launch variants (and window lengths), with the kernels' time
     per name from one profiled run; gradients compared with the default's (a miscompile shows as O(1))."""
-    from torch.profiler import ProfilerActivity, profile
-    gpu = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
     for shape in shapes:
         BK = triton.next_power_of_2(shape[3])
         gins = [t.requires_grad_(True) for t in inputs(*shape)]
@@ -392,12 +394,8 @@ def bw_sweep(shapes, deadline):
                 ref = ref or grads
                 e = max(rel(a, b) for a, b in zip(grads, ref))
                 ms = bench(go, rep=50)
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    go()
-                    torch.cuda.synchronize()
-                per = {e_.key: gpu(e_) / 1e3 for e_ in prof.key_averages() if e_.key.startswith("mlstm_")}
-                parts = " ".join(f"{k.replace('mlstm_', '').replace('_kernel', '')} {v:.2f}" for k, v in
-                                 sorted(per.items(), key=lambda kv: -kv[1]))
+                parts = " ".join(f"{name.replace('mlstm_', '').replace('_kernel', '')} {kms:.2f}"
+                                 for name, kms, _ in gpu_time_per_kernel(go) if name.startswith("mlstm_"))
                 say(f"bw sweep fwbw {shape} {over or 'default'}{f' window {window}' if window else ''}: "
                     f"{ms:.3f} ms (grads rel diff to default {e:.1e}) [{parts}]")
                 CHOSEN[f"bw {shape} {over} {window}"] = (round(ms, 3), e)
