@@ -13,7 +13,7 @@ model, steps done of requested, train and test accuracy, step time, wall time), 
 the versions, and DIR/summary.json the same as data.
 
 Before the jobs start, a preflight records which kernels "auto" picks on CUDA (Triton), counts their calls, and
-checks the gradients of one step of xlstm[0:1] / xlstm[1:0] with them against the torch backends ("cpu"
+checks the gradients of one step of xlstm[0:1] / xlstm[1:0] with them against the torch backends ("fused"
 sLSTM, "chunkwise" mLSTM); a kernel that fails or does not match is replaced by its torch backend in every
 job (said in the summary).
 
@@ -78,10 +78,8 @@ def preflight(device: str) -> dict:
     """Which kernels "auto" picks on `device`, and whether a Triton training step matches the torch backends."""
     import torch
 
-    import importlib
-
-    mlstm_ops = importlib.import_module("flashxlstm.ops.mlstm")  # the modules (flashxlstm.ops.mlstm is the function)
-    slstm_ops = importlib.import_module("flashxlstm.ops.slstm")
+    import flashxlstm.ops.mlstm_cell as mlstm_ops
+    import flashxlstm.ops.slstm_cell as slstm_ops
     from flashxlstm.tasks.zoo import ModelSize, build_model
 
     info: dict = {"device": device, "torch": torch.__version__,
@@ -106,7 +104,7 @@ def preflight(device: str) -> dict:
             counted(table, kind, name)
     x = torch.randint(1, 3, (8, 39), device=device)
     t0 = time.perf_counter()
-    checks = (("slstm", "xlstm[0:1]", "cpu", 64), ("mlstm", "xlstm[1:0]", "chunkwise", 64),
+    checks = (("slstm", "xlstm[0:1]", "fused", 64), ("mlstm", "xlstm[1:0]", "chunkwise", 64),
               ("mlstm", "xlstm[1:0]", "chunkwise", 128))  # the parity and the MQAR widths
     ok = {"slstm": True, "mlstm": True}
     for kind, model_name, torch_backend, dim in checks:

@@ -31,9 +31,6 @@ import sys
 import time
 import traceback
 
-# benchmarks/mlstm_kernels.py would shadow the mlstm_kernels package the official model imports
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import torch  # noqa: E402
 
 ROWS: list[dict] = []
@@ -184,7 +181,7 @@ def main() -> int:
     from flashxlstm.checkpoints.pretrained import convert_large
     from flashxlstm.generation import generate, prefill
     from flashxlstm.generation.cuda_graph import CUDAGraphStep
-    from flashxlstm.ops.mlstm import BACKENDS, STEP_BACKENDS
+    from flashxlstm.ops.mlstm_cell import BACKENDS, STEP_BACKENDS
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = device == "cuda"

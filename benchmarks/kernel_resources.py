@@ -91,8 +91,8 @@ def resources(ck, num_warps: int) -> dict:
 
 # ---------------------------------------------------------------- the kernels this script knows
 def _ours(which: str, DQK: int, DV: int, over: dict):
-    from flashxlstm.ops.mlstm.triton import function as tfn
-    from flashxlstm.ops.mlstm.triton.common import next_pow2
+    from flashxlstm.ops.mlstm_cell.triton import function as tfn
+    from flashxlstm.ops.mlstm_cell.triton.common import next_pow2
     cfg = tfn._cp_config(next_pow2(DQK), DV, 64)
     sfx = "_s" if which == "states" else "_o"
     s = {key: over.get(key, cfg[key + sfx]) for key in ("BK", "BV", "warps", "stages")}
@@ -102,10 +102,10 @@ def _ours(which: str, DQK: int, DV: int, over: dict):
                  mstat=F, dstat=F, Ew=F, En=F, Em=F, scale="fp32", eps="fp32")
     const = dict(DQK=DQK, DV=DV, L=s["L"], BK=s["BK"], BV=s["BV"], EXP_GATE=True, PREC="tf32")
     if which == "states":
-        from flashxlstm.ops.mlstm.triton.chunk_states import mlstm_chunk_states_kernel as kernel
+        from flashxlstm.ops.mlstm_cell.triton.chunk_states import mlstm_chunk_states_kernel as kernel
         const["EVERY"] = over.get("EVERY", 0)  # 0: the forward without the backward's window entries
     else:
-        from flashxlstm.ops.mlstm.triton.chunk_output import mlstm_chunk_output_kernel as kernel
+        from flashxlstm.ops.mlstm_cell.triton.chunk_output import mlstm_chunk_output_kernel as kernel
         const["STORE_LO"] = bool(over.get("STORE_LO", True))
     const = {key: val for key, val in const.items() if key in jit_fn(kernel).arg_names}
     extra = {key: val for key, val in over.items() if key in jit_fn(kernel).arg_names}

@@ -2,11 +2,11 @@
 
     python benchmarks/mlstm_forward_sweep.py [--out DIR] [--shapes 0,1,2,3] [--budget-s S] [--no-check]
 
-A short GPU call for forward work (issue 4): for each shape of mlstm_kernels.py's list, ours with the
+A short GPU call for forward work (issue 4): for each shape of bench_mlstm.py's list, ours with the
 library defaults against float64 (forward only, first 2 heads), TFLA xl_chunk's and FLA
 chunk_simple_gla's forward and ours (whole, states pass alone, output pass alone); then, once per head
 dims, `mlstm_kernels.cp_sweep`'s launch variants (the same times, h and final state against the walk's). No
-forward+backward table (mlstm_kernels.py makes that one). Writes mlstm_kernels.md / .json to --out.
+forward+backward table (bench_mlstm.py makes that one). Writes mlstm_kernels.md / .json to --out.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("mlstm_bench", os.path.join(HERE, "mlstm_kernels.py"))
+_spec = importlib.util.spec_from_file_location("mlstm_bench", os.path.join(HERE, "bench_mlstm.py"))
 mk = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mk)  # drops this folder from sys.path, so `mlstm_kernels` is the peer package
 

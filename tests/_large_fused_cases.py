@@ -13,7 +13,7 @@ import torch
 from flashxlstm import xLSTMLarge, xLSTMLargeConfig
 from flashxlstm.generation import generate
 from flashxlstm.ops.fused import add_rms_norm, head_norm_gate, mlstm_layer_step, silu_mul
-from flashxlstm.ops.mlstm import STEP_BACKENDS, mlstm_step
+from flashxlstm.ops.mlstm_cell import STEP_BACKENDS, mlstm_step
 
 torch.manual_seed(1234)
 

@@ -4,7 +4,6 @@ Prints one JSON line per case: {"case", "errors": {name: relative error}, "tol",
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 
@@ -12,7 +11,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
 import torch  # noqa: E402
 
-M = importlib.import_module("flashxlstm.ops.mlstm")
+import flashxlstm.ops.mlstm_cell as M  # noqa: E402
 INF = float("inf")
 
 
@@ -34,7 +33,7 @@ def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, ch
     "walk"; backward None: the library default). window: the chunk-parallel backward's time window in
     steps (None: the library default).
     """
-    from flashxlstm.ops.mlstm.triton import function as tfn
+    from flashxlstm.ops.mlstm_cell.triton import function as tfn
     saved = dict(tfn.SEGMENT)
     saved_fwd, saved_bwd = dict(tfn.FORWARD), dict(tfn.BACKWARD)
     tfn.FORWARD["variant"] = forward
@@ -114,7 +113,7 @@ def step_case(case, *, gate="exp", out=False, empty=False, tol=1e-6):
     if empty:
         st = (st[0], st[1], torch.full((B, NH), -INF))
     if out:
-        from flashxlstm.ops.mlstm.triton.step import mlstm_step_triton
+        from flashxlstm.ops.mlstm_cell.triton.step import mlstm_step_triton
         bufs = (torch.full((B, NH, DV), float("nan")), torch.full_like(st[0], float("nan")),
                 torch.full_like(st[1], float("nan")), torch.full_like(st[2], float("nan")))
         h, (C, n, m) = mlstm_step_triton(q, k, v, i, f, st, input_gate=gate, out=bufs)
@@ -132,8 +131,8 @@ def gate_rows_case(case, gate):
     """The gate epilogue kernel (gate_rows.py) against the torch form (gates.py, float64) it replaces:
     three blocks of steps, initial stabilizers finite or -inf, the final stabilizer won by a step or by
     the initial state, masked steps."""
-    from flashxlstm.ops.mlstm.triton.gate_rows import gate_grads_rows
-    from flashxlstm.ops.mlstm.triton.gates import gate_grads
+    from flashxlstm.ops.mlstm_cell.triton.gate_rows import gate_grads_rows
+    from flashxlstm.ops.mlstm_cell.triton.gates import gate_grads
     g = torch.Generator().manual_seed(3)
     B, NH, S = 2, 3, 2500
     i = torch.randn(B, NH, S, generator=g) * 3
@@ -230,7 +229,7 @@ def main():
     step_case("step_sigmoid", gate="sigmoid")
     step_case("step_out_buffers", out=True)
     step_case("step_empty_state", empty=True)
-    from flashxlstm.ops.mlstm.triton.step import mlstm_step_triton
+    from flashxlstm.ops.mlstm_cell.triton.step import mlstm_step_triton
     st = M.zero_state(1, 1, 16, 16, "cpu")
     try:
         mlstm_step_triton(torch.randn(1, 1, 16), torch.randn(1, 1, 16), torch.randn(1, 1, 16), torch.zeros(1, 1),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from flashxlstm.ops import slstm, slstm_reference, slstm_step
-CPU_BACKENDS = ["recurrent", "cpu"]  # "triton" runs here only under the interpreter (test_ops_slstm_triton.py)
+CPU_BACKENDS = ["recurrent", "fused"]  # "triton" runs here only under the interpreter (test_ops_slstm_triton.py)
 
 
 def rel(a, b):
@@ -125,11 +125,11 @@ def test_clear_errors(gen):
 def test_auto_uses_the_cpu_form_on_cpu_and_triton_needs_cuda(gen):
     x, R, b = make(gen, 1, 3, 1, 4)
     h_auto, _ = slstm(x, R, b)
-    h_cpu, _ = slstm(x, R, b, backend="cpu")
+    h_cpu, _ = slstm(x, R, b, backend="fused")
     assert torch.equal(h_auto, h_cpu)
     import os
 
-    from flashxlstm.ops.slstm import BACKENDS
+    from flashxlstm.ops.slstm_cell import BACKENDS
 
     if "triton" in BACKENDS and os.environ.get("TRITON_INTERPRET") != "1":
         with pytest.raises(ValueError, match="needs CUDA"):

@@ -30,7 +30,7 @@ CASES = {
     "streamed_split_head_state": (2, 4, 1, 40, 16, "sigmoid", True, "stream_cuda", 2e-5),
     "extreme_preactivations": (2, 6, 1, 16, None, "sigmoid", True, "extreme", 1e-4),
     # bf16 dots are not emulated correctly by the Triton 3.6 interpreter (numpy has no bf16); fp16 takes
-    # the same low-precision path here, and benchmarks/slstm_kernels.py checks bf16 on the GPU.
+    # the same low-precision path here, and benchmarks/bench_slstm.py checks bf16 on the GPU.
     "float16_inputs": (2, 4, 2, 16, None, "sigmoid", True, "float16", 3e-3),
 }
 
@@ -43,8 +43,8 @@ def _child() -> None:
     from test_ops_slstm import make, rand_state, rel
 
     from flashxlstm.ops import slstm_reference
-    from flashxlstm.ops.slstm import triton as tri
-    from flashxlstm.ops.slstm.triton import slstm_triton
+    from flashxlstm.ops.slstm_cell import triton as tri
+    from flashxlstm.ops.slstm_cell.triton import slstm_triton
 
     for name, (B, S, NH, DH, block_j, fg, with_state, kind, _) in CASES.items():
         gen = torch.Generator().manual_seed(len(name))
@@ -120,7 +120,7 @@ def test_plan_defaults_on_cuda(monkeypatch):
     """The launch choices measured fastest on an H200 (benchmarks/results/slstm_kernels.md); pure Python."""
     import torch
 
-    from flashxlstm.ops.slstm import triton as tri
+    from flashxlstm.ops.slstm_cell import triton as tri
 
     monkeypatch.setattr(tri, "_num_sms", lambda device: 132)
     monkeypatch.setattr(tri, "REGISTER_PATHS", None)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..nn.mlstm_large_layer import mLSTMLargeLayer, soft_cap
 from ..ops.fused import add_rms_norm
 from ..ops.fused.linear import linear_decode
-from ..nn.rmsnorm import MultiHeadLayerNorm, RMSNorm
+from ..nn.large_norms import MultiHeadLayerNorm, RMSNorm
 from ..nn.swiglu import SwiGLU, round_up
 
 LargeState = tuple  # tuple over blocks of (C, n, m)

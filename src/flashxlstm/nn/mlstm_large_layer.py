@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from ..ops.fused import mlstm_layer_step
 from ..ops.fused.linear import linear_decode
-from ..ops.mlstm import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
-from .rmsnorm import MultiHeadLayerNorm
+from ..ops.mlstm_cell import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
+from .large_norms import MultiHeadLayerNorm
 
 
 def soft_cap(x: Tensor, cap: float | None) -> Tensor:

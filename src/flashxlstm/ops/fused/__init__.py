@@ -26,7 +26,7 @@ def _use_triton(t: Tensor, backend: str) -> bool:
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"fused glue: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "auto":
-        from ..mlstm.triton import triton_usable
+        from ..mlstm_cell.triton import triton_usable
 
         return t.is_cuda and triton_usable()
     return backend == "triton"

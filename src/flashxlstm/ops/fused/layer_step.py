@@ -7,7 +7,7 @@
 x (B, D) is the normed block input, q, k (B, NH, DQK), v (B, NH, DV) and o (B, NH * DV) the projections
 (views into one matmul output are read in place), w_i, w_f (NH, D) and b_i, b_f (NH,) the gate projections.
 The kernel computes the gate pre-activations i = x w_i^T + b_i, f = x w_f^T + b_f itself (rounded to x's
-dtype, as a Linear would), soft-caps them, runs the mLSTM step (ops/mlstm/triton/step.py's `step_block`)
+dtype, as a Linear would), soft-caps them, runs the mLSTM step (ops/mlstm_cell/triton/step.py's `step_block`)
 and returns y = sigmoid(o) * MultiHeadLayerNorm(h), (B, NH * DV) in v's dtype: the input of out_proj.
 The state is float32, never written in place; `out=(C', n', m')` gives preallocated buffers (CUDA graphs).
 
@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..mlstm.triton.common import next_pow2
-from ..mlstm.triton.step import _overlaps, gate_values, soft_capped, step_block
+from ..mlstm_cell.triton.common import next_pow2
+from ..mlstm_cell.triton.step import _overlaps, gate_values, soft_capped, step_block
 from .kernels import head_norm_gate_triton, norm_gate_row
 
 Layout = tuple  # (BV, BKT, num_warps, whole)

@@ -1,6 +1,6 @@
 """The decode glue of the xLSTM-7B block in plain torch: what the fused Triton kernels must equal.
 
-Each function rounds exactly where the unfused modules (nn.rmsnorm, nn.swiglu, nn.mlstm_large_layer) round
+Each function rounds exactly where the unfused modules (nn.large_norms, nn.swiglu, nn.mlstm_large_layer) round
 in a bf16 model, so a kernel that follows it differs from the module path only in reduction order.
 
     add_rms_norm(x, y, weight, bias, eps) -> (x + y, RMSNorm(x + y))   y may be None (no add)
@@ -34,7 +34,7 @@ def head_norm_gate_reference(h: Tensor, o: Tensor, weight: Tensor, bias: Tensor 
 
 def mlstm_layer_step_reference(x, q, k, v, o, w_i, w_f, b_i, b_f, state, norm_weight, norm_bias=None, *,
                                gate_soft_cap=15.0, eps=1e-6, norm_eps=1e-6):
-    from ..mlstm import mlstm_step
+    from ..mlstm_cell import mlstm_step
 
     cap = (lambda t: t) if gate_soft_cap is None else (lambda t: gate_soft_cap * torch.tanh(t / gate_soft_cap))
     i, f = cap(F.linear(x, w_i, b_i).float()), cap(F.linear(x, w_f, b_f).float())

@@ -136,7 +136,7 @@ class _NormalizedLoop(torch.autograd.Function):
         return dx, dR, db, dC, dL, dh0, dm0, None
 
 
-def slstm_cpu(x: Tensor, R: Tensor, b: Tensor, state: SLSTMState, *, forget_gate: str = "sigmoid") -> tuple[Tensor, SLSTMState]:
+def slstm_fused_loop(x: Tensor, R: Tensor, b: Tensor, state: SLSTMState, *, forget_gate: str = "sigmoid") -> tuple[Tensor, SLSTMState]:
     """The fused loop with the hand-written backward. h: (B, S, NH, DH) in the compute dtype."""
     dt = compute_dtype(x)
     c0, n0, m0, h0 = (s.to(dt).transpose(0, 1).contiguous() for s in state)

@@ -10,9 +10,9 @@ and carrying the state gives one pass); inputs are never modified in place. A st
 empty: the next step starts afresh from it (m = raw_i), which for the zero state is exactly the official
 xlstm behaviour. The math is xlstm-spec section 2; `forget_gate="exp"` uses raw_f directly as log f.
 
-Backends: "recurrent" (the stabilized step, plain loop, torch autograd), "cpu" (a fused loop with a
+Backends: "recurrent" (the stabilized step, plain loop, torch autograd), "fused" (a fused loop with a
 hand-written backward; runs on any device), "triton" (persistent GPU kernels, registered when Triton is
-importable), "auto" (triton on CUDA, cpu otherwise and for float64 inputs, which the kernels would compute
+importable), "auto" (triton on CUDA, fused otherwise and for float64 inputs, which the kernels would compute
 in float32).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .checks import SLSTMState, check_forget_gate, check_slstm_inputs, check_slstm_state, check_slstm_weights, compute_dtype
-from .cpu import slstm_cpu
+from .fused_loop import slstm_fused_loop
 from .recurrent import slstm_cell_step, slstm_recurrent, zero_state
 
 __all__ = ["slstm", "slstm_step", "slstm_reference", "zero_state", "register_backend", "BACKENDS", "SLSTMState"]
@@ -38,7 +38,7 @@ def register_backend(name: str, fn: Callable) -> None:
 
 
 register_backend("recurrent", slstm_recurrent)
-register_backend("cpu", slstm_cpu)
+register_backend("fused", slstm_fused_loop)
 
 try:  # the GPU kernels need Triton; without it "auto" uses the cpu form on every device
     import triton as _triton  # noqa: F401
@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 def _auto_backend(device: torch.device, dtype: torch.dtype) -> str:
     if device.type == "cuda" and "triton" in BACKENDS and dtype != torch.float64:  # the kernels compute in fp32
         return "triton"
-    return "cpu" if "cpu" in BACKENDS else "recurrent"
+    return "fused"
 
 
 def slstm(

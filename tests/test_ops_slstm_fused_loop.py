@@ -1,4 +1,4 @@
-"""The fused loop form ("cpu") against the float64 step-by-step reference: outputs, states, gradients."""
+"""The fused loop form ("fused") against the float64 step-by-step reference: outputs, states, gradients."""
 import pytest
 import torch
 
@@ -33,7 +33,7 @@ def test_fp32_matches_reference(gen, shape, forget_gate, with_state):
     x, R, b = make(gen, B, S, NH, DH)
     state = rand_state(gen, B, NH, DH) if with_state else None
     h_ref, st_ref = slstm_reference(x, R, b, state=state, forget_gate=forget_gate)
-    h, st = slstm(x, R, b, state=state, backend="cpu", forget_gate=forget_gate)
+    h, st = slstm(x, R, b, state=state, backend="fused", forget_gate=forget_gate)
     assert h.dtype == torch.float32 and all(s.dtype == torch.float32 for s in st)
     assert rel(h, h_ref) < 1e-5
     for a, c in zip(st, st_ref):
@@ -60,7 +60,7 @@ def test_gradients_match_reference(gen, shape, forget_gate, with_state, dtype, t
         return fn
 
     out_ref, g_ref = grads_of(run("recurrent", torch.float64), inputs, w, wc)
-    out, g = grads_of(run("cpu", dtype), inputs, w, wc)
+    out, g = grads_of(run("fused", dtype), inputs, w, wc)
     for a, c in zip(out, out_ref):
         assert rel(a, c) < tol
     for name, a, c in zip(["x", "R", "b", "c0", "n0", "m0", "h0"], g, g_ref):
@@ -74,7 +74,7 @@ def test_gradcheck_float64(gen):
     inputs = [t.requires_grad_(True) for t in (x, R, b, *state)]
 
     def fn(x, R, b, *st):
-        h, s = slstm(x, R, b, state=st, backend="cpu")
+        h, s = slstm(x, R, b, state=st, backend="fused")
         return (h, *s)
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -90,7 +90,7 @@ def test_extreme_preactivations(gen, forget_gate):
     xs = x.double().requires_grad_(True)
     h_ref, st_ref = slstm_reference(xs, R, b, forget_gate=forget_gate)
     xc = x.clone().requires_grad_(True)
-    h, st = slstm(xc, R, b, backend="cpu", forget_gate=forget_gate)
+    h, st = slstm(xc, R, b, backend="fused", forget_gate=forget_gate)
     assert torch.isfinite(h).all() and all(torch.isfinite(s).all() for s in st)
     assert rel(h, h_ref) < 1e-5
     assert rel(st[3], st_ref[3]) < 1e-5
@@ -103,7 +103,7 @@ def test_extreme_preactivations(gen, forget_gate):
 
 def test_bfloat16_inputs_run_in_float32(gen):
     x, R, b = make(gen, 2, 6, 2, 8, dtype=torch.bfloat16)
-    h, st = slstm(x, R, b, backend="cpu")
+    h, st = slstm(x, R, b, backend="fused")
     h_ref, st_ref = slstm_reference(x, R, b)
     assert h.dtype == torch.bfloat16 and st[0].dtype == torch.float32
     assert rel(h, h_ref) < 1e-2

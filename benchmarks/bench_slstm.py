@@ -13,7 +13,7 @@ One run, made to fit a short device lease:
 Times are triton.testing.do_bench medians (vanilla: median of --vanilla-reps wall-clock runs). Writes a
 markdown table and JSON rows into --out after every shape (a watchdog writes them if the run hangs).
 
-    python benchmarks/slstm_kernels.py [--B 16 --T 1024 --shapes 1x768,4x256,8x64,16x64 --out DIR]
+    python benchmarks/bench_slstm.py [--B 16 --T 1024 --shapes 1x768,4x256,8x64,16x64 --out DIR]
 """
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ from pathlib import Path
 import torch
 
 from flashxlstm.ops import slstm_reference
-from flashxlstm.ops.slstm.triton import plan, slstm_triton
+from flashxlstm.ops.slstm_cell.triton import plan, slstm_triton
 
 ROWS: list[dict] = []
 CHOSEN: dict[str, str] = {}
 
-# Launch configurations tried per head dim (keywords of flashxlstm.ops.slstm.triton.plan); "default" = plan's
+# Launch configurations tried per head dim (keywords of flashxlstm.ops.slstm_cell.triton.plan); "default" = plan's
 # own choice, which is what `slstm(..., backend="triton")` uses.
 CANDIDATES = {
     "large": {  # DH >= 512: 768 -> R pieces of 512 + 256 rows

@@ -1,6 +1,6 @@
 """mLSTM kernels on one GPU: check every timed shape against float64, then time ours and the peers.
 
-    python benchmarks/mlstm_kernels.py [--out DIR] [--sweep] [--quick]
+    python benchmarks/bench_mlstm.py [--out DIR] [--sweep] [--quick]
 
 Checks (fail loudly, before any timing): the Triton backend against the float64 torch chunkwise form
 on heads of every timed shape (bf16: relative error <= 1e-2, forward and gradients), fp32 inputs
@@ -23,7 +23,6 @@ mlstm_kernels.md and mlstm_kernels.json to --out (default benchmarks/results).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -38,8 +37,8 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-M = importlib.import_module("flashxlstm.ops.mlstm")  # noqa: E402
-from flashxlstm.ops.mlstm.triton import function as tfn  # noqa: E402
+import flashxlstm.ops.mlstm_cell as M  # noqa: E402
+from flashxlstm.ops.mlstm_cell.triton import function as tfn  # noqa: E402
 
 DEV = "cuda"
 SHAPES = [(8, 8, 8192, 256, 512), (8, 16, 8192, 128, 256), (8, 16, 4096, 128, 128), (4, 16, 16384, 128, 128)]
@@ -266,7 +265,7 @@ def time_step(B):
     i, f = torch.randn(B, NH, device=DEV), torch.randn(B, NH, device=DEV) + 3
     st = (torch.randn(B, NH, DQK, DV, device=DEV), torch.randn(B, NH, DQK, device=DEV), torch.randn(B, NH, device=DEV))
     nbytes = st[0].numel() * 4 * 2
-    from flashxlstm.ops.mlstm.triton.step import mlstm_step_triton
+    from flashxlstm.ops.mlstm_cell.triton.step import mlstm_step_triton
     out = (torch.empty(B, NH, DV, device=DEV, dtype=torch.bfloat16), torch.empty_like(st[0]),
            torch.empty_like(st[1]), torch.empty_like(st[2]))
     ms = bench(lambda: mlstm_step_triton(q, k, v, i, f, st, out=out), rep=200)
@@ -672,7 +671,7 @@ def main():
         tfn.BACKWARD["variant"] = args.backward
     DEFAULTS.update(tokens=tfn.SEGMENT["tokens"], forward=tfn.FORWARD["variant"], backward=tfn.BACKWARD["variant"])
     if not torch.cuda.is_available():
-        sys.exit("mlstm_kernels.py needs a CUDA GPU")
+        sys.exit("bench_mlstm.py needs a CUDA GPU")
     t0 = time.time()
     deadline = t0 + args.budget_s
     info = versions()

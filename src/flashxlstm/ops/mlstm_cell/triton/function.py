@@ -30,7 +30,7 @@ autograd Function runs as is, so compiled models keep these kernels and their gr
 
 Launch settings live in `_cp_config` (chunk-parallel passes) and `_fwd_config` / `_bwd_config` (walks);
 `CP_CONFIG` / `FWD_CONFIG` / `BWD_CONFIG` (keyed by the padded head dim) override them, which is how
-benchmarks/mlstm_kernels.py --cp-sweep / --sweep compare variants.
+benchmarks/bench_mlstm.py --cp-sweep / --sweep compare variants.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def _cp_config(BK: int, DV: int, chunk: int) -> dict:
     # Backward (_s, _o also serve its state and dv passes; _b its dq/dk pass): dq/dk at 4 warps and 3
     # stages (88 B spill, 2 programs per SM) beat 8 warps (206 registers, 1 per SM): 5.25 -> 2.70 ms at the
     # 7B heads, 3.68 -> 2.07 at (8, 16, 8192, 128, 256), 2.91 -> 1.78 at (4, 16, 16384, 128, 128) (H200,
-    # mlstm_kernels.py --bw-sweep, benchmarks/results/mlstm_kernels_s3.md). The backward state walk capped at
+    # bench_mlstm.py --bw-sweep, benchmarks/results/mlstm_kernels_s3.md). The backward state walk capped at
     # 128 registers (4 programs per SM instead of 2): 2.59 -> 2.45 ms at the 7B heads, 0.46 -> 0.41 at
     # (8, 16, 4096, 128, 128) (168: 2.33 / 0.43); the states-pass cap is neutral inside the backward.
     # maxnreg_o: the output pass's cap (none: a cap of 128 at 2 stages was slower in call B).

@@ -1,10 +1,10 @@
-"""sLSTM on CPU: our fused loop ("cpu" backend) vs the official xlstm sLSTMLayer "vanilla" backend.
+"""sLSTM on CPU: our fused loop ("fused" backend) vs the official xlstm sLSTMLayer "vanilla" backend.
 
 Layer level, same weights: the official layer's own projections, conv and group norm, with only the cell
 swapped for `flashxlstm.ops.slstm`. Outputs are checked equal first; then forward (no grad) and forward +
 backward are timed alternately (median of repeats). Writes benchmarks/results/slstm_cpu.md.
 
-    python benchmarks/slstm_cpu.py [--B 8 --T 256 --D 256 --NH 4 --repeats 5 --threads 1]
+    python benchmarks/bench_slstm_cpu.py [--B 8 --T 256 --D 256 --NH 4 --repeats 5 --threads 1]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def official_layer(D: int, NH: int, seed: int = 0):
     return sLSTMLayer(cfg)
 
 
-def ours_forward(layer, x: torch.Tensor, backend: str = "cpu") -> torch.Tensor:
+def ours_forward(layer, x: torch.Tensor, backend: str = "fused") -> torch.Tensor:
     """The official layer's computation with the cell replaced by our op (same parameters, views only)."""
     cfg = layer.config
     B, S, D = x.shape
@@ -107,10 +107,10 @@ def main() -> None:
     b = cell._bias_.view(4, NH, DH)
     gq = gates.clone().requires_grad_(True)  # its .grad accumulates over repeats: the same cost on both sides
     with torch.no_grad():
-        op_err = rel_err(slstm(gates.view(args.B, args.T, 4, NH, DH), R, b, backend="cpu")[0].transpose(1, 2), cell(gates)[0])
+        op_err = rel_err(slstm(gates.view(args.B, args.T, 4, NH, DH), R, b, backend="fused")[0].transpose(1, 2), cell(gates)[0])
     print(f"relative difference of the cell outputs: {op_err:.2e}")
     assert op_err < 1e-5, "cell outputs differ; not timing"
-    cell_ours = lambda g: slstm(g.view(args.B, args.T, 4, NH, DH), R, b, backend="cpu")[0]
+    cell_ours = lambda g: slstm(g.view(args.B, args.T, 4, NH, DH), R, b, backend="fused")[0]
     cases = {
         ("layer forward", "official"): fw(lambda: layer(x)),
         ("layer forward", "ours"): fw(lambda: ours_forward(layer, x)),
