@@ -22,7 +22,7 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-SPEC_7B_BLOCK = {  # xlstm-spec section 4, weight_mode "single"
+SPEC_7B_BLOCK = {  # docs/models.md, weight_mode "single"
     "norm_mlstm.weight": (4096,),
     "mlstm_layer.q.weight": (2048, 4096),
     "mlstm_layer.k.weight": (2048, 4096),

@@ -5,7 +5,7 @@
     official = to_official(model)                            # an official module with our weights ("vanilla" sLSTM)
     state_dict, official_config = to_official(model, as_state_dict=True, slstm_backend="cuda")
 
-What the conversion has to know (xlstm-spec section 3):
+What the conversion has to know (docs/models.md):
 - The official sLSTM layer calls the module producing the input gate `fgate` and the forget gate `igate`.
 - The official sLSTM cell stores its recurrent matrix and bias in a backend-specific layout: "vanilla"
   R (NH, 4 DH_out, DH_in), bias gate-major (4, NH, DH); "cuda" R (NH, DH_in, 4 DH_out), bias head-major

@@ -1,4 +1,4 @@
-"""The xLSTM-7B family ("xLSTM Large"): config and model (xlstm-spec section 4).
+"""The xLSTM-7B family ("xLSTM Large"): config and model (docs/models.md).
 
     x = embeddings(input_ids)
     per block: x = x + mLSTMLayer(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))

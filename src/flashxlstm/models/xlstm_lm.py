@@ -243,7 +243,7 @@ class xLSTMLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The official initialisation (xlstm-spec section 3)."""
+        """The official initialisation (docs/models.md)."""
         self.stack.reset_parameters()
         small_init_(self.token_embedding.weight, self.config.embedding_dim)
         if not self.config.tie_weights:

@@ -1,4 +1,4 @@
-"""The initialisers of the NeurIPS xLSTM family (xlstm-spec section 3)."""
+"""The initialisers of the NeurIPS xLSTM family (docs/models.md)."""
 from __future__ import annotations
 
 import math

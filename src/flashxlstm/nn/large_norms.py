@@ -1,4 +1,4 @@
-"""RMSNorm and the per-head LayerNorm of the xLSTM-7B family (xlstm-spec section 4).
+"""RMSNorm and the per-head LayerNorm of the xLSTM-7B family (docs/models.md).
 
 Both reduce in float32 whatever the input dtype and return the input dtype, with a plain weight (no +1
 offset). RMSNorm is torch's fused rms_norm (float32 accumulation; the weight is applied before the one

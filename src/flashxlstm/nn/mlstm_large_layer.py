@@ -1,4 +1,4 @@
-"""The mLSTM layer of the xLSTM-7B family (xlstm-spec section 4).
+"""The mLSTM layer of the xLSTM-7B family (docs/models.md).
 
     q, k = Linear(D, qk_dim)(x), v, o = Linear(D, v_dim)(x)        (no conv, no skip)
     i~, f~ = 15 * tanh(Linear(D, NH, bias)(x) / 15)                 soft-capped gate pre-activations

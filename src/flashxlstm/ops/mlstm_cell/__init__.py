@@ -11,7 +11,7 @@ given, then holds one initial state per document and the returned state one fina
 
 Backends: "recurrent" (step by step), "parallel" (quadratic), "chunkwise" (torch, any S), "triton"
 (GPU kernels, registered when Triton is importable), "auto" (the fastest for the device).
-The math is ../docs and xlstm-spec section 1; `input_gate="sigmoid"` is mLSTMsig, computed as the
+The math is in docs/cells.md (mLSTM); `input_gate="sigmoid"` is mLSTMsig, computed as the
 exponential gate applied to logsigmoid(i~).
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ b: (4, NH, DH). h: (B, S, NH, DH) in x's dtype. state = (c, n, m, h), each (B, N
 float64 inputs); None means zeros. The returned state continues the sequence exactly (splitting a sequence
 and carrying the state gives one pass); inputs are never modified in place. A state element with n == 0 is
 empty: the next step starts afresh from it (m = raw_i), which for the zero state is exactly the official
-xlstm behaviour. The math is xlstm-spec section 2; `forget_gate="exp"` uses raw_f directly as log f.
+xlstm behaviour. The math is in docs/cells.md (sLSTM); `forget_gate="exp"` uses raw_f directly as log f.
 
 Backends: "recurrent" (the stabilized step, plain loop, torch autograd), "fused" (a fused loop with a
 hand-written backward; runs on any device), "triton" (persistent GPU kernels, registered when Triton is

@@ -8,7 +8,7 @@ It runs the recurrence in an equivalent normalized form that needs no explicit s
     c^_t = tanh(raw_z) + w_t (c^_{t-1} - tanh(raw_z))     c^ = c / n, the normalized cell
     h_t = sigmoid(raw_o) * c^_t
 
-This is algebraically the stabilized recurrence of xlstm-spec section 2 (f' / (f' n + i') = w), with no exp
+This is algebraically the stabilized recurrence of docs/cells.md (f' / (f' n + i') = w), with no exp
 that can overflow. Each step is one batched matmul (all heads) plus about ten pointwise ops that write into
 preallocated buffers (per-step views are made once, before the loop): no autograd graph per step, no
 allocation churn, no host sync. The backward loop reuses

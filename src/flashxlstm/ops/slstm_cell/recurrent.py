@@ -1,4 +1,4 @@
-"""The sLSTM cell step by step, exactly as xlstm-spec section 2 writes it (the stabilized form).
+"""The sLSTM cell step by step, exactly as docs/cells.md writes it (the stabilized form).
 
 This is the readable form and, run in float64, the reference every fast form is tested against.
 Per element, a state whose normalizer n is 0 is empty (nothing seen yet): the step then sets m_t = raw_i and

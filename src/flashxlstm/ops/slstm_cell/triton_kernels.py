@@ -4,7 +4,7 @@ Parallelisation. The recurrent weights are block-diagonal per head, so heads nev
 program owns one head h, a block of BJ output units j (all four gates of them) and a set of batch blocks of
 BB rows, which it runs one after another; a head is split over NJ = ceil(DH / BJ) programs. Per step a
 program computes raw = x + b + h_prev @ R for its units (tensor-core dots over the head's DH inputs), applies
-the stabilized cell of xlstm-spec section 2 in float32 and stores h. R is either resident (this program's
+the stabilized cell of docs/cells.md in float32 and stores h. R is either resident (this program's
 slice, 4 x DH x BJ, loaded once before the time loop in two power-of-two K pieces; the compiler keeps such a
 loop-invariant 16-bit dot operand in shared memory) or streamed from L2 in chunks of BK rows each step. The
 next step needs the whole h_prev of the head, written by the NJ programs of that head, so each step also
