@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "train": ("flashxlstm.cli.train", "train an xLSTM language model (default: a small byte-level model)"),
     "generate": ("flashxlstm.cli.generate", "generate text from a checkpoint"),
     "experiment": ("flashxlstm.cli.experiment", "run the paper's synthetic experiments"),
+    "serve": ("flashxlstm.cli.serve", "serve a model over an OpenAI-compatible HTTP API"),
 }
 
 

@@ -46,17 +46,26 @@ class StaticDecodeStep:
     logits tensor is a static buffer overwritten by a later step: read it before calling `step` again.
     `state()` returns a copy of the current state. compile=True runs the step through `torch.compile`
     first (costs a compilation per batch size).
+    in_place: run on `state` itself and on `spare` (a second set shaped like it, needed by ping-pong models)
+    instead of on copies, so runners of several batch sizes can share one set of state memory (views of
+    it); the warmup before a capture then writes `spare`. `step(tokens, turn)` picks the direction
+    (0: state -> spare, 1: spare -> state) when the caller tracks where the live state is.
     """
 
     def __init__(self, model: torch.nn.Module, tokens: Tensor, state: State, *, graph: bool | None = None,
-                 warmup: int = 2, compile: bool = False):
+                 warmup: int = 2, compile: bool = False, in_place: bool = False, spare: State = None):
         graph = tokens.is_cuda if graph is None else graph
         if graph and tokens.device.type != "cuda":
             raise ValueError(f"StaticDecodeStep: graph=True needs CUDA tensors, got tokens on {tokens.device}")
         self._tokens = tokens.clone()
-        a = with_leaves(state, [t.clone() for t in state_leaves(state)])
         self.pingpong = accepts_state_out(model)
-        b = map_state(torch.empty_like, a) if self.pingpong else None
+        if in_place:
+            if self.pingpong and spare is None:
+                raise ValueError("StaticDecodeStep: in_place with a state_out model needs a spare state set")
+            a, b = state, (spare if self.pingpong else None)
+        else:
+            a = with_leaves(state, [t.clone() for t in state_leaves(state)])
+            b = map_state(torch.empty_like, a) if self.pingpong else None
         self._fn = torch.compile(model, dynamic=False) if compile else model
         # (source, destination) of each turn; the state after turn t lives in self._states[t]
         self._turns = [(a, b), (b, a)] if self.pingpong else [(a, None)]
@@ -98,9 +107,9 @@ class StaticDecodeStep:
                 self._logits.append(self._run(turn))
             self._graphs.append(graph)
 
-    def step(self, tokens: Tensor) -> Tensor:
+    def step(self, tokens: Tensor, turn: int | None = None) -> Tensor:
         self._tokens.copy_(tokens)
-        turn = self._turn
+        turn = self._turn if turn is None else turn % len(self._turns)
         if self._graphs:
             self._graphs[turn].replay()
             logits = self._logits[turn]

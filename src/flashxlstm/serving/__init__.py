@@ -1,0 +1,15 @@
+"""Serving: an OpenAI-compatible HTTP server over an engine that batches recurrent states continuously.
+
+- `Engine` (engine.py): the scheduler, usable from Python without HTTP; `SamplingParams` per request.
+- `SlotStates` (states.py): the batch of per-sequence states and the decode step over it (CUDA graphs per
+  batch-size bucket on CUDA); the only module that knows how a model's state looks.
+- text.py: tokenizers, chat prompts, streamed detokenisation with stop strings.
+- app.py: the FastAPI application (needs the `serve` extra: fastapi, uvicorn).
+"""
+from .engine import Engine, EngineConfig, EngineError, RequestHandle, RequestOutput
+from .params import SamplingParams
+from .states import SlotStates
+from .text import ByteTokenizer, ServingTokenizer, TextStream, load_serving_tokenizer
+
+__all__ = ["Engine", "EngineConfig", "EngineError", "RequestHandle", "RequestOutput", "SamplingParams",
+           "SlotStates", "ByteTokenizer", "ServingTokenizer", "TextStream", "load_serving_tokenizer"]

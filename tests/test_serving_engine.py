@@ -1,0 +1,182 @@
+"""The serving engine without HTTP: continuous batching equals `generate` per request, for both families."""
+import pytest
+import torch
+
+import flashxlstm
+from flashxlstm.generation import generate
+from flashxlstm.serving import (ByteTokenizer, Engine, EngineConfig, SamplingParams, ServingTokenizer, SlotStates,
+                                TextStream)
+from flashxlstm.serving.states import default_buckets
+
+BYTES = ServingTokenizer(ByteTokenizer())
+
+
+def neurips_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = flashxlstm.xLSTMLMConfig(vocab_size=256, embedding_dim=32, num_blocks=2, slstm_at="xLSTM[1:1]",
+                                   mlstm_num_heads=2, slstm_num_heads=2)
+    return flashxlstm.xLSTMLM(cfg).eval()
+
+
+def large_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = flashxlstm.xLSTMLargeConfig(embedding_dim=32, num_heads=2, num_blocks=2, vocab_size=256)
+    return flashxlstm.xLSTMLarge(cfg).eval()
+
+
+FAMILIES = {"neurips": neurips_model, "large": large_model}
+
+
+def reference(model, prompt, max_tokens, eos=None, **kw) -> list[int]:
+    """What `generate` gives for one request alone, cut after its first EOS."""
+    out = generate(model, torch.tensor([prompt]), max_tokens, eos_token_id=eos, **kw)[0, len(prompt):].tolist()
+    if eos is not None and eos in out:
+        out = out[: out.index(eos) + 1]
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_batch_equals_generate_each(family, gen):
+    """16 requests, prompts of 1..70 tokens (chunked prefill), different max_tokens, max batch 6: requests
+    join and leave the running batch at different steps; each output equals its own generate."""
+    model = FAMILIES[family]()
+    engine = Engine(model, BYTES, EngineConfig(max_batch=6, prefill_chunk=16))
+    lengths = [1, 70, 3, 17, 33, 5, 64, 2, 9, 48, 16, 31, 1, 12, 27, 55]
+    prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in lengths]
+    params = [SamplingParams(max_tokens=4 + (i * 5) % 13, temperature=0) for i in range(len(prompts))]
+    outs = engine.generate(prompts, params)
+    eos = getattr(model.config, "eos_token_id", None)
+    for prompt, p, out in zip(prompts, params, outs):
+        want = reference(model, prompt, p.max_tokens, eos)
+        assert out.token_ids == want
+        assert out.finish_reason == ("stop" if eos is not None and want[-1] == eos else "length")
+    assert engine.num_running == 0 and engine.stats.decode_steps > 0
+
+
+def test_seeded_sampling_equals_generate_with_that_seed(gen):
+    model = neurips_model(1)
+    engine = Engine(model, BYTES, EngineConfig(max_batch=4))
+    prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (7, 20, 3)]
+    params = [SamplingParams(max_tokens=12, temperature=0.7, top_k=30, seed=11),
+              SamplingParams(max_tokens=12, temperature=0),
+              SamplingParams(max_tokens=12, temperature=1.3, top_p=0.8, seed=5)]
+    outs = engine.generate(prompts, params)
+    assert outs[0].token_ids == reference(model, prompts[0], 12, do_sample=True, temperature=0.7, top_k=30,
+                                          generator=torch.Generator().manual_seed(11))
+    assert outs[1].token_ids == reference(model, prompts[1], 12)
+    assert outs[2].token_ids == reference(model, prompts[2], 12, do_sample=True, temperature=1.3, top_p=0.8,
+                                          generator=torch.Generator().manual_seed(5))
+    again = engine.generate([prompts[2]], [params[2]])[0]  # alone this time: the same tokens
+    assert again.token_ids == outs[2].token_ids
+
+
+def test_long_prompt_prefills_in_chunks_while_others_decode(gen):
+    model = neurips_model(2)
+    engine = Engine(model, BYTES, EngineConfig(max_batch=4, prefill_chunk=8))
+    short = engine.submit([5, 6, 7], SamplingParams(max_tokens=40, temperature=0))
+    engine.step()  # prefilled, first token out, now in the batch
+    assert engine.num_running == 1
+    long_prompt = torch.randint(0, 256, (60,), generator=gen).tolist()
+    long = engine.submit(long_prompt, SamplingParams(max_tokens=5, temperature=0))
+    for k in range(7):  # 60 tokens at 8 per step: 7 steps of prefill, each with a decode step of `short`
+        engine.step()
+        assert engine.num_prefilling == 1 and engine.num_running == 1
+    engine.step()  # the last chunk: `long` joins the batch
+    assert engine.num_running == 2
+    engine.run_until_done()
+    short_out = list(short)
+    # one output per step: the first token at prefill, then one per decode step, no step skipped
+    assert [len(o.token_ids) for o in short_out] == [1] * 40
+    assert [t for o in short_out for t in o.token_ids] == reference(model, [5, 6, 7], 40)
+    assert long.result().token_ids == reference(model, long_prompt, 5)
+
+
+def test_abort_frees_the_slot_and_leaves_others_alone(gen):
+    model = large_model(3)
+    engine = Engine(model, BYTES, EngineConfig(max_batch=2, eos_token_id=[]))
+    prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (4, 9, 6)]
+    a = engine.submit(prompts[0], SamplingParams(max_tokens=30, temperature=0))
+    b = engine.submit(prompts[1], SamplingParams(max_tokens=30, temperature=0))
+    c = engine.submit(prompts[2], SamplingParams(max_tokens=10, temperature=0))
+    for _ in range(4):
+        engine.step()
+    assert engine.num_running == 2 and engine.num_waiting == 1  # c waits for a slot
+    engine.abort(a.request_id)
+    engine.step()  # a leaves (row 0; b moves into it), c takes the free slot
+    assert engine.num_running == 2 and engine.num_waiting == 0
+    engine.run_until_done()
+    ra = a.result()
+    assert ra.finish_reason == "abort" and len(ra.token_ids) == 5  # prefill token + 4 decode steps
+    assert ra.token_ids == reference(model, prompts[0], 30)[:5]
+    assert b.result().token_ids == reference(model, prompts[1], 30)
+    assert c.result().token_ids == reference(model, prompts[2], 10)
+    assert engine.stats.finished == {"abort": 1, "length": 2}
+
+
+def test_stop_strings_and_stop_ids_end_the_output():
+    model = neurips_model(4)
+    engine = Engine(model, BYTES, EngineConfig(max_batch=2))
+    free = engine.generate([[65, 66]], SamplingParams(max_tokens=30, temperature=0))[0]
+    ids = free.token_ids
+    stop_id = ids[7]
+    first = ids.index(stop_id)
+    out = engine.generate([[65, 66]], SamplingParams(max_tokens=30, temperature=0, stop_token_ids=[stop_id]))[0]
+    assert out.token_ids == ids[: first + 1] and out.finish_reason == "stop"
+    # a stop string made of two generated bytes that decode to text
+    text = BYTES.decode(ids)
+    stop = text[10:12]
+    cut = text.find(stop)
+    out = engine.generate([[65, 66]], SamplingParams(max_tokens=30, temperature=0, stop=[stop]))[0]
+    assert out.finish_reason == "stop" and out.text == text[:cut]
+
+
+def test_text_stream_holds_back_possible_stop_strings():
+    stream = TextStream(BYTES, stop=["STOP"])
+    pieces = []
+    for b in "héllo wor STOP and more".encode():
+        if stream.add(b):
+            break
+        pieces.append(stream.take())
+    pieces.append(stream.take(final=True))
+    assert "".join(pieces) == "héllo wor "
+    assert all("S" not in p for p in pieces)
+    plain = TextStream(BYTES)
+    got = []
+    for b in "a€b".encode():  # a 3-byte character arrives byte by byte
+        plain.add(b)
+        got.append(plain.take())
+    assert got == ["a", "", "", "€", "b"]
+
+
+def test_invalid_requests_raise_clear_errors():
+    engine = Engine(neurips_model(), BYTES, EngineConfig(max_batch=2, max_prompt_tokens=10, max_tokens_limit=20))
+    with pytest.raises(ValueError, match="limit of 10"):
+        engine.submit([1] * 11)
+    with pytest.raises(ValueError, match=r"\[0, 256\)"):
+        engine.submit([1, 300])
+    with pytest.raises(ValueError, match="empty"):
+        engine.submit("")
+    with pytest.raises(ValueError, match="max_tokens 21 exceeds"):
+        engine.submit("hi", SamplingParams(max_tokens=21))
+    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(seed=1.5), dict(stop=[""]),
+                dict(max_tokens=0)):
+        with pytest.raises(ValueError):
+            engine.submit("hi", SamplingParams(**bad))
+    assert not engine.has_work()
+
+
+def test_slot_states_rows_are_independent_and_buckets_cover_capacity():
+    assert default_buckets(6) == [1, 2, 4, 6] and default_buckets(1) == [1]
+    model = large_model(5)
+    slots = SlotStates(model, capacity=5)
+    assert slots.buckets == [1, 2, 4, 5] and slots.row_bytes() > 0
+    states = [slots.prefill(torch.tensor([[i + 1, 2 * i + 3]]))[1] for i in range(3)]
+    for row, st in enumerate(states):
+        slots.put(row, st)
+    slots.move(2, 0)  # row 0 now holds sequence 2
+    logits = slots.decode(torch.tensor([9, 9]))  # rows 0..1 in bucket 2: sequences 2 and 1
+    for i, seq in enumerate((2, 1)):
+        want, _ = model(torch.tensor([[9]]), state=states[seq])
+        torch.testing.assert_close(logits[i], want[0, -1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="capacity"):
+        slots.decode(torch.zeros(6, dtype=torch.long))
