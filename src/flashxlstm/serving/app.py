@@ -115,6 +115,8 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
         return body
 
     def submit(prompt: Any, params: SamplingParams) -> RequestHandle:
+        if not engine.alive:
+            raise APIError(503, "the engine is not running", kind="server_error", code="engine_stopped")
         try:
             return engine.submit(prompt, params, request_id=uuid.uuid4().hex[:24], loop=asyncio.get_running_loop())
         except ValueError as e:

@@ -82,8 +82,8 @@ class SlotStates:
         return _prefill(self.model, input_ids.to(self.device), state=state)
 
     def row_bytes(self) -> int:
-        """Memory of one sequence's state (one buffer set)."""
-        return sum(t[0].numel() * t.element_size() for t in state_leaves(self._sets[0]))
+        """Memory one sequence's slot takes: its state, times the buffer sets (2 for ping-pong models)."""
+        return len(self._sets) * sum(t[0].numel() * t.element_size() for t in state_leaves(self._sets[0]))
 
     def _live_leaves(self) -> list[Tensor]:
         return state_leaves(self._sets[self._live])
