@@ -376,6 +376,8 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self) -> None:
+        if self.device.type == "cuda":  # a new thread starts on cuda:0; kernels must launch on the model's GPU
+            torch.cuda.set_device(self.device)
         while not self._stopping:
             if not self.has_work():
                 self._wake.wait(timeout=0.5)
