@@ -361,7 +361,7 @@ def profile_ours(shape, top=14):
 # ---------------------------------------------------------------- chunk-parallel backward: launch variants
 # keys of _cp_config: *_b = the dq/dk pass; the dv pass uses *_o and the backward state walk *_s (as do
 # the forward's passes: these variants change only the *_b keys and the window)
-# Run 2 of session 3 (mlstm_kernels_s3.md) also timed dq/dk at 8 warps (then the default), 4 warps at 2
+# Run 2 of session 3 (benchmarks/README.md) also timed dq/dk at 8 warps (then the default), 4 warps at 2
 # stages, BK_b 128 (with BV_b 64 or 32) and 1024-step windows; run 3 the backward state walk at 168
 # registers and the dv pass at BV 64, 4 warps: none better than the defaults now
 BW_VARIANTS = [dict(), dict(maxnreg_g=None), dict(maxnreg_s=None), dict(window_steps=4096)]
@@ -445,7 +445,7 @@ def cpu_profile(shape, iters=20, top=18):
 # ---------------------------------------------------------------- chunk-parallel forward: variants and passes
 # Keys of _cp_config (forward: *_s, *_o, maxnreg_s / maxnreg_o: register caps per thread). The first entry is
 # the library default. Resources of each variant (sm_90, registers, programs per SM):
-# benchmarks/kernel_resources.py; history in mlstm_notes.md items 6 and 7.
+# benchmarks/kernel_resources.py; design in docs/kernels.md.
 # Call B (mlstm_forward_sweep.md) also timed BV_o 128 at 2 stages, BV_o 64 at 8 warps or with maxnreg 128 at
 # 2 stages, and BV_s 32 (2 or 4 stages): all slower than the chosen ones.
 _CP_VARIANTS = [dict(), dict(BV_o=64, warps_o=4), dict(maxnreg_s=None), dict(maxnreg_o=128)]
@@ -687,7 +687,7 @@ def main():
             ok &= check_against_f64(*shape, torch.bfloat16, 1e-2, label="timed", peer=args.peer_errors)
         ok &= check_against_f64(2, 4, 4096, 128, 128, torch.float32, 1e-3, label="fp32")
         ok &= check_against_f64(1, 2, 1000, 96, 192, torch.float32, 1e-3, label="fp32 odd dims")
-        # the issue asks for no NaN here; gates in [-30, 30] make q, k ill-conditioned (mlstm_notes.md item 5:
+        # the issue asks for no NaN here; gates in [-30, 30] make q, k ill-conditioned (docs/kernels.md:
         # fp32 autograd is already 1e4 x its rounding off), so the bound is looser than the bf16 one
         ok &= check_against_f64(1, 2, 65536, 128, 128, torch.bfloat16, 5e-2, gates="uniform30", label="long")
         if args.check_segments:

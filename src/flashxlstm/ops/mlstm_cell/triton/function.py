@@ -58,7 +58,7 @@ BWD_CONFIG: dict = {}
 # into. Off by default: on an H200 the 7B-head shape (B 8) ran 19% slower with 1024-step segments
 # (fw 12.4 vs 10.4 ms, fwbw 58.1 vs 49.1 ms) because the walk already fills every SM with one program
 # (255 registers x 256 threads) for several waves; segments only add programs. Expected to pay when
-# B * NH * ceil(DV / 64) < the SM count (batch-1 prefill), not measured yet (benchmarks/results/mlstm_notes.md).
+# B * NH * ceil(DV / 64) < the SM count (batch-1 prefill), not measured yet (docs/kernels.md).
 SEGMENT: dict = {"tokens": 0, "min_segments": 2}
 
 
@@ -66,13 +66,13 @@ SEGMENT: dict = {"tokens": 0, "min_segments": 2}
 # states to memory, then all chunks' outputs in parallel: chunk_states.py, chunk_output.py) or "walk"
 # (one fused program per sequence and DV block: forward.py). Packed documents and segments always walk.
 # H200, bf16: chunk-parallel fw 2.91 ms at the 7B heads (B 8, T 8192; TFLA xl_chunk 4.99), the walk 10.3
-# (benchmarks/results/mlstm_kernels_s3.md, mlstm_kernels_chunkparallel.md).
+# (benchmarks/README.md).
 FORWARD: dict = {"variant": "chunkparallel"}
 # Which backward runs where the chunk-parallel forward may: "chunkparallel" (chunk_backward.py) or "walk"
 # (backward.py). window_steps: the chunk-parallel backward takes the sequence in time windows of this
 # many steps (last first) and holds the chunk and backward states of one window only
 # (2 * B * NH * window/64 * DQK * DV values in the input dtype; see _chunk_parallel_backward).
-# H200, bf16, fw+bw at the 7B heads (mlstm_kernels_s3.md): 13.1 ms and 4.11 GB of activations with
+# H200, bf16, fw+bw at the 7B heads (benchmarks/README.md): 13.1 ms and 4.11 GB of activations with
 # 2048-step windows (TFLA xl_chunk 18.3 ms, 6.53 GB); the walks 41.7 ms, 3.91 GB (session 2). 4096-step
 # windows were 0.2 ms faster there but leave (8, 16, 4096, 128, 128) without windows, above TFLA's memory.
 BACKWARD: dict = {"variant": "chunkparallel", "window_steps": 2048}
@@ -93,7 +93,7 @@ def _cp_config(BK: int, DV: int, chunk: int) -> dict:
     # Backward (_s, _o also serve its state and dv passes; _b its dq/dk pass): dq/dk at 4 warps and 3
     # stages (88 B spill, 2 programs per SM) beat 8 warps (206 registers, 1 per SM): 5.25 -> 2.70 ms at the
     # 7B heads, 3.68 -> 2.07 at (8, 16, 8192, 128, 256), 2.91 -> 1.78 at (4, 16, 16384, 128, 128) (H200,
-    # bench_mlstm.py --bw-sweep, benchmarks/results/mlstm_kernels_s3.md). The backward state walk capped at
+    # bench_mlstm.py --bw-sweep, benchmarks/README.md). The backward state walk capped at
     # 128 registers (4 programs per SM instead of 2): 2.59 -> 2.45 ms at the 7B heads, 0.46 -> 0.41 at
     # (8, 16, 4096, 128, 128) (168: 2.33 / 0.43); the states-pass cap is neutral inside the backward.
     # maxnreg_o: the output pass's cap (none: a cap of 128 at 2 stages was slower in call B).
@@ -112,7 +112,7 @@ def _cap(maxnreg: int | None) -> dict:
 
 
 def _fwd_config(BK: int, DV: int, chunk: int) -> dict:
-    # Measured on an H200 (benchmarks/results/mlstm_notes.md): BV = 64 beat 32 by 1.6-1.7x. L = 32 because
+    # Measured on an H200 (docs/kernels.md): BV = 64 beat 32 by 1.6-1.7x. L = 32 because
     # Triton 3.6 miscompiles the bf16 wgmma path this kernel takes at L = 64 (wrong h; fp32 was right).
     cfg = {"L": min(chunk, 32), "BV": min(64, next_pow2(DV)), "num_warps": 8, "num_stages": 1}
     cfg.update(FWD_CONFIG.get(BK, {}))
