@@ -4,7 +4,7 @@ Random bf16 weights (no download): the official model is built first and ours is
 both hold the same weights and the script also reports how close their logits and greedy tokens are.
 Ours runs weight_mode "fused" (one matmul for q, k, v, o and one for the FFN up projections; the same
 weights, converted in memory); the official runs its default "single" mode with the TFLA Triton kernels
-("chunkwise--triton_limit_chunk", as in ../shared/peer-bench; "xl_chunk" crashes Triton 3.6 there).
+("chunkwise--triton_limit_chunk": its "xl_chunk" kernel crashes the Triton 3.6 compiler in this model).
 
 Measured (tokens/s, higher is better; memory in GB above the weights):
 - prefill at 1 x 16384 and 16 x 2048: one forward over the prompt (ours keeps the last position's logits,
@@ -13,7 +13,7 @@ Measured (tokens/s, higher is better; memory in GB above the weights):
   in prompt length;
 - decode after a 2048-token prompt at batch 1, 16, 64: one step eager, and one step captured in a CUDA
   graph (ours: flashxlstm.generation.CUDAGraphStep, ping-ponging two state sets; official: its step
-  captured as in ../shared/peer-bench/peer_7b_decode.py), greedy token choice included for ours.
+  captured once and replayed; it updates its state in place), greedy token choice included for ours.
 
     python benchmarks/generate_7b.py [--tiny] [--out DIR]
 
@@ -115,7 +115,7 @@ def official_prefill(off, ids: torch.Tensor, piece: int):
 
 
 def graph_step_official(off, tok, state):
-    """The official step captured in a CUDA graph (peer_7b_decode.py's recipe); returns a replay function."""
+    """The official step captured in a CUDA graph (after two warm-up calls on a side stream); returns replay."""
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
