@@ -10,7 +10,7 @@
 Pure tensor functions. `backend="triton"` runs the Triton kernels (CUDA, or the CPU interpreter with
 TRITON_INTERPRET=1), "torch" the reference (reference.py), "auto" Triton on CUDA when importable. Both round
 to the activation dtype at the same points as the unfused nn modules, so in float32 they agree to rounding
-of the reductions and in bf16 to an occasional last-bit flip.
+of the reductions and in bf16 to an occasional last-bit flip. Why these kernels: docs/kernels.md.
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ precision for fp32 and fp64 inputs) with fp32 accumulation; gates, states and gr
 Under TRITON_INTERPRET=1 (CPU tests) the programs run one after another, so a barrier would wait forever:
 there heads split over several programs are launched once per step ("stepwise", the launch boundary is the
 barrier); a head in one program runs the whole sequence in one launch as on the GPU. The stepwise mode is
-also the fallback when a shape would need more resident programs than the GPU has.
+also the fallback when a shape would need more resident programs than the GPU has. Design and limits:
+docs/kernels.md.
 """
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ autograd Function runs as is, so compiled models keep these kernels and their gr
 
 Launch settings live in `_cp_config` (chunk-parallel passes) and `_fwd_config` / `_bwd_config` (walks);
 `CP_CONFIG` / `FWD_CONFIG` / `BWD_CONFIG` (keyed by the padded head dim) override them, which is how
-benchmarks/bench_mlstm.py --cp-sweep / --sweep compare variants.
+benchmarks/bench_mlstm.py --cp-sweep / --sweep compare variants. What each pass computes, why, and what limits
+it: docs/kernels.md.
 """
 from __future__ import annotations
 
