@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 train: $(VENV)/.installed
-	$(VENV)/bin/flashxlstm train
+	$(VENV)/bin/flashxlstm train --overwrite
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 tests

@@ -25,6 +25,7 @@ WEIGHTS_NAME = "model.safetensors"
 TRAINING_STATE_NAME = "training_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
 NEURIPS_MODEL_TYPE = "flashxlstm-neurips"
+CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, TRAINING_STATE_NAME, TRAIN_CONFIG_NAME)
 
 
 def _model_classes(model_type: str):

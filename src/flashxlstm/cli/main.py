@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return importlib.import_module(args._module).run(args) or 0
-    except (CLIError, FileNotFoundError, ValueError, TypeError) as e:
+    except (CLIError, OSError, ValueError, TypeError) as e:  # OSError: disk full, permissions, missing files
         print(f"flashxlstm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

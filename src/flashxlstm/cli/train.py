@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory: checkpoint/, loss_curve.png, metrics.json (default %(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run saved in --out exactly where it stopped")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let a new run replace an earlier run's files in --out (checkpoint/, metrics.json, "
+                             "loss_curve.png); without it --out must be new or empty. Other files are never touched")
     for flag, name, kind, help_text in _OPTIONS:
         parser.add_argument(flag, dest=name, type=kind, default=None,
                             help=help_text.replace("%(d)s", str(getattr(defaults, name))).replace(
@@ -66,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training.loop import resume_training, train
 
     config, given = config_from_args(args)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     if args.resume:
         result = resume_training(args.out, given)
     else:
-        result = train(config, args.out)
+        result = train(config, args.out, overwrite=args.overwrite)
     return 130 if result.interrupted else 0

@@ -14,6 +14,9 @@ import torch
 from torch import Tensor
 
 VOCAB_SIZE = 256
+# The byte-level job holds its corpus in memory (a few copies while splitting and hashing); larger corpora go
+# through `flashxlstm prepare` + `train --data`, which memory-maps token shards.
+MAX_TEXT_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,30 @@ def pydoc_topics_text() -> str:
     return "\n\n".join(topics[name] for name in sorted(topics))
 
 
-def read_text_bytes(path: str | os.PathLike) -> bytes:
-    """The raw bytes of a text file, with errors that say what was wrong."""
+def read_text_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The raw bytes of a text file, with errors that say what was wrong. Reads at most `max_bytes` (+1 to
+    notice more): a larger file, or an endless one such as /dev/zero, is refused without being read whole."""
     path = os.fspath(path)
+    max_bytes = MAX_TEXT_BYTES if max_bytes is None else max_bytes
     if not os.path.exists(path):
         raise FileNotFoundError(f"text file not found: {path}")
     if os.path.isdir(path):
         raise ValueError(f"text file is a directory, expected a file: {path}")
-    with open(path, "rb") as f:
-        data = f.read()
+    too_big = (f"text file is larger than {max_bytes:,} bytes, the limit of the in-memory byte-level corpus: "
+               f"{path}; tokenize it into memory-mapped shards with `flashxlstm prepare` and train with --data")
+    if os.path.isfile(path) and os.path.getsize(path) > max_bytes:
+        raise ValueError(too_big)
+    buf = bytearray()
+    with open(path, "rb") as f:  # in pieces: a device or pipe has no size to check first
+        while len(buf) <= max_bytes:
+            piece = f.read(min(1 << 24, max_bytes + 1 - len(buf)))
+            if not piece:
+                break
+            buf += piece
+    if len(buf) > max_bytes:
+        raise ValueError(too_big)
+    data = bytes(buf)
+    del buf
     if not data:
         raise ValueError(f"text file is empty: {path}")
     return data

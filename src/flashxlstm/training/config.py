@@ -97,4 +97,7 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
         if self.sample_tokens < 0:
             raise ValueError(f"sample_tokens must be >= 0, got {self.sample_tokens}")
+        if self.sample_tokens > 0 and not self.sample_prompt.encode("utf-8"):
+            raise ValueError("the sample prompt (--prompt) is empty: give at least one character, or "
+                             "--sample-tokens 0 for no sample")
         return self

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..checkpoints.atomic import resolve_directory, write_json_atomic
 from ..checkpoints.native import (
-    WEIGHTS_NAME, load_state_into, load_training_state, read_config, read_weights, write_checkpoint,
+    CHECKPOINT_FILES, WEIGHTS_NAME, load_state_into, load_training_state, read_config, read_weights, write_checkpoint,
 )
 from ..data import ByteSplit, StreamBatcher, decode_bytes, encode_prompt, load_corpus, unigram_bits_per_byte
 from ..nn.state import detach_state, state_to
@@ -56,6 +56,9 @@ def resolve_device(device: str) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} cannot train or generate (no real storage or no kernels there); "
+                         "expected auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
     return dev
@@ -134,24 +137,60 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+# What a run writes into its directory: the only entries `overwrite=True` may replace.
+RUN_FILES = (CHECKPOINT_SUBDIR, "metrics.json", "loss_curve.png")
+
+
+def check_run_directory(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse a run directory that would lose someone's files: `out_dir` must be missing or empty, or (with
+    `overwrite`) hold nothing but an earlier run's own files (RUN_FILES, a checkpoint/ of checkpoint files)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, expected a directory for the run (checkpoint/, metrics.json, "
+                         "loss_curve.png)")
+    if not out_dir.exists():
+        return
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise ValueError(f"--out {out_dir} is not empty (holds {', '.join(entries[:5])}"
+                         f"{', ...' if len(entries) > 5 else ''}); pass --resume to continue the run saved there, "
+                         "--overwrite to replace an earlier run's files, or choose a new --out")
+    foreign = [name for name in entries if name not in RUN_FILES and not name.startswith(
+        tuple(f".{n}." for n in RUN_FILES))]
+    ckpt = out_dir / CHECKPOINT_SUBDIR
+    if ckpt.exists():
+        if not ckpt.is_dir():
+            foreign.append(CHECKPOINT_SUBDIR)
+        else:
+            foreign += [f"{CHECKPOINT_SUBDIR}/{p.name}" for p in sorted(ckpt.iterdir()) if p.name not in CHECKPOINT_FILES]
+    if foreign:
+        raise ValueError(f"--overwrite: {out_dir} holds files a training run did not write ({', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''}); they would be lost, so nothing was changed; "
+                         "move them or choose a new --out")
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike,
     *,
+    overwrite: bool = False,
     stop_after_step: int | None = None,
     log: Callable[[str], None] = print,
     corpus: ByteSplit | None = None,
 ) -> TrainResult:
     """Train a byte-level LM from scratch into `out_dir`; see the module docstring.
 
+    overwrite: allow `out_dir` to hold an earlier run (its checkpoint/, metrics.json and loss_curve.png are
+    replaced); without it `out_dir` must be missing or empty. Files a run did not write are never touched.
     stop_after_step: end the run early after this many total steps (as an interruption would), saving a
     checkpoint that `resume_training` continues from.
     corpus: use this split instead of reading `config.text_file` / the embedded corpus.
     """
     out_dir = Path(out_dir)
-    if (out_dir / CHECKPOINT_SUBDIR).exists():
-        log(f"note: {out_dir / CHECKPOINT_SUBDIR} exists and will be replaced (use --resume to continue it)")
-    return _run(config.validated(), out_dir, None, stop_after_step, log, corpus)
+    config = config.validated()
+    check_run_directory(out_dir, overwrite=overwrite)
+    return _run(config, out_dir, None, stop_after_step, log, corpus)
 
 
 def resume_training(
@@ -169,6 +208,8 @@ def resume_training(
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_SUBDIR
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, expected the directory of the run to resume")
     if not resolve_directory(ckpt_dir).is_dir():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_dir} (train into --out {out_dir} first)")
     saved_state, saved_cfg = load_training_state(ckpt_dir)
