@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return importlib.import_module(args._module).run(args) or 0
-    except (CLIError, OSError, ValueError, TypeError) as e:  # OSError: disk full, permissions, missing files
+    except (CLIError, OSError, ImportError, ValueError, TypeError) as e:  # OSError: disk full, permissions;
+        # ImportError: an optional extra is missing (the message names it)
         print(f"flashxlstm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..training.config import TrainConfig
+from ..training.config import DEFAULT_JOB_MAX_MINUTES, TrainConfig
 
 # (option, TrainConfig field, type, help); every option defaults to None = "the config's default".
 _OPTIONS = [
@@ -28,10 +28,10 @@ _OPTIONS = [
     ("--log-every", "log_every", int, "refresh the progress bar numbers every N steps (default %(d)s)"),
     ("--seed", "seed", int, "random seed for initialisation and data order (default %(d)s)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default %(d)s)"),
-    ("--threads", "threads", int, "CPU threads (default: the available cores not kept busy by other programs)"),
+    ("--threads", "threads", int, "CPU threads (default: torch's default)"),
     ("--max-minutes", "max_minutes", float,
      "stop training after the job has run this many minutes, checkpointed so --resume continues; "
-     "0: no limit (default %(d)s)"),
+     "0: no limit (default: none, except 8 for the embedded default corpus job)"),
     ("--sample-tokens", "sample_tokens", int, "bytes to generate at the end; 0 for none (default %(d)s)"),
     ("--prompt", "sample_prompt", str, "prompt of the final sample (default %(d)r)"),
 ]
@@ -62,7 +62,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """(the config to train with, the options the user actually gave)."""
     names = [name for _, name, _, _ in _OPTIONS] + ["carry_state", "tie_weights", "progress"]
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return TrainConfig(**given).validated(), given
+    settings = dict(given)
+    if "text_file" not in settings and "max_minutes" not in settings:  # the embedded job keeps its safety net
+        settings["max_minutes"] = DEFAULT_JOB_MAX_MINUTES
+    return TrainConfig(**settings).validated(), given
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""One training loop for every synthetic experiment: any model with `logits = model(input_ids)`, any task that
-can draw a training batch from a numpy Generator and offers fixed evaluation sets.
+"""The synthetic experiments' use of the training loop (`flashxlstm.training.engine`, shared with every other
+trainer): any model with `logits = model(input_ids)`, any task that can draw a training batch from a numpy
+Generator and offers fixed evaluation sets.
 
 The defaults are the recipe of the official xLSTM experiments (NX-AI/xlstm experiments/main.py): AdamW with
 torch's default betas (0.9, 0.999), weight decay on the model's own decay groups (`model.param_groups`, the
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..training.schedule import set_lr, warmup_cosine_lr
+from ..training import engine
+from ..training.schedule import warmup_cosine_lr
 
 IGNORE = -1
 
@@ -69,15 +71,12 @@ class TrainConfig:
             raise ValueError(f"time_budget_s must be > 0 or None, got {self.time_budget_s}")
 
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+AMP_DTYPES = engine.AMP_DTYPES
 
 
 def autocast(cfg: TrainConfig):
     """The autocast context of `cfg.amp` on `cfg.device` (a no-op for "none")."""
-    dtype = AMP_DTYPES[cfg.amp]
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=dtype)
+    return engine.autocast(cfg.device, cfg.amp)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -130,18 +129,17 @@ def evaluate(model: nn.Module, batches: list[Batch], device: str, cfg: TrainConf
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, cfg: TrainConfig,
           lr: float) -> tuple[Tensor, Tensor]:
-    """One optimizer step at learning rate `lr`; returns (logits, loss), detached (no host sync: the loop
-    checks the loss for NaN / inf at every evaluation)."""
-    set_lr(optimizer, lr)
-    with autocast(cfg):
-        logits = model(x)
-        loss = masked_loss(logits, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    return logits.detach(), loss.detach()
+    """One optimizer step at learning rate `lr` (`engine.optimizer_step`); returns (logits, loss), detached (no
+    host sync: the loop checks the loss for NaN / inf at every evaluation)."""
+    out = {}
+
+    def loss_fn(_micro: int) -> Tensor:
+        with autocast(cfg):
+            out["logits"] = model(x)
+            return masked_loss(out["logits"], y)
+
+    loss, _ = engine.optimizer_step(model, optimizer, loss_fn, lr=lr, grad_clip=cfg.grad_clip, check_finite=False)
+    return out["logits"].detach(), loss
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -209,6 +207,7 @@ def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batc
     run is first fitted to the budget (`fit_to_budget`); "train_config" is then the fitted one,
     "requested_train_config" the one asked for, and "stopped_early" says whether it still had to stop early.
     """
+    on_eval_cb = on_eval
     device = cfg.device
     model.to(device).train()
     start = time.perf_counter()
@@ -222,48 +221,50 @@ def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batc
     optimizer = _optimizer(model, cfg)
     rng = np.random.default_rng([cfg.seed, 0])
     history: list[dict] = []
-    window_loss = window_correct = window_count = window_steps = 0
-    train_time = 0.0
+    window = {"loss": 0, "correct": 0, "count": 0, "steps": 0}
     last_eval_s = budget.get("probe_eval_time_s", 0.0)
-    stopped_early = False
-    steps_done = 0
-    for step in range(cfg.steps):
-        t0 = time.perf_counter()
+
+    def do_step(step: int) -> None:
         x, y = sample(rng)
         x, y = x.to(device), y.to(device)
         logits, loss = _step(model, optimizer, x, y, cfg, lr_at(step, cfg))
-        steps_done = step + 1
-        train_time += time.perf_counter() - t0
         keep = y != IGNORE  # accumulated on the device: no host sync per step
-        window_correct = window_correct + ((logits.argmax(-1) == y) & keep).sum()
-        window_count = window_count + keep.sum()
-        window_loss = window_loss + loss.float()
-        window_steps += 1
-        over = (cfg.time_budget_s is not None and step + 1 < cfg.steps
+        window["correct"] = window["correct"] + ((logits.argmax(-1) == y) & keep).sum()
+        window["count"] = window["count"] + keep.sum()
+        window["loss"] = window["loss"] + loss.float()
+        window["steps"] += 1
+
+    def on_eval(steps_done: int) -> None:
+        nonlocal last_eval_s
+        if not math.isfinite(float(window["loss"])):
+            raise FloatingPointError(f"the training loss became {float(window['loss'])} between steps "
+                                     f"{steps_done + 1 - window['steps']} and {steps_done}; lower the learning rate")
+        t_eval = time.perf_counter()
+        point = {"step": steps_done, "lr": lr_at(steps_done - 1, cfg),
+                 "train_loss": float(window["loss"]) / window["steps"],
+                 "train_batch_accuracy": int(window["correct"]) / max(int(window["count"]), 1)}
+        for name, batches in eval_sets.items():
+            for key, value in evaluate(model, batches, device, cfg).items():
+                point[f"{name}_{key}"] = value
+        last_eval_s = time.perf_counter() - t_eval
+        history.append(point)
+        window.update(loss=0, correct=0, count=0, steps=0)
+        point["elapsed_s"] = time.perf_counter() - start
+        if log is not None:
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()))
+        if on_eval_cb is not None:
+            on_eval_cb(history)
+
+    def over_budget(_steps_done: int) -> bool:
+        return (cfg.time_budget_s is not None
                 and time.perf_counter() - start + 1.2 * last_eval_s > cfg.time_budget_s)
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or over:
-            if not math.isfinite(float(window_loss)):
-                raise FloatingPointError(f"the training loss became {float(window_loss)} between steps "
-                                         f"{step + 2 - window_steps} and {step + 1}; lower the learning rate")
-            t_eval = time.perf_counter()
-            point = {"step": step + 1, "lr": lr_at(step, cfg), "train_loss": float(window_loss) / window_steps,
-                     "train_batch_accuracy": int(window_correct) / max(int(window_count), 1)}
-            for name, batches in eval_sets.items():
-                for key, value in evaluate(model, batches, device, cfg).items():
-                    point[f"{name}_{key}"] = value
-            last_eval_s = time.perf_counter() - t_eval
-            history.append(point)
-            window_loss = window_correct = window_count = window_steps = 0
-            point["elapsed_s"] = time.perf_counter() - start
-            if log is not None:
-                log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()))
-            if on_eval is not None:
-                on_eval(history)
-        if over:
-            stopped_early = True
-            if log is not None:
-                log(f"stopped early at step {step + 1} of {cfg.steps}: time budget {cfg.time_budget_s:.0f} s")
-            break
+
+    result = engine.run_loop(start_step=0, total_steps=cfg.steps, do_step=do_step, eval_every=cfg.eval_every,
+                             on_eval=on_eval, over_budget=over_budget, catch_ctrl_c=False)
+    steps_done, train_time = result.step, result.train_time_s
+    stopped_early = result.reason == "budget"
+    if stopped_early and log is not None:
+        log(f"stopped early at step {steps_done} of {cfg.steps}: time budget {cfg.time_budget_s:.0f} s")
     wall = time.perf_counter() - start
     out = {"history": history, "wall_time_s": wall, "train_time_s": train_time,
            "step_time_ms": 1000 * train_time / steps_done, "steps_done": steps_done,

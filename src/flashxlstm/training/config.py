@@ -13,6 +13,9 @@ RESUMABLE_OVERRIDES = ("device", "threads", "log_every", "sample_tokens", "sampl
                        "eval_seq_len", "eval_batch_size")
 
 
+DEFAULT_JOB_MAX_MINUTES = 8.0
+
+
 @dataclass
 class TrainConfig:
     # model (a byte-level xLSTM language model)
@@ -44,13 +47,14 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
-    threads: int | None = None  # None: the available cores not busy with other programs
+    threads: int | None = None  # None: torch's default
     sample_tokens: int = 300
     sample_prompt: str = "The "
     progress: bool = True
-    # Safety net for slow machines: stop training (checkpointed, resumable) once the job has run this long;
-    # 0 or None: no limit.
-    max_minutes: float | None = 8.0
+    # Stop training (checkpointed, resumable) once the job has run this long; 0 or None: no limit. Only the
+    # embedded default job of `flashxlstm train` sets one (DEFAULT_JOB_MAX_MINUTES), as a safety net that keeps
+    # it under 10 minutes on a slow machine.
+    max_minutes: float | None = None
     extra: dict = field(default_factory=dict)  # free-form notes stored with the run
 
     def to_dict(self) -> dict:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +27,12 @@ from ..checkpoints.native import (
 from ..data import ByteSplit, StreamBatcher, decode_bytes, encode_prompt, load_corpus, unigram_bits_per_byte
 from ..nn.state import detach_state, state_to
 from .config import RESUMABLE_OVERRIDES, TrainConfig
+from .engine import optimizer_step, run_loop
 from .metrics import bits_per_byte, evaluate
 from .model_factory import build_model
 from .plot import plot_loss_curve
-from .schedule import make_optimizer, set_lr, warmup_cosine_lr
+from .progress import progress_bar
+from .schedule import make_optimizer, warmup_cosine_lr
 
 CHECKPOINT_SUBDIR = "checkpoint"
 
@@ -64,25 +64,6 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def default_threads() -> int:
-    """The cores this process may use, minus those other running programs keep busy (1-minute load average),
-    at least 1. Oversubscribed intra-op threads wait on each other: on a busy 2-core machine one thread is
-    several times faster per step than two."""
-    cores = available_cores()
-    try:
-        busy = int(os.getloadavg()[0])
-    except (AttributeError, OSError):  # no load average on this platform
-        busy = 0
-    return max(1, min(cores, cores - busy))
-
-
 def merge_resume_config(saved: TrainConfig, overrides: dict) -> TrainConfig:
     """The saved settings with the few that may change on resume (`steps` and bookkeeping) replaced;
     any other setting that differs from the saved run is an error, since it would break continuation."""
@@ -100,28 +81,6 @@ def merge_resume_config(saved: TrainConfig, overrides: dict) -> TrainConfig:
                 "drop the option to continue the saved run, or train into a new --out"
             )
     return TrainConfig.from_dict(merged)
-
-
-class _StopFlag:
-    """Ctrl-C sets the flag (the loop saves and stops after the current step); a second one aborts."""
-
-    def __init__(self):
-        self.stop = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.stop:
-            raise KeyboardInterrupt
-        self.stop = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -222,7 +181,8 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
     started = time.perf_counter()
     ckpt_dir = out_dir / CHECKPOINT_SUBDIR
     device = resolve_device(config.device)
-    torch.set_num_threads(config.threads or default_threads())
+    if config.threads:  # otherwise torch's own default
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
     if corpus is None:
@@ -273,6 +233,8 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
             history["val"].append(record)
         return record
 
+    notes: dict = {}
+
     def save(step: int) -> None:
         training_state = {
             "step": step,
@@ -284,7 +246,12 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
             "corpus_sha256": corpus_digest,
         }
         write_checkpoint(ckpt_dir, model, training_state=training_state, train_config=config.to_dict())
-        plot_loss_curve(history, out_dir / "loss_curve.png", baseline_bpb=unigram_bpb)
+        try:
+            plot_loss_curve(history, out_dir / "loss_curve.png", baseline_bpb=unigram_bpb)
+        except ModuleNotFoundError as e:
+            if not notes.get("plot"):
+                log(f"note: no loss_curve.png: {e}")
+                notes["plot"] = True
         write_json_atomic(out_dir / "metrics.json", {
             "step": step, "unigram_bpb": unigram_bpb, "val": history["val"],
             "last_train_loss": history["train"][-1]["loss"] if history["train"] else None,
@@ -296,56 +263,58 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
     model.train()
     progress = None
     if config.progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        progress = progress_bar(total=config.steps, initial=start_step, desc="train", unit="step")
     say = progress.write if progress is not None else log
-    step, interrupted = start_step, False
-    recent_tokens, recent_time, recent_loss = 0, 0.0, []
-    with _StopFlag() as flag:
-        while step < end_step:
-            t0 = time.perf_counter()
-            window = batcher.window(step)
-            state_in = None if (window.reset_state or not config.carry_state) else carried
-            lr = warmup_cosine_lr(step, lr=config.lr, warmup_steps=config.warmup_steps,
-                                  total_steps=config.steps, min_lr=config.min_lr)
-            set_lr(optimizer, lr)
-            inputs, targets = window.inputs.to(device), window.targets.to(device)
-            logits, state_out = model(inputs, state=state_in)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-            if not torch.isfinite(loss):
-                raise ValueError(f"the training loss became {float(loss)} at step {step}; try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            carried = detach_state(state_out)
-            step += 1
-            loss_value = float(loss.detach())
-            history["train"].append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
-            recent_tokens += inputs.numel()
-            recent_time += time.perf_counter() - t0
-            recent_loss.append(loss_value)
+    recent = {"tokens": 0, "time": 0.0, "loss": []}
+
+    def do_step(step: int) -> None:
+        nonlocal carried
+        t0 = time.perf_counter()
+        window = batcher.window(step)
+        state_in = None if (window.reset_state or not config.carry_state) else carried
+        lr = warmup_cosine_lr(step, lr=config.lr, warmup_steps=config.warmup_steps,
+                              total_steps=config.steps, min_lr=config.min_lr)
+        inputs, targets = window.inputs.to(device), window.targets.to(device)
+        outputs = {}
+
+        def loss_fn(_micro: int):
+            logits, outputs["state"] = model(inputs, state=state_in)
+            return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+        try:
+            loss, grad_norm = optimizer_step(model, optimizer, loss_fn, lr=lr, grad_clip=config.grad_clip, step=step)
+        except FloatingPointError as e:
+            raise ValueError(str(e)) from None
+        carried = detach_state(outputs["state"])
+        done = step + 1
+        loss_value = float(loss)
+        history["train"].append({"step": done, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
+        recent["tokens"] += inputs.numel()
+        recent["time"] += time.perf_counter() - t0
+        recent["loss"].append(loss_value)
+        if progress is not None:
+            progress.update(1)
+        if done % config.log_every == 0 or done == end_step:
+            mean_loss = sum(recent["loss"]) / len(recent["loss"])
+            tok_s = recent["tokens"] / max(recent["time"], 1e-9)
             if progress is not None:
-                progress.update(1)
-            if step % config.log_every == 0 or step == end_step:
-                mean_loss, tok_s = sum(recent_loss) / len(recent_loss), recent_tokens / max(recent_time, 1e-9)
-                if progress is not None:
-                    progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
-                else:
-                    log(f"step {step}/{config.steps}: loss {mean_loss:.4f}, {tok_s:,.0f} tokens/s, lr {lr:.2e}")
-                recent_tokens, recent_time, recent_loss = 0, 0.0, []
-            if step % config.eval_every == 0 or step == config.steps:
-                record = validate(step)
-                say(f"step {step}: validation loss {record['loss']:.4f}, {record['bpb']:.4f} bits per byte "
-                    f"(unigram {unigram_bpb:.3f})")
-                save(step)
-            if flag.stop:
-                interrupted = True
-                break
-            if config.max_minutes and time.perf_counter() - started > 60 * config.max_minutes:
-                say(f"time limit of {config.max_minutes:g} minutes reached at step {step} of {config.steps}")
-                break
+                progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
+            else:
+                log(f"step {done}/{config.steps}: loss {mean_loss:.4f}, {tok_s:,.0f} tokens/s, lr {lr:.2e}")
+            recent.update(tokens=0, time=0.0, loss=[])
+
+    def on_eval(step: int) -> None:
+        record = validate(step)
+        say(f"step {step}: validation loss {record['loss']:.4f}, {record['bpb']:.4f} bits per byte "
+            f"(unigram {unigram_bpb:.3f})")
+        save(step)
+
+    result = run_loop(start_step=start_step, total_steps=config.steps, end_step=end_step, do_step=do_step,
+                      eval_every=config.eval_every, on_eval=on_eval, started=started,
+                      time_limit_s=60 * config.max_minutes if config.max_minutes else None)
+    step, interrupted = result.step, result.reason == "interrupted"
+    if result.reason == "time limit":
+        say(f"time limit of {config.max_minutes:g} minutes reached at step {step} of {config.steps}")
     if progress is not None:
         progress.close()
 

@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 from ..checkpoints.atomic import atomic_file
+from .progress import require
 
 
 def plot_loss_curve(history: dict, path: str | os.PathLike, baseline_bpb: float | None = None) -> Path:
     """Training loss (bits per byte, smoothed) and validation bits per byte against the step."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plot", "the loss plot")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
