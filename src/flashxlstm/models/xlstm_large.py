@@ -125,8 +125,8 @@ class mLSTMLargeBlock(nn.Module):
         self.norm_ffn = RMSNorm(c.embedding_dim, eps=c.norm_eps, bias=c.use_bias)
         self.ffn = SwiGLU(c.embedding_dim, c.ffn_hidden_dim, bias=c.use_bias, weight_mode=c.weight_mode)
 
-    def forward(self, x: Tensor, state=None, attention_mask: Tensor | None = None, state_out=None):
-        y, state = self.mlstm_layer(self.norm_mlstm(x), state, attention_mask, state_out)
+    def forward(self, x: Tensor, state=None, attention_mask: Tensor | None = None, state_out=None, cu_seqlens=None):
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state, attention_mask, state_out, cu_seqlens=cu_seqlens)
         x = x + y
         return x + self.ffn(self.norm_ffn(x)), state
 
@@ -152,14 +152,14 @@ class xLSTMLargeBackbone(nn.Module):
         self.fused_decode = True  # single tokens through the fused Triton glue when the step backend is Triton
 
     def forward(self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None,
-                state_out: LargeState | None = None):
+                state_out: LargeState | None = None, cu_seqlens: Tensor | None = None):
         x = self.embeddings(input_ids)
-        if self.decodes_fused(input_ids, state, attention_mask):
+        if cu_seqlens is None and self.decodes_fused(input_ids, state, attention_mask):
             return self.decode(x, state, state_out)
         new_state = []
         for idx, block in enumerate(self.blocks):
             x, block_state = block(x, None if state is None else state[idx], attention_mask,
-                                   None if state_out is None else state_out[idx])
+                                   None if state_out is None else state_out[idx], cu_seqlens=cu_seqlens)
             new_state.append(block_state)
         if self.out_norm is not None:
             x = self.out_norm(x)
@@ -233,11 +233,12 @@ class xLSTMLarge(nn.Module):
 
     def forward(
         self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None,
-        logits_to_keep: int = 0, state_out: LargeState | None = None,
+        logits_to_keep: int = 0, state_out: LargeState | None = None, cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, LargeState]:
         """input_ids (B, S) -> logits (B, S, V) float32 (the last `logits_to_keep` positions if > 0), new state.
 
         attention_mask (B, S): 0 marks padding that must not touch the state (left padding for generation).
+        cu_seqlens: packed documents in a (1, S) input, each from an empty state (nn/packing.py).
         state_out: for one token (S == 1) with a state, preallocated buffers shaped like the state that receive
         the new state (CUDA-graph decoding ping-pongs two such sets); they must not overlap `state`.
         """
@@ -253,8 +254,8 @@ class xLSTMLarge(nn.Module):
                              f"got {tuple(attention_mask.shape)}")
         if state_out is not None and (state is None or input_ids.shape[1] != 1):
             raise ValueError("xLSTMLarge: state_out needs a state and a single token (S == 1)")
-        fused = self.backbone.decodes_fused(input_ids, state, attention_mask)
-        x, state = self.backbone(input_ids, state, attention_mask, state_out)
+        fused = cu_seqlens is None and self.backbone.decodes_fused(input_ids, state, attention_mask)
+        x, state = self.backbone(input_ids, state, attention_mask, state_out, cu_seqlens=cu_seqlens)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = linear_decode(x, self.lm_head.weight) if fused else self.lm_head(x)

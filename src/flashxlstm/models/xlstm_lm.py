@@ -203,7 +203,7 @@ class xLSTMBlockStack(nn.Module):
         """The state of a model that has seen nothing (what state=None means)."""
         return tuple(block.initial_state(batch_size, device, dtype) for block in self.blocks)
 
-    def forward(self, x: Tensor, state: tuple | None = None) -> tuple[Tensor, tuple]:
+    def forward(self, x: Tensor, state: tuple | None = None, cu_seqlens: Tensor | None = None) -> tuple[Tensor, tuple]:
         check_sequence_input("xLSTMBlockStack", x, self.config.embedding_dim)
         if state is None:
             state = (None,) * len(self.blocks)
@@ -217,7 +217,7 @@ class xLSTMBlockStack(nn.Module):
                             block.layer.state_shapes(x.shape[0]))
         new_state = []
         for block, st in zip(self.blocks, state):
-            x, st = block(x, st)
+            x, st = block(x, st, cu_seqlens=cu_seqlens) if cu_seqlens is not None else block(x, st)
             new_state.append(st)
         if self.post_blocks_norm is not None:
             x = self.post_blocks_norm(x)
@@ -252,8 +252,10 @@ class xLSTMLM(nn.Module):
     def initial_state(self, batch_size: int, device=None, dtype=torch.float32) -> tuple:
         return self.stack.initial_state(batch_size, device, dtype)
 
-    def forward(self, input_ids: Tensor, state: tuple | None = None) -> tuple[Tensor, tuple]:
-        """input_ids (B, S) integer -> logits (B, S, V) and the state after the last token."""
+    def forward(self, input_ids: Tensor, state: tuple | None = None, cu_seqlens: Tensor | None = None
+                ) -> tuple[Tensor, tuple]:
+        """input_ids (B, S) integer -> logits (B, S, V) and the state after the last token.
+        cu_seqlens: packed documents in a (1, S) input, each from an empty state (nn/packing.py)."""
         if not isinstance(input_ids, Tensor):
             raise TypeError(f"xLSTMLM: input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
         if input_ids.dtype not in (torch.int64, torch.int32):
@@ -265,7 +267,7 @@ class xLSTMLM(nn.Module):
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"xLSTMLM: token ids must lie in [0, {self.config.vocab_size}), got values in [{lo}, {hi}]")
         x = self.emb_dropout(self.token_embedding(input_ids))
-        x, state = self.stack(x, state)
+        x, state = self.stack(x, state, cu_seqlens=cu_seqlens)
         return self.lm_head(x), state
 
     def param_groups(self, weight_decay: float) -> list[dict]:

@@ -2,7 +2,8 @@
 
 mLSTMBlock: the mLSTM layer carries its own up/down projection (pre-up-projection block).
 sLSTMBlock: the sLSTM layer, then x = x + FFN(LN(x)) with a gated feed-forward (post-up-projection block).
-A block's state is its layer's state, passed in and returned, never modified in place.
+A block's state is its layer's state, passed in and returned, never modified in place. `cu_seqlens` (packed
+documents, nn/packing.py) passes through to the layer.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ class mLSTMBlock(nn.Module):
     def initial_state(self, batch_size: int, device=None, dtype=None):
         return self.layer.initial_state(batch_size, device, dtype)
 
-    def forward(self, x: Tensor, state=None) -> tuple[Tensor, tuple]:
-        y, state = self.layer(self.norm(x), state)
+    def forward(self, x: Tensor, state=None, cu_seqlens: Tensor | None = None) -> tuple[Tensor, tuple]:
+        y, state = self.layer(self.norm(x), state, cu_seqlens=cu_seqlens)
         return x + y, state
 
 
@@ -54,8 +55,8 @@ class sLSTMBlock(nn.Module):
     def initial_state(self, batch_size: int, device=None, dtype=None):
         return self.layer.initial_state(batch_size, device, dtype)
 
-    def forward(self, x: Tensor, state=None) -> tuple[Tensor, tuple]:
-        y, state = self.layer(self.norm(x), state)
+    def forward(self, x: Tensor, state=None, cu_seqlens: Tensor | None = None) -> tuple[Tensor, tuple]:
+        y, state = self.layer(self.norm(x), state, cu_seqlens=cu_seqlens)
         x = x + y
         if self.ffn is not None:
             x = x + self.ffn(self.ffn_norm(x))

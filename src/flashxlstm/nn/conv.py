@@ -3,6 +3,8 @@
 y[t, d] = bias[d] + sum_k weight[d, k] * x[t - (K - 1) + k, d], where inputs before the sequence start come
 from the carried state (the last K - 1 inputs of the previous call), zeros when there is none. Splitting
 a sequence anywhere and carrying the state gives the same output as one pass. K == 0 is the identity.
+With `cu_seqlens` (packed documents, see packing.py) no input of one document reaches another: each
+document sees zeros before its start, and the returned state holds each document's last K - 1 inputs.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from .packing import positions_in_document
 
 
 class CausalConv1d(nn.Module):
@@ -38,7 +42,10 @@ class CausalConv1d(nn.Module):
             return None
         return torch.zeros(batch_size, self.kernel_size - 1, self.dim, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, state: Tensor | None = None,
+                cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        if cu_seqlens is not None:
+            return self._packed(x, cu_seqlens)
         if not self.kernel_size:
             return x, None
         K = self.kernel_size
@@ -53,6 +60,26 @@ class CausalConv1d(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y, xs[:, S:]
+
+    def _packed(self, x: Tensor, cu_seqlens: Tensor) -> tuple[Tensor, Tensor | None]:
+        if not self.kernel_size:
+            return x, None
+        K = self.kernel_size
+        _, S, D = x.shape
+        pos = positions_in_document(cu_seqlens, S)[None, :, None]  # (1, S, 1)
+        xs = torch.cat([x.new_zeros(1, K - 1, D), x], dim=1)
+        w = self.weight.to(x.dtype)
+        y = xs[:, K - 1 :] * w[:, K - 1]
+        for k in range(K - 1):  # tap k reads K - 1 - k steps back: only within the same document
+            y = y + xs[:, k : k + S] * w[:, k] * (pos >= K - 1 - k).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        ends = cu_seqlens[1:].long()
+        back = torch.arange(K - 1, 0, -1, device=x.device)  # the last K - 1 inputs of each document
+        idx = ends[:, None] - back[None, :]  # (N, K - 1)
+        starts = cu_seqlens[:-1].long()[:, None]
+        last = x[0][idx.clamp(min=0)] * (idx >= starts)[..., None].to(x.dtype)
+        return y, last
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kernel_size={self.kernel_size}, bias={self.bias is not None}"

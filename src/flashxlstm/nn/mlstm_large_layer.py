@@ -26,6 +26,7 @@ from ..ops.fused import mlstm_layer_step
 from ..ops.fused.linear import linear_decode
 from ..ops.mlstm_cell import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
 from .large_norms import MultiHeadLayerNorm
+from .packing import check_cu_seqlens
 
 
 def soft_cap(x: Tensor, cap: float | None) -> Tensor:
@@ -126,15 +127,24 @@ class mLSTMLargeLayer(nn.Module):
 
     def forward(
         self, x: Tensor, state: MLSTMState | None = None, attention_mask: Tensor | None = None,
-        state_out: MLSTMState | None = None,
+        state_out: MLSTMState | None = None, cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, MLSTMState]:
+        """cu_seqlens: packed documents in a (1, S, D) input, each from an empty state (nn/packing.py); the
+        returned state then holds one (C, n, m) per document."""
         B, S, _ = x.shape
+        if cu_seqlens is not None:
+            check_cu_seqlens("mLSTM layer", x, cu_seqlens, state)
+            if attention_mask is not None or state_out is not None:
+                raise ValueError("mLSTM layer: cu_seqlens does not combine with attention_mask or state_out")
         NH = self.num_heads
         q, k, v, o, i, f = self.projections(x)
         heads = lambda t: t.reshape(B, S, NH, -1).transpose(1, 2)  # (B, NH, S, DH)
         q, k, v = heads(q), heads(k), heads(v)
         i, f = mask_gates(i.transpose(1, 2), f.transpose(1, 2), attention_mask)
-        if S == 1 and state_out is not None:
+        if cu_seqlens is not None:
+            h, state = mlstm(q, k, v, i, f, state=None, backend=self.backend, chunk_size=self.chunk_size, eps=self.eps,
+                             cu_seqlens=cu_seqlens)
+        elif S == 1 and state_out is not None:
             h, state = step_into(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, state_out,
                                  backend=self.step_backend, eps=self.eps)
             h = h[:, :, None]

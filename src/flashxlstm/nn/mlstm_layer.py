@@ -22,6 +22,7 @@ from .feedforward import up_proj_dim
 from .init import linspace_, small_init_, wang_init_
 from .linear_headwise import HeadwiseLinear
 from .norms import MultiHeadNorm
+from .packing import check_cu_seqlens
 
 MLSTMLayerState = tuple  # (conv | None, C, n, m)
 
@@ -90,17 +91,25 @@ class mLSTMLayer(nn.Module):
             torch.full((batch_size, NH), float("-inf"), device=device, dtype=cdt),
         )
 
-    def forward(self, x: Tensor, state: MLSTMLayerState | None = None) -> tuple[Tensor, MLSTMLayerState]:
+    def forward(self, x: Tensor, state: MLSTMLayerState | None = None,
+                cu_seqlens: Tensor | None = None) -> tuple[Tensor, MLSTMLayerState]:
+        """cu_seqlens: packed documents in a (1, S, D) input, each from an empty state (see nn/packing.py);
+        the returned state then holds one entry per document."""
         check_sequence_input("mLSTMLayer", x, self.dim)
         B, S, _ = x.shape
-        if state is None:
+        if cu_seqlens is not None:
+            check_cu_seqlens("mLSTMLayer", x, cu_seqlens, state)
+            # one empty state (m = -inf, as state=None means here) per document
+            conv_state, cell_state = None, tuple(self.initial_state(cu_seqlens.numel() - 1, x.device, x.dtype)[1:])
+        elif state is None:
             state = self.initial_state(B, x.device, x.dtype)
         else:
             check_state("mLSTMLayer", state, self.state_fields, self.state_shapes(B))
-        conv_state, cell_state = state[0], tuple(state[1:])
+        if cu_seqlens is None:
+            conv_state, cell_state = state[0], tuple(state[1:])
 
         x_m, z = self.proj_up(x).split(self.inner_dim, dim=-1)
-        x_c, conv_state = self.conv(x_m, conv_state)
+        x_c, conv_state = self.conv(x_m, conv_state, cu_seqlens=cu_seqlens)
         if self.conv.kernel_size:
             x_c = F.silu(x_c)
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
@@ -110,14 +119,15 @@ class mLSTMLayer(nn.Module):
         i, f = F.linear(torch.cat([q, k, v], dim=-1), w_if, b_if).split(self.num_heads, dim=-1)
 
         heads = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-        if S == 1:  # decoding: the recurrent step, no chunk machinery
+        if S == 1 and cu_seqlens is None:  # decoding: the recurrent step, no chunk machinery
             step = lambda t: t[:, :, 0]
             h, cell_state = ops.mlstm_step(step(heads(q)), step(heads(k)), step(heads(v)), i[:, 0], f[:, 0],
                                            state=cell_state)
             h = h[:, :, None]
         else:
             h, cell_state = ops.mlstm(heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2),
-                                      state=cell_state, backend=self.backend, chunk_size=self.chunk_size)
+                                      state=cell_state, backend=self.backend, chunk_size=self.chunk_size,
+                                      cu_seqlens=cu_seqlens)
         h = self.outnorm(h.transpose(1, 2)).reshape(B, S, self.inner_dim)
         y = self.proj_down((h + self.learnable_skip * x_c) * F.silu(z))
         return self.dropout(y), (conv_state, *cell_state)

@@ -23,6 +23,7 @@ from .conv import CausalConv1d
 from .init import linspace_, powerlaw_forget_bias
 from .linear_headwise import HeadwiseLinear
 from .norms import MultiHeadNorm
+from .packing import check_cu_seqlens, segments
 
 BIAS_INITS = ("powerlaw_blockdependent", "small_init", "standard", "zeros")
 RECURRENT_INITS = ("zeros", "standard")
@@ -100,19 +101,35 @@ class sLSTMLayer(nn.Module):
         g_zo = torch.einsum("bshd,ghod->bsgho", heads(x), w_zo)
         return torch.cat([g_if, g_zo], dim=2)
 
-    def forward(self, x: Tensor, state: SLSTMLayerState | None = None) -> tuple[Tensor, SLSTMLayerState]:
+    def forward(self, x: Tensor, state: SLSTMLayerState | None = None,
+                cu_seqlens: Tensor | None = None) -> tuple[Tensor, SLSTMLayerState]:
+        """cu_seqlens: packed documents in a (1, S, D) input, each from an empty state (see nn/packing.py);
+        the returned state then holds one entry per document."""
         check_sequence_input("sLSTMLayer", x, self.dim)
         B, S, _ = x.shape
-        if state is None:
+        if cu_seqlens is not None:
+            check_cu_seqlens("sLSTMLayer", x, cu_seqlens, state)
+            conv_state, cell_state = None, None
+        elif state is None:
             conv_state, cell_state = None, None
         else:
             check_state("sLSTMLayer", state, self.state_fields, self.state_shapes(B))
             conv_state, cell_state = state[0], tuple(s.to(state_dtype(x)) for s in state[1:])
-        x_c, conv_state = self.conv(x, conv_state)
+        x_c, conv_state = self.conv(x, conv_state, cu_seqlens=cu_seqlens)
         if self.conv.kernel_size:
             x_c = F.silu(x_c)
         gates = self.gate_preactivations(x, x_c)
-        h, cell_state = ops.slstm(gates, self.recurrent_kernel, self.bias, state=cell_state,
-                                  backend=self.backend, forget_gate=self.forget_gate)
+        if cu_seqlens is None:
+            h, cell_state = ops.slstm(gates, self.recurrent_kernel, self.bias, state=cell_state,
+                                      backend=self.backend, forget_gate=self.forget_gate)
+        else:  # the sLSTM recurrence mixes h_{t-1} through R: each document runs from its own empty state
+            hs, finals = [], []
+            for a, b in segments(cu_seqlens):
+                h_d, st = ops.slstm(gates[:, a:b], self.recurrent_kernel, self.bias, state=None,
+                                    backend=self.backend, forget_gate=self.forget_gate)
+                hs.append(h_d)
+                finals.append(st)
+            h = torch.cat(hs, dim=1)
+            cell_state = tuple(torch.cat(parts, dim=0) for parts in zip(*finals))
         y = self.norm(self.dropout(h.to(x.dtype))).reshape(B, S, self.dim)
         return y, (conv_state, *cell_state)
