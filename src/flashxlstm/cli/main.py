@@ -9,6 +9,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
+    "prepare": ("flashxlstm.cli.prepare", "tokenize text files / folders / JSONL into token shards for train --data"),
     "train": ("flashxlstm.cli.train", "train an xLSTM language model (default: a small byte-level model)"),
     "generate": ("flashxlstm.cli.generate", "generate text from a checkpoint"),
     "experiment": ("flashxlstm.cli.experiment", "run the paper's synthetic experiments"),

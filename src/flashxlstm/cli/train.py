@@ -1,5 +1,6 @@
 """`flashxlstm train`: train a byte-level xLSTM LM (default: the embedded pydoc-topics job, ~5 minutes on
-2 CPU cores), or continue one with --resume."""
+2 CPU cores), or with --data / --recipe a model of either family on `flashxlstm prepare` token shards (also
+under torchrun); continue either with --resume."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +57,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share the embedding and output head weights")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                         help="no progress bar (log validation lines only)")
+    lm = parser.add_argument_group("token-shard runs (--data or --recipe; flags override the recipe)")
+    lm.add_argument("--data", default=None, help="a directory made by `flashxlstm prepare`")
+    lm.add_argument("--recipe", default=None, help="a TOML / YAML / JSON file of run settings (see recipes/)")
+    lm.add_argument("--model", default=None,
+                    help="a preset (large-125m, large-350m, large-760m, large-1.3b, xlstm71-125m, xlstm71-350m, "
+                         "xlstm10-125m, xlstm10-350m) or a model config file")
+    lm.add_argument("--feed", choices=["packed", "stream"], default=None,
+                    help="packed documents with state resets (default) or carried-state streams")
+    lm.add_argument("--micro-batch-size", type=int, default=None,
+                    help="rows per rank per forward; the rest of the global batch is gradient accumulation")
+    lm.add_argument("--amp", choices=["none", "bf16"], default=None, help="bf16 autocast (fp32 master weights)")
+    lm.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
+    lm.add_argument("--activation-checkpointing", action="store_const", const=True, default=None,
+                    help="recompute each block in the backward")
+    lm.add_argument("--ce-chunk", type=int, default=None, help="positions per cross-entropy chunk (default 4096)")
+    lm.add_argument("--parallel", choices=["none", "ddp", "fsdp"], default=None,
+                    help="data parallelism under torchrun: ddp or fsdp (FSDP2 fully_shard)")
+    lm.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps")
+    lm.add_argument("--eval-windows", type=int, default=None, help="validation windows per evaluation")
+    lm.add_argument("--tensorboard", action="store_const", const=True, default=None,
+                    help="also log to OUT/tensorboard")
+    lm.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU (default: measured)")
+    lm.add_argument("--stop-after-step", type=int, default=None,
+                    help="end the run after this step with a checkpoint, as an interruption would")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
@@ -68,12 +93,49 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     return TrainConfig(**settings).validated(), given
 
 
+# Byte-level options that mean the same for token-shard runs (same RunConfig field names).
+_SHARED = ("steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
+           "eval_every", "log_every", "seed", "device", "max_minutes", "progress", "val_fraction")
+_LM_ONLY = ("model", "feed", "micro_batch_size", "amp", "compile", "activation_checkpointing", "ce_chunk", "parallel",
+            "save_every", "eval_windows", "tensorboard", "peak_tflops")
+
+
+def lm_settings_from_args(args: argparse.Namespace) -> dict:
+    """The settings of a token-shard run: the recipe file's, then the flags given."""
+    from ..training.presets import read_config_file
+
+    settings = read_config_file(args.recipe) if args.recipe else {}
+    byte_only = [n for _, n, _, _ in _OPTIONS if n not in _SHARED and getattr(args, n) is not None]
+    byte_only += [n for n in ("carry_state", "tie_weights") if getattr(args, n) is not None]
+    if byte_only:
+        raise ValueError(f"option(s) for the byte-level job given with --data/--recipe: {', '.join(byte_only)}; "
+                         "set the model with --model (a preset or a config file)")
+    for name in _SHARED + _LM_ONLY + ("data",):
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    if args.out != "runs/default" or "out" not in settings:
+        settings["out"] = args.out
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training.loop import resume_training, train
 
-    config, given = config_from_args(args)
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    if args.data or args.recipe:
+        from ..training.lm import RunConfig, resume_lm, train_lm
+
+        settings = lm_settings_from_args(args)
+        if args.resume:
+            result = resume_lm(settings.pop("out"), settings, stop_after_step=args.stop_after_step)
+        else:
+            result = train_lm(RunConfig.from_dict(settings), overwrite=args.overwrite,
+                              stop_after_step=args.stop_after_step)
+        return 130 if result["reason"] == "interrupted" else 0
+    if any(getattr(args, n) is not None for n in _LM_ONLY + ("stop_after_step",)):
+        raise ValueError("--model, --parallel, --amp and the other token-shard options need --data DIR (or --recipe)")
+    config, given = config_from_args(args)
     if args.resume:
         result = resume_training(args.out, given)
     else:

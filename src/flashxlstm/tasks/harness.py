@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..training import engine
-from ..training.schedule import warmup_cosine_lr
+from ..training.schedule import decay_groups, warmup_cosine_lr
 
 IGNORE = -1
 
@@ -87,18 +87,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: the model's own `param_groups(weight_decay)` when it has one (the xLSTM LM: the official
-    decay groups), else decay on every weight matrix of >= 2 dims except embeddings (Transformer, LSTM)."""
-    own = getattr(model, "param_groups", None) or getattr(getattr(model, "model", None), "param_groups", None)
-    if callable(own):
-        return own(weight_decay)
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW groups (`training.schedule.decay_groups`): the model's own decay groups when it has them (the
+    xLSTM LM: the official ones), else decay on every weight matrix except embeddings (Transformer, LSTM)."""
+    return decay_groups(model, weight_decay)
 
 
 def masked_loss(logits: Tensor, targets: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,14 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-# What a run writes into its directory: the only entries `overwrite=True` may replace.
-RUN_FILES = (CHECKPOINT_SUBDIR, "metrics.json", "loss_curve.png")
+# What a run writes into its directory: the only entries `overwrite=True` may replace (the byte-level job and
+# token-shard runs: metrics.jsonl, tensorboard/; their checkpoints: native files or DCP's .metadata + shards).
+RUN_FILES = (CHECKPOINT_SUBDIR, "metrics.json", "metrics.jsonl", "loss_curve.png", "tensorboard")
+_DCP_FILE = re.compile(r"(\.metadata|__\d+_\d+\.distcp|trainer\.json|run_config\.json|model_config\.json)")
+
+
+def _ours_in_checkpoint(name: str) -> bool:
+    return name in CHECKPOINT_FILES or bool(_DCP_FILE.fullmatch(name))
 
 
 def check_run_directory(out_dir: Path, *, overwrite: bool) -> None:
@@ -122,7 +129,7 @@ def check_run_directory(out_dir: Path, *, overwrite: bool) -> None:
         if not ckpt.is_dir():
             foreign.append(CHECKPOINT_SUBDIR)
         else:
-            foreign += [f"{CHECKPOINT_SUBDIR}/{p.name}" for p in sorted(ckpt.iterdir()) if p.name not in CHECKPOINT_FILES]
+            foreign += [f"{CHECKPOINT_SUBDIR}/{p.name}" for p in sorted(ckpt.iterdir()) if not _ours_in_checkpoint(p.name)]
     if foreign:
         raise ValueError(f"--overwrite: {out_dir} holds files a training run did not write ({', '.join(foreign[:5])}"
                          f"{', ...' if len(foreign) > 5 else ''}); they would be lost, so nothing was changed; "

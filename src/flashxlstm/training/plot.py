@@ -39,3 +39,28 @@ def plot_loss_curve(history: dict, path: str | os.PathLike, baseline_bpb: float 
     atomic_file(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
+
+
+def plot_curves(history: dict, path: str | os.PathLike) -> Path:
+    """Training loss (nats per token) and validation loss against the step, for token-shard runs."""
+    matplotlib = require("matplotlib", "plot", "the loss plot")
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    train = history.get("train", [])
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", alpha=0.5, label="train")
+    val = history.get("val", [])
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color="tab:orange", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title("flashxlstm train --data")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_file(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path

@@ -32,3 +32,18 @@ def make_optimizer(
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: the model's own `param_groups(weight_decay)` when it has one (the NeurIPS LM: the official
+    decay groups), else decay on every weight matrix of >= 2 dims except embeddings (the 7B family, baselines)."""
+    own = getattr(model, "param_groups", None) or getattr(getattr(model, "model", None), "param_groups", None)
+    if callable(own):
+        return own(weight_decay)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
