@@ -4,6 +4,7 @@ under torchrun); continue either with --resume."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..training.config import DEFAULT_JOB_MAX_MINUTES, TrainConfig
 
@@ -105,6 +106,9 @@ def lm_settings_from_args(args: argparse.Namespace) -> dict:
     from ..training.presets import read_config_file
 
     settings = read_config_file(args.recipe) if args.recipe else {}
+    model = settings.get("model")
+    if args.recipe and isinstance(model, str) and (Path(args.recipe).parent / model).is_file():
+        settings["model"] = str(Path(args.recipe).parent / model)  # a model file named relative to the recipe
     byte_only = [n for _, n, _, _ in _OPTIONS if n not in _SHARED and getattr(args, n) is not None]
     byte_only += [n for n in ("carry_state", "tie_weights") if getattr(args, n) is not None]
     if byte_only:

@@ -21,7 +21,8 @@ from ..data.shards import IGNORE_INDEX
 
 
 def _chunk_loss(h: Tensor, weight: Tensor, targets: Tensor, soft_cap: float | None) -> Tensor:
-    logits = F.linear(h, weight).float()
+    logits = F.linear(h, weight)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least (fp64 stays)
     if soft_cap is not None:
         logits = soft_cap * torch.tanh(logits / soft_cap)
     return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -31,7 +32,7 @@ def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, *, ch
                           soft_cap: float | None = None) -> Tensor:
     """sum over positions of CE(hidden @ weight.T, targets), `chunk` positions at a time (recomputed in the
     backward); hidden (N, D), targets (N,) with IGNORE_INDEX where nothing is predicted."""
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
     for a in range(0, hidden.shape[0], chunk):
         h, t = hidden[a:a + chunk], targets[a:a + chunk]
         if torch.is_grad_enabled() and h.requires_grad:

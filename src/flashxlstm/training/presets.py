@@ -4,7 +4,11 @@ The 7B family ("large-125m" ... "large-1.3b"): the xLSTM-7B architecture (mLSTM 
 qk head dim half the v head dim, soft-capped gates and logits) at the widths and depths of the usual
 GPT-3 / Llama size ladder. The NeurIPS family ("xlstm71-125m", "xlstm10-350m", ...): the paper's xLSTM[7:1] and
 xLSTM[1:0] language models at 125M and 350M (Table of the paper's scaling runs: 24 blocks x 768,
-48 blocks x 1024). Parameter counts (printed by `flashxlstm train`) depend on the vocabulary of the data.
+48 blocks x 1024). Parameter counts depend on the vocabulary of the data; with 50,304 symbols and an untied
+head: large-125m 162.3M, large-350m 406.9M, large-760m 834.7M, large-1.3b 1,421M, xlstm71-125m 163.6M,
+xlstm71-350m 408.4M, xlstm10-125m 163.8M, xlstm10-350m 409.3M. The names are those of the GPT-3 ladder's
+widths and depths, whose counts assume a tied head; the untied head adds 39M at width 768, 51M at 1024,
+77M at 1536 and 103M at 2048.
 
 A config file holds {"family": "large" | "neurips", ...the family config's fields...}; "preset": NAME starts
 from a preset and the other keys override it.
