@@ -180,3 +180,23 @@ def test_slot_states_rows_are_independent_and_buckets_cover_capacity():
         torch.testing.assert_close(logits[i], want[0, -1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="capacity"):
         slots.decode(torch.zeros(6, dtype=torch.long))
+
+
+def test_a_failing_step_ends_its_requests_and_the_engine_keeps_serving():
+    engine = Engine(neurips_model(6), BYTES, EngineConfig(max_batch=2)).start()
+    try:
+        decode, calls = engine.slots.decode, []
+
+        def flaky(tokens):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("boom")
+            return decode(tokens)
+
+        engine.slots.decode = flaky
+        out = engine.submit([1, 2], SamplingParams(max_tokens=5, temperature=0)).result()
+        assert out.finish_reason == "error" and "boom" in out.error and engine.stats.errors == 1
+        out = engine.submit([1, 2], SamplingParams(max_tokens=5, temperature=0)).result()
+        assert out.finish_reason == "length" and out.token_ids == reference(engine.model, [1, 2], 5)
+    finally:
+        engine.stop()
