@@ -118,6 +118,8 @@ def test_stop_strings_and_stop_ids_end_the_output():
     engine = Engine(model, BYTES, EngineConfig(max_batch=2))
     free = engine.generate([[65, 66]], SamplingParams(max_tokens=30, temperature=0))[0]
     ids = free.token_ids
+    one = engine.generate([[65, 66]], SamplingParams(max_tokens=1, temperature=0))[0]  # done at prefill
+    assert one.token_ids == ids[:1] and one.finish_reason == "length" and engine.num_running == 0
     stop_id = ids[7]
     first = ids.index(stop_id)
     out = engine.generate([[65, 66]], SamplingParams(max_tokens=30, temperature=0, stop_token_ids=[stop_id]))[0]
