@@ -68,9 +68,15 @@ def test_accumulation_and_activation_checkpointing_keep_the_losses(data):
 
 
 def test_bf16_large_family_and_stream_feed_run(data):
+    from flashxlstm import from_pretrained
+
     bf16 = _run(data, "bf16", model=str(data / "large.json"), amp="bf16")
     fp32 = _run(data, "fp32", model=str(data / "large.json"))
     assert all(abs(a - b) < 0.05 for a, b in zip(_losses(bf16), _losses(fp32)))  # bf16 rounding only
+    for out in ("fp32", "plain"):  # the exported model of each family loads for generation
+        model = from_pretrained(data / out / "model")
+        ids = torch.randint(0, 256, (1, 5))
+        assert torch.isfinite(model(ids)[0]).all()
     stream = _run(data, "stream", feed="stream", steps=6)
     assert len(_losses(stream)) == 6 and stream["history"]["val"][-1]["val_loss"] < 6.0
     rows = [json.loads(line) for line in open(data / "stream" / "metrics.jsonl")]

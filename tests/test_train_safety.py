@@ -147,3 +147,20 @@ def test_bad_out_device_and_prompt_fail_before_training(tmp_path, text_file, cap
     assert _train(tmp_path / "p", text_file, "--prompt", "", "--sample-tokens", "5") == 2
     _one_line_error(capsys, "prompt", "empty")
     assert not (tmp_path / "m").exists() and not (tmp_path / "p").exists()
+
+
+def test_overwrite_checks_every_folder_a_run_writes(tmp_path):
+    from flashxlstm.training.loop import check_run_directory
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "checkpoint").mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (run / "model" / name).write_text("{}")
+    for name in (".metadata", "__0_0.distcp", "__1_0.distcp", "trainer.json", "run_config.json"):
+        (run / "checkpoint" / name).write_text("x")
+    (run / "metrics.jsonl").write_text("{}\n")
+    check_run_directory(run, overwrite=True)  # an earlier token-shard run: fine to replace
+    (run / "model" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="model/notes.txt"):
+        check_run_directory(run, overwrite=True)

@@ -96,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 
 # Byte-level options that mean the same for token-shard runs (same RunConfig field names).
 _SHARED = ("steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
-           "eval_every", "log_every", "seed", "device", "max_minutes", "progress", "val_fraction")
+           "eval_every", "log_every", "seed", "device", "threads", "max_minutes", "progress", "val_fraction")
 _LM_ONLY = ("model", "feed", "micro_batch_size", "amp", "compile", "activation_checkpointing", "ce_chunk", "parallel",
             "save_every", "eval_windows", "tensorboard", "peak_tflops")
 

@@ -23,7 +23,7 @@ from .conv import CausalConv1d
 from .init import linspace_, powerlaw_forget_bias
 from .linear_headwise import HeadwiseLinear
 from .norms import MultiHeadNorm
-from .packing import check_cu_seqlens, segments
+from .packing import check_cu_seqlens, run_documents_batched
 
 BIAS_INITS = ("powerlaw_blockdependent", "small_init", "standard", "zeros")
 RECURRENT_INITS = ("zeros", "standard")
@@ -122,14 +122,9 @@ class sLSTMLayer(nn.Module):
         if cu_seqlens is None:
             h, cell_state = ops.slstm(gates, self.recurrent_kernel, self.bias, state=cell_state,
                                       backend=self.backend, forget_gate=self.forget_gate)
-        else:  # the sLSTM recurrence mixes h_{t-1} through R: each document runs from its own empty state
-            hs, finals = [], []
-            for a, b in segments(cu_seqlens):
-                h_d, st = ops.slstm(gates[:, a:b], self.recurrent_kernel, self.bias, state=None,
-                                    backend=self.backend, forget_gate=self.forget_gate)
-                hs.append(h_d)
-                finals.append(st)
-            h = torch.cat(hs, dim=1)
-            cell_state = tuple(torch.cat(parts, dim=0) for parts in zip(*finals))
+        else:  # the recurrence mixes h_{t-1} through R: the documents run as one batch, each from an empty state
+            h, cell_state = run_documents_batched(
+                lambda g, st: ops.slstm(g, self.recurrent_kernel, self.bias, state=st, backend=self.backend,
+                                        forget_gate=self.forget_gate), gates, cu_seqlens)
         y = self.norm(self.dropout(h.to(x.dtype))).reshape(B, S, self.dim)
         return y, (conv_state, *cell_state)

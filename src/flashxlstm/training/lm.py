@@ -37,7 +37,7 @@ from .schedule import decay_groups, warmup_cosine_lr
 RUN_CONFIG = "run_config.json"
 MODEL_CONFIG = "model_config.json"
 # Settings a resumed run may change: how it runs, not what it computes.
-RESUMABLE = ("steps", "out", "data", "parallel", "micro_batch_size", "device", "compile", "activation_checkpointing",
+RESUMABLE = ("steps", "out", "data", "parallel", "micro_batch_size", "device", "threads", "compile", "activation_checkpointing",
              "log_every", "eval_every", "save_every", "progress", "tensorboard", "max_minutes", "peak_tflops",
              "eval_windows")
 
@@ -70,6 +70,7 @@ class RunConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # CPU threads per process; None: torch's default
     progress: bool = True
     tensorboard: bool = False
     max_minutes: float | None = None
@@ -170,6 +171,8 @@ def resume_lm(out: str | os.PathLike, overrides: dict | None = None, *, stop_aft
 
 def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Callable[[str], None]) -> dict:
     world = D.setup(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     say = log if world.main else (lambda _msg: None)
     out = Path(config.out)
     ckpt_dir = out / "checkpoint"
@@ -345,12 +348,42 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
     if result.step < config.steps and (not history["val"] or history["val"][-1]["step"] != result.step):
         validate(result.step)
         save(result.step)
+    if result.step < config.steps:
         say(f"stopped at step {result.step} of {config.steps} ({result.reason}); continue with --resume")
+    else:
+        export_model(loss_module, family, fields, out / "model", world, data.directory / "tokenizer.json")
+        say(f"done: step {result.step}, validation loss {history['val'][-1]['val_loss']:.4f}; model for "
+            f"from_pretrained / generate in {out / 'model'}, checkpoint {ckpt_dir}, metrics {metrics_path}")
     if progress is not None:
         progress.close()
     if tb is not None:
         tb.close()
     return {"step": result.step, "history": history, "world_size": world.size, "reason": result.reason}
+
+
+def export_model(module, family: str, fields: dict, directory: Path, world: D.World, tokenizer: Path) -> None:
+    """The trained weights, gathered to rank 0, as a checkpoint `flashxlstm.from_pretrained` and
+    `flashxlstm generate` load: flashxlstm's native format (NeurIPS family) or the hub layout (7B family),
+    with the data's tokenizer.json beside it."""
+    import shutil
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not world.main:
+        return
+    weights = {k.removeprefix("model."): v for k, v in full.items()}
+    with torch.device("meta"):
+        model = build_model(family, fields)
+    model.load_state_dict(weights, assign=True)
+    if family == "large":
+        model.save_pretrained(directory)
+    else:
+        from ..checkpoints.native import save_model
+
+        save_model(model, directory)
+    if tokenizer.is_file():
+        shutil.copyfile(tokenizer, directory / "tokenizer.json")
 
 
 def _plot(history: dict, path: Path, log: Callable[[str], None]) -> None:

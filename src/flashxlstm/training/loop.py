@@ -99,12 +99,19 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 # What a run writes into its directory: the only entries `overwrite=True` may replace (the byte-level job and
 # token-shard runs: metrics.jsonl, tensorboard/; their checkpoints: native files or DCP's .metadata + shards).
-RUN_FILES = (CHECKPOINT_SUBDIR, "metrics.json", "metrics.jsonl", "loss_curve.png", "tensorboard")
+RUN_FILES = (CHECKPOINT_SUBDIR, "metrics.json", "metrics.jsonl", "loss_curve.png", "tensorboard", "model")
 _DCP_FILE = re.compile(r"(\.metadata|__\d+_\d+\.distcp|trainer\.json|run_config\.json|model_config\.json)")
+
+
+_EXPORT_FILE = re.compile(r"(config\.json|tokenizer\.json|generation_config\.json|model[-\w.]*\.safetensors"
+                          r"|model\.safetensors\.index\.json)")
 
 
 def _ours_in_checkpoint(name: str) -> bool:
     return name in CHECKPOINT_FILES or bool(_DCP_FILE.fullmatch(name))
+
+
+_OURS_IN = {CHECKPOINT_SUBDIR: _ours_in_checkpoint, "model": lambda name: bool(_EXPORT_FILE.fullmatch(name))}
 
 
 def check_run_directory(out_dir: Path, *, overwrite: bool) -> None:
@@ -124,12 +131,13 @@ def check_run_directory(out_dir: Path, *, overwrite: bool) -> None:
                          "--overwrite to replace an earlier run's files, or choose a new --out")
     foreign = [name for name in entries if name not in RUN_FILES and not name.startswith(
         tuple(f".{n}." for n in RUN_FILES))]
-    ckpt = out_dir / CHECKPOINT_SUBDIR
-    if ckpt.exists():
-        if not ckpt.is_dir():
-            foreign.append(CHECKPOINT_SUBDIR)
-        else:
-            foreign += [f"{CHECKPOINT_SUBDIR}/{p.name}" for p in sorted(ckpt.iterdir()) if not _ours_in_checkpoint(p.name)]
+    for sub, ours in _OURS_IN.items():
+        folder = out_dir / sub
+        if folder.exists():
+            if not folder.is_dir():
+                foreign.append(sub)
+            else:
+                foreign += [f"{sub}/{p.name}" for p in sorted(folder.iterdir()) if not ours(p.name)]
     if foreign:
         raise ValueError(f"--overwrite: {out_dir} holds files a training run did not write ({', '.join(foreign[:5])}"
                          f"{', ...' if len(foreign) > 5 else ''}); they would be lost, so nothing was changed; "
