@@ -121,7 +121,8 @@ def main() -> int:
 
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, python {platform.python_version()}; measured bf16 matmul peak {peak:.0f} TFLOP/s")
+          f"{transformers.__version__}, python {platform.python_version()}; "
+          f"measured bf16 matmul peak {peak:.0f} TFLOP/s")
     print("| side | params | B x S | tokens/s | peak memory (GiB) | MFU |")
     print("|---|---|---|---|---|---|")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]

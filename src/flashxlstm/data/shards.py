@@ -35,7 +35,8 @@ class TokenData:
             raise FileNotFoundError(f"--data {self.directory}: no meta.json (make one with `flashxlstm prepare`)")
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT:
-            raise ValueError(f"--data {self.directory}: meta.json format {self.meta.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(f"--data {self.directory}: meta.json format {self.meta.get('format')!r}, "
+                             f"expected {FORMAT!r}")
         dtype = np.dtype(self.meta["dtype"])
         self.shards, self.offsets = [], [0]
         for shard in self.meta["shards"]:

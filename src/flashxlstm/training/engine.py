@@ -62,7 +62,8 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: 
     loss_fn(micro) returns the mean loss of micro-batch `micro` (it runs the forward pass, under autocast if
     wanted); the gradient is that of the mean over micro-batches. With `check_finite` it raises
     FloatingPointError if a loss is not finite (nothing is updated then); without, the caller checks the
-    returned losses itself (no host synchronisation per step). Returns (mean loss, gradient norm before clipping or None), detached.
+    returned losses itself (no host synchronisation per step). Returns (mean loss, gradient norm before
+    clipping or None), detached.
     """
     set_lr(optimizer, lr)
     optimizer.zero_grad(set_to_none=True)

@@ -37,7 +37,8 @@ from .schedule import decay_groups, warmup_cosine_lr
 RUN_CONFIG = "run_config.json"
 MODEL_CONFIG = "model_config.json"
 # Settings a resumed run may change: how it runs, not what it computes.
-RESUMABLE = ("steps", "out", "data", "parallel", "micro_batch_size", "device", "threads", "compile", "activation_checkpointing",
+RESUMABLE = ("steps", "out", "data", "parallel", "micro_batch_size", "device", "threads", "compile",
+             "activation_checkpointing",
              "log_every", "eval_every", "save_every", "progress", "tensorboard", "max_minutes", "peak_tflops",
              "eval_windows")
 
@@ -234,7 +235,8 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ModuleNotFoundError:
-            raise ModuleNotFoundError("--tensorboard needs the 'tensorboard' package: pip install tensorboard") from None
+            raise ModuleNotFoundError("--tensorboard needs the 'tensorboard' package: pip install tensorboard"
+                                      ) from None
         tb = SummaryWriter(str(out / "tensorboard"))
     progress = None
     if config.progress and world.main:
