@@ -107,6 +107,7 @@ def run_engine(model, work, args) -> None:
     engine.start()
     ttft: list[float] = []
     itl: list[float] = []
+    outputs: dict[int, list[int]] = {}
 
     async def stream(requests) -> None:  # one closed-loop client, on the event loop as in the HTTP server
         loop = asyncio.get_running_loop()
@@ -114,7 +115,9 @@ def run_engine(model, work, args) -> None:
             sent = time.perf_counter()
             handle = engine.submit(prompt, SamplingParams(max_tokens=length, temperature=0, ignore_eos=True),
                                    loop=loop)
-            times = [out.time async for out in handle]
+            outs = [out async for out in handle]
+            times = [out.time for out in outs]
+            outputs[id(prompt)] = [t for out in outs for t in out.token_ids]
             ttft.append(times[0] - sent)
             itl.extend(b - a for a, b in zip(times, times[1:]))
 
@@ -131,8 +134,21 @@ def run_engine(model, work, args) -> None:
               decode_step_tok_s=round(sum(r for r, _ in steps) / max(sum(s for _, s in steps), 1e-9), 1),
               full_batch_tok_s=round(sum(r for r, _ in full) / sum(s for _, s in full), 1) if full else None,
               full_batch_steps=len(full), state_MB_per_stream=round(engine.slots.row_bytes() / 2**20, 2),
-              setup_s=round(setup, 1))
+              setup_s=round(setup, 1), greedy_equal_generate=agreement(model, work, outputs, args))
     del engine
+
+
+def agreement(model, work, outputs: dict[int, list[int]], args) -> str:
+    """How many of the first --check requests got exactly the tokens `generate` gives them alone (batch 1).
+    Rows of a batch are independent, but kernels may round differently at another batch size (bf16), so
+    on the GPU a near-tie can flip a greedy choice; this counts how often that happens."""
+    requests = [r for w in work for r in w][: args.check]
+    same = 0
+    for prompt, length in requests:
+        ids = torch.tensor([prompt], device=next(model.parameters()).device)
+        want = model.generate(ids, length, eos_token_id=None)[0, len(prompt):].tolist()
+        same += want == outputs[id(prompt)]
+    return f"{same}/{len(requests)}"
 
 
 class _Times:
@@ -226,7 +242,7 @@ def versions() -> dict:
 def write(args, device: str, shape: str) -> None:
     machine = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
     cols = ["mode", "streams", "wall_s", "tok_s", "decode_step_tok_s", "full_batch_tok_s", "ttft_p50_ms",
-            "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "state_MB_per_stream"]
+            "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "state_MB_per_stream", "greedy_equal_generate"]
     lines = ["# Serving: continuous batching vs static-batch generate (same model, same run)", "",
              f"Command: `python benchmarks/{os.path.basename(__file__)} {' '.join(sys.argv[1:])}`  ",
              f"Machine: {machine}; {platform.platform()}; torch threads {torch.get_num_threads()}  ",
@@ -273,6 +289,8 @@ def main() -> int:
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prompt tokens per prefill forward")
     parser.add_argument("--peer-steps", type=int, default=None)
     parser.add_argument("--skip-static", action="store_true", help="leave out the static-generate baseline")
+    parser.add_argument("--check", type=int, default=4,
+                        help="requests per level compared token by token with generate alone (default %(default)s)")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
     defaults = (dict(streams="1,4,8", prompt_min=8, prompt_max=64, tokens_min=4, tokens_max=16, prefill_chunk=32,
