@@ -144,6 +144,11 @@ def test_client_disconnect_mid_stream_frees_its_slot(server):
         # the response is closed here, long before 5000 tokens
     wait_for(lambda: engine.num_running == 0)
     assert engine.stats.finished.get("abort", 0) == aborted + 1
+    body["stream"] = False  # a client that gives up waiting for a whole completion
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
+    wait_for(lambda: engine.stats.finished.get("abort", 0) == aborted + 2)
+    assert engine.num_running == 0
     r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "abc", "max_tokens": 3, "temperature": 0})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
 

@@ -177,15 +177,18 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
         if stream:
             gen = sse(handle, meta, chat, with_ids, bool(options.get("include_usage")))
             return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        async def watch() -> None:  # a client that hangs up before the completion is whole frees its slot
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.25)
+            engine.abort(handle.request_id)
+
+        watcher = asyncio.create_task(watch())
         outs: list[RequestOutput] = []
         try:
-            while not outs or not outs[-1].finished:
-                try:
-                    outs.append(await asyncio.wait_for(handle.next_output(), timeout=1.0))
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return None
+            async for out in handle:
+                outs.append(out)
         finally:
+            watcher.cancel()
             if not outs or not outs[-1].finished:
                 engine.abort(handle.request_id)
         last = outs[-1]

@@ -102,10 +102,6 @@ class RequestHandle:
             if out.finished:
                 return
 
-    async def next_output(self) -> RequestOutput:
-        """The next output (handles created with a loop); safe to cancel, e.g. by asyncio.wait_for."""
-        return await self._queue.get()
-
     async def __aiter__(self):
         while True:
             out = await self._queue.get()
