@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from flashxlstm.data.prepare import prepare
-from flashxlstm.training.lm import RunConfig, train_lm
+from flashxlstm.training.lm import RunConfig, resume_lm, train_lm
 from flashxlstm.training.lm_loss import chunked_cross_entropy
 
 TINY = {"family": "neurips", "embedding_dim": 16, "num_blocks": 2, "slstm_at": "xLSTM[1:1]", "mlstm_num_heads": 2,
@@ -73,12 +73,26 @@ def test_bf16_large_family_and_stream_feed_run(data):
     bf16 = _run(data, "bf16", model=str(data / "large.json"), amp="bf16")
     fp32 = _run(data, "fp32", model=str(data / "large.json"))
     assert all(abs(a - b) < 0.05 for a, b in zip(_losses(bf16), _losses(fp32)))  # bf16 rounding only
-    for out in ("fp32", "plain"):  # the exported model of each family loads for generation
-        model = from_pretrained(data / out / "model")
-        ids = torch.randint(0, 256, (1, 5))
-        assert torch.isfinite(model(ids)[0]).all()
     stream = _run(data, "stream", feed="stream", steps=6)
     assert len(_losses(stream)) == 6 and stream["history"]["val"][-1]["val_loss"] < 6.0
     rows = [json.loads(line) for line in open(data / "stream" / "metrics.jsonl")]
     logged = [r for r in rows if "loss" in r]
     assert logged and {"tokens_per_s", "lr", "grad_norm"} <= set(logged[0]) and "val_perplexity" in rows[-1]
+    for out in ("fp32", "stream"):  # the exported model of each family loads for generation
+        model = from_pretrained(data / out / "model")
+        ids = torch.randint(0, 256, (1, 5))
+        assert torch.isfinite(model(ids)[0]).all()
+
+
+def test_stream_feed_resumes_exactly_with_another_micro_batch(data):
+    """The carried states are checkpointed per rank and regrouped by global row on resume."""
+    kw = dict(feed="stream", steps=6, eval_every=3, save_every=3, micro_batch_size=2)
+    straight = _losses(_run(data, "s_straight", **kw))
+    first = train_lm(RunConfig(**{**dict(data=str(data / "data"), out=str(data / "s_split"),
+                                         model=str(data / "neurips.json"), seq_len=16, batch_size=4, warmup_steps=1,
+                                         lr=3e-3, val_fraction=0.1, eval_windows=2, progress=False), **kw}),
+                     stop_after_step=3, log=lambda m: None)
+    assert first["step"] == 3
+    resumed = resume_lm(data / "s_split", {"micro_batch_size": 1}, log=lambda m: None)
+    assert max(abs(a - b) for a, b in zip(_losses(resumed), straight)) < 1e-5
+    assert len(_losses(resumed)) == 6

@@ -109,25 +109,31 @@ def _quiet_single_process():
         yield
 
 
+RANK_FILE = "carried-rank{}.pt"
+
+
 def save_checkpoint(directory: Path, module: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict,
-                    world: World, extra_files: dict[str, dict] | None = None) -> None:
+                    world: World, extra_files: dict[str, dict] | None = None, per_rank=None) -> None:
     """Model and optimiser through DCP (every rank writes its part), plus trainer.json (step, history, ...)
-    and `extra_files` (name -> JSON object) from rank 0; the directory appears complete or not at all."""
+    and `extra_files` (name -> JSON object) from rank 0, and `per_rank` (tensors) from each rank as
+    carried-rankR.pt; the directory appears complete or not at all."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(module, optimizer)
     with _quiet_single_process():
-        _save(directory, model_sd, optim_sd, trainer_state, world, extra_files)
+        _save(directory, model_sd, optim_sd, trainer_state, world, extra_files, per_rank)
 
 
-def _save(directory, model_sd, optim_sd, trainer_state, world, extra_files) -> None:
+def _save(directory, model_sd, optim_sd, trainer_state, world, extra_files, per_rank) -> None:
     import torch.distributed.checkpoint as dcp
 
     if world.main:
         with atomic_directory(directory) as tmp:
             broadcast_object(str(tmp), world)
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+            if per_rank is not None:
+                torch.save(per_rank, tmp / RANK_FILE.format(world.rank))
             write_json_atomic(tmp / TRAINER_STATE, trainer_state)
             for name, obj in (extra_files or {}).items():
                 write_json_atomic(tmp / name, obj)
@@ -136,6 +142,8 @@ def _save(directory, model_sd, optim_sd, trainer_state, world, extra_files) -> N
     else:
         tmp = broadcast_object(None, world)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+        if per_rank is not None:
+            torch.save(per_rank, Path(tmp) / RANK_FILE.format(world.rank))
         barrier(world)
         barrier(world)
 
@@ -154,3 +162,12 @@ def load_checkpoint(directory: Path, module: nn.Module, optimizer: torch.optim.O
         dcp.load(state, checkpoint_id=str(directory))
     set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((directory / TRAINER_STATE).read_text())
+
+
+def load_rank_files(directory: Path, saved_world_size: int) -> list:
+    """The per-rank objects a save wrote (every rank's), in rank order; [] if there are none."""
+    directory = resolve_directory(directory)
+    paths = [directory / RANK_FILE.format(r) for r in range(saved_world_size)]
+    if not all(p.is_file() for p in paths):
+        return []
+    return [torch.load(p, map_location="cpu", weights_only=True) for p in paths]

@@ -8,7 +8,8 @@ The global batch (`batch_size` rows of `seq_len` tokens) is the same for every w
 share of rows, in `micro_batch_size` pieces (gradient accumulation). The loss of a step is the mean over the
 global batch's counted targets, so a run's losses do not depend on the world size or the accumulation.
 Checkpoints (torch.distributed.checkpoint) every `save_every` steps and at the end; `--resume` continues from
-the last one with the same or another world size. Metrics go to OUT/metrics.jsonl (loss, lr, grad norm,
+the last one with the same or another world size (a stream-fed run's carried states are saved per rank and
+regrouped by global row). At the end the weights are exported to OUT/model for from_pretrained / generate. Metrics go to OUT/metrics.jsonl (loss, lr, grad norm,
 tokens/s, MFU where a peak is known, memory), optionally TensorBoard; validation loss and perplexity every
 `eval_every` steps, and OUT/loss_curve.png.
 """
@@ -27,7 +28,7 @@ import torch
 
 from ..checkpoints.atomic import resolve_directory, write_json_atomic
 from ..data.shards import PackedBatches, StreamBatches, TokenData, pack_rows, validation_windows
-from ..nn.state import detach_state
+from ..nn.state import detach_state, map_state, state_to
 from . import distributed as D
 from .engine import autocast, optimizer_step, run_loop
 from .lm_loss import CausalLMLoss, checkpoint_blocks
@@ -121,6 +122,24 @@ def _memory(device: torch.device) -> dict:
         return {}
 
 
+def regroup_states(parts: list, first_row: int, micro: int, accum: int) -> list:
+    """The carried states of one rank's `accum` micro-batches of `micro` rows starting at global row
+    `first_row`, from `parts`: every saved micro-batch's state in global row order (any world size and
+    micro-batch size). All None (nothing carried yet) gives Nones."""
+    if not parts or any(p is None for p in parts):
+        return [None] * accum
+
+    def cat(items):
+        if items[0] is None:
+            return None
+        if isinstance(items[0], torch.Tensor):
+            return torch.cat(items, dim=0)
+        return type(items[0])(cat([it[i] for it in items]) for i in range(len(items[0])))
+
+    rows = cat(parts)
+    return [map_state(lambda t: t[first_row + m * micro: first_row + (m + 1) * micro], rows) for m in range(accum)]
+
+
 def measured_peak_tflops(device: torch.device) -> float | None:
     """The bf16 matmul rate this GPU reaches (8192^3, best of 5), the denominator of MFU; None on CPU."""
     if device.type != "cuda":
@@ -212,8 +231,10 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
     if resume:
         state = D.load_checkpoint(ckpt_dir, loss_module, optimizer)
         start_step, history = int(state["step"]), state["history"]
-        if config.feed == "stream":  # the carried states are not in the checkpoint
-            say("note: a stream-fed run resumes with empty recurrent states at the next window")
+        if config.feed == "stream":  # every row's carried state, regrouped for this world size
+            saved = D.load_rank_files(ckpt_dir, int(state["world_size"]))
+            carried = [state_to(c, device=world.device) for c in
+                       regroup_states([c for part in saved for c in part], world.rank * rows_per_rank, micro, accum)]
         if start_step >= config.steps:
             raise ValueError(f"--resume: the checkpoint has already trained {start_step} of {config.steps} steps; "
                              "pass a larger --steps to train further")
@@ -326,10 +347,11 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
         return record
 
     def save(step: int) -> None:
+        per_rank = [state_to(c, device="cpu") for c in carried] if config.feed == "stream" else None
         D.save_checkpoint(ckpt_dir, loss_module, optimizer,
                           {"step": step, "history": history, "world_size": world.size},
                           world, extra_files={RUN_CONFIG: config.to_dict(),
-                                              MODEL_CONFIG: {"family": family, **fields}})
+                                              MODEL_CONFIG: {"family": family, **fields}}, per_rank=per_rank)
         if world.main:
             _plot(history, out / "loss_curve.png", say)
 

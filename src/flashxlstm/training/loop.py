@@ -100,7 +100,8 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 # What a run writes into its directory: the only entries `overwrite=True` may replace (the byte-level job and
 # token-shard runs: metrics.jsonl, tensorboard/; their checkpoints: native files or DCP's .metadata + shards).
 RUN_FILES = (CHECKPOINT_SUBDIR, "metrics.json", "metrics.jsonl", "loss_curve.png", "tensorboard", "model")
-_DCP_FILE = re.compile(r"(\.metadata|__\d+_\d+\.distcp|trainer\.json|run_config\.json|model_config\.json)")
+_DCP_FILE = re.compile(r"(\.metadata|__\d+_\d+\.distcp|carried-rank\d+\.pt|trainer\.json|run_config\.json"
+                       r"|model_config\.json)")
 
 
 _EXPORT_FILE = re.compile(r"(config\.json|tokenizer\.json|generation_config\.json|model[-\w.]*\.safetensors"
