@@ -9,9 +9,9 @@ share of rows, in `micro_batch_size` pieces (gradient accumulation). The loss of
 global batch's counted targets, so a run's losses do not depend on the world size or the accumulation.
 Checkpoints (torch.distributed.checkpoint) every `save_every` steps and at the end; `--resume` continues from
 the last one with the same or another world size (a stream-fed run's carried states are saved per rank and
-regrouped by global row). At the end the weights are exported to OUT/model for from_pretrained / generate. Metrics go to OUT/metrics.jsonl (loss, lr, grad norm,
-tokens/s, MFU where a peak is known, memory), optionally TensorBoard; validation loss and perplexity every
-`eval_every` steps, and OUT/loss_curve.png.
+regrouped by global row). At the end the weights are exported to OUT/model for from_pretrained / generate.
+Metrics go to OUT/metrics.jsonl (loss, lr, grad norm, tokens/s, MFU where a peak is known, memory), optionally
+TensorBoard; validation loss and perplexity every `eval_every` steps, and OUT/loss_curve.png.
 """
 from __future__ import annotations
 
