@@ -96,3 +96,23 @@ def test_stream_feed_resumes_exactly_with_another_micro_batch(data):
     resumed = resume_lm(data / "s_split", {"micro_batch_size": 1}, log=lambda m: None)
     assert max(abs(a - b) for a, b in zip(_losses(resumed), straight)) < 1e-5
     assert len(_losses(resumed)) == 6
+
+
+@pytest.mark.parametrize("fields", [TINY, {**TINY_LARGE, "output_logit_soft_cap": 2.0}], ids=["neurips", "large"])
+def test_loss_module_equals_the_models_own_forward(fields):
+    """CausalLMLoss (body, then the chunked head and loss; packed rows) == cross-entropy of model(ids) run per
+    row, soft cap included."""
+    from flashxlstm.training.lm_loss import CausalLMLoss
+    from flashxlstm.training.presets import build_model
+
+    torch.manual_seed(0)
+    f = dict(fields)
+    model = build_model(f.pop("family"), {**f, "vocab_size": 19}).double()
+    ids, targets = torch.randint(0, 19, (3, 7)), torch.randint(0, 19, (3, 7))
+    targets[1, 2] = -100
+    loss_sum, count, _ = CausalLMLoss(model, ce_chunk=4)(ids, targets, torch.tensor([0, 7, 10, 14, 21]))
+    rows = [model(ids[0:1])[0], model(ids[1:2, :3])[0], model(ids[1:2, 3:])[0], model(ids[2:3])[0]]
+    logits = torch.cat([torch.cat(rows[:1]), torch.cat(rows[1:3], dim=1), torch.cat(rows[3:])])
+    want = F.cross_entropy(logits.reshape(-1, 19).double(), targets.reshape(-1), ignore_index=-100, reduction="sum")
+    assert int(count) == 20
+    torch.testing.assert_close(loss_sum, want)
