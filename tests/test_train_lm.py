@@ -116,3 +116,26 @@ def test_loss_module_equals_the_models_own_forward(fields):
     want = F.cross_entropy(logits.reshape(-1, 19).double(), targets.reshape(-1), ignore_index=-100, reduction="sum")
     assert int(count) == 20
     torch.testing.assert_close(loss_sum, want)
+
+
+@pytest.mark.parametrize("fields", [TINY, TINY_LARGE], ids=["neurips", "large"])
+def test_bf16_autocast_keeps_fp32_master_weights_and_recurrent_states(fields):
+    """The cell states (C, n, m; c, n, m, h) stay float32 under bf16 autocast; the causal conv's window caches
+    the layer's inputs in their own dtype."""
+    from flashxlstm.nn.state import map_state
+    from flashxlstm.training.engine import autocast
+    from flashxlstm.training.lm_loss import CausalLMLoss
+    from flashxlstm.training.presets import build_model
+
+    f = dict(fields)
+    model = build_model(f.pop("family"), {**f, "vocab_size": 19})
+    ids = torch.randint(0, 19, (2, 9))
+    with autocast("cpu", "bf16"):
+        loss_sum, _, state = CausalLMLoss(model)(ids, ids, None)
+    cells = [block[1:] for block in state] if fields["family"] == "neurips" else list(state)  # not conv windows
+    dtypes = set()
+    map_state(lambda t: dtypes.add(t.dtype) or t, cells)
+    assert dtypes == {torch.float32}, dtypes
+    loss_sum.backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
+               if p.grad is not None)
