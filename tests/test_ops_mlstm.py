@@ -194,3 +194,120 @@ def test_bad_input_is_named(gen, mutate, message):
     kw = {n: args.pop(n) for n in list(args) if n not in ("q", "k", "v", "i", "f")}
     with pytest.raises((ValueError, TypeError), match=message):
         mlstm(args["q"], args["k"], args["v"], args["i"], args["f"], **kw)
+
+
+# ------------------------------------------------------------------ values outside the math (issue 12)
+def _grads(h, st, inputs, w):
+    loss = (h.double() * w).sum() + sum(s.double().sum() for s in st)
+    return torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize("form", FORMS + ["step"])
+@pytest.mark.parametrize("case", ["minus_inf_once", "minus_3e38_twice"])
+def test_forget_gate_at_the_bottom_of_float32_resets_like_the_recurrence(gen, form, case):
+    """f = -inf (or two steps of -3e38, whose running sum overflows) is an exact reset: every form equals the
+    float64 recurrence in values and gradients (the cumsum difference gave -inf - (-inf) = NaN)."""
+    q, k, v, i, f = make(gen, 2, 2, 13, 5, 6)
+    if case == "minus_inf_once":
+        f[:, :, 5] = float("-inf")
+    else:
+        f[:, :, 4:6] = -3e38
+    state = rand_state(gen, 2, 2, 5, 6)
+    inputs = [t.requires_grad_(True) for t in (q, k, v, i)]
+    w = torch.randn(2, 2, 13, 6, generator=gen, dtype=torch.float64)
+    if form == "step":
+        st, hs = state, []
+        for t in range(13):
+            h_t, st = mlstm_step(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], state=st)
+            hs.append(h_t)
+        h = torch.stack(hs, dim=2)
+    else:
+        h, st = mlstm(q, k, v, i, f, state=state, backend=form, chunk_size=4)
+    h_ref, st_ref = mlstm_reference(q, k, v, i, f, state=state)
+    assert torch.isfinite(h).all() and all(torch.isfinite(s).all() for s in st)
+    assert rel(h, h_ref) < 2e-6
+    for a, b in zip(st, st_ref):
+        assert rel(a, b) < 2e-6
+    for a, b in zip(_grads(h, st, inputs, w), _grads(h_ref, st_ref, inputs, w)):
+        assert torch.isfinite(a).all() and rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("form, chunk", [("recurrent", 4), ("parallel", 4), ("chunkwise", 4), ("chunkwise", 16)])
+@pytest.mark.parametrize("where", ["v", "k", "q"])
+def test_a_non_finite_input_is_causal_and_matches_the_recurrence(gen, form, chunk, where):
+    """inf in v (or k, q) at step 6 leaves outputs 0..5 exact and finite; from step 6 on the non-finite
+    entries are exactly where the float64 recurrence has them (the masked product spread NaN to steps 0..7)."""
+    q, k, v, i, f = make(gen, 1, 2, 11, 4, 5)
+    {"q": q, "k": k, "v": v}[where][:, :, 6, 1] = float("inf")
+    h, st = mlstm(q, k, v, i, f, backend=form, chunk_size=chunk)
+    h_ref, st_ref = mlstm_reference(q, k, v, i, f)
+    assert torch.isfinite(h[:, :, :6]).all() and rel(h[:, :, :6], h_ref[:, :, :6]) < 2e-6
+    assert torch.equal(torch.isfinite(h), torch.isfinite(h_ref))
+    for a, b in zip(st, st_ref):
+        assert torch.equal(torch.isfinite(a), torch.isfinite(b))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_float32_backward_is_finite_at_gate_scale_1e3(gen, form):
+    """Gate pre-activations of +-1e3: the float64 gradients are finite, so the float32 ones must be (the
+    normalizer floor exp(-m) overflowed to inf and the backward formed inf * 0)."""
+    for _ in range(4):
+        q, k, v, i, f = make(gen, 1, 2, 19, 4, 4, gate_scale=1e3)
+        inputs = [t.requires_grad_(True) for t in (q, k, v, i, f)]
+        w = torch.randn(1, 2, 19, 4, generator=gen, dtype=torch.float64)
+        h, st = mlstm(*inputs, backend=form, chunk_size=8)
+        h64, st64 = mlstm(*(t.double() for t in inputs), backend=form, chunk_size=8)
+        for a, b in zip(_grads(h, st, inputs, w), _grads(h64, st64, inputs, w)):
+            assert torch.isfinite(b).all() and torch.isfinite(a).all()
+
+
+def test_integer_states_and_step_inputs_are_rejected(gen):
+    q, k, v, i, f = make(gen, 1, 2, 3, 4, 4)
+    int_state = (torch.zeros(1, 2, 4, 4, dtype=torch.int64), torch.zeros(1, 2, 4), torch.zeros(1, 2))
+    with pytest.raises(TypeError, match="state C must be a floating-point tensor"):
+        mlstm(q, k, v, i, f, state=int_state)
+    with pytest.raises(TypeError, match="mlstm_step: state C must be a floating-point tensor"):
+        mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state=int_state)
+    for name in "qkvif":
+        args = dict(q=q[:, :, 0], k=k[:, :, 0], v=v[:, :, 0], i=i[:, :, 0], f=f[:, :, 0])
+        args[name] = args[name].round().long()
+        with pytest.raises(TypeError, match=f"mlstm_step: {name} must be a floating-point tensor"):
+            mlstm_step(*args.values())
+
+
+def test_zero_sized_head_dims_are_named(gen):
+    q, k, v, i, f = make(gen, 1, 2, 3, 4, 4)
+    with pytest.raises(ValueError, match="DQK must be at least 1"):
+        mlstm(q[..., :0], k[..., :0], v, i, f)
+    with pytest.raises(ValueError, match="mlstm_step: DQK must be at least 1"):
+        mlstm_step(q[:, :, 0, :0], k[:, :, 0, :0], v[:, :, 0], i[:, :, 0], f[:, :, 0])
+    with pytest.raises(ValueError, match="DV must be at least 1"):
+        mlstm(q, k, v[..., :0], i, f)
+
+
+# ------------------------------------------------------------------ accuracy against the official kernel (issue 11)
+@pytest.mark.parametrize("gates", ["normal_12", "uniform_30"])
+def test_fp32_error_at_extreme_gates_within_twice_the_official_parallel_kernel(gates):
+    """Shape (2, 3, 67, 16, 24), gate pre-activations N(0, 12^2) or U(-30, 30): the fp32 error of our parallel
+    and chunkwise forms (against our float64 recurrence) is at most twice that of the official
+    parallel_stabilized_simple (against itself in float64), on the same inputs."""
+    backends = pytest.importorskip("xlstm.blocks.mlstm.backends")
+    official = backends.parallel_stabilized_simple
+    worst = {"parallel": 0.0, "chunkwise": 0.0, "official": 0.0}
+    err = lambda a, b: ((a.double() - b).abs().max() / b.abs().max()).item()
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        B, NH, S, DQK, DV = 2, 3, 67, 16, 24
+        q, k, v = torch.randn(B, NH, S, DQK, generator=g), torch.randn(B, NH, S, DQK, generator=g), torch.randn(B, NH, S, DV, generator=g)
+        if gates == "normal_12":
+            i, f = 12 * torch.randn(B, NH, S, generator=g), 12 * torch.randn(B, NH, S, generator=g)
+        else:
+            i, f = torch.rand(B, NH, S, generator=g) * 60 - 30, torch.rand(B, NH, S, generator=g) * 60 - 30
+        ours64, _ = mlstm_reference(q, k, v, i, f)
+        off_in = (q, k, v, i[..., None], f[..., None])
+        e_off = err(official(*off_in), official(*(t.double() for t in off_in)))
+        worst["official"] = max(worst["official"], e_off)
+        for form in ("parallel", "chunkwise"):
+            h, _ = mlstm(q, k, v, i, f, backend=form, chunk_size=16)
+            worst[form] = max(worst[form], err(h, ours64) / e_off)
+    assert worst["parallel"] <= 2.0 and worst["chunkwise"] <= 2.0, worst

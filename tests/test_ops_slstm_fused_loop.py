@@ -108,3 +108,38 @@ def test_bfloat16_inputs_run_in_float32(gen):
     assert h.dtype == torch.bfloat16 and st[0].dtype == torch.float32
     assert rel(h, h_ref) < 1e-2
     assert rel(st[1], st_ref[1]) < 1e-5
+
+
+# ------------------------------------------------------------------ values outside the math (issue 12)
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_input_gate_minus_inf_mid_sequence_skips_the_step(gen, forget_gate, with_state):
+    """raw i = -inf at steps 3 and 4 (of some heads): the step keeps the old state, as in the stabilized
+    recurrence, in values and gradients (L = raw_i + softplus(+inf) was -inf + inf = NaN)."""
+    B, S, NH, DH = 2, 9, 2, 3
+    x, R, b = make(gen, B, S, NH, DH)
+    x[:, 3:5, 0, 1] = float("-inf")
+    state = rand_state(gen, B, NH, DH) if with_state else None
+    w = torch.randn(B, S, NH, DH, generator=gen, dtype=torch.float64)
+    wc = [torch.randn(B, NH, DH, generator=gen, dtype=torch.float64) for _ in range(4)]
+    st_in = None if state is None else list(state)
+    run = lambda fn: grads_of(lambda t: fn(t[0], t[1], t[2], state=None if state is None else tuple(t[3:]),
+                                           forget_gate=forget_gate), [x, R, b] + (st_in or []), w, wc)
+    out, g = run(lambda *a, **kw: slstm(*a, backend="fused", **kw))
+    out_ref, g_ref = run(slstm_reference)
+    for a, r in zip(out, out_ref):
+        assert torch.isfinite(a).all() and rel(a, r) < 1e-5
+    for a, r in zip(g, g_ref):
+        assert torch.isfinite(r).all() and torch.isfinite(a).all() and rel(a, r) < 1e-4
+
+
+def test_negative_normalizer_in_a_given_state_is_named(gen):
+    """n < 0 cannot come out of the recurrence and has no log: the fused loop names it (it gave NaN)."""
+    x, R, b = make(gen, 1, 4, 2, 3)
+    c, n, m, h = rand_state(gen, 1, 2, 3)
+    n = n.clone()
+    n[0, 1, 2] = -0.5
+    with pytest.raises(ValueError, match="normalizer n must be >= 0"):
+        slstm(x, R, b, state=(c, n, m, h), backend="fused")
+    h_rec, _ = slstm(x, R, b, state=(c, n, m, h), backend="recurrent")  # carried along arithmetically
+    assert torch.isfinite(h_rec).all()

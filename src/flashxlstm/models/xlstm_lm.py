@@ -262,7 +262,10 @@ class xLSTMLM(nn.Module):
             raise TypeError(f"xLSTMLM: input_ids must be int64 or int32 token ids, got dtype {input_ids.dtype}")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"xLSTMLM: input_ids must have shape (B, S) with S >= 1, got {tuple(input_ids.shape)}")
-        if not (input_ids.is_cuda and torch.cuda.is_current_stream_capturing()):  # a graph capture cannot sync
+        if torch.compiler.is_compiling():  # no host sync in a traced graph: the check runs on the device
+            torch._assert_async(((input_ids >= 0) & (input_ids < self.config.vocab_size)).all(),
+                                f"xLSTMLM: token ids must lie in [0, {self.config.vocab_size})")
+        elif not (input_ids.is_cuda and torch.cuda.is_current_stream_capturing()):  # a graph capture cannot sync
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"xLSTMLM: token ids must lie in [0, {self.config.vocab_size}), got values in [{lo}, {hi}]")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..ops.choose import choose_backend
 from ..ops.fused import mlstm_layer_step
 from ..ops.fused.linear import linear_decode
 from ..ops.mlstm_cell import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
@@ -36,9 +37,7 @@ def soft_cap(x: Tensor, cap: float | None) -> Tensor:
 def step_into(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, state: MLSTMState, state_out: MLSTMState, *,
               backend: str = "auto", eps: float = 1e-6) -> tuple[Tensor, MLSTMState]:
     """One mLSTM step whose new state lands in the `state_out` buffers (no allocation for the state)."""
-    name = backend
-    if backend == "auto":
-        name = "triton" if q.device.type == "cuda" and "triton" in STEP_BACKENDS else "torch"
+    name = choose_backend("mlstm_step", backend, STEP_BACKENDS, fallback="torch", device=q.device, dtype=q.dtype)
     if name == "triton" and state is not None:
         B, NH, _ = q.shape
         h = torch.empty(B, NH, v.shape[-1], dtype=v.dtype, device=v.device)
@@ -99,10 +98,8 @@ class mLSTMLargeLayer(nn.Module):
         """True for one token with a state and no mask when the step backend resolves to Triton."""
         if x.shape[1] != 1 or state is None or attention_mask is not None:
             return False
-        name = self.step_backend
-        if name == "auto":
-            name = "triton" if x.is_cuda and "triton" in STEP_BACKENDS else "torch"
-        return name == "triton"
+        return choose_backend("mlstm_step", self.step_backend, STEP_BACKENDS, fallback="torch", device=x.device,
+                              dtype=x.dtype) == "triton"
 
     def decode(self, x: Tensor, state: MLSTMState, state_out: MLSTMState | None = None) -> tuple[Tensor, MLSTMState]:
         """x (B, 1, D) normed activations -> y (B, 1, D) and the new state, through the fused Triton kernels:

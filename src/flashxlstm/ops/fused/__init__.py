@@ -8,7 +8,8 @@
         product (layer_step.py)
 
 Pure tensor functions. `backend="triton"` runs the Triton kernels (CUDA, or the CPU interpreter with
-TRITON_INTERPRET=1), "torch" the reference (reference.py), "auto" Triton on CUDA when importable. Both round
+TRITON_INTERPRET=1), "torch" the reference (reference.py), "auto" the rule of ops/choose.py (Triton on CUDA
+when importable, unless float64). Both round
 to the activation dtype at the same points as the unfused nn modules, so in float32 they agree to rounding
 of the reductions and in bf16 to an occasional last-bit flip. Why these kernels: docs/kernels.md.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..choose import choose_backend
 from .reference import (add_rms_norm_reference, head_norm_gate_reference, mlstm_layer_step_reference,
                         silu_mul_reference)
 
@@ -23,13 +25,10 @@ __all__ = ["add_rms_norm", "head_norm_gate", "silu_mul", "mlstm_layer_step"]
 
 
 def _use_triton(t: Tensor, backend: str) -> bool:
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"fused glue: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "auto":
-        from ..mlstm_cell.triton import triton_usable
+    from ..mlstm_cell.triton import triton_usable
 
-        return t.is_cuda and triton_usable()
-    return backend == "triton"
+    available = ("torch", "triton") if triton_usable() else ("torch",)
+    return choose_backend("fused glue", backend, available, fallback="torch", device=t.device, dtype=t.dtype) == "triton"
 
 
 def add_rms_norm(x: Tensor, y: Tensor | None, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-6,

@@ -10,7 +10,8 @@ With `cu_seqlens` (B == 1, FlashAttention convention) the state restarts at each
 given, then holds one initial state per document and the returned state one final state per document.
 
 Backends: "recurrent" (step by step), "parallel" (quadratic), "chunkwise" (torch, any S), "triton"
-(GPU kernels, registered when Triton is importable), "auto" (the fastest for the device).
+(GPU kernels, registered when Triton is importable), "auto" (ops/choose.py: triton on CUDA unless float64,
+chunkwise otherwise; for mlstm_step triton or "torch").
 The math is in docs/cells.md (mLSTM); `input_gate="sigmoid"` is mLSTMsig, computed as the
 exponential gate applied to logsigmoid(i~).
 """
@@ -21,7 +22,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .checks import MLSTMState, check_mlstm_inputs, check_mlstm_state
+from ..choose import choose_backend
+from .checks import MLSTMState, check_devices, check_floating, check_mlstm_inputs, check_mlstm_state, check_sizes
 from .chunkwise import mlstm_chunkwise, mlstm_parallel
 from .recurrent import compute_dtype, mlstm_recurrent, mlstm_step as _torch_step, zero_state
 
@@ -72,13 +74,6 @@ if triton_usable():
     register_backend("triton", mlstm_step_triton, step=True)
 
 
-def _auto_backend(device: torch.device, step: bool = False) -> str:
-    table = STEP_BACKENDS if step else BACKENDS
-    if device.type == "cuda" and "triton" in table:
-        return "triton"
-    return "torch" if step else "chunkwise"
-
-
 def mlstm(
     q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     state: MLSTMState | None = None, backend: str = "auto", chunk_size: int = 64, eps: float = 1e-6,
@@ -87,9 +82,7 @@ def mlstm(
     check_mlstm_inputs(q, k, v, i, f, state, input_gate, cu_seqlens)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"mlstm: chunk_size must be a positive int, got {chunk_size!r}")
-    name = _auto_backend(q.device) if backend == "auto" else backend
-    if name not in BACKENDS:
-        raise ValueError(f"mlstm: unknown backend {backend!r}; available: auto, {', '.join(sorted(BACKENDS))}")
+    name = choose_backend("mlstm", backend, BACKENDS, fallback="chunkwise", device=q.device, dtype=q.dtype)
     B, NH, S, DQK = q.shape
     nseq = B if cu_seqlens is None else cu_seqlens.numel() - 1
     if state is None:
@@ -104,6 +97,7 @@ def mlstm_step(
     backend: str = "auto", eps: float = 1e-6, input_gate: str = "exp",
 ) -> tuple[Tensor, MLSTMState]:
     """One decode step: q, k (B, NH, DQK), v (B, NH, DV), i, f (B, NH) -> h (B, NH, DV), new state."""
+    check_floating("mlstm_step", q=q, k=k, v=v, i=i, f=f)
     if q.dim() != 3 or k.shape != q.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
         raise ValueError(
             f"mlstm_step: expected q, k (B, NH, DQK) and v (B, NH, DV), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
@@ -111,13 +105,13 @@ def mlstm_step(
     if i.shape != q.shape[:2] or f.shape != q.shape[:2]:
         raise ValueError(f"mlstm_step: gates must have shape (B, NH) = {tuple(q.shape[:2])}, got {tuple(i.shape)}, {tuple(f.shape)}")
     B, NH, DQK = q.shape
+    check_sizes("mlstm_step", B, NH, DQK, v.shape[-1])
+    check_devices("mlstm_step", q, k, v, i, f)
     if state is None:
         state = zero_state(B, NH, DQK, v.shape[-1], q.device, compute_dtype(q))
     else:
-        check_mlstm_state(state, B, NH, DQK, v.shape[-1])
-    name = _auto_backend(q.device, step=True) if backend == "auto" else backend
-    if name not in STEP_BACKENDS:
-        raise ValueError(f"mlstm_step: unknown backend {backend!r}; available: auto, {', '.join(sorted(STEP_BACKENDS))}")
+        check_mlstm_state(state, B, NH, DQK, v.shape[-1], q.device, op="mlstm_step")
+    name = choose_backend("mlstm_step", backend, STEP_BACKENDS, fallback="torch", device=q.device, dtype=q.dtype)
     h, state = STEP_BACKENDS[name](q, k, v, i, f, state, eps=eps, input_gate=input_gate)
     return h.to(v.dtype), state
 

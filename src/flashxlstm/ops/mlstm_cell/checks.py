@@ -14,11 +14,7 @@ def check_mlstm_inputs(
     input_gate: str, cu_seqlens: Tensor | None = None,
 ) -> None:
     """Raise ValueError/TypeError with a clear message unless the inputs fit the mLSTM op's contract."""
-    for name, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"mlstm: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"mlstm: {name} must be a floating-point tensor, got dtype {t.dtype}")
+    check_floating("mlstm", q=q, k=k, v=v, i=i, f=f)
     if q.dim() != 4:
         raise ValueError(f"mlstm: q must have shape (B, NH, S, DQK), got {tuple(q.shape)}")
     B, NH, S, DQK = q.shape
@@ -31,9 +27,8 @@ def check_mlstm_inputs(
             raise ValueError(f"mlstm: gate {name} must have shape (B, NH, S) = {tuple(q.shape[:3])}, got {tuple(g.shape)}")
     if S == 0:
         raise ValueError("mlstm: the sequence length S must be at least 1")
-    devices = {t.device for t in (q, k, v, i, f)}
-    if len(devices) != 1:
-        raise ValueError(f"mlstm: all inputs must be on one device, got {sorted(map(str, devices))}")
+    check_sizes("mlstm", B, NH, DQK, v.shape[-1])
+    check_devices("mlstm", q, k, v, i, f)
     if input_gate not in INPUT_GATES:
         raise ValueError(f"mlstm: input_gate must be one of {INPUT_GATES}, got {input_gate!r}")
     nseq = B
@@ -47,15 +42,42 @@ def check_mlstm_inputs(
             raise ValueError(f"mlstm: cu_seqlens must rise strictly from 0 to S={S}, got {cs}")
         nseq = len(cs) - 1
     if state is not None:
-        check_mlstm_state(state, nseq, NH, DQK, v.shape[-1])
+        check_mlstm_state(state, nseq, NH, DQK, v.shape[-1], q.device)
 
 
-def check_mlstm_state(state: MLSTMState, B: int, NH: int, DQK: int, DV: int) -> None:
+def check_floating(op: str, **tensors) -> None:
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def check_sizes(op: str, B: int, NH: int, DQK: int, DV: int) -> None:
+    """Every dimension but S must be positive: DQK == 0 has no 1/sqrt(DQK) scale, and empty batches or heads
+    are the caller's to skip."""
+    for name, size in (("B", B), ("NH", NH), ("DQK", DQK), ("DV", DV)):
+        if size < 1:
+            raise ValueError(f"{op}: {name} must be at least 1, got {name} = {size}")
+
+
+def check_devices(op: str, *ts: Tensor) -> None:
+    devices = {t.device for t in ts}
+    if len(devices) != 1:
+        raise ValueError(f"{op}: all inputs (and the state) must be on one device, got {sorted(map(str, devices))}")
+
+
+def check_mlstm_state(state: MLSTMState, B: int, NH: int, DQK: int, DV: int, device: torch.device | None = None,
+                      op: str = "mlstm") -> None:
     if not isinstance(state, (tuple, list)) or len(state) != 3:
-        raise TypeError("mlstm: state must be a tuple (C, n, m)")
+        raise TypeError(f"{op}: state must be a tuple (C, n, m)")
     C, n, m = state
     want = {"C": (B, NH, DQK, DV), "n": (B, NH, DQK), "m": (B, NH)}
     for name, t in zip("Cnm", (C, n, m)):
         if not isinstance(t, Tensor) or tuple(t.shape) != want[name]:
             got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"mlstm: state {name} must have shape {want[name]}, got {got}")
+            raise ValueError(f"{op}: state {name} must have shape {want[name]}, got {got}")
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: state {name} must be a floating-point tensor, got dtype {t.dtype}")
+        if device is not None and t.device != device:
+            raise ValueError(f"{op}: state {name} is on {t.device}, expected {device} like q")

@@ -30,6 +30,17 @@ def finite_or_zero(m: Tensor) -> Tensor:
     return torch.where(torch.isinf(m), torch.zeros_like(m), m)
 
 
+def normalizer_floor(ms: Tensor) -> Tensor:
+    """exp(-m), the floor of the stabilized normalizer, capped below overflow.
+
+    Where the cap acts (m < -80 in float32) the true floor exceeds 5e34 and h = num / floor is zero to
+    the dtype's resolution, so the cap changes no output; it keeps the floor finite, so the backward never
+    forms inf * 0 (a float32 backward at gate scales of 1e3 would otherwise be NaN where float64 is not).
+    """
+    cap = 80.0 if ms.dtype != torch.float64 else 700.0
+    return torch.exp(torch.clamp(-ms, max=cap))
+
+
 def log_input_gate(i: Tensor, input_gate: str) -> Tensor:
     """log of the un-stabilized input gate: i~ for the exponential gate, logsigmoid(i~) for mLSTMsig."""
     return i if input_gate == "exp" else F.logsigmoid(i)
@@ -57,7 +68,7 @@ def mlstm_step(
     qs = q * (q.shape[-1] ** -0.5)
     num = torch.einsum("bhd,bhde->bhe", qs, C_new)
     qn = (qs * n_new).sum(-1)
-    den = torch.maximum(qn.abs(), torch.exp(-ms)) + eps
+    den = torch.maximum(qn.abs(), normalizer_floor(ms)) + eps
     return num / den[..., None], (C_new, n_new, m_new)
 
 

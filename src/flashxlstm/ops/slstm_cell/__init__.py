@@ -12,8 +12,8 @@ xlstm behaviour. The math is in docs/cells.md (sLSTM); `forget_gate="exp"` uses 
 
 Backends: "recurrent" (the stabilized step, plain loop, torch autograd), "fused" (a fused loop with a
 hand-written backward; runs on any device), "triton" (persistent GPU kernels, registered when Triton is
-importable), "auto" (triton on CUDA, fused otherwise and for float64 inputs, which the kernels would compute
-in float32).
+importable), "auto" (ops/choose.py: triton on CUDA, fused otherwise and for float64 inputs, which the
+kernels would compute in float32).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..choose import choose_backend
 from .checks import SLSTMState, check_forget_gate, check_slstm_inputs, check_slstm_state, check_slstm_weights, compute_dtype
 from .fused_loop import slstm_fused_loop
 from .recurrent import slstm_cell_step, slstm_recurrent, zero_state
@@ -40,7 +41,7 @@ def register_backend(name: str, fn: Callable) -> None:
 register_backend("recurrent", slstm_recurrent)
 register_backend("fused", slstm_fused_loop)
 
-try:  # the GPU kernels need Triton; without it "auto" uses the cpu form on every device
+try:  # the GPU kernels need Triton; without it "auto" uses the fused form on every device
     import triton as _triton  # noqa: F401
 
     from .triton import slstm_triton
@@ -50,20 +51,12 @@ except ImportError:  # pragma: no cover - depends on the installation
     pass
 
 
-def _auto_backend(device: torch.device, dtype: torch.dtype) -> str:
-    if device.type == "cuda" and "triton" in BACKENDS and dtype != torch.float64:  # the kernels compute in fp32
-        return "triton"
-    return "fused"
-
-
 def slstm(
     x: Tensor, R: Tensor, b: Tensor, *, state: SLSTMState | None = None, backend: str = "auto",
     forget_gate: str = "sigmoid",
 ) -> tuple[Tensor, SLSTMState]:
     check_slstm_inputs(x, R, b, state, forget_gate)
-    name = _auto_backend(x.device, x.dtype) if backend == "auto" else backend
-    if name not in BACKENDS:
-        raise ValueError(f"slstm: unknown backend {backend!r}; available: auto, {', '.join(sorted(BACKENDS))}")
+    name = choose_backend("slstm", backend, BACKENDS, fallback="fused", device=x.device, dtype=x.dtype)
     B, _, _, NH, DH = x.shape
     dt = compute_dtype(x)
     state = zero_state(B, NH, DH, x.device, dt) if state is None else tuple(s.to(dt) for s in state)

@@ -4,7 +4,7 @@ It runs the recurrence in an equivalent normalized form that needs no explicit s
 
     u_t = log f_t + L_{t-1} - raw_i          L = log of the unstabilized normalizer (n * exp(m))
     w_t = sigmoid(u_t)                       the share of the old state in the new one
-    L_t = raw_i + softplus(u_t)
+    L_t = logaddexp(raw_i, log f_t + L_{t-1})   (= raw_i + softplus(u_t), finite also for raw_i = -inf)
     c^_t = tanh(raw_z) + w_t (c^_{t-1} - tanh(raw_z))     c^ = c / n, the normalized cell
     h_t = sigmoid(raw_o) * c^_t
 
@@ -20,6 +20,12 @@ The gradient of m_S follows the winning path: raw_i at the last step where it wo
 and every log f when no step won).
 
 The loop is torch code, so the form also runs on CUDA (the "auto" backend there is the Triton kernel).
+Forward and backward are torch custom ops (ops/custom_ops.py), so torch.compile(fullgraph=True) records the
+loop as one call instead of tracing (and failing on) its preallocated buffers.
+
+Values outside the math: an input gate of -inf skips the step (w = 1), as in the stabilized form. A
+normalizer n < 0 (or NaN) in a user-given state has no log: the op raises a ValueError naming it (no
+sequence of steps produces such a state; the recurrent form would carry it along arithmetically).
 """
 from __future__ import annotations
 
@@ -27,113 +33,141 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..custom_ops import LIB, link_backward
 from .checks import SLSTMState, compute_dtype
 
 
-class _NormalizedLoop(torch.autograd.Function):
-    """x (B, S, 4, NH, DH), R (4, NH, DH, DH), b (4, NH, DH), c^_0, L_0, h_0, m_0 (NH, B, DH) in the compute
-    dtype (m_0 = -inf for an empty state) -> H (S, NH, B, DH), c^_S, L_S, m_S (NH, B, DH).
+# The loop as two custom ops. Forward: x (B, S, 4, NH, DH), R (4, NH, DH, DH), b (4, NH, DH), c^_0, L_0, h_0,
+# m_0 (NH, B, DH) in the compute dtype (m_0 = -inf for an empty state) -> H (S, NH, B, DH), c^_S, L_S, m_S
+# (NH, B, DH), then the residuals the backward reads. Internally the gates of one head sit side by side,
+# (S, NH, B, 4*DH), so one batched matmul serves all heads, and the f slot holds -raw_f, so that
+# log f = -softplus(slot) needs no negation per step.
+_Out = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
-    Internally the gates of one head sit side by side, (S, NH, B, 4*DH), so one batched matmul serves all
-    heads, and the f slot holds -raw_f, so that log f = -softplus(slot) needs no negation per step.
-    """
 
-    @staticmethod
-    def forward(ctx, x: Tensor, R: Tensor, b: Tensor, c0: Tensor, L0: Tensor, h0: Tensor, m0: Tensor, exp_forget: bool):
-        B, S, _, NH, DH = x.shape
-        dt = c0.dtype
-        flip = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=dt, device=x.device)
-        xb = torch.empty(S, NH, B, 4, DH, dtype=dt, device=x.device)
-        b_flip = (b.to(dt) * flip[:, None, None]).permute(1, 0, 2)[:, None]  # (NH, 1, 4, DH)
-        torch.addcmul(b_flip, x.permute(1, 3, 0, 2, 4), flip[:, None], out=xb)  # (x + b) with -raw_f, one pass
-        raw = xb.view(S, NH, B, 4 * DH)  # the matmul adds into it in place: it becomes the pre-activations
-        Rt = (R.to(dt) * flip[:, None, None, None]).permute(1, 3, 0, 2).reshape(NH, DH, 4 * DH)
-        H = xb.new_empty(S, NH, B, DH)
-        C = xb.new_empty(S + 1, NH, B, DH)
-        L = xb.new_empty(S + 1, NH, B, DH)
-        M = xb.new_empty(S + 1, NH, B, DH)
-        C[0], L[0], M[0] = c0, L0, m0
-        RI, NF, RZ, RO = xb.unbind(3)
-        SP = NF if exp_forget else torch.empty_like(H)  # -log f per step
-        # per-step views made once (indexing in the loop would cost a dispatch each)
-        raws, Hs, Cs, Ls, Ms, SPs = raw.unbind(0), H.unbind(0), C.unbind(0), L.unbind(0), M.unbind(0), SP.unbind(0)
-        RIs, NFs, RZs, ROs = RI.unbind(0), NF.unbind(0), RZ.unbind(0), RO.unbind(0)
-        u, w, zt, ot, a = (xb.new_empty(NH, B, DH) for _ in range(5))
-        h_prev = h0
-        for t in range(S):
-            raws[t].baddbmm_(h_prev, Rt)
-            if not exp_forget:
-                torch.ops.aten.softplus.out(NFs[t], 1, 20, out=SPs[t])
-            torch.sub(Ls[t], RIs[t], out=u).sub_(SPs[t])  # u = log f + L_{t-1} - raw_i
-            torch.sigmoid(u, out=w)
-            torch.add(RIs[t], F.softplus(u), out=Ls[t + 1])
-            torch.tanh(RZs[t], out=zt)
-            torch.lerp(zt, Cs[t], w, out=Cs[t + 1])
-            torch.sigmoid(ROs[t], out=ot)
-            h_prev = torch.mul(ot, Cs[t + 1], out=Hs[t])
-            torch.maximum(RIs[t], torch.sub(Ms[t], SPs[t], out=a), out=Ms[t + 1])  # the official stabilizer
-        ctx.save_for_backward(raw, SP, C, L, M, H, h0, Rt)
-        ctx.exp_forget = exp_forget
-        ctx.x_dtype = x.dtype
-        return H, C[S].clone(), L[S].clone(), M[S].clone()
+@torch.library.custom_op(f"{LIB}::slstm_fused_loop", mutates_args=())
+def _loop_forward(x: Tensor, R: Tensor, b: Tensor, c0: Tensor, L0: Tensor, h0: Tensor, m0: Tensor,
+                  exp_forget: bool) -> _Out:
+    if bool(torch.isnan(L0).any()):
+        raise ValueError("slstm (backend 'fused'): the state's normalizer n must be >= 0 and not NaN (it is a sum "
+                         "of positive gate values; n == 0 marks an empty state), and m must not be NaN; got a state "
+                         "with n < 0 or a NaN in n or m")
+    B, S, _, NH, DH = x.shape
+    dt = c0.dtype
+    flip = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=dt, device=x.device)
+    xb = torch.empty(S, NH, B, 4, DH, dtype=dt, device=x.device)
+    b_flip = (b.to(dt) * flip[:, None, None]).permute(1, 0, 2)[:, None]  # (NH, 1, 4, DH)
+    torch.addcmul(b_flip, x.permute(1, 3, 0, 2, 4), flip[:, None], out=xb)  # (x + b) with -raw_f, one pass
+    raw = xb.view(S, NH, B, 4 * DH)  # the matmul adds into it in place: it becomes the pre-activations
+    Rt = (R.to(dt) * flip[:, None, None, None]).permute(1, 3, 0, 2).reshape(NH, DH, 4 * DH)
+    H = xb.new_empty(S, NH, B, DH)
+    C = xb.new_empty(S + 1, NH, B, DH)
+    L = xb.new_empty(S + 1, NH, B, DH)
+    M = xb.new_empty(S + 1, NH, B, DH)
+    C[0], L[0], M[0] = c0, L0, m0
+    RI, NF, RZ, RO = xb.unbind(3)
+    SP = torch.empty_like(H)  # -log f per step (a copy of the f slot after the loop for the exponential gate)
+    # per-step views made once (indexing in the loop would cost a dispatch each)
+    raws, Hs, Cs, Ls, Ms = raw.unbind(0), H.unbind(0), C.unbind(0), L.unbind(0), M.unbind(0)
+    SPs = NF.unbind(0) if exp_forget else SP.unbind(0)
+    RIs, NFs, RZs, ROs = RI.unbind(0), NF.unbind(0), RZ.unbind(0), RO.unbind(0)
+    u, w, zt, ot, a = (xb.new_empty(NH, B, DH) for _ in range(5))
+    h_prev = h0
+    for t in range(S):
+        raws[t].baddbmm_(h_prev, Rt)
+        if not exp_forget:
+            torch.ops.aten.softplus.out(NFs[t], 1, 20, out=SPs[t])
+        torch.sub(Ls[t], SPs[t], out=a)  # log f + L_{t-1}
+        torch.sub(a, RIs[t], out=u)
+        torch.sigmoid(u, out=w)
+        torch.logaddexp(RIs[t], a, out=Ls[t + 1])
+        torch.tanh(RZs[t], out=zt)
+        torch.lerp(zt, Cs[t], w, out=Cs[t + 1])
+        torch.sigmoid(ROs[t], out=ot)
+        h_prev = torch.mul(ot, Cs[t + 1], out=Hs[t])
+        torch.maximum(RIs[t], torch.sub(Ms[t], SPs[t], out=a), out=Ms[t + 1])  # the official stabilizer
+    if exp_forget:
+        SP.copy_(NF)
+    return H, C[S].clone(), L[S].clone(), M[S].clone(), raw, SP, C, L, M, Rt
 
-    @staticmethod
-    def backward(ctx, gH, gC, gL, gm):
-        raw, SP, C, L, M, H, h0, Rt = ctx.saved_tensors
-        S, NH, B, G = raw.shape
-        DH = G // 4
-        r = raw.view(S, NH, B, 4, DH)
-        ri, nf, rz, ro = r.unbind(3)
-        # everything the carried gradients do not touch, for all steps at once
-        w = torch.sigmoid(L[:-1] - ri - SP)
-        zt, ot = torch.tanh(rz), torch.sigmoid(ro)
-        P_o = C[1:] * ot * (1 - ot)  # d h / d raw_o per unit dh
-        P_w = (C[:-1] - zt) * w * (1 - w)  # d c^ / d u
-        P_z = (1 - w) * (1 - zt * zt)  # d c^ / d raw_z
-        s_f = None if ctx.exp_forget else torch.sigmoid(nf)  # d(-log f) / d(-raw_f)
 
-        draw = torch.zeros_like(raw)
-        d = draw.view(S, NH, B, 4, DH)
-        dm0 = torch.zeros_like(M[0])
-        if gm is not None:  # m_S = raw_i at the last step s where raw_i won, plus every log f after s
-            steps = torch.arange(S, device=raw.device).view(S, 1, 1, 1)
-            last = torch.where(M[1:] == ri, steps, -1).amax(0)  # -1: no step won, m_S = m_0 + sum log f
-            d_logf = gm * (steps > last)
-            d[:, :, :, 0] += gm * (steps == last)
-            d[:, :, :, 1] -= d_logf if s_f is None else d_logf * s_f
-            dm0 = torch.where(last < 0, gm, 0.0)
-        gH = torch.zeros_like(H) if gH is None else gH
-        dC = torch.zeros_like(C[0]) if gC is None else gC.clone()
-        dL = torch.zeros_like(L[0]) if gL is None else gL.clone()
-        R2 = Rt.transpose(1, 2).contiguous()  # (NH, 4*DH, DH)
-        dh, dc_t, du = (raw.new_empty(NH, B, DH) for _ in range(3))
-        draws, gHs, ots, Pos, Pzs, Pws, ws = (v.unbind(0) for v in (draw, gH, ot, P_o, P_z, P_w, w))
-        DI, DF, DZ, DO = (g.unbind(0) for g in d.unbind(3))
-        sfs = None if s_f is None else s_f.unbind(0)
-        for t in range(S - 1, -1, -1):
-            if t == S - 1:
-                dh.copy_(gHs[t])
-            else:
-                torch.baddbmm(gHs[t], draws[t + 1], R2, out=dh)
-            torch.addcmul(dC, dh, ots[t], out=dc_t)
-            DO[t].addcmul_(dh, Pos[t])
-            DZ[t].addcmul_(dc_t, Pzs[t])
-            torch.mul(dc_t, Pws[t], out=du).addcmul_(dL, ws[t])
-            DI[t].add_(dL).sub_(du)
-            if sfs is None:
-                DF[t].sub_(du)
-            else:
-                DF[t].addcmul_(du, sfs[t], value=-1)
-            torch.mul(dc_t, ws[t], out=dC)
-            dL.copy_(du)
-        dh0 = torch.bmm(draw[0], R2)
-        d[:, :, :, 1].neg_()  # back from the -raw_f slot to raw_f
-        H_prev = torch.cat([h0[None], H[:-1]], 0)  # (S, NH, B, DH)
-        dRt = torch.bmm(H_prev.permute(1, 3, 0, 2).reshape(NH, DH, S * B), draw.permute(1, 0, 2, 3).reshape(NH, S * B, G))
-        dR = dRt.view(NH, DH, 4, DH).permute(2, 0, 3, 1)
-        db = d.sum((0, 2)).transpose(0, 1)
-        dx = d.permute(2, 0, 3, 1, 4).to(ctx.x_dtype)
-        return dx, dR, db, dC, dL, dh0, dm0, None
+@_loop_forward.register_fake
+def _(x, R, b, c0, L0, h0, m0, exp_forget):
+    B, S, _, NH, DH = x.shape
+    new = lambda *shape: c0.new_empty(shape)
+    return (new(S, NH, B, DH), new(NH, B, DH), new(NH, B, DH), new(NH, B, DH), new(S, NH, B, 4 * DH),
+            new(S, NH, B, DH), new(S + 1, NH, B, DH), new(S + 1, NH, B, DH), new(S + 1, NH, B, DH),
+            new(NH, DH, 4 * DH))
+
+
+_Grads = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+@torch.library.custom_op(f"{LIB}::slstm_fused_loop_backward", mutates_args=())
+def _loop_backward(gH: Tensor, gC: Tensor, gL: Tensor, gm: Tensor, H: Tensor, cS: Tensor, LS: Tensor, mS: Tensor,
+                   raw: Tensor, SP: Tensor, C: Tensor, L: Tensor, M: Tensor, Rt: Tensor, x: Tensor, R: Tensor,
+                   b: Tensor, c0: Tensor, L0: Tensor, h0: Tensor, m0: Tensor, exp_forget: bool) -> _Grads:
+    S, NH, B, G = raw.shape
+    DH = G // 4
+    r = raw.view(S, NH, B, 4, DH)
+    ri, nf, rz, ro = r.unbind(3)
+    # everything the carried gradients do not touch, for all steps at once
+    w = torch.sigmoid(L[:-1] - ri - SP)
+    zt, ot = torch.tanh(rz), torch.sigmoid(ro)
+    P_o = C[1:] * ot * (1 - ot)  # d h / d raw_o per unit dh
+    P_w = (C[:-1] - zt) * w * (1 - w)  # d c^ / d u
+    P_z = (1 - w) * (1 - zt * zt)  # d c^ / d raw_z
+    s_f = None if exp_forget else torch.sigmoid(nf)  # d(-log f) / d(-raw_f)
+
+    draw = torch.zeros_like(raw)
+    d = draw.view(S, NH, B, 4, DH)
+    # m_S = raw_i at the last step s where raw_i won, plus every log f after s
+    steps = torch.arange(S, device=raw.device).view(S, 1, 1, 1)
+    last = torch.where(M[1:] == ri, steps, -1).amax(0)  # -1: no step won, m_S = m_0 + sum log f
+    d_logf = gm * (steps > last)
+    d[:, :, :, 0] += gm * (steps == last)
+    d[:, :, :, 1] -= d_logf if s_f is None else d_logf * s_f
+    dm0 = torch.where(last < 0, gm, 0.0)
+    dC, dL = gC.clone(), gL.clone()
+    R2 = Rt.transpose(1, 2).contiguous()  # (NH, 4*DH, DH)
+    dh, dc_t, du = (raw.new_empty(NH, B, DH) for _ in range(3))
+    draws, gHs, ots, Pos, Pzs, Pws, ws = (v.unbind(0) for v in (draw, gH, ot, P_o, P_z, P_w, w))
+    DI, DF, DZ, DO = (g.unbind(0) for g in d.unbind(3))
+    sfs = None if s_f is None else s_f.unbind(0)
+    for t in range(S - 1, -1, -1):
+        if t == S - 1:
+            dh.copy_(gHs[t])
+        else:
+            torch.baddbmm(gHs[t], draws[t + 1], R2, out=dh)
+        torch.addcmul(dC, dh, ots[t], out=dc_t)
+        DO[t].addcmul_(dh, Pos[t])
+        DZ[t].addcmul_(dc_t, Pzs[t])
+        torch.mul(dc_t, Pws[t], out=du).addcmul_(dL, ws[t])
+        DI[t].add_(dL).sub_(du)
+        if sfs is None:
+            DF[t].sub_(du)
+        else:
+            DF[t].addcmul_(du, sfs[t], value=-1)
+        torch.mul(dc_t, ws[t], out=dC)
+        dL.copy_(du)
+    dh0 = torch.bmm(draw[0], R2)
+    d[:, :, :, 1].neg_()  # back from the -raw_f slot to raw_f
+    H_prev = torch.cat([h0[None], H[:-1]], 0)  # (S, NH, B, DH)
+    dRt = torch.bmm(H_prev.permute(1, 3, 0, 2).reshape(NH, DH, S * B), draw.permute(1, 0, 2, 3).reshape(NH, S * B, G))
+    dR = dRt.view(NH, DH, 4, DH).permute(2, 0, 3, 1)
+    db = d.sum((0, 2)).transpose(0, 1)
+    dx = d.permute(2, 0, 3, 1, 4)
+    return (dx.to(x.dtype).contiguous(), dR.to(R.dtype).contiguous(), db.to(b.dtype).contiguous(), dC, dL, dh0,
+            dm0.to(m0.dtype))
+
+
+@_loop_backward.register_fake
+def _(gH, gC, gL, gm, H, cS, LS, mS, raw, SP, C, L, M, Rt, x, R, b, c0, L0, h0, m0, exp_forget):
+    return (torch.empty_like(x), torch.empty_like(R), torch.empty_like(b), torch.empty_like(c0),
+            torch.empty_like(L0), torch.empty_like(h0), torch.empty_like(m0))
+
+
+link_backward(_loop_forward, _loop_backward, n_outputs=4, differentiable=range(7))
 
 
 def slstm_fused_loop(x: Tensor, R: Tensor, b: Tensor, state: SLSTMState, *, forget_gate: str = "sigmoid") -> tuple[Tensor, SLSTMState]:
@@ -146,7 +180,7 @@ def slstm_fused_loop(x: Tensor, R: Tensor, b: Tensor, state: SLSTMState, *, forg
     chat0 = torch.where(live, c0 / n_safe, torch.zeros_like(c0))
     L0 = torch.where(live, torch.log(n_safe) + m0, neg_inf)
     m0_eff = torch.where(live, m0, neg_inf)
-    H, chat, L, m = _NormalizedLoop.apply(x, R, b, chat0, L0, h0, m0_eff, forget_gate == "exp")
+    H, chat, L, m = _loop_forward(x, R, b, chat0, L0, h0, m0_eff, forget_gate == "exp")[:4]
     n = torch.exp(L - m)
     c = chat * n
     to_bhd = lambda t: t.transpose(0, 1)
