@@ -143,3 +143,17 @@ def test_negative_normalizer_in_a_given_state_is_named(gen):
         slstm(x, R, b, state=(c, n, m, h), backend="fused")
     h_rec, _ = slstm(x, R, b, state=(c, n, m, h), backend="recurrent")  # carried along arithmetically
     assert torch.isfinite(h_rec).all()
+
+
+def test_loop_custom_ops_pass_torch_opcheck(gen):
+    """The loop is a custom op pair (ops/custom_ops.py): schema, fake functions and the autograd registration
+    pass torch.library.opcheck, which is what torch.compile relies on."""
+    from flashxlstm.ops.slstm_cell.fused_loop import _loop_forward
+
+    B, S, NH, DH = 2, 3, 2, 3
+    x, R, b = make(gen, B, S, NH, DH)
+    c0, L0, h0 = (torch.randn(NH, B, DH, generator=gen) for _ in range(3))
+    m0 = L0 - 0.5
+    args = [t.requires_grad_(True) for t in (x, R, b, c0, L0, h0, m0)]
+    for exp_forget in (False, True):
+        torch.library.opcheck(_loop_forward, (*args, exp_forget))
