@@ -1,0 +1,58 @@
+"""Seeded fuzz of every mLSTM and sLSTM backend against the float64 recurrence (cases: tests/_fuzz_cases.py).
+
+Random shapes (odd head dims, S = 1, S not a multiple of the chunk), chunk sizes 1..64, carried states (none,
+random, empty with m = -inf), gate scales from 1 to 1e3 and both gate variants. Asserted for every backend:
+no non-finite value (output, state, gradient) where the float64 reference is finite, and agreement where it is
+finite: outputs and states within 1e-5 * scale (relative), gradients within 1e-3 * scale for the torch
+backends. The Triton backends run under the interpreter at tiny shapes in a child process; their gradients are
+held to finiteness (their agreement is printed with the figures; see the kernels' own interpreter tests).
+Run with -s to see the figures per backend.
+"""
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from _fuzz_cases import MLSTM_BACKENDS, SLSTM_BACKENDS, mlstm_case, run_mlstm, run_slstm, slstm_case
+from conftest import require_triton, run_interpreter_cases
+
+CASES = 24  # per cell; about 2 x 10 s on one core
+
+
+def check(summary: dict, gradients_agree: bool = True) -> None:
+    print()
+    for backend, s in summary.items():
+        print(json.dumps({"backend": backend, **{k: v for k, v in s.items() if not k.endswith("case")}}))
+    for backend, s in summary.items():
+        assert s["nonfinite_where_reference_finite"] == 0, (backend, s)
+        assert s["gradient_nonfinite"] == 0, (backend, s)
+        assert s["worst_error_over_tolerance"] <= 1.0, (backend, s)
+        if gradients_agree:
+            assert s["worst_gradient_error_over_tolerance"] <= 1.0, (backend, s)
+
+
+def test_fuzz_mlstm_torch_backends():
+    summary: dict = {}
+    rng = random.Random(11)
+    for _ in range(CASES):
+        run_mlstm(mlstm_case(rng), MLSTM_BACKENDS, summary)
+    assert all(s["cases"] == CASES for s in summary.values())
+    check(summary)
+
+
+def test_fuzz_slstm_torch_backends():
+    summary: dict = {}
+    rng = random.Random(12)
+    for _ in range(CASES):
+        run_slstm(slstm_case(rng), SLSTM_BACKENDS, summary)
+    assert all(s["cases"] == CASES for s in summary.values())
+    check(summary)
+
+
+def test_fuzz_triton_backends_under_the_interpreter():
+    require_triton()
+    results = run_interpreter_cases(Path(__file__).parent / "_fuzz_cases.py", timeout=900)
+    assert set(results) == {"mlstm/triton", "slstm/triton"}
+    check({name: {k: v for k, v in row.items() if k != "case"} for name, row in results.items()},
+          gradients_agree=False)
