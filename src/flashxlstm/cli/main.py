@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "generate": ("flashxlstm.cli.generate", "generate text from a checkpoint"),
     "experiment": ("flashxlstm.cli.experiment", "run the paper's synthetic experiments"),
     "serve": ("flashxlstm.cli.serve", "serve a model over an OpenAI-compatible HTTP API"),
+    "lm-eval": ("flashxlstm.cli.evaluate", "lm-evaluation-harness (lm_eval) with the flashxlstm model registered"),
 }
 
 

@@ -119,7 +119,11 @@ class sLSTMLayer(nn.Module):
         if self.conv.kernel_size:
             x_c = F.silu(x_c)
         gates = self.gate_preactivations(x, x_c)
-        if cu_seqlens is None:
+        if S == 1 and cu_seqlens is None:  # decoding: the plain step (pure torch ops, so it also exports to ONNX)
+            h, cell_state = ops.slstm_step(gates[:, 0], self.recurrent_kernel, self.bias, state=cell_state,
+                                           forget_gate=self.forget_gate)
+            h = h[:, None]
+        elif cu_seqlens is None:
             h, cell_state = ops.slstm(gates, self.recurrent_kernel, self.bias, state=cell_state,
                                       backend=self.backend, forget_gate=self.forget_gate)
         else:  # the recurrence mixes h_{t-1} through R: the documents run as one batch, each from an empty state
