@@ -51,12 +51,13 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
               "--time-budget", str(args.budget), "--mlstm-backend", args.mlstm_backend,
               "--slstm-backend", args.slstm_backend, "--amp", args.amp]
     if args.smoke:
-        parity = ["--batch-size", "8", "--test-size", "16", "--embedding-dim", "16", "--eval-batch-size", "16"]
+        parity = ["--batch-size", "8", "--test-size", "16", "--embedding-dim", "16", "--eval-batch-size", "16",
+                  "--curriculum", "0"]
         mqar = ["--batch-size", "4", "--test-size", "8", "--embedding-dim", "16", "--context-length", "64",
                 "--num-kv-pairs", "4", "--eval-batch-size", "8"]
     else:
         parity = ["--batch-size", "256", "--test-size", "8192", "--eval-batch-size", "1024", "--embedding-dim", "64",
-                  "--num-heads", "1"]
+                  "--num-heads", "1", "--curriculum", "0"]  # the official recipe: no length curriculum
         mqar = ["--batch-size", "256", "--test-size", "2048", "--eval-batch-size", "512", "--embedding-dim", "128",
                 "--num-heads", "1", "--context-length", "256", "--num-kv-pairs", "16"]
     recipe = ["--lr", "1e-3", "--warmup-steps", str(args.steps // 10), "--min-lr-factor", "1e-3",

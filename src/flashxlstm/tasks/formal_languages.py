@@ -214,6 +214,28 @@ def sample_batch(task: FormalTask | str, rng: np.random.Generator, batch_size: i
     return collate([task.generate(rng, int(n)) for n in lengths])
 
 
+@dataclass(frozen=True)
+class LengthCurriculum:
+    """A curriculum over training lengths: the longest length of a batch grows linearly from `start` to the
+    range's own maximum over the first `ramp_steps` steps, then stays there. The shortest length never
+    changes, so every training sequence stays inside the configured range (3..40 in the paper's setting)."""
+
+    start: int
+    ramp_steps: int
+
+    def __post_init__(self) -> None:
+        if self.start < 1 or self.ramp_steps < 0:
+            raise ValueError(f"curriculum start must be >= 1 and ramp_steps >= 0, got {self.start}, "
+                             f"{self.ramp_steps}")
+
+    def max_length(self, step: int, min_length: int, max_length: int) -> int:
+        """Longest training length at optimizer step `step` (0-based) for the range min_length..max_length."""
+        if step >= self.ramp_steps:
+            return max_length
+        start = min(max(self.start, min_length), max_length)
+        return start + (max_length - start) * step // self.ramp_steps
+
+
 def collate(seqs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Tensor, Tensor]:
     """Stack (tokens, answer_mask) pairs into the next-token layout (input_ids, targets), padding with PAD."""
     width = max(len(t) for t, _ in seqs)
