@@ -299,8 +299,17 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
             sums.append(loss_sum.detach())
             return loss_sum * scale * accum  # the engine divides by accum: the gradient is of the global mean
 
-        _, grad_norm = optimizer_step(loss_module, optimizer, loss_fn, lr=lr, accum_steps=accum,
-                                      grad_clip=config.grad_clip, step=step)
+        try:
+            _, grad_norm = optimizer_step(loss_module, optimizer, loss_fn, lr=lr, accum_steps=accum,
+                                          grad_clip=config.grad_clip, step=step)
+        except Exception as e:
+            if config.compile and type(e).__module__.startswith("torch._dynamo"):
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                errors = [ln for ln in lines if ln.split(":")[0].endswith(("Error", "Exception"))]
+                reason = (errors or lines or [type(e).__name__])[0]
+                raise ValueError(f"--compile: torch.compile failed on this model ({reason[:300]}); "
+                                 "train without --compile") from None
+            raise
         loss = float(D.all_reduce_sum(torch.stack(sums).sum(), world)) / max(global_count, 1.0)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
