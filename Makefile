@@ -5,7 +5,13 @@ PY     := $(VENV)/bin/python
 # The CPU wheel of torch; override on a GPU machine (e.g. TORCH_SPEC=torch) or where another build is wanted.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: train test install install-test clean
+# Triton: the `test` extra installs the newest supported release into the venv; every other version listed here
+# goes beside it (.venv/triton-X, with a numpy < 2.4, which Triton 3.6's interpreter needs for loop bounds) and
+# the Triton test files run once more with it first on PYTHONPATH, so both ends of the range are tested.
+TRITON_MATRIX ?= 3.6.0 3.9.0
+TRITON_TESTS  := tests/test_ops_mlstm_triton.py tests/test_ops_slstm_triton.py tests/test_large_fused_decode.py
+
+.PHONY: train test test-triton-matrix install install-test clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +32,18 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 tests
+	$(MAKE) test-triton-matrix
+
+test-triton-matrix: $(VENV)/.installed-test
+	@have=$$($(PY) -c "import triton; print(triton.__version__)"); \
+	for v in $(TRITON_MATRIX); do \
+	  if [ "$$v" = "$$have" ]; then echo "triton $$v: the venv's, tested by the main run"; continue; fi; \
+	  test -f $(VENV)/triton-$$v/.installed || { rm -rf $(VENV)/triton-$$v && \
+	    $(PY) -m pip install -q --no-deps --target $(VENV)/triton-$$v "triton==$$v" "numpy<2.4" && \
+	    touch $(VENV)/triton-$$v/.installed; } || exit 1; \
+	  echo "triton $$v: $(TRITON_TESTS)"; \
+	  PYTHONPATH=$(VENV)/triton-$$v $(PY) -m pytest -q -n 2 $(TRITON_TESTS) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) runs

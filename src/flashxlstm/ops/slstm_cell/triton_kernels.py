@@ -28,6 +28,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..triton_support import both
+
 
 @triton.jit
 def _head_barrier(cnt_ptr, target):
@@ -180,7 +182,7 @@ def slstm_fw_kernel(
             rz = x_z + b_z
             ro = x_o + b_o
             x_off = offs_b[:, None] * (S * GHD) + (t + 1) * GHD + h * DH + offs_j[None, :]
-            x_i, x_f, x_z, x_o = _load4(X, x_off, HD, mask & (t + 1 < t_end))  # the next step's inputs
+            x_i, x_f, x_z, x_o = _load4(X, x_off, HD, both(mask, t + 1 < t_end))  # the next step's inputs
             if REG:
                 hk = h_reg.to(RT.dtype.element_ty)
                 ri = _mm(ri, hk, R_i, IEEE)
@@ -256,9 +258,9 @@ def _load_bw_step(RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, t, S, HD, DH:
     gh = tl.load(GH + c_off, mask=mask, other=0.0)
     first = t == 0
     p_off = tl.where(first, offs_b[:, None] * HD + h * DH + offs_j[None, :], c_off - HD)
-    c_p = tl.where(first, tl.load(C0 + p_off, mask=mask & first, other=0.0), tl.load(C + p_off, mask=mask & (t > 0), other=0.0))
-    n_p = tl.where(first, tl.load(N0 + p_off, mask=mask & first, other=0.0), tl.load(N + p_off, mask=mask & (t > 0), other=0.0))
-    m_p = tl.where(first, tl.load(M0 + p_off, mask=mask & first, other=0.0), tl.load(M + p_off, mask=mask & (t > 0), other=0.0))
+    c_p = tl.where(first, tl.load(C0 + p_off, mask=both(mask, first), other=0.0), tl.load(C + p_off, mask=both(mask, t > 0), other=0.0))
+    n_p = tl.where(first, tl.load(N0 + p_off, mask=both(mask, first), other=0.0), tl.load(N + p_off, mask=both(mask, t > 0), other=0.0))
+    m_p = tl.where(first, tl.load(M0 + p_off, mask=both(mask, first), other=0.0), tl.load(M + p_off, mask=both(mask, t > 0), other=0.0))
     return ri, rf, rz, ro, c_t, n_t, gh, c_p, n_p, m_p
 
 
@@ -302,7 +304,7 @@ def slstm_bw_kernel(
         dm = tl.load(DM + s_off, mask=mask, other=0.0)
         if REG:  # the next step's draw of the whole head is this program's own: keep it in registers
             d_off = offs_b[:, None] * (S * GHD) + t_end * GHD + h * DH + offs_j[None, :]
-            d_i, d_f, d_z, d_o = _load4(DRAW, d_off, HD, mask & (t_end < S))
+            d_i, d_f, d_z, d_o = _load4(DRAW, d_off, HD, both(mask, t_end < S))
         n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp = _load_bw_step(
             RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, t_end - 1, S, HD, DH, mask)
         for tt in range(t_start, t_end):
@@ -310,7 +312,7 @@ def slstm_bw_kernel(
             ri, rf, rz, ro, c_t, n_t, dh, c_p, n_p, m_p = n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp
             # the previous step's inputs load while this step computes
             n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp = _load_bw_step(
-                RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, tl.maximum(t - 1, 0), S, HD, DH, mask & (t > t_start))
+                RAW, C0, N0, M0, C, N, M, GH, offs_b, h, offs_j, tl.maximum(t - 1, 0), S, HD, DH, both(mask, t > t_start))
             if t < S - 1:
                 if REG:
                     dt_ = R.dtype.element_ty

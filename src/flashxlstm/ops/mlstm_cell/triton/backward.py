@@ -26,6 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ...triton_support import both
 from .common import finite_or_zero, load_gates, seq_bounds
 
 
@@ -75,7 +76,7 @@ def mlstm_bwd_dkv_kernel(
     causal = ol[:, None] >= ol[None, :]
 
     G = tl.load(dCf + st * DQK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0).to(tl.float32)
-    gn = tl.load(dnf + st * DQK + ok, mask=mk & first, other=0.0).to(tl.float32)
+    gn = tl.load(dnf + st * DQK + ok, mask=both(mk, first), other=0.0).to(tl.float32)
     m_init = tl.load(m0 + st).to(tl.float32)
 
     NC = (T + L - 1) // L
@@ -95,7 +96,7 @@ def mlstm_bwd_dkv_kernel(
         g = tl.sum(lf, 0)
         m_row = tl.load(mstat + rows, mask=mt, other=0.0)
         r = tl.load(rz + rows, mask=mt, other=0.0)
-        dd = tl.load(dden + rows, mask=mt & first, other=0.0)
+        dd = tl.load(dden + rows, mask=both(mt, first), other=0.0)
         m_in = tl.load(mstat + row0 + c * L - 1, mask=c > 0, other=0.0)
         m_in = tl.where(c > 0, m_in, m_init)
         m_out = tl.load(mstat + row0 + tl.minimum(c * L + L, T) - 1)
@@ -175,7 +176,7 @@ def mlstm_bwd_dq_kernel(
         g = tl.sum(lf, 0)
         m_row = tl.load(mstat + rows, mask=mt, other=0.0)
         r = tl.load(rz + rows, mask=mt, other=0.0)
-        dd = tl.load(dden + rows, mask=mt & first, other=0.0)
+        dd = tl.load(dden + rows, mask=both(mt, first), other=0.0)
 
         ms = finite_or_zero(m_row)
         Dm = tl.exp(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")) - ms[:, None])

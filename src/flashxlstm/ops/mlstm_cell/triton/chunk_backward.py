@@ -40,7 +40,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import chunk_program, finite_or_zero, load_gates, state_block
+from .common import chunk_program, finite_or_zero, load_gates, state_block, tile
 
 
 @triton.jit
@@ -83,10 +83,10 @@ def mlstm_chunk_bwd_states_kernel(
         li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L, EXP_GATE)
         w = tl.where(mt, tl.exp(b + m_in - mrs) * scale, 0.0)
         r = tl.load(rz + row0 + t, mask=mt, other=0.0)
-        pq = tl.make_block_ptr(q + row0 * DQK, (DQK, S), (1, DQK), (kb * BK, c * L), (BK, L), (0, 1))
-        pdh = tl.make_block_ptr(dh + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-        bqt = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
-        bdh = tl.load(pdh, boundary_check=(0, 1), padding_option="zero")
+        pq, pq_in = tile(q + row0 * DQK, kb * BK, c * L, DQK, S, 1, DQK, BK, L)
+        pdh, pdh_in = tile(dh + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+        bqt = tl.load(pq, mask=pq_in, other=0.0)
+        bdh = tl.load(pdh, mask=pdh_in, other=0.0)
         dnum = (bdh.to(tl.float32) * r[:, None]).to(bqt.dtype)
         decay = tl.exp(g + m_in - mos)
         qw = (bqt.to(tl.float32) * w[None, :]).to(bqt.dtype)
@@ -114,12 +114,12 @@ def mlstm_chunk_bwd_dv_kernel(
     kq = tl.zeros([L, L], dtype=tl.float32)  # kq[s, t] = k_s . q_t
     kG = tl.zeros([L, BV], dtype=tl.float32)
     for k0 in range(0, DQK, BK):
-        pk = tl.make_block_ptr(k + row0 * DQK, (S, DQK), (DQK, 1), (c * L, k0), (L, BK), (1, 0))
-        pq = tl.make_block_ptr(q + row0 * DQK, (DQK, S), (1, DQK), (k0, c * L), (BK, L), (0, 1))
-        pG = tl.make_block_ptr(Gs + st * DQK * DV, (DQK, DV), (DV, 1), (k0, vb * BV), (BK, BV), (1, 0))
-        bk = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
-        bqt = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
-        bG = tl.load(pG, boundary_check=(0, 1), padding_option="zero")
+        pk, pk_in = tile(k + row0 * DQK, c * L, k0, S, DQK, DQK, 1, L, BK)
+        pq, pq_in = tile(q + row0 * DQK, k0, c * L, DQK, S, 1, DQK, BK, L)
+        pG, pG_in = tile(Gs + st * DQK * DV, k0, vb * BV, DQK, DV, DV, 1, BK, BV)
+        bk = tl.load(pk, mask=pk_in, other=0.0)
+        bqt = tl.load(pq, mask=pq_in, other=0.0)
+        bG = tl.load(pG, mask=pG_in, other=0.0)
         kq += tl.dot(bk, bqt, input_precision=PREC)
         kG += tl.dot(bk, bG.to(bk.dtype), input_precision=PREC)
 
@@ -129,12 +129,12 @@ def mlstm_chunk_bwd_dv_kernel(
     AT = kq * scale * tl.exp(logDT)
     u = tl.exp(g - b + li - mos)
     r = tl.load(rz + row0 + t, mask=mt, other=0.0)
-    pdh = tl.make_block_ptr(dh + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-    bdh = tl.load(pdh, boundary_check=(0, 1), padding_option="zero")
+    pdh, pdh_in = tile(dh + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+    bdh = tl.load(pdh, mask=pdh_in, other=0.0)
     dnum = (bdh.to(tl.float32) * r[:, None]).to(bdh.dtype)
     bdv = tl.dot(AT.to(bdh.dtype), dnum, input_precision=PREC) + kG * u[:, None]
-    pdv = tl.make_block_ptr(dv + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-    tl.store(pdv, bdv.to(dv.dtype.element_ty), boundary_check=(0, 1))
+    pdv, pdv_in = tile(dv + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+    tl.store(pdv, bdv.to(dv.dtype.element_ty), mask=pdv_in)
 
 
 @triton.jit
@@ -156,28 +156,28 @@ def mlstm_chunk_bwd_dqk_kernel(
     dki = tl.zeros([L, BK], dtype=tl.float32)  # v G_out^T
     GC = tl.zeros([BK], dtype=tl.float32)      # <G_out, C_c> per DQK row
     for v0 in range(0, DV, BV):
-        pdh = tl.make_block_ptr(dh + row0 * DV, (S, DV), (DV, 1), (c * L, v0), (L, BV), (1, 0))
-        pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (c * L, v0), (L, BV), (1, 0))
-        pvt = tl.make_block_ptr(v + row0 * DV, (DV, S), (1, DV), (v0, c * L), (BV, L), (0, 1))
-        pCt = tl.make_block_ptr(Cs + st * DQK * DV, (DV, DQK), (1, DV), (v0, kb * BK), (BV, BK), (0, 1))
-        pGt = tl.make_block_ptr(Gs + st * DQK * DV, (DV, DQK), (1, DV), (v0, kb * BK), (BV, BK), (0, 1))
-        bdh = tl.load(pdh, boundary_check=(0, 1), padding_option="zero")
-        bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
-        bvt = tl.load(pvt, boundary_check=(0, 1), padding_option="zero")
-        bCt = tl.load(pCt, boundary_check=(0, 1), padding_option="zero")
-        bGt = tl.load(pGt, boundary_check=(0, 1), padding_option="zero")
+        pdh, pdh_in = tile(dh + row0 * DV, c * L, v0, S, DV, DV, 1, L, BV)
+        pv, pv_in = tile(v + row0 * DV, c * L, v0, S, DV, DV, 1, L, BV)
+        pvt, pvt_in = tile(v + row0 * DV, v0, c * L, DV, S, 1, DV, BV, L)
+        pCt, pCt_in = tile(Cs + st * DQK * DV, v0, kb * BK, DV, DQK, 1, DV, BV, BK)
+        pGt, pGt_in = tile(Gs + st * DQK * DV, v0, kb * BK, DV, DQK, 1, DV, BV, BK)
+        bdh = tl.load(pdh, mask=pdh_in, other=0.0)
+        bv = tl.load(pv, mask=pv_in, other=0.0)
+        bvt = tl.load(pvt, mask=pvt_in, other=0.0)
+        bCt = tl.load(pCt, mask=pCt_in, other=0.0)
+        bGt = tl.load(pGt, mask=pGt_in, other=0.0)
         dnum = (bdh.to(tl.float32) * r[:, None]).to(bdh.dtype)
         P += tl.dot(dnum, bvt, input_precision=PREC)
         dqi += tl.dot(dnum, bCt.to(bdh.dtype), input_precision=PREC)
         dki += tl.dot(bv, bGt.to(bv.dtype), input_precision=PREC)
         GC += tl.sum(bGt.to(tl.float32) * bCt.to(tl.float32), 0)
 
-    pq = tl.make_block_ptr(q + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
-    pk = tl.make_block_ptr(k + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
-    pkt = tl.make_block_ptr(k + row0 * DQK, (DQK, S), (1, DQK), (kb * BK, c * L), (BK, L), (0, 1))
-    bq = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
-    bk = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
-    bkt = tl.load(pkt, boundary_check=(0, 1), padding_option="zero")
+    pq, pq_in = tile(q + row0 * DQK, c * L, kb * BK, S, DQK, DQK, 1, L, BK)
+    pk, pk_in = tile(k + row0 * DQK, c * L, kb * BK, S, DQK, DQK, 1, L, BK)
+    pkt, pkt_in = tile(k + row0 * DQK, kb * BK, c * L, DQK, S, 1, DQK, BK, L)
+    bq = tl.load(pq, mask=pq_in, other=0.0)
+    bk = tl.load(pk, mask=pk_in, other=0.0)
+    bkt = tl.load(pkt, mask=pkt_in, other=0.0)
 
     li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L, EXP_GATE)
     dd = tl.load(dden + row0 + t, mask=mt, other=0.0)
@@ -196,16 +196,16 @@ def mlstm_chunk_bwd_dqk_kernel(
 
     DPc = DP.to(bq.dtype)
     bdk = tl.dot(tl.trans(DPc), bq, input_precision=PREC) * scale + (dki + gn[None, :]) * u[:, None]
-    pdk = tl.make_block_ptr(dk + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
-    tl.store(pdk, bdk.to(dk.dtype.element_ty), boundary_check=(0, 1))
+    pdk, pdk_in = tile(dk + row0 * DQK, c * L, kb * BK, S, DQK, DQK, 1, L, BK)
+    tl.store(pdk, bdk.to(dk.dtype.element_ty), mask=pdk_in)
 
     mc = tl.load(ms + st)
     nc = tl.load(ns + st * DQK + ok, mask=mk, other=0.0)
     w = tl.exp(b + mc - mrs)
     dq_in = dqi + dd[:, None] * nc[None, :]  # pairs whose s lies before the chunk (through C_c, n_c)
     bdq = (tl.dot(DPc, bk, input_precision=PREC) + dq_in * w[:, None]) * scale
-    pdq = tl.make_block_ptr(dq + row0 * DQK, (S, DQK), (DQK, 1), (c * L, kb * BK), (L, BK), (1, 0))
-    tl.store(pdq, bdq.to(dq.dtype.element_ty), boundary_check=(0, 1))
+    pdq, pdq_in = tile(dq + row0 * DQK, c * L, kb * BK, S, DQK, DQK, 1, L, BK)
+    tl.store(pdq, bdq.to(dq.dtype.element_ty), mask=pdq_in)
 
     # the log forget gradient straight from the pairs s < r <= t that straddle each step r of the chunk
     # (see the module docstring): no long sums of nearly cancelling per-step terms

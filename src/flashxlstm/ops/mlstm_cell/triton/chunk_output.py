@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import chunk_program, finite_or_zero, load_gates
+from .common import chunk_program, finite_or_zero, load_gates, tile
 
 
 @triton.jit
@@ -66,12 +66,12 @@ def mlstm_chunk_output_kernel(
     qn = tl.zeros([L], dtype=tl.float32)
     for k0 in range(0, DQK, BK):
         ok = k0 + tl.arange(0, BK)
-        pq = tl.make_block_ptr(q + row0 * DQK, (S, DQK), (DQK, 1), (c * L, k0), (L, BK), (1, 0))
-        pk = tl.make_block_ptr(k + row0 * DQK, (DQK, S), (1, DQK), (k0, c * L), (BK, L), (0, 1))
-        pC = tl.make_block_ptr(Cs + st * DQK * DV, (DQK, DV), (DV, 1), (k0, vb * BV), (BK, BV), (1, 0))
-        bq = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
-        bkt = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
-        bC = tl.load(pC, boundary_check=(0, 1), padding_option="zero")
+        pq, pq_in = tile(q + row0 * DQK, c * L, k0, S, DQK, DQK, 1, L, BK)
+        pk, pk_in = tile(k + row0 * DQK, k0, c * L, DQK, S, 1, DQK, BK, L)
+        pC, pC_in = tile(Cs + st * DQK * DV, k0, vb * BV, DQK, DV, DV, 1, BK, BV)
+        bq = tl.load(pq, mask=pq_in, other=0.0)
+        bkt = tl.load(pk, mask=pk_in, other=0.0)
+        bC = tl.load(pC, mask=pC_in, other=0.0)
         nk = tl.load(ns + st * DQK + ok, mask=ok < DQK, other=0.0)
         qk += tl.dot(bq, bkt, input_precision=PREC)
         qC += tl.dot(bq, bC.to(bq.dtype), input_precision=PREC)
@@ -83,18 +83,18 @@ def mlstm_chunk_output_kernel(
     causal = ol[:, None] >= ol[None, :]
     w_inter = tl.exp(b + m - mrs) * scale
     s = qk * scale * tl.exp(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
-    pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-    bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
+    pv, pv_in = tile(v + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+    bv = tl.load(pv, mask=pv_in, other=0.0)
     num = tl.dot(s.to(bv.dtype), bv, qC * w_inter[:, None], input_precision=PREC)
     den = tl.sum(s, 1) + qn * w_inter
     z = tl.maximum(tl.abs(den), tl.exp(-mrs)) + eps
     hv = num / z[:, None]
     hb = hv.to(h.dtype.element_ty)
-    ph = tl.make_block_ptr(h + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-    tl.store(ph, hb, boundary_check=(0, 1))
+    ph, ph_in = tile(h + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+    tl.store(ph, hb, mask=ph_in)
     if STORE_LO:
-        plo = tl.make_block_ptr(hlo + row0 * DV, (S, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-        tl.store(plo, (hv - hb.to(tl.float32)).to(h.dtype.element_ty), boundary_check=(0, 1))
+        plo, plo_in = tile(hlo + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+        tl.store(plo, (hv - hb.to(tl.float32)).to(h.dtype.element_ty), mask=plo_in)
     if vb == 0:
         tl.store(mstat + row0 + t, m_row, mask=mt)
         tl.store(dstat + row0 + t, den, mask=mt)

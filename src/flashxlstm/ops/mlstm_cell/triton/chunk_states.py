@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import finite_or_zero, load_gates, state_block
+from .common import finite_or_zero, load_gates, state_block, tile
 
 
 @triton.jit
@@ -67,10 +67,10 @@ def mlstm_chunk_states_kernel(
         mns = finite_or_zero(m_new)
         decay = tl.exp(g + m - mns)
         wk = tl.exp(a - mns)
-        pk = tl.make_block_ptr(k + row0 * DQK, (DQK, S), (1, DQK), (kb * BK, t0), (BK, L), (0, 1))
-        pv = tl.make_block_ptr(v + row0 * DV, (S, DV), (DV, 1), (t0, vb * BV), (L, BV), (1, 0))
-        bkt = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
-        bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
+        pk, pk_in = tile(k + row0 * DQK, kb * BK, t0, DQK, S, 1, DQK, BK, L)
+        pv, pv_in = tile(v + row0 * DV, t0, vb * BV, S, DV, DV, 1, L, BV)
+        bkt = tl.load(pk, mask=pk_in, other=0.0)
+        bv = tl.load(pv, mask=pv_in, other=0.0)
         vw = (bv.to(tl.float32) * wk[:, None]).to(bv.dtype)
         C = C * decay + tl.dot(bkt, vw, input_precision=PREC)
         if first_v:  # only these programs store n

@@ -15,6 +15,16 @@ def next_pow2(x: int, lo: int = 16) -> int:
 
 
 @triton.jit
+def tile(base, r0, c0, R, C, sr, sc, BR: tl.constexpr, BC: tl.constexpr):
+    """Pointers to the (BR x BC) tile at (r0, c0) of an R x C matrix at `base` with strides (sr, sc), and the
+    mask of the elements inside the matrix. Load with other=0.0 and store with the mask: plain pointer
+    arithmetic, which every Triton from 3.6 on compiles and interprets (block pointers left in 3.9)."""
+    rr = r0 + tl.arange(0, BR)
+    cc = c0 + tl.arange(0, BC)
+    return base + rr[:, None] * sr + cc[None, :] * sc, (rr < R)[:, None] & (cc < C)[None, :]
+
+
+@triton.jit
 def logsigmoid(x):
     # min(x, 0) - log(1 + exp(-|x|)): exact at +-inf (0 and -inf), no overflow anywhere
     return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))

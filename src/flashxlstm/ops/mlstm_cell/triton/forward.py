@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import finite_or_zero, load_gates, matvec, seq_bounds
+from .common import finite_or_zero, load_gates, matvec, seq_bounds, tile
 
 
 @triton.jit
@@ -49,12 +49,12 @@ def mlstm_fwd_kernel(
         t = c * L + ol
         mt = t < T
         rows = row0 + t
-        pq = tl.make_block_ptr(q + row0 * DQK, (T, DQK), (DQK, 1), (c * L, 0), (L, BK), (1, 0))
-        pk = tl.make_block_ptr(k + row0 * DQK, (T, DQK), (DQK, 1), (c * L, 0), (L, BK), (1, 0))
-        pv = tl.make_block_ptr(v + row0 * DV, (T, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-        bq = tl.load(pq, boundary_check=(0, 1), padding_option="zero")
-        bk = tl.load(pk, boundary_check=(0, 1), padding_option="zero")
-        bv = tl.load(pv, boundary_check=(0, 1), padding_option="zero")
+        pq, pq_in = tile(q + row0 * DQK, c * L, 0, T, DQK, DQK, 1, L, BK)
+        pk, pk_in = tile(k + row0 * DQK, c * L, 0, T, DQK, DQK, 1, L, BK)
+        pv, pv_in = tile(v + row0 * DV, c * L, vb * BV, T, DV, DV, 1, L, BV)
+        bq = tl.load(pq, mask=pq_in, other=0.0)
+        bk = tl.load(pk, mask=pk_in, other=0.0)
+        bv = tl.load(pv, mask=pv_in, other=0.0)
         li, lf = load_gates(ig, fg, rows, mt, EXP_GATE)
         b = tl.cumsum(lf, 0)
         g = tl.sum(lf, 0)
@@ -72,11 +72,11 @@ def mlstm_fwd_kernel(
         z = tl.maximum(tl.abs(den), tl.exp(-ms)) + eps
         hv = num / z[:, None]
         hb = hv.to(h.dtype.element_ty)
-        ph = tl.make_block_ptr(h + row0 * DV, (T, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-        tl.store(ph, hb, boundary_check=(0, 1))
+        ph, ph_in = tile(h + row0 * DV, c * L, vb * BV, T, DV, DV, 1, L, BV)
+        tl.store(ph, hb, mask=ph_in)
         if STORE_LO:  # what rounding h lost, so that the backward sees h to ~fp32 precision
-            plo = tl.make_block_ptr(hlo + row0 * DV, (T, DV), (DV, 1), (c * L, vb * BV), (L, BV), (1, 0))
-            tl.store(plo, (hv - hb.to(tl.float32)).to(h.dtype.element_ty), boundary_check=(0, 1))
+            plo, plo_in = tile(hlo + row0 * DV, c * L, vb * BV, T, DV, DV, 1, L, BV)
+            tl.store(plo, (hv - hb.to(tl.float32)).to(h.dtype.element_ty), mask=plo_in)
         if vb == 0:
             tl.store(mstat + rows, m_row, mask=mt)
             tl.store(dstat + rows, den, mask=mt)
