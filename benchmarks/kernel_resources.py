@@ -13,7 +13,7 @@ and which matrix instruction the SASS uses (HGMMA = Hopper wgmma, HMMA = mma.syn
 KERNEL:key=value,... with keys L, BK, BV, warps, stages, maxnreg (a register cap) or a kernel constexpr.
 
 Kernels: `states` and `output` are the chunk-parallel forward's two passes (chunk_states.py,
-chunk_output.py) with `_cp_config`'s forward settings (keys without the _s / _o suffix override them);
+chunk_output.py) with launch_plan.chunk_parallel_defaults' forward settings (keys without the _s / _o suffix override them);
 `fla_h` and `fla_o` are fla-core 0.6's chunk_fwd_kernel_h / chunk_fwd_kernel_o in the setting
 chunk_simple_gla uses (scalar gate, bf16 states), importable from --fla (an unpacked wheel), default
 settings as its autotune lists offer them on Hopper. Run on the CPU machine; takes ~10 s per kernel.
@@ -91,9 +91,8 @@ def resources(ck, num_warps: int) -> dict:
 
 # ---------------------------------------------------------------- the kernels this script knows
 def _ours(which: str, DQK: int, DV: int, over: dict):
-    from flashxlstm.ops.mlstm_cell.triton import function as tfn
-    from flashxlstm.ops.mlstm_cell.triton.common import next_pow2
-    cfg = tfn._cp_config(next_pow2(DQK), DV, 64)
+    from flashxlstm.ops.mlstm_cell.triton.launch_plan import chunk_parallel_defaults
+    cfg = chunk_parallel_defaults(DQK, DV, 64)
     sfx = "_s" if which == "states" else "_o"
     s = {key: over.get(key, cfg[key + sfx]) for key in ("BK", "BV", "warps", "stages")}
     s["L"] = over.get("L", cfg["L"])

@@ -26,35 +26,22 @@ def emit(case, errors, tol, nan=False, **extra):
 
 def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, chunk=16, dtype=torch.float32,
                   gate_range=None, masked=(), tol=2e-4, seed=0, seg=0, forward="chunkparallel",
-                  backward=None, window=None):
+                  backward="chunkparallel", window=2048):
     """seg > 0: sequence parallelism with segments of `seg` steps (checked to be taken).
 
     forward / backward: the variants for sequences without cu_seqlens or segments ("chunkparallel" or
-    "walk"; backward None: the library default). window: the chunk-parallel backward's time window in
-    steps (None: the library default).
+    "walk"). window: the chunk-parallel backward's time window in steps.
     """
     from flashxlstm.ops.mlstm_cell.triton import function as tfn
-    saved = dict(tfn.SEGMENT)
-    saved_fwd, saved_bwd = dict(tfn.FORWARD), dict(tfn.BACKWARD)
-    tfn.FORWARD["variant"] = forward
-    if backward is not None:
-        tfn.BACKWARD["variant"] = backward
-    if window is not None:
-        tfn.BACKWARD["window_steps"] = window
+    variant = tfn.Variant(forward=forward, backward=backward, window_steps=window, segment_tokens=seg)
     if seg:
-        tfn.SEGMENT.update(tokens=seg, min_segments=2)
-        assert tfn.segment_length(torch.empty(B, NH, S, DQK), None) == seg, "segments not taken"
-    try:
-        _sequence_case(case, B, NH, S, DQK, DV, gate=gate, init=init, cu=cu, chunk=chunk, dtype=dtype,
-                       gate_range=gate_range, masked=masked, tol=tol, seed=seed)
-    finally:
-        tfn.SEGMENT.clear()
-        tfn.SEGMENT.update(saved)
-        tfn.FORWARD.update(saved_fwd)
-        tfn.BACKWARD.update(saved_bwd)
+        assert tfn.segment_length(torch.empty(B, NH, S, DQK), None, variant) == seg, "segments not taken"
+    _sequence_case(case, B, NH, S, DQK, DV, gate=gate, init=init, cu=cu, chunk=chunk, dtype=dtype,
+                   gate_range=gate_range, masked=masked, tol=tol, seed=seed, variant=variant)
 
 
-def _sequence_case(case, B, NH, S, DQK, DV, *, gate, init, cu, chunk, dtype, gate_range, masked, tol, seed):
+def _sequence_case(case, B, NH, S, DQK, DV, *, gate, init, cu, chunk, dtype, gate_range, masked, tol, seed,
+                   variant):
     g = torch.Generator().manual_seed(seed)
     nseq = B if cu is None else len(cu) - 1
     q, k = (torch.randn(B, NH, S, DQK, generator=g) for _ in range(2))
@@ -83,7 +70,8 @@ def _sequence_case(case, B, NH, S, DQK, DV, *, gate, init, cu, chunk, dtype, gat
         h, (C, n, m) = backend_call(*ins, state=None if st is None else tuple(st), input_gate=gate, cu_seqlens=cut)
         return ins, st, h, C, n, m
 
-    ins, st, h, C, n, m = run(lambda *a, **kw: M.mlstm(*a, backend="triton", chunk_size=chunk, **kw), lambda t: t)
+    from flashxlstm.ops.mlstm_cell.triton.function import mlstm_variant
+    ins, st, h, C, n, m = run(lambda *a, **kw: mlstm_variant(*a, chunk_size=chunk, variant=variant, **kw), lambda t: t)
     rins, rst, hr, Cr, nr, mr = run(M.mlstm_reference, lambda t: t.double())
     w = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (hr, Cr, nr, mr)]
     finite = lambda t: torch.where(torch.isfinite(t), t, 0.0)
@@ -222,6 +210,11 @@ def main():
     sequence_case("seg_empty_masked", 1, 1, 56, 16, 16, init="empty", gate_range=30.0,
                   masked=((0, 20), (33, 40), (50, 56)), tol=5e-4, seg=16)
     sequence_case("seg_fp16", 1, 1, 48, 16, 16, dtype=torch.float16, tol=1e-2, seg=16)
+    # launch plans stepped down from the defaults (launch_plan.py): fp32 at chunk_size 256 (the H200's
+    # OutOfResources case of issue 11: fewer stages, 32-wide DV blocks in the dq/dk pass), and a walk with
+    # DQK 512 in fp32 (32-wide DV blocks)
+    sequence_case("plan_fp32_chunk256", 1, 1, 150, 64, 128, chunk=256, init="random")
+    sequence_case("plan_walk_dqk512", 1, 1, 20, 512, 72, chunk=256, init="random", forward="walk", backward="walk")
     gate_rows_case("gate_rows_exp", "exp")
     gate_rows_case("gate_rows_sigmoid", "sigmoid")
     compile_case()

@@ -92,7 +92,7 @@ def interpreted():
     from conftest import require_triton, run_interpreter_cases
 
     require_triton()
-    return run_interpreter_cases(Path(__file__), timeout=600)
+    return run_interpreter_cases(Path(__file__), timeout=1800)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
