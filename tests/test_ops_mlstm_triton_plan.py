@@ -29,7 +29,7 @@ def test_every_chunk_dtype_and_head_dim_gets_a_plan_that_fits(limit):
         plan = chunk_parallel_plan(elem, DQK, DV, chunk, limit)
         est = _estimates(plan, elem)
         assert max(est.values()) <= limit, (chunk, elem, DQK, DV, plan, est)
-        assert 16 <= plan["L"] <= min(128, max(16, chunk)), plan
+        assert 16 <= plan["L"] <= min(128 if elem == 4 else 64, max(16, chunk)), plan
         for key in ("BK_s", "BV_s", "BK_o", "BV_o", "BK_b", "BV_b", "L"):
             assert plan[key] >= 16 and plan[key] & (plan[key] - 1) == 0, (key, plan)
         assert all(plan["stages_" + s] >= 1 for s in "sob")
@@ -44,10 +44,18 @@ def test_bf16_defaults_kept_where_they_fit():
         assert chunk_parallel_plan(2, DQK, DV, 64, H200) == chunk_parallel_defaults(DQK, DV, 64)
 
 
+def test_16_bit_inputs_never_take_128_step_chunks():
+    """L = 128 gave wrong h for 16-bit inputs on the H200 (launch_plan.MAX_CHUNK); fp32 keeps it."""
+    for chunk in (128, 256):
+        assert chunk_parallel_plan(2, 64, 128, chunk, H200)["L"] == 64
+        assert chunk_parallel_plan(2, 256, 512, chunk, H200)["L"] == 64
+        assert chunk_parallel_plan(4, 256, 512, chunk, H200)["L"] == 128
+
+
 def test_fp32_chunk_128_steps_down_from_the_crashing_setting():
     """H200, fp32, chunk 128, DQK 64, DV 128: the defaults asked for 327680 bytes in the backward (issue 11)."""
-    defaults = chunk_parallel_defaults(64, 128, 128)
-    assert max(_estimates(defaults, 4).values()) >= 327680
+    defaults = chunk_parallel_defaults(64, 128, 128, elem=4)
+    assert defaults["L"] == 128 and max(_estimates(defaults, 4).values()) >= 327680
     plan = chunk_parallel_plan(4, 64, 128, 128, H200)
     assert plan != defaults and max(_estimates(plan, 4).values()) <= H200
 

@@ -55,10 +55,17 @@ def smem_bytes(pass_name: str, elem: int, L: int, BK: int, BV: int, stages: int)
     return (buffers * loop + after) * elem
 
 
-def chunk_parallel_defaults(DQK: int, DV: int, chunk: int) -> dict:
+# The longest chunk of the chunk-parallel kernels per input size in bytes. 16-bit inputs stop at 64: on an H200
+# with Triton 3.6, L = 128 gave wrong outputs for bf16 at DQK 64 / DV 128 and for fp16 at DQK 256 / DV 512
+# (relative error of h 0.1-0.2 against float64; C and n right, so the output pass) while L = 32 and 64 and fp32
+# at L = 128 were right (benchmarks/results/bench_mlstm.md, run 1).
+MAX_CHUNK = {2: 64, 4: 128}
+
+
+def chunk_parallel_defaults(DQK: int, DV: int, chunk: int, elem: int = 2) -> dict:
     BK, BVp = _pow2(DQK), _pow2(DV)
     BV_o = min(128, BVp)
-    return {"L": min(128, _pow2(chunk)),
+    return {"L": min(MAX_CHUNK.get(elem, 64), _pow2(chunk)),
             "BK_s": min(64, BK), "BV_s": min(64, BVp), "warps_s": 4, "stages_s": 3, "maxnreg_s": 128,
             "maxnreg_g": 128,
             "BK_o": min(64, BK), "BV_o": BV_o, "warps_o": 8 if BV_o >= 128 else 4, "stages_o": 3, "maxnreg_o": None,
@@ -90,7 +97,7 @@ def _shrink_group(plan: dict, elem: int, limit: int, sfx: str) -> bool:
 def chunk_parallel_plan(elem: int, DQK: int, DV: int, chunk: int, smem_limit: int,
                         overrides: dict | None = None) -> dict:
     """Settings of the chunk-parallel forward and backward passes (see the module docstring)."""
-    base = chunk_parallel_defaults(DQK, DV, chunk)
+    base = chunk_parallel_defaults(DQK, DV, chunk, elem)
     base.update(overrides or {})
     L = base["L"]
     while L >= MIN_BLOCK:
