@@ -86,8 +86,8 @@ def main() -> int:
         row["top_kernels"] = [(round((getattr(e, "device_time_total", 0) or 0) / 5 / 1e3, 4), e.count // 5, e.key[:120])
                               for e in top]
         rows.append(row)
-        picks = dict(layer_step={str(k): v for k, v in step_mod._LAYOUTS.items()},
-                     matvec={str(k): v for k, v in linear_mod._CHOICE.items()})
+        picks = dict(layer_step={str(k): v for k, v in step_mod.TUNER.choices.items()},
+                     matvec={str(k): v for k, v in linear_mod.TUNER.choices.items()})
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "decode_breakdown_7b.json"), "w") as f:  # after each batch size
             json.dump(dict(rows=rows, picks=picks, device=torch.cuda.get_device_name(), torch=torch.__version__), f,

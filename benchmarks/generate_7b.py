@@ -408,8 +408,8 @@ def picks() -> dict:
         from flashxlstm.ops.fused import layer_step, linear
     except Exception:
         return {}
-    return dict(layer_step={str(k): v for k, v in layer_step._LAYOUTS.items()},
-                matvec={str(k): v for k, v in linear._CHOICE.items()})
+    return dict(layer_step={str(k): v for k, v in layer_step.TUNER.choices.items()},
+                matvec={str(k): v for k, v in linear.TUNER.choices.items()})
 
 
 def versions() -> dict:

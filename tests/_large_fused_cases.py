@@ -160,12 +160,8 @@ if __name__ == "__main__":
     whole_step("model_single_bias_nocap", "single", use_bias=True, gate_soft_cap=None)
     layer_step((16, 32, 4, False), "layer_step_split")
     layer_step((16, 8, 4, True), "layer_step_whole")
-    import importlib
-
-    importlib.import_module("flashxlstm.ops.fused.layer_step").LAYOUT_OVERRIDE = (64, 16, 4, True)
     gemv()
-    importlib.import_module("flashxlstm.ops.fused.linear").FORCE_BACKEND = "triton"
-    # whole-head layer step; one row, so every projection is the Triton matrix-vector kernel too
-    whole_step("model_fused_whole_head_gemv", "fused", batch=1)
-    whole_step("model_single_bias_whole_head_gemv", "single", batch=1, use_bias=True)
+    # one row: under the interpreter every projection is the Triton matrix-vector kernel too
+    whole_step("model_fused_gemv", "fused", batch=1)
+    whole_step("model_single_bias_gemv", "single", batch=1, use_bias=True)
     static_generate()

@@ -57,8 +57,8 @@ def test_one_row_matvec_matches_linear(results):
     assert not bad, bad
 
 
-@pytest.mark.parametrize("case", ["model_fused", "model_single_bias_nocap", "model_fused_whole_head_gemv",
-                                  "model_single_bias_whole_head_gemv"])
+@pytest.mark.parametrize("case", ["model_fused", "model_single_bias_nocap", "model_fused_gemv",
+                                  "model_single_bias_gemv"])
 def test_whole_decode_step_equals_the_unfused_step(results, case):
     r = results[case]
     assert r["fused_taken"] and r["into_buffers"], r

@@ -65,18 +65,21 @@ def _child() -> None:
             return [h, *st], torch.autograd.grad(loss, inputs)
 
         zero = lambda: tuple(torch.zeros(B, NH, DH) for _ in range(4))
-        tri.R_RESIDENT_MAX_INTERPRET = 0 if kind.startswith("stream") else 16384
-        tri.REGISTER_PATHS = False if kind.endswith("cuda") else None
+        tune = {}
+        if kind.startswith("stream"):
+            tune["resident_limit"] = 0
+        if kind.endswith("cuda"):
+            tune["registers"] = False
         # with as many "SMs" as heads, each program runs both batch blocks of this case one after another
         tri._num_sms = (lambda device: NH) if name == "two_batch_blocks" else (lambda device: 1 << 30)
         out, grads = run(lambda t: slstm_triton(t[0], t[1], t[2], tuple(t[3:]) or zero(), forget_gate=fg,
-                                                 block_j=block_j), dtype)
+                                                 block_j=block_j, tune=tune), dtype)
         out_ref, grads_ref = run(lambda t: slstm_reference(t[0], t[1], t[2], state=tuple(t[3:]) or None,
                                                            forget_gate=fg), torch.float64)
         with torch.no_grad():  # the inference path: no saved tensors, one state slot
             h_inf, st_inf = slstm_triton(x, R, b, tuple(t.float() for t in state) or zero(), forget_gate=fg,
-                                         block_j=block_j)
-        p = tri.plan(B, NH, DH, torch.device("cpu"), block_j, dot_dtype=dtype)
+                                         block_j=block_j, tune=tune)
+        p = tri.plan(B, NH, DH, torch.device("cpu"), block_j, dot_dtype=dtype, **tune)
         print(json.dumps({
             "case": name,
             "plan": {k: p[k] for k in ("R_RESIDENT", "KR1", "REG", "NJ")},
@@ -123,7 +126,6 @@ def test_plan_defaults_on_cuda(monkeypatch):
     from flashxlstm.ops.slstm_cell import triton as tri
 
     monkeypatch.setattr(tri, "_num_sms", lambda device: 132)
-    monkeypatch.setattr(tri, "REGISTER_PATHS", None)
     cuda, bf16 = torch.device("cuda"), torch.bfloat16
     p = tri.plan(16, 1, 768, cuda, dot_dtype=bf16)
     assert (p["BJ"], p["NJ"], p["R_RESIDENT"], p["KR0"], p["KR1"], p["barrier"]) == (16, 48, True, 512, 256, True)

@@ -16,25 +16,22 @@ Layouts (BV, BKT, num_warps, whole):
   many programs, for small batches;
 - whole head: one program per (batch, head) streams the head's whole state in BKT-row tiles and applies the
   per-head norm and the sigmoid(o) product in registers: one launch, for large batches.
-On CUDA the first call per shape times the candidates and keeps the fastest (outside graph capture);
-`layout=` or the module attribute LAYOUT_OVERRIDE force one (tests).
+On CUDA the first call per shape times the candidates and keeps the fastest (outside graph capture,
+triton_support.FirstCallTuner); `layout=` forces one.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..mlstm_cell.triton.common import next_pow2
 from ..mlstm_cell.triton.step import _overlaps, gate_values, soft_capped, step_block
+from ..triton_support import FirstCallTuner, next_pow2
 from .kernels import head_norm_gate_triton, norm_gate_row
 
 Layout = tuple  # (BV, BKT, num_warps, whole)
-LAYOUT_OVERRIDE: Layout | None = None
-_LAYOUTS: dict[tuple, Layout] = {}
+TUNER = FirstCallTuner("FLASHXLSTM_STEP_TUNE")  # (B * NH, DQK, DV, D, dtype) -> Layout
 
 
 @triton.jit
@@ -152,27 +149,9 @@ def mlstm_layer_step_triton(
         )
         return y if whole else head_norm_gate_triton(h, o, norm_weight, norm_bias, norm_eps)
 
-    lay = layout or LAYOUT_OVERRIDE or _pick(launch, x, (B * NH, DQK, DV, D, v.dtype))
+    if layout is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
+        layout = TUNER.choose((B * NH, DQK, DV, D, v.dtype), x.device, default_layout(B * NH, DQK, DV),
+                              candidate_layouts(B * NH, DQK, DV, sms=sms), launch)
+    lay = layout
     return launch(lay), (Cn, nn_, mn)
-
-
-def _pick(launch, x: Tensor, key: tuple) -> Layout:
-    if key in _LAYOUTS:
-        return _LAYOUTS[key]
-    default = default_layout(*key[:3])
-    if (not x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_current_stream_capturing()
-            or os.environ.get("FLASHXLSTM_STEP_TUNE") == "0"):
-        return default
-    from triton.testing import do_bench
-
-    best, best_t = default, float("inf")
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    for lay in candidate_layouts(*key[:3], sms=sms):
-        try:
-            t = do_bench(lambda: launch(lay), warmup=5, rep=20)
-        except Exception:  # a layout that does not compile here (resources) is not a candidate
-            continue
-        if t < best_t:
-            best, best_t = lay, t
-    _LAYOUTS[key] = best
-    return best

@@ -10,11 +10,10 @@ At batch 1 decoding streams the weights once per token and is bound by memory ba
 streams fastest depends on the shape, so on CUDA the first call for a shape times cuBLAS (torch's linear)
 against a few layouts of the Triton kernel (BN rows per program, BK columns per step) and keeps the
 fastest; the choice never loses to cuBLAS by more than timing noise. More than one row, the CPU, or
-backend="torch": torch's linear. backend="triton" (or the module attribute FORCE_BACKEND) forces the default Triton layout (tests).
+backend="torch": torch's linear. backend="triton" forces the default Triton layout; under TRITON_INTERPRET=1
+(the CPU tests) "auto" takes it too, so a model's one-row decode runs the kernel there.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +21,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_CHOICE: dict[tuple, tuple | None] = {}  # shape key -> Triton layout, or None for torch's linear
-FORCE_BACKEND: str | None = None  # replaces backend="auto" when set (tests run the Triton path on the CPU)
+from ..triton_support import FirstCallTuner, interpreting
+
+# shape key -> Triton layout, or None for torch's linear (the fastest of them on the first CUDA call)
+TUNER = FirstCallTuner("FLASHXLSTM_GEMV_TUNE")
 DEFAULT = (8, 512, 4, 3)  # (BN, BK, num_warps, num_stages)
 CANDIDATES = [(8, 512, 4, 3), (16, 256, 4, 3), (4, 1024, 4, 3)]
 
@@ -70,8 +71,6 @@ def _triton(x: Tensor, weight: Tensor, bias: Tensor | None, z: Tensor | None, la
 def linear_decode(x: Tensor, weight: Tensor, bias: Tensor | None = None, z: Tensor | None = None,
                   backend: str = "auto") -> Tensor:
     """See the module docstring."""
-    if backend == "auto" and FORCE_BACKEND is not None:
-        backend = FORCE_BACKEND
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"linear_decode: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if z is not None and (z.shape != x.shape or z.dtype != x.dtype):
@@ -79,28 +78,12 @@ def linear_decode(x: Tensor, weight: Tensor, bias: Tensor | None = None, z: Tens
     one_row = x.numel() == x.shape[-1] and weight.is_contiguous() and weight.dtype == x.dtype
     if backend == "torch" or not one_row:
         return _torch(x, weight, bias, z)
-    if backend == "triton":
+    if backend == "triton" or (interpreting() and not x.is_cuda):
         return _triton(x, weight, bias, z, DEFAULT)
     if not x.is_cuda:
         return _torch(x, weight, bias, z)
     key = (tuple(weight.shape), x.dtype, z is not None, bias is not None)
-    if key not in _CHOICE:
-        if torch.cuda.is_current_stream_capturing() or os.environ.get("FLASHXLSTM_GEMV_TUNE") == "0":
-            return _torch(x, weight, bias, z)
-        _CHOICE[key] = _pick(x, weight, bias, z)
-    layout = _CHOICE[key]
+    # before a shape is timed (graph capture, tuning switched off) torch's linear serves it
+    layout = TUNER.choose(key, x.device, None, CANDIDATES, lambda lay: _triton(x, weight, bias, z, lay),
+                          baseline=lambda: _torch(x, weight, bias, z))
     return _torch(x, weight, bias, z) if layout is None else _triton(x, weight, bias, z, layout)
-
-
-def _pick(x, weight, bias, z) -> tuple | None:
-    from triton.testing import do_bench
-
-    best, best_t = None, do_bench(lambda: _torch(x, weight, bias, z), warmup=5, rep=20)
-    for layout in CANDIDATES:
-        try:
-            t = do_bench(lambda: _triton(x, weight, bias, z, layout), warmup=5, rep=20)
-        except Exception:  # a layout that does not compile here is not a candidate
-            continue
-        if t < best_t:
-            best, best_t = layout, t
-    return best

@@ -14,8 +14,6 @@ docs/kernels.md.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
@@ -30,13 +28,14 @@ R_RESIDENT_MAX_INTERPRET = 16384
 INFERENCE_WHOLE_HEAD_MAX = 64  # head dims whose no-grad forward runs one program per head, h in registers
 # Keeping h_prev (forward) and draw (backward) in registers (REG) when one program holds a head: the backward
 # of that path fails to compile for sm_90 with Triton 3.6 (bf16 and fp32: layout propagation into the dot
-# operand), so on CUDA the backward never uses it and the forward only when asked (plan's `registers`).
-# None = use it everywhere but on CUDA.
-REGISTER_PATHS: bool | None = None
+# operand), so on CUDA the backward never uses it and the forward only when asked (plan's `registers`; its
+# default is to use it everywhere but on CUDA).
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    from ..triton_support import interpreting
+
+    return interpreting()
 
 
 def _next_pow2(n: int) -> int:
@@ -58,15 +57,16 @@ def k_pieces(DH: int) -> tuple[int, int]:
 
 def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = None,
          dot_dtype: torch.dtype = torch.bfloat16, resident: bool | None = None, block_k: int | None = None,
-         num_warps: int | None = None, registers: bool | None = None, inference: bool = False) -> dict:
+         num_warps: int | None = None, registers: bool | None = None, inference: bool = False,
+         resident_limit: int | None = None) -> dict:
     """Block sizes and grid: (NH * NJ, NBP) programs, each (head, batch group) synchronised per step.
 
     BJ units per program (NJ = ceil(DH / BJ) programs per head). R_RESIDENT: the program's slice of R
     (4 x DH x BJ) is loaded once and stays on chip; chosen on CUDA for 16-bit dots when the slice fits
     (R_RESIDENT_MAX), halving BJ (more programs per head) until it does. Otherwise R is streamed from L2 in
     chunks of BK rows each step. REG (registers): a head held by one program keeps h_prev (forward) and
-    draw (backward) in registers. block_j, resident, block_k, num_warps and registers override the choices
-    (the benchmark sweeps them); None = the default.
+    draw (backward) in registers. block_j, resident, block_k, num_warps, registers and resident_limit (the
+    R_RESIDENT_MAX bound) override the choices (the benchmark and tests pass them); None = the default.
 
     Defaults measured on an H200 (benchmarks/results/slstm_kernels.md, 2026-11-28): resident R with BJ = 32
     for DH 64 and 256 and BJ = 16 (48 programs) for DH 768 was the fastest forward + backward; for a forward
@@ -76,14 +76,14 @@ def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = N
     sms = _num_sms(device)
     dhp = max(16, _next_pow2(DH))
     cuda = device.type == "cuda"
-    limit = R_RESIDENT_MAX if cuda else R_RESIDENT_MAX_INTERPRET
+    limit = resident_limit if resident_limit is not None else (R_RESIDENT_MAX if cuda else R_RESIDENT_MAX_INTERPRET)
     kr0, kr1 = k_pieces(DH)
     can_resident = not cuda or dot_dtype in (torch.bfloat16, torch.float16)
     if (inference and cuda and can_resident and DH <= INFERENCE_WHOLE_HEAD_MAX and NH <= sms and block_j is None
             and registers is None and resident is not False):
         block_j, registers = dhp, True
     if registers is None:
-        registers = REGISTER_PATHS if REGISTER_PATHS is not None else not cuda
+        registers = not cuda
     if block_j is None:
         block_j = 32 if DH > 32 else 16
         if (resident is None and can_resident) or resident:
@@ -186,7 +186,8 @@ def slstm_triton(
 ) -> tuple[Tensor, SLSTMState]:
     """The persistent-kernel form. h: (B, S, NH, DH) float32 (the op casts it to x's dtype).
 
-    block_j / tune (keywords of `plan`: block_j, resident, block_k, num_warps) override the launch choices."""
+    block_j / tune (keywords of `plan`: block_j, resident, block_k, num_warps, registers, resident_limit)
+    override the launch choices."""
     if x.device.type != "cuda" and not _interpreting():
         raise ValueError("slstm: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for tests)")
     c0, n0, m0, h0 = state

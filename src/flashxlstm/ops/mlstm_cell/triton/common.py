@@ -10,10 +10,6 @@ import triton
 import triton.language as tl
 
 
-def next_pow2(x: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(int(x)))
-
-
 @triton.jit
 def tile(base, r0, c0, R, C, sr, sc, BR: tl.constexpr, BC: tl.constexpr):
     """Pointers to the (BR x BC) tile at (r0, c0) of an R x C matrix at `base` with strides (sr, sc), and the

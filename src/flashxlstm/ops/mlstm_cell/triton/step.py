@@ -25,14 +25,13 @@ call for a shape times a few such layouts and keeps the fastest (outside CUDA-gr
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import finite_or_zero, logsigmoid, next_pow2
+from ...triton_support import FirstCallTuner, next_pow2
+from .common import finite_or_zero, logsigmoid
 
 
 @triton.jit
@@ -130,8 +129,8 @@ def _gate_view(t: Tensor) -> Tensor:
     return t if t.stride(1) == 1 else t.contiguous()
 
 
-# (B * NH, DQK, DV, h dtype) -> (BV, BKT, num_warps), the fastest layout measured on first use (CUDA only)
-_LAYOUTS: dict[tuple, tuple[int, int, int]] = {}
+# (B * NH, DQK, DV, h dtype, gate, soft cap) -> (BV, BKT, num_warps), the fastest measured on first use (CUDA)
+TUNER = FirstCallTuner("FLASHXLSTM_STEP_TUNE")
 
 
 def _default_layout(BNH: int, DQK: int, DV: int) -> tuple[int, int, int]:
@@ -157,27 +156,6 @@ def _launch(layout, args, B, NH, DQK, DV, input_gate, soft_cap):
         *args, DQK=DQK, DV=DV, BK=next_pow2(DQK), BV=BV, BKT=BKT, EXP_GATE=input_gate == "exp",
         SOFT_CAP=soft_cap, num_warps=warps,
     )
-
-
-def _pick_layout(args, B, NH, DQK, DV, input_gate, soft_cap, key) -> tuple[int, int, int]:
-    if key in _LAYOUTS:
-        return _LAYOUTS[key]
-    default = _default_layout(B * NH, DQK, DV)
-    if (not args[0].is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-            or torch.cuda.is_current_stream_capturing() or os.environ.get("FLASHXLSTM_STEP_TUNE") == "0"):
-        return default
-    from triton.testing import do_bench
-
-    best, best_t = default, float("inf")
-    for layout in _candidate_layouts(B * NH, DQK, DV):
-        try:
-            t = do_bench(lambda: _launch(layout, args, B, NH, DQK, DV, input_gate, soft_cap), warmup=5, rep=20)
-        except Exception:  # a layout that does not compile here (resources) is simply not a candidate
-            continue
-        if t < best_t:
-            best, best_t = layout, t
-    _LAYOUTS[key] = best
-    return best
 
 
 def mlstm_step_triton(
@@ -211,6 +189,7 @@ def mlstm_step_triton(
     args = (q, k, v, i, f, C, n, m, h, Cn, nn_, mn, DQK**-0.5, float(eps), float(gate_soft_cap or 1.0),
             q.stride(0), k.stride(0), v.stride(0), i.stride(0), f.stride(0), NH)
     key = (B * NH, DQK, DV, h.dtype, input_gate, soft_cap)
-    layout = _pick_layout(args, B, NH, DQK, DV, input_gate, soft_cap, key)
+    layout = TUNER.choose(key, v.device, _default_layout(B * NH, DQK, DV), _candidate_layouts(B * NH, DQK, DV),
+                          lambda lay: _launch(lay, args, B, NH, DQK, DV, input_gate, soft_cap))
     _launch(layout, args, B, NH, DQK, DV, input_gate, soft_cap)
     return h, (Cn, nn_, mn)
