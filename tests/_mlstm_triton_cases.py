@@ -26,22 +26,23 @@ def emit(case, errors, tol, nan=False, **extra):
 
 def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, chunk=16, dtype=torch.float32,
                   gate_range=None, masked=(), tol=2e-4, seed=0, seg=0, forward="chunkparallel",
-                  backward="chunkparallel", window=2048):
+                  backward="chunkparallel", window=2048, hold=None):
     """seg > 0: sequence parallelism with segments of `seg` steps (checked to be taken).
 
     forward / backward: the variants for sequences without cu_seqlens or segments ("chunkparallel" or
-    "walk"). window: the chunk-parallel backward's time window in steps.
+    "walk"). window: the chunk-parallel backward's time window in steps. hold=(value, steps): the input
+    gate pre-activation is value (plus up to 1) for the first `steps` steps.
     """
     from flashxlstm.ops.mlstm_cell.triton import function as tfn
     variant = tfn.Variant(forward=forward, backward=backward, window_steps=window, segment_tokens=seg)
     if seg:
         assert tfn.segment_length(torch.empty(B, NH, S, DQK), None, variant) == seg, "segments not taken"
     _sequence_case(case, B, NH, S, DQK, DV, gate=gate, init=init, cu=cu, chunk=chunk, dtype=dtype,
-                   gate_range=gate_range, masked=masked, tol=tol, seed=seed, variant=variant)
+                   gate_range=gate_range, masked=masked, tol=tol, seed=seed, variant=variant, hold=hold)
 
 
 def _sequence_case(case, B, NH, S, DQK, DV, *, gate, init, cu, chunk, dtype, gate_range, masked, tol, seed,
-                   variant):
+                   variant, hold=None):
     g = torch.Generator().manual_seed(seed)
     nseq = B if cu is None else len(cu) - 1
     q, k = (torch.randn(B, NH, S, DQK, generator=g) for _ in range(2))
@@ -54,6 +55,8 @@ def _sequence_case(case, B, NH, S, DQK, DV, *, gate, init, cu, chunk, dtype, gat
         f = torch.rand(B, NH, S, generator=g) * 2 * gate_range - gate_range
     for a, b in masked:
         i[..., a:b], f[..., a:b] = -INF, INF
+    if hold is not None:
+        i[..., :hold[1]] = hold[0] + torch.rand(B, NH, hold[1], generator=g)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     state = None
     if init == "random":
@@ -215,6 +218,12 @@ def main():
     # DQK 512 in fp32 (32-wide DV blocks)
     sequence_case("plan_fp32_chunk256", 1, 1, 150, 64, 128, chunk=256, init="random")
     sequence_case("plan_walk_dqk512", 1, 1, 20, 512, 72, chunk=256, init="random", forward="walk", backward="walk")
+    # issue 12: the exp input gate near 90 for 32 steps, then ordinary steps and a partial last chunk; the
+    # steps past the end were stabilized by 0 in the backward, so exp(b + m_c - 0) overflowed (NaN in df,
+    # and in dk, dv, di, df through the walks)
+    sequence_case("gate90_tail", 1, 2, 40, 16, 16, hold=(90.0, 32), init="random")
+    sequence_case("gate90_tail_walk", 1, 2, 40, 16, 16, hold=(90.0, 32), init="random", forward="walk",
+                  backward="walk")
     gate_rows_case("gate_rows_exp", "exp")
     gate_rows_case("gate_rows_sigmoid", "sigmoid")
     compile_case()

@@ -36,7 +36,7 @@ CASES = ["s1", "odd_dims", "tail", "sigmoid_init", "empty_init", "masked_extreme
          "fp16", "chunk_invariance", "cp_blocks", "cp_extreme_sigmoid", "cpb_init_odd", "cpb_blocks",
          "cpb_extreme_sigmoid", "cpb_s1", "cpb_fp16", "cpb_fp16_long", "cpb_rows_blocks", "cpb_rows_blocks_sigmoid",
          "cpb_windows", "cpb_windows_extreme", "walk_odd_dims", "walk_masked_extreme", "seg_init", "seg_sigmoid_odd", "seg_empty_masked", "seg_fp16",
-         "plan_fp32_chunk256", "plan_walk_dqk512"]
+         "plan_fp32_chunk256", "plan_walk_dqk512", "gate90_tail", "gate90_tail_walk"]
 
 
 @pytest.mark.parametrize("case", CASES)

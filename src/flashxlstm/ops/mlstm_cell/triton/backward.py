@@ -101,8 +101,8 @@ def mlstm_bwd_dkv_kernel(
         m_in = tl.where(c > 0, m_in, m_init)
         m_out = tl.load(mstat + row0 + tl.minimum(c * L + L, T) - 1)
 
-        ms = finite_or_zero(m_row)
         mos = finite_or_zero(m_out)
+        ms = tl.where(mt, finite_or_zero(m_row), mos)  # steps past the end: every exp(. - ms) stays <= 1
         Dm = tl.exp(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")) - ms[:, None])
         w = tl.exp(b + m_in - ms) * scale
         u = tl.exp(g - b + li - mos)
@@ -178,7 +178,8 @@ def mlstm_bwd_dq_kernel(
         r = tl.load(rz + rows, mask=mt, other=0.0)
         dd = tl.load(dden + rows, mask=both(mt, first), other=0.0)
 
-        ms = finite_or_zero(m_row)
+        m_last = finite_or_zero(tl.load(mstat + row0 + tl.minimum(c * L + L, T) - 1))
+        ms = tl.where(mt, finite_or_zero(m_row), m_last)  # steps past the end: every exp(. - ms) stays <= 1
         Dm = tl.exp(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")) - ms[:, None])
         w = tl.exp(b + m - ms)
         dnum = (bdh.to(tl.float32) * r[:, None]).to(bv.dtype)

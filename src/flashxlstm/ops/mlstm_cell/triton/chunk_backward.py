@@ -47,14 +47,16 @@ from .common import chunk_program, finite_or_zero, load_gates, state_block, tile
 def _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L: tl.constexpr, EXP_GATE: tl.constexpr):
     """Gates and stabilizers of chunk c (steps t, mt = t < S): li, b (cumulative log forget), g (its total),
     m_in and m_out (the per-step stabilizer before the chunk's first step and at its last) and the
-    per-step stabilizers m_t, with -inf (nothing seen) as 0 where they are subtracted."""
+    per-step stabilizers m_t, with -inf (nothing seen) as 0 where they are subtracted. Steps past the end of
+    the sequence take m_out: every exp(. - m_t) of theirs then stays at most 1 (with 0, a stabilizer near +90
+    made exp(b + m_c - m_t) overflow to inf there, and inf * 0 put NaN into the chunk's sums)."""
     li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
     b = tl.cumsum(lf, 0)
     g = tl.sum(lf, 0)
     m_in = tl.load(mstat + row0 + c * L - 1, mask=c > 0, other=0.0)
     m_in = tl.where(c > 0, m_in, tl.load(m0 + bh))
     m_out = finite_or_zero(tl.load(mstat + row0 + tl.minimum(c * L + L, S) - 1))
-    m_t = finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0))
+    m_t = tl.where(mt, finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0)), m_out)
     return li, b, g, m_in, m_out, m_t
 
 
