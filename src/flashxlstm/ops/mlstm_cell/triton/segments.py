@@ -18,7 +18,7 @@ once the state entering every segment is known. That state comes from two cheap 
 
 Precision: C_seg is rounded to the input dtype by the bf16/fp16 batched matmul (torch returns that
 dtype), and the scan's float32 product follows torch's float32 matmul setting (TF32 if allowed).
-Opt-in (function.SEGMENT): measured slower where B * NH * ceil(DV / 64) already fills the GPU.
+Opt-in (function.Variant.segment_tokens): measured slower where B * NH * ceil(DV / 64) already fills the GPU.
 
 Everything here is differentiable torch, so the gradients the kernels return for the segment initial
 states flow back to q, k, v, i, f and the caller's initial state through autograd. -inf stabilizers
