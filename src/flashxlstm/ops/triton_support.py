@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Hashable, Sequence
 
@@ -36,7 +37,12 @@ def shared_memory_limit(device: torch.device) -> int:
     """Bytes of shared memory one program may request on `device` (the opt-in maximum per block)."""
     if device.type != "cuda" or interpreting():
         return INTERPRETER_SHARED_MEMORY
-    props = torch.cuda.get_device_properties(device)
+    return _cuda_shared_memory(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_shared_memory(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
     for name in ("shared_memory_per_block_optin", "max_shared_memory_per_block_optin"):
         if getattr(props, name, 0):
             return int(getattr(props, name))
@@ -57,8 +63,9 @@ class FirstCallTuner:
         self.switch = switch
         self.choices: dict[Hashable, object] = {}
 
-    def choose(self, key: Hashable, device: torch.device, default, candidates: Sequence,
+    def choose(self, key: Hashable, device: torch.device, default, candidates: Sequence | Callable[[], Sequence],
                launch: Callable[[object], object], baseline: Callable[[], object] | None = None):
+        """`candidates` may be a function returning them (evaluated only when timing)."""
         if key in self.choices:
             return self.choices[key]
         if (device.type != "cuda" or interpreting() or torch.cuda.is_current_stream_capturing()
@@ -69,7 +76,7 @@ class FirstCallTuner:
         best, best_t = default, float("inf")
         if baseline is not None:
             best, best_t = None, do_bench(baseline, warmup=5, rep=20)
-        for layout in candidates:
+        for layout in (candidates() if callable(candidates) else candidates):
             try:
                 t = do_bench(lambda: launch(layout), warmup=5, rep=20)
             except Exception:  # a layout that does not compile or fit here is not a candidate

@@ -150,8 +150,10 @@ def mlstm_layer_step_triton(
         return y if whole else head_norm_gate_triton(h, o, norm_weight, norm_bias, norm_eps)
 
     if layout is None:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
-        layout = TUNER.choose((B * NH, DQK, DV, D, v.dtype), x.device, default_layout(B * NH, DQK, DV),
-                              candidate_layouts(B * NH, DQK, DV, sms=sms), launch)
+        def candidates():
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
+            return candidate_layouts(B * NH, DQK, DV, sms=sms)
+        layout = TUNER.choose((B * NH, DQK, DV, D, v.dtype), x.device, default_layout(B * NH, DQK, DV), candidates,
+                              launch)
     lay = layout
     return launch(lay), (Cn, nn_, mn)

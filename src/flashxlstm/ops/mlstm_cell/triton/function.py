@@ -36,6 +36,7 @@ computes, why, and what limits it: docs/kernels.md.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -96,16 +97,26 @@ DEFAULT_VARIANT = Variant()
 _BUDGETS: dict[tuple, int] = {}
 
 
+@functools.lru_cache(maxsize=256)
+def _plan_cached(kind: str, elem: int, DQK: int, DV: int, chunk: int, budget: int, overrides: tuple) -> dict:
+    make = chunk_parallel_plan if kind == "cp" else walk_plan
+    return make(elem, DQK, DV, chunk, budget, dict(overrides))
+
+
+def _plan(kind: str, elem: int, DQK: int, DV: int, chunk: int, budget: int, overrides: tuple) -> dict:
+    """The launch plan (computed once per set of numbers; a fresh dict, so callers may not alter the cache)."""
+    return dict(_plan_cached(kind, elem, DQK, DV, chunk, budget, overrides))
+
+
 def _planned(kind: str, q: Tensor, DV: int, chunk: int, overrides: tuple, run):
     """run(plan) with the plan of `kind` ("cp" or "walk") for q's dtype, head dims and device; on Triton's
     OutOfResources (nothing has run yet then) the budget shrinks by the reported excess and the call repeats."""
     elem, DQK = q.element_size(), q.shape[-1]
     limit = shared_memory_limit(q.device)
     key = (kind, str(q.device), elem, DQK, DV, chunk, overrides)
-    make = chunk_parallel_plan if kind == "cp" else walk_plan
     for _ in range(6):
         budget = _BUDGETS.get(key, limit)
-        plan = make(elem, DQK, DV, chunk, budget, dict(overrides))
+        plan = _plan(kind, elem, DQK, DV, chunk, budget, overrides)
         try:
             return run(plan)
         except OutOfResources as e:
