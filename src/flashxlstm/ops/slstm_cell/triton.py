@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..triton_support import interpreting as _interpreting
+from ..triton_support import next_pow2
 from .checks import SLSTMState
 
 BB = 16
@@ -32,16 +34,6 @@ INFERENCE_WHOLE_HEAD_MAX = 64  # head dims whose no-grad forward runs one progra
 # default is to use it everywhere but on CUDA).
 
 
-def _interpreting() -> bool:
-    from ..triton_support import interpreting
-
-    return interpreting()
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1 << 30
@@ -52,7 +44,7 @@ def k_pieces(DH: int) -> tuple[int, int]:
     """Two power-of-two row counts (>= 16; the second 0 when one suffices) that cover DH with little padding:
     768 -> (512, 256), 384 -> (256, 128), 64 -> (64, 0), 20 -> (16, 16)."""
     k0 = max(16, 1 << (DH.bit_length() - 1))
-    return (k0, 0) if k0 >= DH else (k0, max(16, _next_pow2(DH - k0)))
+    return (k0, 0) if k0 >= DH else (k0, next_pow2(DH - k0))
 
 
 def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = None,
@@ -74,7 +66,7 @@ def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = N
     still (1.36 vs 1.93 ms at 8 heads of 64, B 16, T 1024), so that is the inference default there.
     """
     sms = _num_sms(device)
-    dhp = max(16, _next_pow2(DH))
+    dhp = next_pow2(DH)
     cuda = device.type == "cuda"
     limit = resident_limit if resident_limit is not None else (R_RESIDENT_MAX if cuda else R_RESIDENT_MAX_INTERPRET)
     kr0, kr1 = k_pieces(DH)
