@@ -25,7 +25,7 @@ def checkpoint(gen, directory):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5 * torch.randn(p.shape, generator=gen))
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, for_transformers=False)
     write_tokenizer(directory)
     return model.eval()
 

@@ -134,7 +134,7 @@ def test_logits_to_keep_and_errors(gen):
     last, _ = model(ids, logits_to_keep=1)
     assert last.shape == (2, 1, 61) and torch.allclose(last, full[:, -1:], atol=1e-5)
     assert full.dtype == torch.float32 and full.abs().max() <= 30
-    with pytest.raises(ValueError, match="input_ids"):
+    with pytest.raises(TypeError, match="input_ids"):
         model(ids.float())
     with pytest.raises(ValueError, match="state"):
         model(ids, state=((None,),))

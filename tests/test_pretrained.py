@@ -33,18 +33,18 @@ def ids(gen):
 
 def test_hub_roundtrip_single_sharded_and_fused(model, ids, tmp_path):
     ref = model(ids)[0]
-    model.save_pretrained(tmp_path / "one")
+    model.save_pretrained(tmp_path / "one", for_transformers=False)
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "one" / "config.json").read_text())
-    assert config["model_type"] == "xlstm" and config["hidden_size"] == config["embedding_dim"] == 48
+    assert config["model_type"] == "flashxlstm-large" and config["hidden_size"] == config["embedding_dim"] == 48
     assert torch.equal(from_pretrained(tmp_path / "one")(ids)[0], ref)
 
-    model.save_pretrained(tmp_path / "many", max_shard_size="20KB")
+    model.save_pretrained(tmp_path / "many", max_shard_size="20KB", for_transformers=False)
     index = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2 and set(index["weight_map"]) == set(model.state_dict())
     fused = from_pretrained(tmp_path / "many", weight_mode="fused")
     assert fused.config.weight_mode == "fused" and rel(fused(ids)[0], ref) < 1e-6
-    fused.save_pretrained(tmp_path / "many", max_shard_size="1MB")  # resave over it: stale shards go
+    fused.save_pretrained(tmp_path / "many", max_shard_size="1MB", for_transformers=False)  # resave over it: stale shards go
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["config.json", "model.safetensors"]
     assert rel(from_pretrained(tmp_path / "many")(ids)[0], ref) < 1e-6
 
@@ -54,7 +54,7 @@ def test_hub_roundtrip_single_sharded_and_fused(model, ids, tmp_path):
 
 def test_query_key_value_names_and_nxai_layout(model, ids, tmp_path):
     ref = model(ids)[0]
-    model.save_pretrained(tmp_path / "qkv")
+    model.save_pretrained(tmp_path / "qkv", for_transformers=False)
     weights = load_file(tmp_path / "qkv" / "model.safetensors")
     renamed = {k.replace(".q.", ".query.").replace(".k.", ".key.").replace(".v.", ".value."): v for k, v in weights.items()}
     save_file(renamed, tmp_path / "qkv" / "model.safetensors")
@@ -71,7 +71,7 @@ def test_query_key_value_names_and_nxai_layout(model, ids, tmp_path):
 
 
 def test_sizes_come_from_the_tensors_when_the_config_disagrees(model, ids, tmp_path):
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, for_transformers=False)
     config = json.loads((tmp_path / "config.json").read_text())
     config["ffn_proj_factor"] = 1.0  # would give a 64-wide FFN; the tensors say otherwise
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -103,14 +103,14 @@ def test_clear_errors(model, tmp_path):
     with pytest.raises(ValueError, match="unknown model_type 'llama'"):
         from_pretrained(tmp_path / "junk")
 
-    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB", for_transformers=False)
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     shard = sorted(set(index["weight_map"].values()))[1]
     (tmp_path / "sharded" / shard).unlink()
     with pytest.raises(FileNotFoundError, match=f"missing shard .*{shard}"):
         from_pretrained(tmp_path / "sharded")
 
-    model.save_pretrained(tmp_path / "bad")
+    model.save_pretrained(tmp_path / "bad", for_transformers=False)
     weights = load_file(tmp_path / "bad" / "model.safetensors")
     key = "backbone.blocks.1.mlstm_layer.out_proj.weight"
     weights[key] = torch.zeros(48, 40)

@@ -2,7 +2,7 @@
 from . import ops
 from .checkpoints.official import from_official, to_official
 from .models.xlstm_lm import xLSTMLM, xLSTMLMConfig
-from .checkpoints.pretrained import from_pretrained
+from .models.auto import from_pretrained
 from .models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 
 __version__ = "0.1.0"

@@ -24,11 +24,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ..nn.swiglu import round_up
 from .atomic import atomic_file, write_json_atomic
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+FLASHXLSTM_LARGE_TYPE = "flashxlstm-large"
 SHARD_PATTERN = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 # flashxlstm-only fields that transformers' config must not see (sizes are carried by the tensors)
@@ -68,15 +70,41 @@ def split_fused(key: str, tensor: torch.Tensor, config: Any) -> list[tuple[str, 
     return [(key, tensor)]
 
 
-def hub_config(config: Any, dtype: torch.dtype) -> dict[str, Any]:
+def transformers_incompatibility(config: Any) -> str | None:
+    """Why transformers' xLSTMForCausalLM cannot run a model of this config, or None when it can.
+
+    transformers sizes the q/k/v projections as int(hidden_size * factor) but its recurrent cache as that size
+    rounded up to a multiple of 64 (then split over the heads), so the two agree only when the q/k and v widths
+    are multiples of 64; it derives every size from the factors, so explicit sizes must equal those.
+    """
+    D = config.embedding_dim
+    qk, v = int(D * config.qk_dim_factor), int(D * config.v_dim_factor)
+    ffn = round_up(D * config.ffn_proj_factor, config.ffn_round_up_to_multiple_of)
+    for name, theirs, ours in (("qk_dim", qk, config.qk_head_dim_total), ("v_dim", v, config.v_head_dim_total),
+                               ("ffn_dim", ffn, config.ffn_hidden_dim)):
+        if theirs != ours:
+            return (f"its {name} is {ours}, but transformers derives {theirs} from the config's factors "
+                    f"(embedding_dim {D})")
+    for name, size in (("q/k width (embedding_dim * qk_dim_factor)", qk), ("v width (embedding_dim * v_dim_factor)", v)):
+        if size % 64:
+            return (f"its {name} is {size}, not a multiple of 64: transformers sizes its recurrent cache with the "
+                    f"width rounded up to 64, so it fails (\"The expanded size of the tensor ...\")")
+    return None
+
+
+def hub_config(config: Any, dtype: torch.dtype, for_transformers: bool = True) -> dict[str, Any]:
     d = {k: v for k, v in config.to_dict().items() if k not in _NOT_FOR_HUB}
+    for name in ("qk_dim_factor", "v_dim_factor", "ffn_proj_factor", "norm_eps", "eps"):
+        d[name] = float(d[name])  # transformers' config rejects ints in float fields
+    if not for_transformers:  # explicit sizes; a model_type transformers does not claim
+        d.update({k: getattr(config, k) for k in ("qk_dim", "v_dim", "ffn_dim")})
     d.update(
-        model_type="xlstm", architectures=["xLSTMForCausalLM"], hidden_size=config.embedding_dim,
+        model_type="xlstm" if for_transformers else FLASHXLSTM_LARGE_TYPE,
+        architectures=["xLSTMForCausalLM" if for_transformers else "xLSTMLarge"], hidden_size=config.embedding_dim,
         num_hidden_layers=config.num_blocks, torch_dtype=str(dtype).removeprefix("torch."), weight_mode="single",
         mode="inference", return_last_states=True,
     )
     return d
-
 
 
 def plan_shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
@@ -92,8 +120,18 @@ def plan_shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
     return shards
 
 
-def save_large_pretrained(model: torch.nn.Module, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> Path:
+def save_large_pretrained(model: torch.nn.Module, path: str | os.PathLike, max_shard_size: int | str = "5GB",
+                          for_transformers: bool = True) -> Path:
+    """Write the model in the hub layout. for_transformers=True (default) refuses a shape transformers'
+    xLSTMForCausalLM cannot run (see transformers_incompatibility); for_transformers=False writes it anyway
+    with model_type "flashxlstm-large", which flashxlstm loads and transformers declines by name."""
     max_bytes = parse_size(max_shard_size)
+    if for_transformers:
+        why = transformers_incompatibility(model.config)
+        if why is not None:
+            raise ValueError(f"save_pretrained: transformers' xLSTMForCausalLM cannot run this model: {why}. Pick "
+                             "a shape it runs, or pass for_transformers=False to write a checkpoint only "
+                             "flashxlstm reads (model_type 'flashxlstm-large')")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"save_pretrained: {path} exists and is not a directory")
@@ -117,7 +155,7 @@ def save_large_pretrained(model: torch.nn.Module, path: str | os.PathLike, max_s
         write_json_atomic(path / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
     else:
         (path / INDEX_NAME).unlink(missing_ok=True)
-    write_json_atomic(path / CONFIG_NAME, hub_config(model.config, dtype))
+    write_json_atomic(path / CONFIG_NAME, hub_config(model.config, dtype, for_transformers))
     for stale in path.iterdir():
         if SHARD_PATTERN.fullmatch(stale.name) and stale.name not in names:
             stale.unlink()

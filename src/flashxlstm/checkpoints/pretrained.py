@@ -27,10 +27,10 @@ from safetensors import safe_open
 
 from ..models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from .atomic import checked_directory, read_json_object
-from .hub import CONFIG_NAME, FUSED_PARTS, INDEX_NAME, SINGLE_WEIGHTS, split_fused
+from .hub import CONFIG_NAME, FLASHXLSTM_LARGE_TYPE, FUSED_PARTS, INDEX_NAME, SINGLE_WEIGHTS, split_fused
 from .native import NEURIPS_MODEL_TYPE
 
-LARGE_MODEL_TYPES = ("xlstm", "xlstm_large", "xlstm-large", "xlstm_7b")
+LARGE_MODEL_TYPES = ("xlstm", "xlstm_large", "xlstm-large", "xlstm_7b", FLASHXLSTM_LARGE_TYPE)
 
 _RENAMES = ((re.compile(r"\.mlstm_layer\.query\."), ".mlstm_layer.q."),
             (re.compile(r"\.mlstm_layer\.key\."), ".mlstm_layer.k."),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import math
 import sys
 from pathlib import Path
 
@@ -67,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 0:
         raise CLIError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise CLIError(f"--temperature must be >= 0, got {args.temperature}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise CLIError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
+    if args.top_p is not None and not math.isfinite(args.top_p):
+        raise CLIError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.top_k < 0:
         raise CLIError(f"--top-k must be >= 0, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:

@@ -6,7 +6,7 @@
 The runner owns static buffers: the input tokens (B, 1) and the state. Two ways to carry the state:
 - ping-pong (the model's forward accepts `state_out`, as xLSTMLarge does): two state sets A and B, and the
   step alternates A -> B and B -> A (two graphs on CUDA); the new state is written once, never copied.
-- copy (any model): the step runs `logits, new = model(tokens, state=A)` and copies new into A.
+- copy (any model): the step runs `out = model(tokens, state=A)` and copies out.state into A.
 On CUDA each step is one graph replay with no host synchronisation. On the CPU (or with graph=False) the
 very same step function runs eagerly on the same buffers, so the static-buffer decode loop is one code path
 that the CPU tests cover; only capture and replay are CUDA-specific. The model never modifies the state it
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..nn.state import State, map_state
+from .generate import logits_and_state
 
 
 def state_leaves(state: State) -> list[Tensor]:
@@ -80,9 +81,9 @@ class StaticDecodeStep:
         """The step itself: reads the token buffer and the turn's source state, writes its destination."""
         src, dst = self._turns[turn]
         if self.pingpong:
-            logits, _ = self._fn(self._tokens, state=src, state_out=dst)
+            logits, _ = logits_and_state(self._fn(self._tokens, state=src, state_out=dst))
             return logits
-        logits, new = self._fn(self._tokens, state=src)
+        logits, new = logits_and_state(self._fn(self._tokens, state=src))
         new_leaves, bufs = state_leaves(new), state_leaves(src)
         if len(new_leaves) != len(bufs):
             raise ValueError("StaticDecodeStep: the model returned a state with a different structure")

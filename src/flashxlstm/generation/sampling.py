@@ -1,4 +1,5 @@
-"""Choosing the next token from last-position logits: greedy, temperature, top-k and nucleus (top-p).
+"""Choosing the next token from last-position logits: logits processing (repetition penalty, banned tokens),
+then greedy, or sampling with temperature, top-k and nucleus (top-p), in transformers' order.
 
 Pure tensor functions: no host synchronisation, so they can run inside a captured decode step.
 Seeded sampling is reproducible: pass the same `torch.Generator` state and get the same tokens.
@@ -9,13 +10,17 @@ import torch
 from torch import Tensor
 
 
-def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not temperature > 0:
-        raise ValueError(f"generate: temperature must be > 0, got {temperature!r} (use do_sample=False for greedy)")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"generate: top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
+def process_logits(logits: Tensor, *, seen: Tensor | None = None, repetition_penalty: float = 1.0,
+                   banned: Tensor | None = None) -> Tensor:
+    """logits (B, V) float -> processed logits: tokens in `seen` (B, V) bool penalised as in transformers
+    (positive logits divided by the penalty, negative ones multiplied), `banned` ids (e.g. EOS before
+    min_new_tokens) set to -inf. Returns a new tensor."""
+    if seen is not None and repetition_penalty != 1.0:
+        penalised = torch.where(logits < 0, logits * repetition_penalty, logits / repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if banned is not None:
+        logits = logits.index_fill(-1, banned, float("-inf"))
+    return logits
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -39,10 +44,11 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
 def next_token(
     logits: Tensor, *, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
     top_p: float | None = None, generator: torch.Generator | None = None,
-) -> Tensor:
-    """logits (B, V) -> next token ids (B,) int64. Greedy (argmax) unless do_sample."""
+) -> tuple[Tensor, Tensor]:
+    """logits (B, V) -> (next token ids (B,) int64, the scores the choice was made from (B, V)).
+    Greedy (argmax, logits as they are) unless do_sample (temperature, then top-k, then top-p)."""
     if not do_sample:
-        return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return logits.argmax(dim=-1), logits
+    scores = filter_logits(logits.float() / temperature, top_k, top_p)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), scores

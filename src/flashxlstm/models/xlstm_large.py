@@ -4,14 +4,16 @@
     per block: x = x + mLSTMLayer(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))
     logits = 30 * tanh(lm_head(RMSNorm(x)) / 30)
 
-`logits, state = model(input_ids, state=None)` for any length; state is a tuple with one (C, n, m) per
-block, float32 whatever the model dtype, never modified in place (a new tuple is returned). None starts
+`out = model(input_ids, state=None, attention_mask=None, labels=None)` for any length: out.logits (B, S, V)
+float32, out.state a tuple with one mLSTMCellState(C, n, m) per block, float32 whatever the model dtype,
+never modified in place (a new tuple is returned), out.loss with labels (flashxlstm.models.base). None starts
 from zeros (m = 0, the TFLA/xLSTMLarge convention). Parameter names are those of the Hugging Face hub
 checkpoints (backbone.embeddings.weight, backbone.blocks.{i}...., lm_head.weight), so the hub layout loads
 and saves without renaming.
 
 The config carries the official `xLSTMLargeConfig` field names and defaults; the four size fields default
-to the 7B (the official package makes them required). Official kernel-selection fields (chunkwise_kernel,
+to the 7B (the official package makes them required). transformers' names are accepted too (hidden_size,
+num_hidden_layers; its kernel-selection fields are accepted and ignored). Official kernel-selection fields (chunkwise_kernel,
 mode, ...) belong to mlstm_kernels and are ignored by `from_dict`; `backend` / `step_backend` choose
 flashxlstm's mLSTM forms instead.
 """
@@ -30,10 +32,17 @@ from ..ops.fused import add_rms_norm
 from ..ops.fused.linear import linear_decode
 from ..nn.large_norms import MultiHeadLayerNorm, RMSNorm
 from ..nn.swiglu import SwiGLU, round_up
+from .base import (CausalLMOutput, accept_hf_names, check_attention_mask, check_input_ids, check_token_type_ids,
+                   xLSTMPreTrainedModel)
 
-LargeState = tuple  # tuple over blocks of (C, n, m)
+LargeState = tuple  # tuple over blocks of mLSTMCellState(C, n, m)
+
+# transformers' xLSTMConfig fields that choose its own kernels: no meaning here
+HF_KERNEL_FIELDS = ("chunkwise_kernel", "sequence_kernel", "step_kernel", "mode", "return_last_states",
+                    "autocast_kernel_dtype", "inference_state_dtype", "max_inference_chunksize", "use_cache")
 
 
+@accept_hf_names({"hidden_size": "embedding_dim", "num_hidden_layers": "num_blocks"}, ignored=HF_KERNEL_FIELDS)
 @dataclass
 class xLSTMLargeConfig:
     embedding_dim: int = 4096
@@ -182,8 +191,10 @@ class xLSTMLargeBackbone(nn.Module):
         return add_rms_norm(x, pending, norm.weight, norm.bias, norm.eps, backend="triton")[1], tuple(new_state)
 
 
-class xLSTMLarge(nn.Module):
+class xLSTMLarge(xLSTMPreTrainedModel):
     """The xLSTM-7B family language model. See the module docstring for the interface."""
+
+    config_class = xLSTMLargeConfig
 
     def __init__(self, config: xLSTMLargeConfig | None = None, **overrides):
         super().__init__()
@@ -233,56 +244,41 @@ class xLSTMLarge(nn.Module):
 
     def forward(
         self, input_ids: Tensor, state: LargeState | None = None, attention_mask: Tensor | None = None,
-        logits_to_keep: int = 0, state_out: LargeState | None = None, cu_seqlens: Tensor | None = None,
-    ) -> tuple[Tensor, LargeState]:
-        """input_ids (B, S) -> logits (B, S, V) float32 (the last `logits_to_keep` positions if > 0), new state.
+        labels: Tensor | None = None, *, logits_to_keep: int = 0, state_out: LargeState | None = None,
+        cu_seqlens: Tensor | None = None, return_dict: bool | None = None, use_cache: bool | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> CausalLMOutput:
+        """input_ids (B, S) -> output with logits (B, S, V) float32 (the last `logits_to_keep` positions if > 0),
+        the new state and, with labels, the loss. return_dict=False: the tuple (loss, logits, state) without
+        None entries; use_cache=False leaves the state out.
 
         attention_mask (B, S): 0 marks padding that must not touch the state (left padding for generation).
         cu_seqlens: packed documents in a (1, S) input, each from an empty state (nn/packing.py).
         state_out: for one token (S == 1) with a state, preallocated buffers shaped like the state that receive
         the new state (CUDA-graph decoding ping-pongs two such sets); they must not overlap `state`.
         """
-        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-            got = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, Tensor) else type(input_ids).__name__
-            raise ValueError(f"xLSTMLarge: input_ids must be an integer tensor of shape (B, S), got {got}")
-        if input_ids.shape[1] == 0:
-            raise ValueError("xLSTMLarge: input_ids must hold at least one position (S >= 1)")
+        check_input_ids("xLSTMLarge", input_ids, self.config.vocab_size)
+        check_token_type_ids("xLSTMLarge", token_type_ids)
+        mask = check_attention_mask("xLSTMLarge", attention_mask, input_ids)
         if state is not None and (not isinstance(state, (tuple, list)) or len(state) != self.config.num_blocks):
             raise ValueError(f"xLSTMLarge: state must be a tuple of {self.config.num_blocks} per-block (C, n, m) tuples")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"xLSTMLarge: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(attention_mask.shape)}")
         if state_out is not None and (state is None or input_ids.shape[1] != 1):
             raise ValueError("xLSTMLarge: state_out needs a state and a single token (S == 1)")
-        fused = cu_seqlens is None and self.backbone.decodes_fused(input_ids, state, attention_mask)
-        x, state = self.backbone(input_ids, state, attention_mask, state_out, cu_seqlens=cu_seqlens)
+        if labels is not None and logits_to_keep:
+            raise ValueError("xLSTMLarge: labels need the logits of every position; do not pass logits_to_keep")
+        if cu_seqlens is not None and mask is not None:
+            raise ValueError("xLSTMLarge: pass cu_seqlens (packed documents) or attention_mask (padding), not both")
+        fused = cu_seqlens is None and self.backbone.decodes_fused(input_ids, state, mask)
+        x, state = self.backbone(input_ids, state, mask, state_out, cu_seqlens=cu_seqlens)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = linear_decode(x, self.lm_head.weight) if fused else self.lm_head(x)
         logits = soft_cap(logits.float(), self.config.output_logit_soft_cap)
-        return logits, state
+        return self._finish_forward(logits, state, labels, mask, return_dict, use_cache)
 
-    def generate(self, input_ids: Tensor, max_new_tokens: int = 20, **kwargs) -> Tensor:
-        """Like transformers' generate; see `flashxlstm.generation.generate` for the arguments.
-        eos_token_id defaults to None (run the full length); pad_token_id to the config's; on CUDA the
-        decode step runs as a captured CUDA graph (use_cuda_graph=False to turn it off)."""
-        from ..generation import generate
-
-        kwargs.setdefault("pad_token_id", self.config.pad_token_id)
-        kwargs.setdefault("use_cuda_graph", input_ids.is_cuda)
-        return generate(self, input_ids, max_new_tokens, **kwargs)
-
-    def save_pretrained(self, path, max_shard_size: int | str = "5GB") -> None:
-        """Write the Hugging Face hub layout (config.json + safetensors shards + index), atomically."""
+    def _save(self, path, max_shard_size: int | str = "5GB", for_transformers: bool = True) -> None:
+        """Write the Hugging Face hub layout (config.json + safetensors shards + index), atomically; see
+        flashxlstm.checkpoints.hub.save_large_pretrained for `for_transformers`."""
         from ..checkpoints.hub import save_large_pretrained
 
-        save_large_pretrained(self, path, max_shard_size=max_shard_size)
-
-    @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, **config_overrides) -> "xLSTMLarge":
-        from ..checkpoints.pretrained import load_large
-
-        return load_large(path, dtype=dtype, device=device, **config_overrides)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        save_large_pretrained(self, path, max_shard_size=max_shard_size, for_transformers=for_transformers)

@@ -2,13 +2,17 @@
 
     cfg = xLSTMLMConfig(vocab_size=256, embedding_dim=128, num_blocks=2, slstm_at="xlstm[1:1]")
     model = xLSTMLM(cfg)                          # official initialisation
-    logits, state = model(input_ids, state=None)  # (B, S) ids -> (B, S, V) logits, state for the next call
+    out = model(input_ids, state=None)            # (B, S) ids -> out.logits (B, S, V), out.state for the next call
+    out = model(input_ids, labels=input_ids)      # out.loss: shifted next-token cross-entropy
     y, state = model.stack(x, state=None)         # the xLSTMBlockStack alone: (B, S, D) -> (B, S, D)
 
-The state is a tuple with one entry per block: (conv, C, n, m) for mLSTM blocks, (conv, c, n, m, h) for
-sLSTM blocks. Feeding a sequence in pieces and carrying the state gives the one-pass result. Field names follow
-the official `xlstm` configs, flattened (mlstm_* for the mLSTM layer, slstm_* for the sLSTM layer, ffn_* for the
-sLSTM block's feed-forward). There is no context length.
+The state is a tuple with one typed entry per block (flashxlstm.nn.state): mLSTMLayerState(conv, C, n, m)
+for mLSTM blocks, sLSTMLayerState(conv, c, n, m, h) for sLSTM blocks. Feeding a sequence in pieces and
+carrying the state gives the one-pass result. `attention_mask` (B, S), 0 at padding: padded positions do not
+exist for the model (their logits are 0, they touch no state), wherever they are; rows with the same number
+of real tokens run together. Field names follow the official `xlstm` configs, flattened (mlstm_* for the
+mLSTM layer, slstm_* for the sLSTM layer, ffn_* for the sLSTM block's feed-forward); transformers' names
+(hidden_size, num_hidden_layers, tie_word_embeddings) are accepted too. There is no context length.
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ from ..nn.feedforward import ACTIVATIONS, GatedFeedForward, up_proj_dim
 from ..nn.init import small_init_
 from ..nn.norms import OffsetLayerNorm
 from ..nn.slstm_layer import BIAS_INITS, RECURRENT_INITS
+from ..nn.state import merge_rows, select_rows
+from .base import (CausalLMOutput, accept_hf_names, check_attention_mask, check_input_ids, check_token_type_ids,
+                   xLSTMPreTrainedModel)
 
 _RATIO = re.compile(r"^\s*xlstm\s*\[\s*(\d+)\s*:\s*(\d+)\s*\]\s*$", re.IGNORECASE)
 
@@ -46,6 +53,8 @@ def slstm_positions(ratio: str, num_blocks: int) -> list[int]:
     return [j for j in range(num_blocks) if ((j + 1) * b) // (a + b) > (j * b) // (a + b)]
 
 
+@accept_hf_names({"hidden_size": "embedding_dim", "num_hidden_layers": "num_blocks",
+                  "tie_word_embeddings": "tie_weights"})
 @dataclass
 class xLSTMLMConfig:
     vocab_size: int | None = None  # required by xLSTMLM, unused by the stack alone
@@ -79,6 +88,10 @@ class xLSTMLMConfig:
     ffn_act_fn: str = "gelu"
     ffn_bias: bool = False
     ffn_dropout: float = 0.0
+    # special tokens (a byte-level model has none): generate stops at eos_token_id and pads with pad_token_id
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str, allow_zero: bool = False) -> None:
@@ -155,7 +168,7 @@ class xLSTMLMConfig:
     def from_dict(cls, d: dict[str, Any]) -> "xLSTMLMConfig":
         if not isinstance(d, dict):
             raise TypeError(f"xLSTMLMConfig.from_dict: expected a dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | set(cls.hf_aliases)
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"xLSTMLMConfig.from_dict: unknown keys {unknown}; valid keys: {sorted(known)}")
@@ -203,18 +216,24 @@ class xLSTMBlockStack(nn.Module):
         """The state of a model that has seen nothing (what state=None means)."""
         return tuple(block.initial_state(batch_size, device, dtype) for block in self.blocks)
 
-    def forward(self, x: Tensor, state: tuple | None = None, cu_seqlens: Tensor | None = None) -> tuple[Tensor, tuple]:
-        check_sequence_input("xLSTMBlockStack", x, self.config.embedding_dim)
-        if state is None:
-            state = (None,) * len(self.blocks)
-        elif not isinstance(state, (tuple, list)) or len(state) != len(self.blocks):
+    def check_state(self, state: Any, batch_size: int) -> None:
+        """A clear error unless `state` is one (None or typed) state per block for `batch_size` rows."""
+        if not isinstance(state, (tuple, list)) or len(state) != len(self.blocks):
             got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
             raise ValueError(f"xLSTMBlockStack: state must be a tuple with one entry per block "
                              f"({len(self.blocks)}: {self.config.block_types}), got {got}")
         for j, (block, st) in enumerate(zip(self.blocks, state)):
             if st is not None:
                 check_state(f"xLSTMBlockStack: block {j} ({block.kind})", st, block.layer.state_fields,
-                            block.layer.state_shapes(x.shape[0]))
+                            block.layer.state_shapes(batch_size))
+
+    def forward(self, x: Tensor, state: tuple | None = None, cu_seqlens: Tensor | None = None) -> tuple[Tensor, tuple]:
+        """cu_seqlens: packed documents in a (1, S) input, each from an empty state (nn/packing.py)."""
+        check_sequence_input("xLSTMBlockStack", x, self.config.embedding_dim)
+        if state is None:
+            state = (None,) * len(self.blocks)
+        else:
+            self.check_state(state, x.shape[0])
         new_state = []
         for block, st in zip(self.blocks, state):
             x, st = block(x, st, cu_seqlens=cu_seqlens) if cu_seqlens is not None else block(x, st)
@@ -224,8 +243,10 @@ class xLSTMBlockStack(nn.Module):
         return x, tuple(new_state)
 
 
-class xLSTMLM(nn.Module):
+class xLSTMLM(xLSTMPreTrainedModel):
     """Token embedding, xLSTMBlockStack, lm_head (optionally tied to the embedding)."""
+
+    config_class = xLSTMLMConfig
 
     def __init__(self, config: xLSTMLMConfig):
         super().__init__()
@@ -252,26 +273,56 @@ class xLSTMLM(nn.Module):
     def initial_state(self, batch_size: int, device=None, dtype=torch.float32) -> tuple:
         return self.stack.initial_state(batch_size, device, dtype)
 
-    def forward(self, input_ids: Tensor, state: tuple | None = None, cu_seqlens: Tensor | None = None
-                ) -> tuple[Tensor, tuple]:
-        """input_ids (B, S) integer -> logits (B, S, V) and the state after the last token.
-        cu_seqlens: packed documents in a (1, S) input, each from an empty state (nn/packing.py)."""
-        if not isinstance(input_ids, Tensor):
-            raise TypeError(f"xLSTMLM: input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"xLSTMLM: input_ids must be int64 or int32 token ids, got dtype {input_ids.dtype}")
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"xLSTMLM: input_ids must have shape (B, S) with S >= 1, got {tuple(input_ids.shape)}")
-        if torch.compiler.is_compiling():  # no host sync in a traced graph: the check runs on the device
-            torch._assert_async(((input_ids >= 0) & (input_ids < self.config.vocab_size)).all(),
-                                f"xLSTMLM: token ids must lie in [0, {self.config.vocab_size})")
-        elif not (input_ids.is_cuda and torch.cuda.is_current_stream_capturing()):  # a graph capture cannot sync
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"xLSTMLM: token ids must lie in [0, {self.config.vocab_size}), got values in [{lo}, {hi}]")
+    def forward(
+        self, input_ids: Tensor, state: tuple | None = None, attention_mask: Tensor | None = None,
+        labels: Tensor | None = None, *, logits_to_keep: int = 0, return_dict: bool | None = None,
+        use_cache: bool | None = None, token_type_ids: Tensor | None = None, cu_seqlens: Tensor | None = None,
+    ) -> CausalLMOutput:
+        """input_ids (B, S) integer -> output with logits (B, S, V) (the last `logits_to_keep` positions if > 0),
+        the state after the last token and, with labels, the loss (see flashxlstm.models.base).
+        return_dict=False gives the tuple (loss, logits, state) without None entries; use_cache=False leaves
+        the state out. cu_seqlens: packed documents in a (1, S) input, each from an empty state (nn/packing.py)."""
+        check_input_ids("xLSTMLM", input_ids, self.config.vocab_size)
+        check_token_type_ids("xLSTMLM", token_type_ids)
+        mask = check_attention_mask("xLSTMLM", attention_mask, input_ids)
+        if labels is not None and logits_to_keep:
+            raise ValueError("xLSTMLM: labels need the logits of every position; do not pass logits_to_keep")
+        if cu_seqlens is not None and mask is not None:
+            raise ValueError("xLSTMLM: pass cu_seqlens (packed documents) or attention_mask (padding), not both")
         x = self.emb_dropout(self.token_embedding(input_ids))
-        x, state = self.stack(x, state, cu_seqlens=cu_seqlens)
-        return self.lm_head(x), state
+        x, state = self.stack(x, state, cu_seqlens=cu_seqlens) if mask is None else self._stack_masked(x, state, mask)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self._finish_forward(self.lm_head(x), state, labels, mask, return_dict, use_cache)
+
+    def _stack_masked(self, x: Tensor, state: tuple | None, mask: Tensor) -> tuple[Tensor, tuple]:
+        """The stack over the real positions of each row only: rows with the same number of real tokens are
+        gathered (in order) into one batch, run from their own state and scattered back; padding gets 0."""
+        B, S, D = x.shape
+        if state is None:
+            state = self.initial_state(B, x.device, x.dtype)
+        else:
+            self.stack.check_state(state, B)
+            state = tuple(self.stack.blocks[j].initial_state(B, x.device, x.dtype) if st is None else st
+                          for j, st in enumerate(state))
+        counts = mask.sum(dim=1)
+        out = x.new_zeros(B, S, D)
+        for n in counts.unique().tolist():
+            if n == 0:  # a row of padding only: no output, state unchanged
+                continue
+            rows = (counts == n).nonzero().squeeze(1)
+            r_idx, t_idx = mask[rows].nonzero(as_tuple=True)  # row-major: each row's real positions in order
+            y, rows_state = self.stack(x[rows[r_idx], t_idx].view(len(rows), n, D), select_rows(state, rows))
+            out = out.index_put((rows[r_idx], t_idx), y.reshape(-1, D))
+            state = merge_rows(state, rows_state, rows)
+        return out, state
+
+    def _save(self, path, **kwargs) -> None:
+        from ..checkpoints.native import save_model
+
+        if kwargs:
+            raise TypeError(f"xLSTMLM.save_pretrained: unexpected arguments {sorted(kwargs)}")
+        save_model(self, path)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups as in the paper: decay on weight matrices only, not on norms, biases or the embedding."""

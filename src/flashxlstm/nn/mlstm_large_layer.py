@@ -28,6 +28,7 @@ from ..ops.fused.linear import linear_decode
 from ..ops.mlstm_cell import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
 from .large_norms import MultiHeadLayerNorm
 from .packing import check_cu_seqlens
+from .state import mLSTMCellState
 
 
 def soft_cap(x: Tensor, cap: float | None) -> Tensor:
@@ -41,11 +42,12 @@ def step_into(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, state: MLST
     if name == "triton" and state is not None:
         B, NH, _ = q.shape
         h = torch.empty(B, NH, v.shape[-1], dtype=v.dtype, device=v.device)
-        return STEP_BACKENDS["triton"](q, k, v, i, f, state, eps=eps, out=(h, *state_out))
+        h, new = STEP_BACKENDS["triton"](q, k, v, i, f, state, eps=eps, out=(h, *state_out))
+        return h, mLSTMCellState(*new)
     h, new = mlstm_step(q, k, v, i, f, state=state, backend=backend, eps=eps)
     for buf, t in zip(state_out, new):
         buf.copy_(t)
-    return h, tuple(state_out)
+    return h, mLSTMCellState(*state_out)
 
 
 def mask_gates(i: Tensor, f: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -120,7 +122,7 @@ class mLSTMLargeLayer(nn.Module):
         y, state = mlstm_layer_step(x2, heads(q), heads(k), heads(v), o, w_i, w_f, b_i, b_f, state, norm.weight,
                                     norm.bias, gate_soft_cap=self.gate_soft_cap, eps=self.eps, norm_eps=norm.eps,
                                     out=state_out, backend="triton")
-        return linear_decode(y, self.out_proj.weight, self.out_proj.bias)[:, None], state
+        return linear_decode(y, self.out_proj.weight, self.out_proj.bias)[:, None], mLSTMCellState(*state)
 
     def forward(
         self, x: Tensor, state: MLSTMState | None = None, attention_mask: Tensor | None = None,
@@ -154,4 +156,4 @@ class mLSTMLargeLayer(nn.Module):
                 raise ValueError("mLSTM layer: state_out is for single-token steps (S == 1)")
             h, state = mlstm(q, k, v, i, f, state=state, backend=self.backend, chunk_size=self.chunk_size, eps=self.eps)
         h = self.multihead_norm(h.transpose(1, 2))  # (B, S, v_dim)
-        return self.out_proj(torch.sigmoid(o) * h), state
+        return self.out_proj(torch.sigmoid(o) * h), mLSTMCellState(*state)

@@ -23,8 +23,7 @@ from .init import linspace_, small_init_, wang_init_
 from .linear_headwise import HeadwiseLinear
 from .norms import MultiHeadNorm
 from .packing import check_cu_seqlens
-
-MLSTMLayerState = tuple  # (conv | None, C, n, m)
+from .state import mLSTMLayerState as MLSTMLayerState
 
 
 class mLSTMLayer(nn.Module):
@@ -84,7 +83,7 @@ class mLSTMLayer(nn.Module):
         """The empty state: zero conv window (in `dtype`), C = 0, n = 0, m = -inf (float32 cell state)."""
         NH, DH = self.num_heads, self.head_dim
         cdt = torch.float64 if dtype == torch.float64 else torch.float32
-        return (
+        return MLSTMLayerState(
             self.conv.zero_state(batch_size, device, dtype),
             torch.zeros(batch_size, NH, DH, DH, device=device, dtype=cdt),
             torch.zeros(batch_size, NH, DH, device=device, dtype=cdt),
@@ -130,4 +129,4 @@ class mLSTMLayer(nn.Module):
                                       cu_seqlens=cu_seqlens)
         h = self.outnorm(h.transpose(1, 2)).reshape(B, S, self.inner_dim)
         y = self.proj_down((h + self.learnable_skip * x_c) * F.silu(z))
-        return self.dropout(y), (conv_state, *cell_state)
+        return self.dropout(y), MLSTMLayerState(conv_state, *cell_state)

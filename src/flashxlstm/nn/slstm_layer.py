@@ -24,10 +24,10 @@ from .init import linspace_, powerlaw_forget_bias
 from .linear_headwise import HeadwiseLinear
 from .norms import MultiHeadNorm
 from .packing import check_cu_seqlens, run_documents_batched
+from .state import sLSTMLayerState as SLSTMLayerState
 
 BIAS_INITS = ("powerlaw_blockdependent", "small_init", "standard", "zeros")
 RECURRENT_INITS = ("zeros", "standard")
-SLSTMLayerState = tuple  # (conv | None, c, n, m, h)
 
 
 class sLSTMLayer(nn.Module):
@@ -90,7 +90,7 @@ class sLSTMLayer(nn.Module):
     def initial_state(self, batch_size: int, device=None, dtype=torch.float32) -> SLSTMLayerState:
         cdt = torch.float64 if dtype == torch.float64 else torch.float32
         zeros = lambda: torch.zeros(batch_size, self.num_heads, self.head_dim, device=device, dtype=cdt)
-        return (self.conv.zero_state(batch_size, device, dtype), zeros(), zeros(), zeros(), zeros())
+        return SLSTMLayerState(self.conv.zero_state(batch_size, device, dtype), zeros(), zeros(), zeros(), zeros())
 
     def gate_preactivations(self, x: Tensor, x_c: Tensor) -> Tensor:
         """(B, S, D) inputs -> (B, S, 4, NH, DH) pre-activations W x in gate order (i, f, z, o)."""
@@ -131,4 +131,4 @@ class sLSTMLayer(nn.Module):
                 lambda g, st: ops.slstm(g, self.recurrent_kernel, self.bias, state=st, backend=self.backend,
                                         forget_gate=self.forget_gate), gates, cu_seqlens)
         y = self.norm(self.dropout(h.to(x.dtype))).reshape(B, S, self.dim)
-        return y, (conv_state, *cell_state)
+        return y, SLSTMLayerState(conv_state, *cell_state)
