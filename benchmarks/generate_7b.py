@@ -178,7 +178,6 @@ def main() -> int:
     args = parser.parse_args()
 
     from flashxlstm import from_official
-    from flashxlstm.checkpoints.pretrained import convert_large
     from flashxlstm.generation import generate, prefill
     from flashxlstm.generation.cuda_graph import CUDAGraphStep
     from flashxlstm.ops.mlstm_cell import BACKENDS, STEP_BACKENDS
@@ -228,7 +227,7 @@ def main() -> int:
                 record("logits: bf16 model vs fp32 (ours)", "1x300", rel(lu, lr), rel(lo, lr), "rel. L2 diff")
 
     attempt("agreement", agreement)
-    ours = convert_large(ours, weight_mode="fused")
+    ours = ours.converted(weight_mode="fused")
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()

@@ -207,7 +207,7 @@ def test_converter_errors(gen):
         from_official(torch.nn.Linear(2, 2))
     sd = dict(off.state_dict())
     sd.pop("lm_head.weight")
-    with pytest.raises(ValueError, match="missing.*lm_head.weight"):
+    with pytest.raises(ValueError, match="lacks.*lm_head.weight"):
         from_official(sd, cfg)
     with pytest.raises(ValueError, match="shape"):
         from_official(off.state_dict(), official_config(D=64))

@@ -137,9 +137,7 @@ def test_shard_planning_and_sizes():
 
 
 def test_convert_between_weight_modes_in_memory(model, ids):
-    from flashxlstm.checkpoints.pretrained import convert_large
-
-    fused = convert_large(model, weight_mode="fused")
-    back = convert_large(fused, weight_mode="single")
+    fused = model.converted(weight_mode="fused")
+    back = fused.converted(weight_mode="single")
     assert rel(fused(ids)[0], model(ids)[0]) < 1e-6
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))

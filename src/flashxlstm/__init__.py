@@ -1,9 +1,9 @@
 """flashxlstm: xLSTM end to end (sLSTM and mLSTM cells, NeurIPS and 7B model families)."""
 from . import ops
-from .checkpoints.official import from_official, to_official
-from .models.xlstm_lm import xLSTMLM, xLSTMLMConfig
 from .models.auto import from_pretrained
+from .models.official import from_official, to_official
 from .models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+from .models.xlstm_lm import xLSTMLM, xLSTMLMConfig
 
 __version__ = "0.1.0"
 __all__ = ["ops", "from_official", "to_official", "xLSTMLM", "xLSTMLMConfig",

@@ -6,7 +6,9 @@
     train_config.json    optional: the training settings of the run that wrote it
 
 A checkpoint is written as a whole (see `atomic.py`): a crash mid-save leaves the previous one intact.
-Loading checks every file and reports what is missing or corrupt in one line.
+Loading checks every file and reports what is missing or corrupt in one line; the model builds itself from
+`config_fields` and `read_weights` (flashxlstm.models.xlstm_lm.xLSTMLM.load_checkpoint), so this module
+imports no model.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_directory, checked_directory, read_json_object, resolve_directory, write_json_atomic
+from .strict import load_strict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -28,21 +31,12 @@ NEURIPS_MODEL_TYPE = "flashxlstm-neurips"
 CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, TRAINING_STATE_NAME, TRAIN_CONFIG_NAME)
 
 
-def _model_classes(model_type: str):
-    """(config class, model class) for a model_type; imported lazily."""
-    if model_type == NEURIPS_MODEL_TYPE:
-        from ..models.xlstm_lm import xLSTMLM, xLSTMLMConfig
-
-        return xLSTMLMConfig, xLSTMLM
-    raise ValueError(f"unknown model_type {model_type!r} in {CONFIG_NAME}; expected {NEURIPS_MODEL_TYPE!r}")
-
-
 def _model_type_of(model: nn.Module) -> str:
-    from ..models.xlstm_lm import xLSTMLM
-
-    if isinstance(model, xLSTMLM):
-        return NEURIPS_MODEL_TYPE
-    raise TypeError(f"save_model: cannot save a {type(model).__name__}; expected a flashxlstm xLSTMLM")
+    model_type = getattr(model, "model_type", None)
+    if model_type != NEURIPS_MODEL_TYPE:
+        raise TypeError(f"save_model: cannot save a {type(model).__name__} in this format; expected a flashxlstm "
+                        f"xLSTMLM (model_type {NEURIPS_MODEL_TYPE!r})")
+    return model_type
 
 
 def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -82,13 +76,14 @@ def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
     return write_checkpoint(directory, model)
 
 
-def _checked_dir(directory: str | os.PathLike) -> Path:
+def checked_checkpoint_dir(directory: str | os.PathLike) -> Path:
+    """The checkpoint directory (its complete previous copy if a save was interrupted), checked to exist."""
     return checked_directory(resolve_directory(directory))
 
 
 def read_config(directory: str | os.PathLike) -> dict:
     """The parsed config.json of a checkpoint, with its model_type checked."""
-    path = _checked_dir(directory) / CONFIG_NAME
+    path = checked_checkpoint_dir(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint has no {CONFIG_NAME}: {path}")
     config = read_json_object(path)
@@ -97,14 +92,13 @@ def read_config(directory: str | os.PathLike) -> dict:
     return config
 
 
-def config_from_dict(config: dict):
-    """The model config object for a config.json dict (model_type selects the class)."""
+def config_fields(config: dict) -> dict:
+    """The model config's fields of a config.json dict (model_type checked and removed)."""
     fields = dict(config)
-    config_cls, _ = _model_classes(fields.pop("model_type"))
-    try:
-        return config_cls.from_dict(fields)
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
-        raise ValueError(f"inconsistent model config in {CONFIG_NAME}: {e}") from None
+    model_type = fields.pop("model_type", None)
+    if model_type != NEURIPS_MODEL_TYPE:
+        raise ValueError(f"unknown model_type {model_type!r} in {CONFIG_NAME}; expected {NEURIPS_MODEL_TYPE!r}")
+    return fields
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -117,46 +111,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `weights` into `model`, with one-line errors for missing, unexpected or mis-shaped tensors."""
-    expected = model.state_dict()
-    unique = _unique_state_dict(model)
-    missing = sorted(set(unique) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s) such as {missing[0]!r}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s) such as {unexpected[0]!r}")
-        raise ValueError(f"{source} does not match its config: " + "; ".join(parts))
-    for name, t in weights.items():
-        if tuple(t.shape) != tuple(expected[name].shape):
-            raise ValueError(
-                f"{source} does not match its config: {name!r} has shape {tuple(t.shape)}, "
-                f"the config expects {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(weights, strict=False)
-
-
-def load_model(
-    directory: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None
-) -> nn.Module:
-    """Build the model a checkpoint directory describes and load its weights; returns it in eval mode."""
-    path = _checked_dir(directory)
-    raw_config = read_config(path)
-    config = config_from_dict(raw_config)
-    _, model_cls = _model_classes(raw_config["model_type"])
-    weights = read_weights(path / WEIGHTS_NAME)
-    model = model_cls(config)
-    load_state_into(model, weights, f"{path / WEIGHTS_NAME}")
-    if device is not None or dtype is not None:
-        model = model.to(device=device, dtype=dtype)
-    return model.eval()
+    """Copy `weights` into `model` through the strict loader (flashxlstm.checkpoints.strict)."""
+    load_strict(model.state_dict(keep_vars=True), weights.items(), source)
 
 
 def load_training_state(directory: str | os.PathLike) -> tuple[dict, dict]:
     """(training_state, train_config) of a checkpoint written by the training loop, for --resume."""
-    path = _checked_dir(directory)
+    path = checked_checkpoint_dir(directory)
     state_path, cfg_path = path / TRAINING_STATE_NAME, path / TRAIN_CONFIG_NAME
     for p in (state_path, cfg_path):
         if not p.is_file():

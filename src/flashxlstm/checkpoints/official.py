@@ -1,9 +1,12 @@
-"""Convert between the official `xlstm` package (2.0.6, NeurIPS family) and flashxlstm models, both ways.
+"""The official `xlstm` package's (2.0.6, NeurIPS family) configs and state dicts <-> ours, as dicts.
 
-    model = from_official(official_module)                   # xLSTMLMModel -> xLSTMLM, xLSTMBlockStack -> xLSTMBlockStack
-    model = from_official(state_dict, official_config)       # the same from a state dict and its config object
-    official = to_official(model)                            # an official module with our weights ("vanilla" sLSTM)
-    state_dict, official_config = to_official(model, as_state_dict=True, slstm_backend="cuda")
+    fields, layout = config_from_official(official_config)          # our xLSTMLMConfig's fields, sLSTM layout
+    ours = state_dict_from_official(sd, config, layout, lm=True)     # official keys/layouts -> ours
+    sd = state_dict_to_official(ours, config, layout, lm=True)       # and back
+    official_config = config_to_official(config, slstm_backend="vanilla")
+
+The models are built from these in flashxlstm.models.official (from_official / to_official); this module
+imports no model (a config here is anything with our config's fields and properties).
 
 What the conversion has to know (docs/models.md):
 - The official sLSTM layer calls the module producing the input gate `fgate` and the forget gate `igate`.
@@ -12,19 +15,15 @@ What the conversion has to know (docs/models.md):
   (NH, 4, DH), both flattened alike, so the config's `backend` field says which one a checkpoint holds.
 - Norm weights are offsets (effective 1 + w) on both sides: copied unchanged.
 - The official conv weight is (D, 1, K); ours is (D, K).
-
-Dispatch is by the official module's class name (OFFICIAL_MODULES) and, for state dicts, by the config's kind
-(OFFICIAL_CONFIGS); other official module types (e.g. xLSTMLarge) register a converter function there.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..models.xlstm_lm import xLSTMBlockStack, xLSTMLM, xLSTMLMConfig
-from .nxai import large_from_official, large_from_official_state_dict
+from ..nn.feedforward import up_proj_dim
 
 SLSTM_LAYOUTS = ("vanilla", "cuda")
 
@@ -119,8 +118,9 @@ def _official_width(layer_cfg: Any, dim: int) -> int:
     return int(q * layer_cfg.round_proj_up_to_multiple_of)
 
 
-def config_from_official(off: Any) -> tuple[xLSTMLMConfig, str]:
-    """An official xLSTMBlockStackConfig / xLSTMLMModelConfig -> (our config, the sLSTM layout its weights use)."""
+def config_from_official(off: Any) -> tuple[dict[str, Any], str]:
+    """An official xLSTMBlockStackConfig / xLSTMLMModelConfig -> (our config's fields, the sLSTM layout its
+    weights use)."""
     if not hasattr(off, "num_blocks") or not hasattr(off, "embedding_dim"):
         raise TypeError(f"from_official: expected an official xLSTMLMModelConfig or xLSTMBlockStackConfig, "
                         f"got {type(off).__name__}")
@@ -161,18 +161,20 @@ def config_from_official(off: Any) -> tuple[xLSTMLMConfig, str]:
         raise ValueError(f"from_official: mLSTM and feed-forward widths rounded to different multiples {sorted(rounding)}")
     if rounding:
         kw["round_proj_up_to_multiple_of"] = rounding.pop()
-    cfg = xLSTMLMConfig(**kw)
     # The official widths must be ours (they differ e.g. with round_proj_up_dim_up=False).
-    if m is not None and "mlstm" in cfg.block_types and _official_width(m, cfg.embedding_dim) != cfg.mlstm_inner_dim:
-        raise ValueError(f"from_official: official mLSTM inner dim {_official_width(m, cfg.embedding_dim)} != ours "
-                         f"{cfg.mlstm_inner_dim}")
-    if ffn is not None and cfg.slstm_at and _official_width(ffn, cfg.embedding_dim) != cfg.ffn_inner_dim:
-        raise ValueError(f"from_official: official feed-forward dim {_official_width(ffn, cfg.embedding_dim)} != ours "
-                         f"{cfg.ffn_inner_dim}")
-    return cfg, layout
+    multiple = kw.get("round_proj_up_to_multiple_of", 64)
+    if m is not None and len(slstm_at) < off.num_blocks:
+        ours = up_proj_dim(off.embedding_dim, m.proj_factor, multiple)
+        if _official_width(m, off.embedding_dim) != ours:
+            raise ValueError(f"from_official: official mLSTM inner dim {_official_width(m, off.embedding_dim)} != ours {ours}")
+    if ffn is not None and slstm_at:
+        ours = up_proj_dim(off.embedding_dim, ffn.proj_factor, multiple)
+        if _official_width(ffn, off.embedding_dim) != ours:
+            raise ValueError(f"from_official: official feed-forward dim {_official_width(ffn, off.embedding_dim)} != ours {ours}")
+    return kw, layout
 
 
-def config_to_official(cfg: xLSTMLMConfig, *, slstm_backend: str = "vanilla", context_length: int = 2048,
+def config_to_official(cfg: Any, *, slstm_backend: str = "vanilla", context_length: int = 2048,
                        lm: bool = True):
     """Our config -> an official xLSTMLMModelConfig (lm=True) or xLSTMBlockStackConfig."""
     import xlstm  # the official package, imported only here
@@ -215,7 +217,7 @@ def config_to_official(cfg: xLSTMLMConfig, *, slstm_backend: str = "vanilla", co
 
 
 # --------------------------------------------------------------------------------------------- weights
-def _stack_to_ours(sd: dict[str, Tensor], off_prefix: str, our_prefix: str, cfg: xLSTMLMConfig,
+def _stack_to_ours(sd: dict[str, Tensor], off_prefix: str, our_prefix: str, cfg: Any,
                    layout: str) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for j, kind in enumerate(cfg.block_types):
@@ -237,7 +239,7 @@ def _stack_to_ours(sd: dict[str, Tensor], off_prefix: str, our_prefix: str, cfg:
     return out
 
 
-def _stack_to_official(sd: dict[str, Tensor], our_prefix: str, off_prefix: str, cfg: xLSTMLMConfig,
+def _stack_to_official(sd: dict[str, Tensor], our_prefix: str, off_prefix: str, cfg: Any,
                        layout: str) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for j, kind in enumerate(cfg.block_types):
@@ -259,108 +261,21 @@ def _stack_to_official(sd: dict[str, Tensor], our_prefix: str, off_prefix: str, 
     return out
 
 
-def _load_strict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
-    want = set(model.state_dict())
-    missing, unexpected = sorted(want - set(sd)), sorted(set(sd) - want)
-    if missing or unexpected:
-        raise ValueError(f"from_official: the {source} does not fit the config: missing {missing[:8]}"
-                         f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    for k, v in model.state_dict().items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise ValueError(f"from_official: {k} has shape {tuple(sd[k].shape)}, the config expects {tuple(v.shape)}")
-    model.load_state_dict(sd)
-
-
-def _lm_from_state_dict(sd: dict[str, Tensor], off_cfg: Any) -> xLSTMLM:
-    cfg, layout = config_from_official(off_cfg)
+def state_dict_from_official(sd: dict[str, Tensor], cfg: Any, layout: str, lm: bool) -> dict[str, Tensor]:
+    """An official xLSTMLMModel (lm) or xLSTMBlockStack state dict in our keys and layouts."""
+    if not lm:
+        return _stack_to_ours(sd, "", "", cfg, layout)
     ours = _stack_to_ours(sd, "xlstm_block_stack.", "stack.", cfg, layout)
     for key in ("token_embedding.weight", "lm_head.weight"):
         if key in sd:
             ours[key] = sd[key]
-    if cfg.tie_weights:
-        ours.setdefault("lm_head.weight", ours.get("token_embedding.weight"))
-    model = xLSTMLM(cfg)
-    _load_strict(model, ours, "state dict")
-    return model
+    return ours
 
 
-def _stack_from_state_dict(sd: dict[str, Tensor], off_cfg: Any) -> xLSTMBlockStack:
-    cfg, layout = config_from_official(off_cfg)
-    stack = xLSTMBlockStack(cfg)
-    _load_strict(stack, _stack_to_ours(sd, "", "", cfg, layout), "state dict")
-    return stack
-
-
-# Official module class name -> fn(module) -> our model; config kind -> fn(state_dict, config) -> our model.
-OFFICIAL_MODULES: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "xLSTMLMModel": lambda mod: _lm_from_state_dict(mod.state_dict(), mod.config),
-    "xLSTMBlockStack": lambda mod: _stack_from_state_dict(mod.state_dict(), mod.config),
-    "xLSTMLarge": large_from_official,
-}
-OFFICIAL_CONFIGS: dict[str, Callable[[dict, Any], nn.Module]] = {
-    "xLSTMLMModelConfig": _lm_from_state_dict,
-    "xLSTMBlockStackConfig": _stack_from_state_dict,
-    "xLSTMLargeConfig": large_from_official_state_dict,
-}
-
-
-def register_official_converter(module_name: str, module_fn: Callable[[nn.Module], nn.Module],
-                                config_name: str | None = None,
-                                state_dict_fn: Callable[[dict, Any], nn.Module] | None = None) -> None:
-    """Teach from_official another official module type (and, optionally, its config for state dicts)."""
-    OFFICIAL_MODULES[module_name] = module_fn
-    if config_name is not None and state_dict_fn is not None:
-        OFFICIAL_CONFIGS[config_name] = state_dict_fn
-
-
-def from_official(module_or_state_dict: nn.Module | dict[str, Tensor], config: Any = None) -> nn.Module:
-    """An official module (or its state dict plus official config) -> the flashxlstm model with equal outputs."""
-    obj = module_or_state_dict
-    if isinstance(obj, nn.Module):
-        name = type(obj).__name__
-        if name not in OFFICIAL_MODULES:
-            raise TypeError(f"from_official: no converter for official module {name}; supported: {sorted(OFFICIAL_MODULES)}")
-        model = OFFICIAL_MODULES[name](obj)
-        first = next(obj.parameters(), None)
-        if first is not None and first.is_floating_point():
-            model = model.to(first.device, first.dtype)  # keep the official module's device and precision
-    elif isinstance(obj, dict):
-        if config is None:
-            raise ValueError("from_official: converting a state dict needs its official config object (config=...)")
-        kind = type(config).__name__
-        if kind not in OFFICIAL_CONFIGS:
-            raise TypeError(f"from_official: no converter for official config {kind}; supported: {sorted(OFFICIAL_CONFIGS)}")
-        model = OFFICIAL_CONFIGS[kind](obj, config)
-    else:
-        raise TypeError(f"from_official: expected an official nn.Module or a state dict, got {type(obj).__name__}")
-    return model
-
-
-def to_official(model: nn.Module, *, slstm_backend: str = "vanilla", context_length: int = 2048,
-                as_state_dict: bool = False):
-    """Our xLSTMLM / xLSTMBlockStack -> the official module with the same weights (or (state_dict, config)).
-
-    The official mLSTM layer needs a context_length (its causal mask); any sequence up to it works.
-    slstm_backend picks the layout written; building a "cuda" module compiles the official CUDA kernel, so on a
-    CPU machine ask for as_state_dict=True.
-    """
-    if isinstance(model, xLSTMLM):
-        lm, prefix = True, "stack."
-    elif isinstance(model, xLSTMBlockStack):
-        lm, prefix = False, ""
-    else:
-        raise TypeError(f"to_official: expected an xLSTMLM or xLSTMBlockStack, got {type(model).__name__}")
-    cfg = model.config
-    off_cfg = config_to_official(cfg, slstm_backend=slstm_backend, context_length=context_length, lm=lm)
-    ours = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    sd = _stack_to_official(ours, prefix, "xlstm_block_stack." if lm else "", cfg, slstm_backend)
+def state_dict_to_official(ours: dict[str, Tensor], cfg: Any, layout: str, lm: bool) -> dict[str, Tensor]:
+    """Our xLSTMLM (lm) or xLSTMBlockStack state dict in the official keys and layout."""
+    sd = _stack_to_official(ours, "stack." if lm else "", "xlstm_block_stack." if lm else "", cfg, layout)
     if lm:
         sd["token_embedding.weight"] = ours["token_embedding.weight"]
         sd["lm_head.weight"] = ours["lm_head.weight"]
-    if as_state_dict:
-        return sd, off_cfg
-    import xlstm
-
-    off = xlstm.xLSTMLMModel(off_cfg) if lm else xlstm.xLSTMBlockStack(off_cfg)
-    off.load_state_dict(sd)
-    return off.to(next(model.parameters()).dtype)
+    return sd

@@ -1,19 +1,19 @@
-"""`from_pretrained(path)`: the right flashxlstm model for a checkpoint directory.
+"""Reading checkpoint directories: which family a directory holds, and the xLSTM-7B family's layouts.
 
 Recognised layouts:
 - Hugging Face hub (xLSTM-7B family): config.json (NX-AI and/or transformers field names; legacy and kernel
-  fields ignored) + model.safetensors, or shards listed in model.safetensors.index.json. Embedding at
-  backbone.embeddings.weight; q/k/v or query/key/value; "single" or "fused" weights.
+  fields ignored) + model.safetensors, or shards listed in model.safetensors.index.json (each shard a file
+  inside the directory). Embedding at backbone.embeddings.weight; q/k/v or query/key/value; "single" or
+  "fused" weights.
 - NX-AI (official xlstm package): config.yaml + model.safetensors or model_0.safetensors, model_1, ...;
   embedding at embedding.weight.
 - flashxlstm's own NeurIPS-family checkpoints: config.json with "model_type": "flashxlstm-neurips"
-  (loaded by `flashxlstm.checkpoints.native`).
+  (flashxlstm.checkpoints.native).
 
-The xLSTM-7B loader builds the model on the meta device, allocates it once in the target dtype/device and
-streams the checkpoint tensor by tensor into it, so peak memory is about one copy of the weights.
-A checkpoint stored "single" loads into a "fused" model and vice versa (pass weight_mode=...): each
-tensor is split or placed into its rows of the target parameter. Sizes derived from factors (qk_dim,
-v_dim, FFN width) are taken from the tensor shapes when they disagree with the config.
+This module works on config dicts, file lists and (key, tensor) streams; the models build themselves from
+them (flashxlstm.models.xlstm_large.xLSTMLarge.load_checkpoint): the checkpoint is streamed tensor by
+tensor into a model allocated once, so peak memory is about one copy of the weights. `large_places` maps
+each single-form tensor onto its rows of a "single" or "fused" model, so either form loads into either.
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ from typing import Iterator
 import torch
 from safetensors import safe_open
 
-from ..models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
-from .atomic import checked_directory, read_json_object
+from .atomic import checked_directory, read_json_object, resolve_directory
 from .hub import CONFIG_NAME, FLASHXLSTM_LARGE_TYPE, FUSED_PARTS, INDEX_NAME, SINGLE_WEIGHTS, split_fused
 from .native import NEURIPS_MODEL_TYPE
+from .strict import Place
 
 LARGE_MODEL_TYPES = ("xlstm", "xlstm_large", "xlstm-large", "xlstm_7b", FLASHXLSTM_LARGE_TYPE)
 
@@ -37,52 +37,28 @@ _RENAMES = ((re.compile(r"\.mlstm_layer\.query\."), ".mlstm_layer.q."),
             (re.compile(r"\.mlstm_layer\.value\."), ".mlstm_layer.v."))
 
 
-def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None, **overrides) -> torch.nn.Module:
-    """Load a checkpoint directory (see the module docstring) as a flashxlstm model in eval mode.
-
-    dtype: the parameters' dtype or its name (default: as stored); device: where to put them (default CPU).
-    overrides: config fields to change on load for the 7B family (e.g. weight_mode="fused", backend=...).
-    """
-    path, dtype = checked_directory(path, "from_pretrained"), _as_dtype(dtype)
+def checkpoint_family(path: str | os.PathLike) -> tuple[str, Path]:
+    """("neurips" or "large", the directory) for a checkpoint directory (see the module docstring), else a
+    clear error. A directory whose save was interrupted is read from its complete previous copy
+    (atomic.resolve_directory)."""
+    path = checked_directory(resolve_directory(path), "from_pretrained")
     if (path / CONFIG_NAME).is_file():
         config = read_json_object(path / CONFIG_NAME, "from_pretrained")
         model_type = config.get("model_type")
         if model_type == NEURIPS_MODEL_TYPE:
-            from . import native
-
-            if overrides:
-                raise ValueError(f"from_pretrained: config overrides are for the xLSTM-7B family, not {model_type}")
-            return native.load_model(path, dtype=dtype, device=device)
+            return "neurips", path
         if model_type in LARGE_MODEL_TYPES or (model_type is None and _looks_large(config)):
-            return load_large(path, dtype=dtype, device=device, **overrides)
+            return "large", path
         raise ValueError(f"from_pretrained: unknown model_type {model_type!r} in {path / CONFIG_NAME}; expected "
-                         f"'xlstm' (xLSTM-7B family, hub layout) or {NEURIPS_MODEL_TYPE!r}")
+                         f"'xlstm' or {FLASHXLSTM_LARGE_TYPE!r} (xLSTM-7B family) or {NEURIPS_MODEL_TYPE!r}")
     if (path / "config.yaml").is_file():
-        return load_large(path, dtype=dtype, device=device, **overrides)
+        return "large", path
     found = sorted(p.name for p in path.iterdir())[:8]
-    raise ValueError(f"from_pretrained: unknown checkpoint layout in {path}: expected config.json (hub or flashxlstm) "
-                     f"or config.yaml (NX-AI); found {found}")
+    raise ValueError(f"from_pretrained: unknown checkpoint layout in {path}: no config.json (hub or flashxlstm "
+                     f"layout) and no config.yaml (NX-AI); found {found}")
 
 
-def load_large(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None, **overrides) -> xLSTMLarge:
-    """Load an xLSTM-7B-family checkpoint (hub or NX-AI layout) by streaming its tensors into the model."""
-    path = checked_directory(path, "from_pretrained")
-    config_dict = _read_large_config(path)
-    files = weight_files(path)
-    shapes = _tensor_shapes(files)
-    config = xLSTMLargeConfig.from_dict({**config_dict, **_sizes_from_shapes(shapes, config_dict), **overrides})
-    stored = next(iter(shapes.values()))[1]
-    dtype = _as_dtype(dtype) or stored
-    with torch.device("meta"):
-        model = xLSTMLarge(config)
-    model = model.to(dtype).to_empty(device=device or "cpu")
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.backbone.embeddings.weight
-    fill_large(model, _read_tensors(files), str(path))
-    return model.eval()
-
-
-def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
@@ -97,7 +73,7 @@ def _looks_large(config: dict) -> bool:
     return "num_heads" in config and ("embedding_dim" in config or "hidden_size" in config)
 
 
-def _read_large_config(path: Path) -> dict:
+def read_large_config(path: Path) -> dict:
     if (path / CONFIG_NAME).is_file():
         return read_json_object(path / CONFIG_NAME, "from_pretrained")
     import yaml
@@ -119,6 +95,10 @@ def weight_files(path: Path) -> list[tuple[Path, list[str] | None]]:
         by_file: dict[str, list[str]] = {}
         for key, name in weight_map.items():
             by_file.setdefault(name, []).append(key)
+        for name in by_file:  # a plain file name: a path could reach outside the directory
+            if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+                raise ValueError(f"from_pretrained: {index} names shard {name!r}, which is not a file name inside "
+                                 f"the checkpoint directory; shards must lie next to the index (no paths)")
         for name, keys in by_file.items():
             if not (path / name).is_file():
                 raise FileNotFoundError(f"from_pretrained: missing shard {path / name} (listed in {INDEX_NAME} "
@@ -159,7 +139,7 @@ def _iter_keys(files) -> Iterator[tuple[Path, str]]:
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-def _tensor_shapes(files) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def tensor_shapes(files) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Canonical key -> (shape, dtype), read from the safetensors headers only (no tensor data)."""
     out = {}
     for file, keys in files:
@@ -186,8 +166,8 @@ def canonical_key(key: str) -> str:
     return key
 
 
-def _sizes_from_shapes(shapes: dict, config: dict) -> dict[str, int]:
-    """qk_dim / v_dim / ffn_dim as the tensors have them (block 0), for configs whose factors disagree."""
+def sizes_from_shapes(shapes: dict) -> dict[str, int]:
+    """qk_dim / v_dim / ffn_dim as the tensors have them (block 0)."""
     get = lambda name: shapes.get(f"backbone.blocks.0.{name}.weight", (None,))[0]
     out = {}
     v_dim = (get("mlstm_layer.out_proj") or (None, None))[1]
@@ -199,34 +179,38 @@ def _sizes_from_shapes(shapes: dict, config: dict) -> dict[str, int]:
         out["v_dim"] = v_dim
     if get("ffn.proj_down"):
         out["ffn_dim"] = get("ffn.proj_down")[1]
-    probe = xLSTMLargeConfig.from_dict(config)
-    derived = {"qk_dim": probe.qk_head_dim_total, "v_dim": probe.v_head_dim_total, "ffn_dim": probe.ffn_hidden_dim}
-    return {k: v for k, v in out.items() if v != derived[k]}
+    return out
 
 
-def _row_targets(model: xLSTMLarge) -> dict[str, tuple[str, int, tuple[int, ...]]]:
+def large_places(params: dict[str, torch.Tensor], config) -> dict[str, Place]:
     """Single-form key of every weight/bias -> (model parameter key, first row in it, the part's shape)."""
-    c = model.config
+    c = config
     rows = {"mlstm_layer.q": c.qk_head_dim_total, "mlstm_layer.k": c.qk_head_dim_total,
             "mlstm_layer.v": c.v_head_dim_total, "mlstm_layer.ogate_preact": c.v_head_dim_total,
             "mlstm_layer.igate_preact": c.num_heads, "mlstm_layer.fgate_preact": c.num_heads,
             "ffn.proj_up_gate": c.ffn_hidden_dim, "ffn.proj_up": c.ffn_hidden_dim}
-    targets = {}
-    for key, t in model.state_dict(keep_vars=True).items():
+    places = {}
+    for key, t in params.items():
         for fused, parts in FUSED_PARTS.items():
             m = re.fullmatch(rf"(.*\.){re.escape(fused)}\.(weight|bias)", key)
             if m:
                 offset = 0
                 for part in parts:
-                    targets[f"{m.group(1)}{part}.{m.group(2)}"] = (key, offset, (rows[part],) + tuple(t.shape[1:]))
+                    places[f"{m.group(1)}{part}.{m.group(2)}"] = (key, offset, (rows[part],) + tuple(t.shape[1:]))
                     offset += rows[part]
                 break
         else:
-            targets[key] = (key, 0, tuple(t.shape))
-    return targets
+            places[key] = (key, 0, tuple(t.shape))
+    return places
 
 
-def _read_tensors(files) -> Iterator[tuple[str, torch.Tensor]]:
+def single_form_items(items, config) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) items of any naming/form this module reads, as single-form items in the hub naming."""
+    for key, tensor in items:
+        yield from split_fused(canonical_key(key), tensor, config)
+
+
+def read_tensors(files) -> Iterator[tuple[str, torch.Tensor]]:
     """(key, tensor) for every tensor of the checkpoint, one file open at a time, one tensor in memory."""
     current, handle = None, None
     try:
@@ -239,48 +223,3 @@ def _read_tensors(files) -> Iterator[tuple[str, torch.Tensor]]:
     finally:
         if handle is not None:
             handle.__exit__(None, None, None)
-
-
-@torch.no_grad()
-def fill_large(model: xLSTMLarge, items, source: str) -> None:
-    """Copy (key, tensor) items (any naming/form this module reads) into the model's parameters, checking
-    that every item has a place with its shape and every parameter is filled completely."""
-    params = model.state_dict(keep_vars=True)
-    targets = _row_targets(model)
-    filled = {k: 0 for k in params}
-    unexpected = []
-    for key, tensor in items:
-        for name, piece in split_fused(canonical_key(key), tensor, model.config):
-            if name not in targets:
-                unexpected.append(key)
-                continue
-            pkey, row, want = targets[name]
-            if tuple(piece.shape) != want:
-                raise ValueError(f"from_pretrained: shape mismatch for {key!r}: checkpoint {tuple(piece.shape)}, "
-                                 f"model expects {want}")
-            dest = params[pkey].data
-            (dest[row : row + want[0]] if dest.dim() else dest).copy_(piece)
-            filled[pkey] += piece.numel()
-    if model.config.tie_word_embeddings and filled.get("lm_head.weight", 0) == 0:
-        filled["lm_head.weight"] = params["lm_head.weight"].numel()
-    missing = [k for k, n in filled.items() if n < params[k].numel()]
-    if unexpected:
-        raise ValueError(f"from_pretrained: {source} holds {len(unexpected)} tensor(s) the model does not have, "
-                         f"such as {unexpected[0]!r} (wrong model family or config?)")
-    if missing:
-        raise ValueError(f"from_pretrained: {source} lacks {len(missing)} tensor(s) the model needs, such as "
-                         f"{missing[0]!r}")
-
-
-def convert_large(model: xLSTMLarge, **overrides) -> xLSTMLarge:
-    """A copy of `model` with config fields changed (e.g. weight_mode="fused"), same dtype and device."""
-    import dataclasses
-
-    ref = model.backbone.embeddings.weight
-    with torch.device("meta"):
-        new = xLSTMLarge(dataclasses.replace(model.config, **overrides))
-    new = new.to(ref.dtype).to_empty(device=ref.device)
-    if new.config.tie_word_embeddings:
-        new.lm_head.weight = new.backbone.embeddings.weight
-    fill_large(new, model.state_dict().items(), "model")
-    return new.train(model.training)

@@ -61,7 +61,6 @@ class _ByteStreamer:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoints.native import load_model
     from ..data import VOCAB_SIZE, encode_prompt
     from ..generation import generate
     from ..training.loop import resolve_device
@@ -80,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--prompt is empty: give at least one character to condition on")
     device = resolve_device(args.device)
     checkpoint = resolve_checkpoint(args.checkpoint)
+    from ..models.auto import from_pretrained
+
     if (checkpoint / "tokenizer.json").is_file():  # a tokenized model (the xLSTM-7B family): text via its tokenizer
-        from ..checkpoints.pretrained import from_pretrained
         from ..generation.tokenizer import generate_text, load_tokenizer
 
         sys.stdout.write(args.prompt)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                       temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k or None,
                       top_p=args.top_p, generator=torch.Generator(device=device).manual_seed(args.seed))
         return 0
-    model = load_model(checkpoint, device=device)
+    model = from_pretrained(checkpoint, device=device)
     vocab = getattr(model.config, "vocab_size", None)
     if vocab != VOCAB_SIZE:
         raise CLIError(f"this checkpoint has vocab_size {vocab}; `generate --prompt` needs a byte-level model "

@@ -11,6 +11,7 @@ import os
 import torch
 
 from ..checkpoints.download import resolve_checkpoint
+from ..checkpoints.pretrained import checkpoint_family
 from .xlstm_large import xLSTMLarge
 from .xlstm_lm import xLSTMLM
 
@@ -22,6 +23,10 @@ def from_pretrained(path_or_hub_id: str | os.PathLike, dtype: torch.dtype | str 
     dtype: the parameters' dtype or its name (default: as stored); device: where to put them (default CPU).
     overrides: config fields to change on load for the 7B family (e.g. weight_mode="fused", backend=...).
     """
-    from ..checkpoints.pretrained import from_pretrained as load
-
-    return load(resolve_checkpoint(path_or_hub_id, "from_pretrained"), dtype=dtype, device=device, **overrides)
+    family, path = checkpoint_family(resolve_checkpoint(path_or_hub_id, "from_pretrained"))
+    if family == "neurips":
+        if overrides:
+            raise ValueError(f"from_pretrained: config overrides {sorted(overrides)} are for the xLSTM-7B family; "
+                             f"{path} holds an xLSTMLM (NeurIPS family)")
+        return xLSTMLM.load_checkpoint(path, dtype=dtype, device=device)
+    return xLSTMLarge.load_checkpoint(path, dtype=dtype, device=device, **overrides)

@@ -27,6 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints import hub, pretrained as layouts
+from ..checkpoints.atomic import checked_directory, resolve_directory
+from ..checkpoints.strict import load_strict
 from ..nn.mlstm_large_layer import mLSTMLargeLayer, soft_cap
 from ..ops.fused import add_rms_norm
 from ..ops.fused.linear import linear_decode
@@ -279,6 +282,42 @@ class xLSTMLarge(xLSTMPreTrainedModel):
     def _save(self, path, max_shard_size: int | str = "5GB", for_transformers: bool = True) -> None:
         """Write the Hugging Face hub layout (config.json + safetensors shards + index), atomically; see
         flashxlstm.checkpoints.hub.save_large_pretrained for `for_transformers`."""
-        from ..checkpoints.hub import save_large_pretrained
+        hub.save_large_pretrained(self, path, max_shard_size=max_shard_size, for_transformers=for_transformers)
 
-        save_large_pretrained(self, path, max_shard_size=max_shard_size, for_transformers=for_transformers)
+    @classmethod
+    def load_checkpoint(cls, directory, dtype: torch.dtype | str | None = None, device=None,
+                        **overrides) -> "xLSTMLarge":
+        """Load an xLSTM-7B-family checkpoint directory (hub or NX-AI layout, flashxlstm.checkpoints.pretrained)
+        by streaming its tensors into a model allocated once in the target dtype and device; eval mode.
+        Sizes the config derives from factors (qk_dim, v_dim, FFN width) follow the tensors when they differ."""
+        path = checked_directory(resolve_directory(directory), "from_pretrained")
+        config_dict = layouts.read_large_config(path)
+        files = layouts.weight_files(path)
+        shapes = layouts.tensor_shapes(files)
+        probe = xLSTMLargeConfig.from_dict(config_dict)
+        derived = {"qk_dim": probe.qk_head_dim_total, "v_dim": probe.v_head_dim_total, "ffn_dim": probe.ffn_hidden_dim}
+        sizes = {k: v for k, v in layouts.sizes_from_shapes(shapes).items() if v != derived[k]}
+        config = xLSTMLargeConfig.from_dict({**config_dict, **sizes, **overrides})
+        dtype = layouts.as_dtype(dtype) or next(iter(shapes.values()))[1]
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to(dtype).to_empty(device=device or "cpu")
+        model._fill(layouts.read_tensors(files), str(path))
+        return model.eval()
+
+    def _fill(self, items, source: str) -> None:
+        """Copy (key, tensor) items of any naming/form the 7B layouts use into this model, strictly."""
+        if self.config.tie_word_embeddings:  # to_empty unties: tie again
+            self.lm_head.weight = self.backbone.embeddings.weight
+        params = self.state_dict(keep_vars=True)
+        load_strict(params, layouts.single_form_items(items, self.config), source,
+                    places=layouts.large_places(params, self.config))
+
+    def converted(self, **overrides) -> "xLSTMLarge":
+        """A copy with config fields changed (e.g. weight_mode="fused"), same dtype, device and weights."""
+        ref = self.backbone.embeddings.weight
+        with torch.device("meta"):
+            new = type(self)(dataclasses.replace(self.config, **overrides))
+        new = new.to(ref.dtype).to_empty(device=ref.device)
+        new._fill(self.state_dict().items(), "model")
+        return new.train(self.training)

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints import native
+from ..checkpoints.pretrained import as_dtype
 from ..nn.blocks import mLSTMBlock, sLSTMBlock
 from ..nn.checks import check_sequence_input, check_state
 from ..nn.feedforward import ACTIVATIONS, GatedFeedForward, up_proj_dim
@@ -247,6 +249,7 @@ class xLSTMLM(xLSTMPreTrainedModel):
     """Token embedding, xLSTMBlockStack, lm_head (optionally tied to the embedding)."""
 
     config_class = xLSTMLMConfig
+    model_type = native.NEURIPS_MODEL_TYPE
 
     def __init__(self, config: xLSTMLMConfig):
         super().__init__()
@@ -318,11 +321,29 @@ class xLSTMLM(xLSTMPreTrainedModel):
         return out, state
 
     def _save(self, path, **kwargs) -> None:
-        from ..checkpoints.native import save_model
-
         if kwargs:
             raise TypeError(f"xLSTMLM.save_pretrained: unexpected arguments {sorted(kwargs)}")
-        save_model(self, path)
+        native.save_model(self, path)
+
+    @classmethod
+    def load_checkpoint(cls, directory, dtype: torch.dtype | str | None = None, device=None) -> "xLSTMLM":
+        """Build the model a flashxlstm checkpoint directory describes and load its weights (eval mode)."""
+        path = native.checked_checkpoint_dir(directory)
+        try:
+            config = xLSTMLMConfig.from_dict(native.config_fields(native.read_config(path)))
+        except (TypeError, KeyError) as e:
+            raise ValueError(f"inconsistent model config in {native.CONFIG_NAME}: {e}") from None
+        except ValueError as e:
+            if "model_type" in str(e):
+                raise
+            raise ValueError(f"inconsistent model config in {native.CONFIG_NAME}: {e}") from None
+        weights = native.read_weights(path / native.WEIGHTS_NAME)
+        model = cls(config)
+        native.load_state_into(model, weights, f"{path / native.WEIGHTS_NAME}")
+        dtype = as_dtype(dtype)
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=dtype)
+        return model.eval()
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups as in the paper: decay on weight matrices only, not on norms, biases or the embedding."""
