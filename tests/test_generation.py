@@ -93,7 +93,7 @@ def test_filter_logits_keeps_the_nucleus_and_top_k():
     assert kept == [True, True, False, False]
     assert filter_logits(logits, top_k=3).isfinite()[0].tolist() == [True, True, True, False]
     assert filter_logits(logits, top_p=1e-9).isfinite()[0].tolist() == [True, False, False, False]
-    assert next_token(logits)[0].tolist() == [0]
+    assert next_token(logits).tolist() == [0]
 
 
 def test_streamer_gets_prompt_then_each_token(gen):

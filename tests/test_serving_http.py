@@ -211,7 +211,7 @@ def test_large_family_checkpoint_with_tokenizer_and_chat_template(tmp_path):
     torch.manual_seed(0)
     model = flashxlstm.xLSTMLarge(flashxlstm.xLSTMLargeConfig(embedding_dim=32, num_heads=2, num_blocks=2,
                                                               vocab_size=288, eos_token_id=2))
-    model.save_pretrained(tmp_path / "ckpt")
+    model.save_pretrained(tmp_path / "ckpt", for_transformers=False)  # a tiny shape transformers cannot run
     tok.save(str(tmp_path / "ckpt" / "tokenizer.json"))
     (tmp_path / "ckpt" / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": CHAT_TEMPLATE, "bos_token": "<s>", "eos_token": {"content": "</s>"}}))

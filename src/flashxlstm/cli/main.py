@@ -28,12 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        try:
-            importlib.import_module(module).add_arguments(p)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            p.set_defaults(_missing=True)
+        importlib.import_module(module).add_arguments(p)
     return parser
 
 
@@ -42,9 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
-    if getattr(args, "_missing", False):
-        print(f"flashxlstm {args.command}: not available in this build", file=sys.stderr)
         return 2
     try:
         return importlib.import_module(args._module).run(args) or 0

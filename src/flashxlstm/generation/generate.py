@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .sampling import next_token, process_logits
+from .sampling import pick, process_logits, sampling_scores
 from .settings import resolve_settings
 
 
@@ -167,8 +167,9 @@ def generate(
                 raw.append(logits.clone())  # a CUDA-graph step reuses its logits buffer
             processed = process_logits(logits, seen=seen, repetition_penalty=cfg.repetition_penalty,
                                        banned=eos if t < least else None)
-            tok, processed = next_token(processed, do_sample=cfg.do_sample, temperature=cfg.temperature,
-                                        top_k=top_k, top_p=top_p, generator=generator)
+            processed = sampling_scores(processed, do_sample=cfg.do_sample, temperature=cfg.temperature,
+                                        top_k=top_k, top_p=top_p)
+            tok = pick(processed, do_sample=cfg.do_sample, generator=generator)
             if scores is not None:
                 scores.append(processed.clone())
             if eos is not None:

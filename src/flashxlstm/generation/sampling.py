@@ -41,14 +41,28 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
     return logits
 
 
+def sampling_scores(
+    logits: Tensor, *, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+    top_p: float | None = None,
+) -> Tensor:
+    """The scores (B, V) a token is chosen from: the logits as they are for greedy; for sampling divided by
+    the temperature, then top-k, then top-p filtered (-inf outside)."""
+    if not do_sample:
+        return logits
+    return filter_logits(logits.float() / temperature, top_k, top_p)
+
+
+def pick(scores: Tensor, *, do_sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """scores (B, V) -> token ids (B,) int64: argmax, or a draw from softmax(scores) when do_sample."""
+    if not do_sample:
+        return scores.argmax(dim=-1)
+    return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(-1)
+
+
 def next_token(
     logits: Tensor, *, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
     top_p: float | None = None, generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """logits (B, V) -> (next token ids (B,) int64, the scores the choice was made from (B, V)).
-    Greedy (argmax, logits as they are) unless do_sample (temperature, then top-k, then top-p)."""
-    if not do_sample:
-        return logits.argmax(dim=-1), logits
-    scores = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), scores
+) -> Tensor:
+    """logits (B, V) -> next token ids (B,) int64. Greedy (argmax) unless do_sample."""
+    scores = sampling_scores(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
+    return pick(scores, do_sample=do_sample, generator=generator)

@@ -40,7 +40,7 @@ def resolve_model_dir(model: str) -> Path:
 def load_for_serving(model: str, dtype: torch.dtype | str | None = None,
                      device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ServingTokenizer, Path]:
     """(model in eval mode, its tokenizer, the directory) for `model` (see resolve_model_dir)."""
-    from ..checkpoints.pretrained import from_pretrained
+    from ..models.auto import from_pretrained
 
     directory = resolve_model_dir(model)
     net = from_pretrained(directory, dtype=dtype, device=device)
