@@ -92,7 +92,7 @@ def memory_probe(which: str, case_idx: int) -> None:
     model = official_model(ctx, dim, num_blocks, slstm_at, heads)
     if which == "ours":
         model = from_official(model)
-    fwd = model if which == "official" else (lambda x: model(x)[0])
+    fwd = model if which == "official" else (lambda x: model(x).logits)
     ids = torch.randint(0, VOCAB, (batch, ctx))
     base = peak_rss_kib()
     step_time(fwd, ids, ids, list(model.parameters()))

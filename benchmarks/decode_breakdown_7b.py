@@ -39,7 +39,8 @@ def main() -> int:
     for B in [int(b) for b in args.batches.split(",")]:
         with torch.no_grad():
             ids = torch.randint(0, 50304, (B, 128), device="cuda")
-            logits, state = model(ids, logits_to_keep=1)
+            out = model(ids, logits_to_keep=1)
+            logits, state = out.logits, out.state
             tok = logits[:, -1].argmax(-1, keepdim=True)
             for _ in range(3):
                 model(tok, state)

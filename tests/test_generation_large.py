@@ -22,7 +22,7 @@ def test_greedy_generation_equals_argmax_of_full_recomputation(gen):
     ids = prompt
     with torch.no_grad():
         for _ in range(9):
-            ids = torch.cat([ids, model(ids)[0][:, -1].argmax(-1, keepdim=True)], 1)
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, ids)
     assert torch.equal(model.generate(prompt, max_new_tokens=9, prefill_chunk_size=4, eos_token_id=None), out)
 

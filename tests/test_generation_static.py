@@ -54,7 +54,7 @@ def test_static_step_equals_eager_decoding(gen, which):
             assert torch.equal(a, b)
         assert [t.data_ptr() for s in runner._states for t in state_leaves(s)] == buffers
     # the state given to the runner is its own copy: the caller's state is untouched
-    assert all(torch.equal(a, b) for a, b in zip(state_leaves(state), state_leaves(model(prompt)[1])))
+    assert all(torch.equal(a, b) for a, b in zip(state_leaves(state), state_leaves(model(prompt).state)))
 
 
 def test_generate_on_static_buffers_equals_model_generate(gen):
@@ -68,6 +68,6 @@ def test_capture_needs_cuda(gen):
     model = large(gen)
     tok = torch.zeros(1, 1, dtype=torch.long)
     with pytest.raises(ValueError, match="CUDA"):
-        CUDAGraphStep(model, tok, model(tok)[1])
+        CUDAGraphStep(model, tok, model(tok).state)
     with pytest.raises(ValueError, match="CUDA"):
-        StaticDecodeStep(model, tok, model(tok)[1], graph=True)
+        StaticDecodeStep(model, tok, model(tok).state, graph=True)

@@ -32,33 +32,33 @@ def ids(gen):
 
 
 def test_hub_roundtrip_single_sharded_and_fused(model, ids, tmp_path):
-    ref = model(ids)[0]
+    ref = model(ids).logits
     model.save_pretrained(tmp_path / "one", for_transformers=False)
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "one" / "config.json").read_text())
     assert config["model_type"] == "flashxlstm-large" and config["hidden_size"] == config["embedding_dim"] == 48
-    assert torch.equal(from_pretrained(tmp_path / "one")(ids)[0], ref)
+    assert torch.equal(from_pretrained(tmp_path / "one")(ids).logits, ref)
 
     model.save_pretrained(tmp_path / "many", max_shard_size="20KB", for_transformers=False)
     index = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2 and set(index["weight_map"]) == set(model.state_dict())
     fused = from_pretrained(tmp_path / "many", weight_mode="fused")
-    assert fused.config.weight_mode == "fused" and rel(fused(ids)[0], ref) < 1e-6
+    assert fused.config.weight_mode == "fused" and rel(fused(ids).logits, ref) < 1e-6
     fused.save_pretrained(tmp_path / "many", max_shard_size="1MB", for_transformers=False)  # resave over it: stale shards go
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["config.json", "model.safetensors"]
-    assert rel(from_pretrained(tmp_path / "many")(ids)[0], ref) < 1e-6
+    assert rel(from_pretrained(tmp_path / "many")(ids).logits, ref) < 1e-6
 
     half = from_pretrained(tmp_path / "one", dtype="bfloat16")
     assert half.lm_head.weight.dtype == torch.bfloat16 and half.backbone.embeddings.weight.device.type == "cpu"
 
 
 def test_query_key_value_names_and_nxai_layout(model, ids, tmp_path):
-    ref = model(ids)[0]
+    ref = model(ids).logits
     model.save_pretrained(tmp_path / "qkv", for_transformers=False)
     weights = load_file(tmp_path / "qkv" / "model.safetensors")
     renamed = {k.replace(".q.", ".query.").replace(".k.", ".key.").replace(".v.", ".value."): v for k, v in weights.items()}
     save_file(renamed, tmp_path / "qkv" / "model.safetensors")
-    assert rel(from_pretrained(tmp_path / "qkv")(ids)[0], ref) < 1e-7
+    assert rel(from_pretrained(tmp_path / "qkv")(ids).logits, ref) < 1e-7
 
     nx = tmp_path / "nxai"
     nx.mkdir()
@@ -67,7 +67,7 @@ def test_query_key_value_names_and_nxai_layout(model, ids, tmp_path):
     save_file({k: official[k] for k in keys[:10]}, nx / "model_0.safetensors")
     save_file({k: official[k] for k in keys[10:]}, nx / "model_1.safetensors")
     (nx / "config.yaml").write_text(yaml.safe_dump({**CFG, "mode": "inference", "chunkwise_kernel": "chunkwise--triton_xl_chunk"}))
-    assert rel(from_pretrained(nx)(ids)[0], ref) < 1e-7
+    assert rel(from_pretrained(nx)(ids).logits, ref) < 1e-7
 
 
 def test_sizes_come_from_the_tensors_when_the_config_disagrees(model, ids, tmp_path):
@@ -77,7 +77,7 @@ def test_sizes_come_from_the_tensors_when_the_config_disagrees(model, ids, tmp_p
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = from_pretrained(tmp_path)
     assert loaded.config.ffn_hidden_dim == model.config.ffn_hidden_dim
-    assert rel(loaded(ids)[0], model(ids)[0]) < 1e-7
+    assert rel(loaded(ids).logits, model(ids).logits) < 1e-7
 
 
 def test_neurips_checkpoints_dispatch_to_the_native_loader(gen, tmp_path):
@@ -89,7 +89,7 @@ def test_neurips_checkpoints_dispatch_to_the_native_loader(gen, tmp_path):
     loaded = from_pretrained(tmp_path)
     assert type(loaded) is xLSTMLM
     x = torch.randint(0, 31, (1, 7), generator=gen)
-    assert torch.allclose(loaded(x)[0], lm(x)[0])
+    assert torch.allclose(loaded(x).logits, lm(x).logits)
 
 
 def test_clear_errors(model, tmp_path):
@@ -139,5 +139,5 @@ def test_shard_planning_and_sizes():
 def test_convert_between_weight_modes_in_memory(model, ids):
     fused = model.converted(weight_mode="fused")
     back = fused.converted(weight_mode="single")
-    assert rel(fused(ids)[0], model(ids)[0]) < 1e-6
+    assert rel(fused(ids).logits, model(ids).logits) < 1e-6
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))

@@ -6,10 +6,10 @@ from .linear_headwise import HeadwiseLinear
 from .mlstm_layer import mLSTMLayer
 from .norms import MultiHeadNorm, OffsetLayerNorm
 from .slstm_layer import sLSTMLayer
-from .state import detach_state, map_state, state_to
+from .state import detach_state, map_state, mLSTMCellState, mLSTMLayerState, sLSTMLayerState, state_to
 
 __all__ = [
     "CausalConv1d", "GatedFeedForward", "HeadwiseLinear", "MultiHeadNorm", "OffsetLayerNorm",
     "mLSTMBlock", "mLSTMLayer", "sLSTMBlock", "sLSTMLayer", "up_proj_dim",
-    "detach_state", "map_state", "state_to",
+    "detach_state", "map_state", "state_to", "mLSTMCellState", "mLSTMLayerState", "sLSTMLayerState",
 ]

@@ -24,7 +24,8 @@ def evaluate(model: nn.Module, data: Tensor, batch_size: int, seq_len: int, devi
     total, count, state = 0.0, 0, None
     try:
         for inputs, targets in eval_windows(data, batch_size, seq_len):
-            logits, state = model(inputs.to(device), state=state)
+            out = model(inputs.to(device), state=state)
+            logits, state = out.logits, out.state
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), reduction="sum")
             total += float(loss)
             count += targets.numel()
