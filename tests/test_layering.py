@@ -11,8 +11,8 @@ import flashxlstm
 LAYERS = [
     ("ops",),
     ("nn",),
-    ("data", "generation", "checkpoints"),
-    ("models",),
+    ("generation", "checkpoints"),
+    ("models", "data"),
     ("training", "serving"),
     ("tasks",),
     ("cli",),
