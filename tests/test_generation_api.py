@@ -99,3 +99,12 @@ def test_cli_refuses_a_nan_temperature(gen, tmp_path, capsys):
     for flag, value in (("--temperature", "nan"), ("--temperature", "inf"), ("--top-p", "nan")):
         assert main(["generate", "--checkpoint", str(tmp_path / "m"), "--prompt", "a", flag, value]) == 2
         assert f"{flag} must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_static_buffer_step_equals_eager_for_both_families(gen, family):
+    """The CUDA-graph decode path (static buffers; run eagerly on the CPU) gives the eager tokens."""
+    model = FAMILIES[family](gen)
+    prompt = torch.randint(3, V, (2, 5), generator=gen)
+    eager = model.generate(prompt, max_new_tokens=6, eos_token_id=None, use_cuda_graph=False)
+    assert torch.equal(model.generate(prompt, max_new_tokens=6, eos_token_id=None, use_cuda_graph=True), eager)

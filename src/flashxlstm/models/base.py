@@ -50,6 +50,14 @@ class CausalLMOutput:
 pytree.register_dataclass(CausalLMOutput)
 
 
+def can_check_values(t: Tensor) -> bool:
+    """Whether reading tensor values on the host is allowed here: not inside a CUDA-graph capture, and not
+    while torch.compile / torch.export trace the model (value checks are skipped there, shapes still checked)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def causal_lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """Mean cross-entropy of logits[:, t] against labels[:, t + 1] over the pairs that count (see module doc)."""
     if not isinstance(labels, Tensor) or labels.shape != logits.shape[:2] or labels.is_floating_point():
@@ -62,7 +70,7 @@ def causal_lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None
         target = target.masked_fill(~(real[:, 1:] & real[:, :-1]), IGNORE_INDEX)
     V = logits.shape[-1]
     bad = (target != IGNORE_INDEX) & ((target < 0) | (target >= V))
-    if not (logits.is_cuda and torch.cuda.is_current_stream_capturing()) and bool(bad.any()):
+    if can_check_values(logits) and bool(bad.any()):
         raise ValueError(f"labels must be token ids in [0, {V}) or {IGNORE_INDEX} (ignored), got "
                          f"{target[bad][:4].tolist()}")
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, V), target.reshape(-1), ignore_index=IGNORE_INDEX)
@@ -115,7 +123,7 @@ def check_input_ids(name: str, input_ids: Any, vocab_size: int) -> None:
     if torch.compiler.is_compiling():  # no host sync in a traced graph: the check runs on the device
         torch._assert_async(((input_ids >= 0) & (input_ids < vocab_size)).all(),
                             f"{name}: token ids must lie in [0, {vocab_size})")
-    elif not (input_ids.is_cuda and torch.cuda.is_current_stream_capturing()):  # a graph capture cannot sync
+    elif can_check_values(input_ids):  # not inside a CUDA-graph capture
         lo, hi = torch.aminmax(input_ids)
         lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= vocab_size:
@@ -132,7 +140,7 @@ def check_attention_mask(name: str, attention_mask: Any, input_ids: Tensor) -> T
         got = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
         raise ValueError(f"{name}: attention_mask must have the shape of input_ids {tuple(input_ids.shape)} "
                          f"(1 real token, 0 padding), got {got}")
-    if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
+    if not can_check_values(input_ids):
         return attention_mask.bool()
     if attention_mask.dtype != torch.bool and bool(((attention_mask != 0) & (attention_mask != 1)).any()):
         raise ValueError(f"{name}: attention_mask must hold only 0 (padding) and 1 (real token)")
@@ -225,5 +233,5 @@ class xLSTMPreTrainedModel(nn.Module):
 
 def check_token_type_ids(name: str, token_type_ids: Any) -> None:
     """Tokenizers may return token_type_ids; a causal LM has one segment, so they must be all zero."""
-    if token_type_ids is not None and isinstance(token_type_ids, Tensor) and bool(token_type_ids.any()):
+    if isinstance(token_type_ids, Tensor) and can_check_values(token_type_ids) and bool(token_type_ids.any()):
         raise ValueError(f"{name}: token_type_ids must be all 0 (a causal language model has one segment)")
