@@ -54,7 +54,7 @@ def test_static_step_equals_eager_decoding(gen, which):
             assert torch.equal(a, b)
         assert [t.data_ptr() for s in runner._states for t in state_leaves(s)] == buffers
     # the state given to the runner is its own copy: the caller's state is untouched
-    assert all(torch.equal(a, b) for a, b in zip(state_leaves(state), state_leaves(model(prompt).state)))
+    assert all(torch.equal(a, b) for a, b in zip(state_leaves(state), state_leaves(model(prompt)[1])))
 
 
 def test_generate_on_static_buffers_equals_model_generate(gen):

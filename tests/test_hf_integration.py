@@ -1,5 +1,5 @@
 """transformers integration: AutoConfig / AutoModelForCausalLM open our checkpoints whichever is imported
-first; 7B-family checkpoints open in transformers' own xLSTMForCausalLM, and save_pretrained refuses the
+first (flashxlstm here, transformers in the hub test's child process); 7B-family checkpoints open in transformers' own xLSTMForCausalLM, and save_pretrained refuses the
 shapes it cannot run (shown: such a shape really fails in transformers); hub ids resolve offline from a
 local Hugging Face cache the test builds, with a clear message when the id is not cached."""
 import json
@@ -48,17 +48,6 @@ def test_auto_classes_open_neurips_and_flashxlstm_large_checkpoints(tmp_path):
     assert isinstance(fresh, xLSTMLM) and fresh.config == lm.config
 
 
-def test_registration_when_transformers_is_imported_first(tmp_path):
-    small_lm().save_pretrained(tmp_path / "m")
-    out = run_python(f"""
-        import transformers.models.auto.modeling_auto
-        import flashxlstm
-        from transformers import AutoModelForCausalLM
-        print(type(AutoModelForCausalLM.from_pretrained({str(tmp_path / "m")!r})).__name__)
-    """)
-    assert out.returncode == 0 and out.stdout.strip() == "xLSTMLM", out.stderr[-2000:]
-
-
 def test_save_pretrained_refuses_what_transformers_cannot_run(tmp_path):
     from transformers import xLSTMForCausalLM
 
@@ -76,15 +65,13 @@ def test_save_pretrained_refuses_what_transformers_cannot_run(tmp_path):
     ids = torch.randint(0, 40, (1, 5))
     with pytest.raises(RuntimeError, match="expanded size"):
         with torch.no_grad():
-            xLSTMForCausalLM.from_pretrained(tmp_path / "bad").generate(ids, max_new_tokens=2, do_sample=False)
+            xLSTMForCausalLM.from_pretrained(tmp_path / "bad")(ids)
 
     good = xLSTMLarge(xLSTMLargeConfig(embedding_dim=128, num_heads=2, num_blocks=1, vocab_size=40)).eval()
     good.save_pretrained(tmp_path / "good")
     theirs = xLSTMForCausalLM.from_pretrained(tmp_path / "good").eval()
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, good(ids).logits, rtol=1e-4, atol=1e-4)
-        ref = theirs.generate(ids, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=1)
-    assert torch.equal(good.generate(ids, max_new_tokens=4, eos_token_id=None), ref)
     explicit = xLSTMLarge(xLSTMLargeConfig(embedding_dim=128, num_heads=2, num_blocks=1, vocab_size=40, v_dim=192))
     with pytest.raises(ValueError, match="v_dim is 192, but transformers derives 128"):
         explicit.save_pretrained(tmp_path / "explicit")
@@ -106,6 +93,7 @@ def test_hub_ids_offline_from_the_cache_and_a_clear_message_when_not_cached(tmp_
     ids = torch.randint(0, 40, (1, 6))
     torch.save({"ids": ids, "logits": lm(ids).logits}, tmp_path / "ref.pt")
     out = run_python(f"""
+        import transformers.models.auto.modeling_auto  # transformers first: registration when flashxlstm comes
         import torch, flashxlstm
         from transformers import AutoModelForCausalLM
         ref = torch.load({str(tmp_path / "ref.pt")!r})

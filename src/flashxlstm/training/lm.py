@@ -409,8 +409,10 @@ def export_model(module, family: str, fields: dict, directory: Path, world: D.Wo
     with torch.device("meta"):
         model = build_model(family, fields)
     model.load_state_dict(weights, assign=True)
-    if family == "large":
-        model.save_pretrained(directory)
+    if family == "large":  # a shape transformers' xLSTM cannot run is written as a flashxlstm-only checkpoint
+        from ..checkpoints.hub import transformers_incompatibility
+
+        model.save_pretrained(directory, for_transformers=transformers_incompatibility(model.config) is None)
     else:
         from ..checkpoints.native import save_model
 
