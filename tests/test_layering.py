@@ -14,7 +14,7 @@ LAYERS = [
     ("generation", "checkpoints"),
     ("models", "data"),
     ("training", "serving"),
-    ("tasks",),
+    ("tasks", "integrations", "hf"),
     ("cli",),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

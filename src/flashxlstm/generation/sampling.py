@@ -6,8 +6,21 @@ Seeded sampling is reproducible: pass the same `torch.Generator` state and get t
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Clear errors for sampling values no draw can use (generate checks the whole keyword set in settings.py)."""
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"generate: temperature must be a finite number > 0, got {temperature!r} "
+                         "(use do_sample=False for greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"generate: top_k must be a positive int or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
 
 
 def process_logits(logits: Tensor, *, seen: Tensor | None = None, repetition_penalty: float = 1.0,
