@@ -134,7 +134,8 @@ def regroup_states(parts: list, first_row: int, micro: int, accum: int) -> list:
             return None
         if isinstance(items[0], torch.Tensor):
             return torch.cat(items, dim=0)
-        return type(items[0])(cat([it[i] for it in items]) for i in range(len(items[0])))
+        parts = [cat([it[i] for it in items]) for i in range(len(items[0]))]
+        return type(items[0])(*parts) if hasattr(items[0], "_fields") else type(items[0])(parts)  # typed states
 
     rows = cat(parts)
     return [map_state(lambda t: t[first_row + m * micro: first_row + (m + 1) * micro], rows) for m in range(accum)]
