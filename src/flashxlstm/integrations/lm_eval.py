@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
-from ..generation.sampling import check_sampling_args, next_token
+from ..generation.sampling import next_token
 from ._model_io import accepts, call, take_rows
 
 log = logging.getLogger(__name__)
@@ -289,10 +290,16 @@ class FlashxLSTMLM(TemplateLM):
                              f"supported: until, max_gen_toks, {', '.join(sorted(SAMPLING_KEYS))}")
         do_sample = bool(kwargs.get("do_sample", False))
         temperature = float(kwargs.get("temperature") or 1.0)
-        top_k, top_p = kwargs.get("top_k"), kwargs.get("top_p")
+        top_k, top_p = kwargs.get("top_k") or None, kwargs.get("top_p")
         if do_sample:
-            check_sampling_args(temperature, top_k, top_p)
-        return dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
+            if not math.isfinite(temperature) or temperature <= 0:
+                raise ValueError(f"flashxlstm lm-eval: temperature must be a finite number > 0, got {temperature!r}")
+            if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+                raise ValueError(f"flashxlstm lm-eval: top_k must be an int >= 1 (0 or None: off), got {top_k!r}")
+            if top_p is not None and not 0 < float(top_p) <= 1:
+                raise ValueError(f"flashxlstm lm-eval: top_p must be in (0, 1] or None, got {top_p!r}")
+        return dict(do_sample=do_sample, temperature=temperature, top_k=top_k,
+                    top_p=None if top_p is None else float(top_p))
 
     def _generate(self, contexts: list[list[int]], until: list[str], max_new: int, sampling: dict) -> list[str]:
         logprobs, state = self._prefill(contexts)
