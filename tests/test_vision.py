@@ -92,3 +92,27 @@ def test_vil_learns_digits():
     model = ViL(ViLConfig(image_size=8, patch_size=2, dim=32, depth=2, num_heads=2))
     train(model, sample, {"test": test}, TrainConfig(steps=60, lr=3e-3, warmup_steps=5, eval_every=60))
     assert evaluate(model, test, "cpu")["accuracy"] > 0.5  # chance is 0.1
+
+
+def test_experiment_vision_digits_end_to_end(tmp_path):
+    import json
+
+    from flashxlstm.cli.main import main
+    rc = main(["experiment", "vision", "--model", "vil", "--dataset", "digits", "--out", str(tmp_path),
+               "--steps", "60", "--batch-size", "64", "--lr", "3e-3", "--patch-size", "2", "--dim", "32",
+               "--depth", "2", "--num-heads", "2", "--quiet"])
+    assert rc in (0, None)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["test_accuracy"] > 0.5 and res["tokens_per_image"] == 16 and res["eval_images_per_s"] > 0
+
+
+def test_idx_reader_and_missing_fashion_mnist(tmp_path):
+    import gzip
+
+    from flashxlstm.tasks.vision import load_fashion_mnist, read_idx
+    arr = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
+    with gzip.open(tmp_path / "a.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in arr.shape) + arr.tobytes())
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), arr)
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)

@@ -3,6 +3,7 @@
     flashxlstm experiment formal-language --task parity --model "xlstm[0:1]" --seed 0 [--seeds 5] --out DIR
     flashxlstm experiment mqar --model "xlstm[1:0]" --num-kv-pairs 16 --context-length 256 --out DIR
     flashxlstm experiment suite --out DIR [--tasks parity even_pairs ...] [--models lstm "xlstm[1:1]" ...]
+    flashxlstm experiment vision --model vil|vit --dataset digits|fashion-mnist --out DIR
 
 Each run writes DIR/results.json and DIR/learning_curve.png; the suite writes one run per task and model under
 DIR/<task>/<model>/ plus DIR/summary.md, DIR/summary.json and DIR/heatmap.png. With `--seeds N` each seed
@@ -99,6 +100,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(su, steps=FL_STEPS, lr=FL_LR, batch_size=FL_BATCH, dim=64)
     _curriculum_arguments(su)
 
+    _vision_arguments(sub)
+
+
+def _vision_arguments(sub) -> None:
+    vi = sub.add_parser("vision", help="image classification: ViL or a parameter-matched ViT (tasks/vision.py)")
+    vi.add_argument("--model", required=True, choices=["vil", "vit"])
+    vi.add_argument("--dataset", required=True, choices=["digits", "fashion-mnist"])
+    vi.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST idx.gz files "
+                    "(default /usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist)")
+    vi.add_argument("--out", required=True, help="output directory (created)")
+    vi.add_argument("--steps", type=int, default=2000)
+    vi.add_argument("--batch-size", type=int, default=128)
+    vi.add_argument("--eval-batch-size", type=int, default=256)
+    vi.add_argument("--lr", type=float, default=1e-3)
+    vi.add_argument("--weight-decay", type=float, default=0.05)
+    vi.add_argument("--warmup-steps", type=int, default=None, help="(default: steps / 10)")
+    vi.add_argument("--eval-every", type=int, default=None, help="(default: steps / 5)")
+    vi.add_argument("--patch-size", type=int, default=4)
+    vi.add_argument("--dim", type=int, default=64, help="width of both models (default 64)")
+    vi.add_argument("--depth", type=int, default=4, help="ViL blocks; the ViT's depth matches its parameters")
+    vi.add_argument("--num-heads", type=int, default=4)
+    vi.add_argument("--pooling", default="bilateral_concat", choices=["bilateral_concat", "bilateral_avg", "mean"])
+    vi.add_argument("--backend", default="auto", help="mLSTM kernel (default auto)")
+    vi.add_argument("--amp", choices=["none", "bf16"], default="none")
+    vi.add_argument("--time-budget", type=float, default=None, help="wall-clock seconds (tasks/harness.py)")
+    vi.add_argument("--seed", type=int, default=0)
+    vi.add_argument("--device", default="auto")
+    vi.add_argument("--threads", type=int, default=None)
+    vi.add_argument("--quiet", action="store_true")
+
+
+def _run_vision(args: argparse.Namespace) -> int:
+    from flashxlstm.tasks.harness import TrainConfig
+    from flashxlstm.tasks.vision import run_vision
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    for name in ("steps", "batch_size", "eval_batch_size", "patch_size", "dim", "depth", "num_heads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, amp=args.amp,
+                      warmup_steps=args.warmup_steps if args.warmup_steps is not None else args.steps // 10,
+                      eval_every=args.eval_every or max(args.steps // 5, 1), seed=args.seed,
+                      device=_device(args.device), time_budget_s=args.time_budget)
+    log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    res = run_vision(args.model, args.dataset, args.out, train_cfg=cfg, batch_size=args.batch_size,
+                     eval_batch_size=args.eval_batch_size, patch_size=args.patch_size, dim=args.dim,
+                     depth=args.depth, num_heads=args.num_heads, backend=args.backend, pooling=args.pooling,
+                     data_dir=args.data_dir, log=log)
+    print(f"vision {res['model']} {res['dataset']}: test accuracy {res['test_accuracy']:.4f}, "
+          f"{res['num_parameters']} parameters, {res['tokens_per_image']} tokens/image, "
+          f"train {res['train_images_per_s']:.0f} images/s, eval {res['eval_images_per_s']:.0f} images/s "
+          f"-> {args.out}/results.json", flush=True)
+    return 0
+
 
 def _device(name: str) -> str:
     if name == "auto":
@@ -111,6 +166,8 @@ def _device(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.experiment == "vision":
+        return _run_vision(args)
     from flashxlstm.tasks.experiments import run_formal_language, run_mqar, run_seeds, run_suite
     from flashxlstm.tasks.formal_languages import LengthCurriculum
     from flashxlstm.tasks.harness import TrainConfig

@@ -1,0 +1,131 @@
+"""Image classification in the shared training loop (tasks/harness.py): data, and one ViL or ViT run.
+
+Data comes from installed packages, nothing is downloaded: sklearn's bundled digits (8x8, 1797 images; a fixed
+split of 1437 train / 360 test) and Fashion-MNIST (28x28, 60k / 10k) from Debian's `dataset-fashion-mnist`
+package, whose idx.gz files lie in /usr/share/datasets/fashion-mnist. Pixels are scaled to [0, 1].
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An idx file (gzip-compressed when the name ends in .gz) of unsigned bytes as a numpy array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an idx file of unsigned bytes (magic {raw[:4].hex()}, expected 000008NN)")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} ({int(np.prod(shape))} bytes), file holds {data.size}")
+    return data.reshape(shape)
+
+
+def load_fashion_mnist(data_dir: str | Path = FASHION_MNIST_DIR) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train": (images (N, 28, 28) uint8, labels (N,)), "test": ...} from the idx.gz files in `data_dir`."""
+    d = Path(data_dir)
+    missing = [n for pair in FASHION_FILES.values() for n in pair if not (d / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"Fashion-MNIST not found in {d} (missing {', '.join(missing)}): install Debian's "
+                                f"package `dataset-fashion-mnist` (apt-get install dataset-fashion-mnist) or pass "
+                                f"--data-dir to a folder holding its idx.gz files")
+    return {split: (read_idx(d / img), read_idx(d / lab)) for split, (img, lab) in FASHION_FILES.items()}
+
+
+def load_digits_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+    perm = np.random.default_rng(0).permutation(len(d.target))
+    tr, te = perm[:1437], perm[1437:]
+    return {"train": (images[tr], d.target[tr]), "test": (images[te], d.target[te])}
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Images (N, 1, H, W) float32 in [0, 1] and labels (N,) int64 per split."""
+    if name == "digits":
+        raw = load_digits_split()
+    elif name == "fashion-mnist":
+        raw = load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
+    else:
+        raise ValueError(f"dataset must be digits or fashion-mnist, got {name!r}")
+    return {s: (torch.from_numpy(x.astype(np.float32) / 255.0)[:, None], torch.from_numpy(y.astype(np.int64)))
+            for s, (x, y) in raw.items()}
+
+
+def build_model(name: str, *, image_size, patch_size: int, dim: int, depth: int, num_heads: int,
+                num_classes: int, backend: str = "auto", pooling: str = "bilateral_concat"):
+    """ViL of `depth` blocks, or the ViT of the same width whose depth matches the ViL's parameter count."""
+    from flashxlstm.models.vision import ViL, ViLConfig, ViT, ViTConfig, matched_vit, num_parameters
+    vil = ViL(ViLConfig(image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim,
+                        depth=depth, num_heads=num_heads, backend=backend, pooling=pooling))
+    if name == "vil":
+        return vil
+    if name == "vit":
+        return ViT(matched_vit(ViTConfig(image_size=image_size, patch_size=patch_size, num_classes=num_classes,
+                                         dim=dim, num_heads=num_heads), num_parameters(vil)))
+    raise ValueError(f"model must be vil or vit, got {name!r}")
+
+
+@torch.no_grad()
+def images_per_second(model, images: torch.Tensor, device: str, batch_size: int, cfg=None) -> float:
+    """Inference throughput over `images` (one warm-up batch first, not counted)."""
+    from .harness import _sync, autocast
+    from contextlib import nullcontext
+    model.eval()
+    ctx = (lambda: autocast(cfg)) if cfg is not None else nullcontext
+    with ctx():
+        model(images[:batch_size].to(device))
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        with ctx():
+            model(images[i:i + batch_size].to(device))
+    _sync(device)
+    model.train()
+    return len(images) / (time.perf_counter() - t0)
+
+
+def run_vision(model_name: str, dataset: str, out: str | Path, *, train_cfg, batch_size: int = 128,
+               eval_batch_size: int = 256, patch_size: int = 4, dim: int = 64, depth: int = 4, num_heads: int = 4,
+               backend: str = "auto", pooling: str = "bilateral_concat", data_dir: str | None = None,
+               log=None) -> dict:
+    """Train one model on `dataset`, evaluate on its test split; writes OUT/results.json and returns it."""
+    from flashxlstm.models.vision import num_parameters
+    from .harness import evaluate, train
+    torch.manual_seed(train_cfg.seed)
+    data = load_dataset(dataset, data_dir)
+    (xtr, ytr), (xte, yte) = data["train"], data["test"]
+    model = build_model(model_name, image_size=tuple(xtr.shape[2:]), patch_size=patch_size, dim=dim, depth=depth,
+                        num_heads=num_heads, num_classes=int(ytr.max()) + 1, backend=backend, pooling=pooling)
+
+    def sample(rng: np.random.Generator):
+        idx = torch.from_numpy(rng.integers(0, len(ytr), batch_size))
+        return xtr[idx], ytr[idx]
+
+    test = [(xte[i:i + eval_batch_size], yte[i:i + eval_batch_size]) for i in range(0, len(yte), eval_batch_size)]
+    hist = train(model, sample, {"test": test}, train_cfg, log=log)
+    final = evaluate(model, test, train_cfg.device, train_cfg)
+    res = {"model": model_name, "dataset": dataset, "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+           "num_parameters": num_parameters(model), "tokens_per_image": model.patch.num_patches,
+           "train_images_per_s": hist["steps_done"] * batch_size / hist["train_time_s"],
+           "eval_images_per_s": images_per_second(model, xte, train_cfg.device, eval_batch_size, train_cfg),
+           "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(model.cfg).items()},
+           "device": train_cfg.device, "torch": torch.__version__, **hist}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    return res
