@@ -17,7 +17,7 @@ from flashxlstm import from_official
 from flashxlstm.cli.main import main
 from flashxlstm.tasks import formal_languages as fl
 from flashxlstm.tasks.experiments import plot_results
-from flashxlstm.tasks.harness import TrainConfig, _optimizer, _step, param_groups, train
+from flashxlstm.tasks.harness import TrainConfig, _step, param_groups, train
 from flashxlstm.tasks.zoo import StatelessLM, ModelSize, build_model
 
 TINY = ModelSize(embedding_dim=16, num_blocks=2, num_heads=1)
@@ -46,7 +46,7 @@ def test_official_model_trains_like_ours(slstm_at):
     opt_off = torch.optim.AdamW([{"params": list(decay), "weight_decay": 0.1},
                                  {"params": list(no_decay), "weight_decay": 0.0}], lr=1e-3)
     cfg = TrainConfig(lr=1e-3, weight_decay=0.1)
-    opt_ours = _optimizer(ours, cfg)
+    opt_ours = cfg.optimizer(ours)
     rng = np.random.default_rng(0)
     for step in range(4):
         x, y = fl.sample_batch("parity", rng, 8, 3, 20)

@@ -8,7 +8,7 @@ from flashxlstm.data.bytes import ByteSplit
 from flashxlstm.training.config import TrainConfig
 from flashxlstm.training.loop import merge_resume_config, resume_training, train
 from flashxlstm.training.model_factory import build_model
-from flashxlstm.training.schedule import make_optimizer, warmup_cosine_lr
+from flashxlstm.training.schedule import warmup_cosine_lr
 
 TEXT = b"the quick brown fox jumps over the lazy dog. " * 60
 
@@ -41,7 +41,7 @@ def test_warmup_cosine_schedule():
 
 def test_optimizer_uses_the_papers_decay_groups():
     model = build_model(tiny())
-    opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = tiny(lr=1e-3, weight_decay=0.1).optimizer(model)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert any(p is model.token_embedding.weight for p in no_decay["params"])

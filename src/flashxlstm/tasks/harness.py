@@ -20,7 +20,7 @@ import copy
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..training import engine
 from ..training.schedule import decay_groups, warmup_cosine_lr
+from ..training.settings import LoopSettings
 
 IGNORE = -1
 
@@ -38,33 +39,22 @@ BatchSampler = Callable[[np.random.Generator], Batch]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(LoopSettings):
+    """The shared loop settings (`training.settings.LoopSettings`) at the official recipe's defaults, plus the
+    decay floor as a factor of `lr`, autocast and a wall-clock budget; checked at construction."""
     steps: int = 2000
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    min_lr_factor: float = 1e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 0.0  # 0: no clipping (the official recipe)
-    amp: str = "none"  # "none" (float32) or "bf16" (autocast, as the official recipe on CUDA)
-    eval_every: int = 200
-    seed: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)  # torch's default, as the official recipe
+    grad_clip: float = 0.0  # no clipping (the official recipe)
     device: str = "cpu"
+    min_lr_factor: float = 1e-3  # the cosine decays towards lr * min_lr_factor
+    amp: str = "none"  # "none" (float32) or "bf16" (autocast, as the official recipe on CUDA)
     time_budget_s: float | None = None  # wall-clock budget for training + evaluation (None: no limit)
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"warmup_steps, grad_clip and weight_decay must be >= 0, got {self.warmup_steps}, "
-                             f"{self.grad_clip}, {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        self.check()
+
+    def check(self) -> None:
+        super().check()
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
@@ -133,10 +123,6 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tens
     return out["logits"].detach(), loss
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
-
-
 def _sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -152,7 +138,7 @@ def fit_to_budget(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, l
     measurements)."""
     start = time.perf_counter()
     probe = copy.deepcopy(model).to(cfg.device).train()
-    optimizer = _optimizer(probe, cfg)
+    optimizer = cfg.optimizer(probe)
     rng = np.random.default_rng([cfg.seed, 99])  # not the training stream
     times = []
     for k in range(max(probe_steps, 3)):
@@ -209,7 +195,7 @@ def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batc
             log(f"budget {requested.time_budget_s:.0f} s: step {budget['probe_step_time_ms']:.1f} ms, "
                 f"eval {budget['probe_eval_time_s']:.1f} s -> {cfg.steps} of {requested.steps} steps "
                 f"(warm-up {cfg.warmup_steps}, eval every {cfg.eval_every})")
-    optimizer = _optimizer(model, cfg)
+    optimizer = cfg.optimizer(model)
     rng = np.random.default_rng([cfg.seed, 0])
     history: list[dict] = []
     window = {"loss": 0, "correct": 0, "count": 0, "steps": 0}
@@ -259,8 +245,8 @@ def train(model: nn.Module, sample: BatchSampler, eval_sets: dict[str, list[Batc
     wall = time.perf_counter() - start
     out = {"history": history, "wall_time_s": wall, "train_time_s": train_time,
            "step_time_ms": 1000 * train_time / steps_done, "steps_done": steps_done,
-           "stopped_early": stopped_early, "train_config": asdict(cfg),
+           "stopped_early": stopped_early, "train_config": cfg.to_dict(),
            "num_parameters": sum(p.numel() for p in model.parameters())}
     if budget:
-        out.update(requested_train_config=asdict(requested), budget=budget)
+        out.update(requested_train_config=requested.to_dict(), budget=budget)
     return out

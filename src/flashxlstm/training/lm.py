@@ -15,7 +15,6 @@ TensorBoard; validation loss and perplexity every `eval_every` steps, and OUT/lo
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -33,7 +32,8 @@ from . import distributed as D
 from .engine import autocast, optimizer_step, run_loop
 from .lm_loss import CausalLMLoss, checkpoint_blocks
 from .presets import build_model, resolve_model
-from .schedule import decay_groups, warmup_cosine_lr
+from .schedule import warmup_cosine_lr
+from .settings import LoopSettings, resume_settings
 
 RUN_CONFIG = "run_config.json"
 MODEL_CONFIG = "model_config.json"
@@ -45,7 +45,7 @@ RESUMABLE = ("steps", "out", "data", "parallel", "micro_batch_size", "device", "
 
 
 @dataclass
-class RunConfig:
+class RunConfig(LoopSettings):
     data: str = ""
     out: str = "runs/lm"
     model: str | dict = "large-125m"  # a preset name, a config file, or a dict of config fields
@@ -53,13 +53,7 @@ class RunConfig:
     seq_len: int = 2048
     batch_size: int = 8  # global rows per optimiser step
     micro_batch_size: int | None = None  # rows per rank per forward; None: batch_size / world size
-    steps: int = 1000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
+    min_lr: float = 1e-4  # the end of the cosine decay (steps, lr, warm-up, decay, betas, clipping: LoopSettings')
     amp: str = "none"  # "none" (fp32) or "bf16" (autocast; fp32 master weights and recurrent states)
     compile: bool = False
     activation_checkpointing: bool = False
@@ -70,8 +64,6 @@ class RunConfig:
     eval_windows: int | None = 64
     save_every: int = 1000
     log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
     threads: int | None = None  # CPU threads per process; None: torch's default
     progress: bool = True
     tensorboard: bool = False
@@ -79,36 +71,19 @@ class RunConfig:
     peak_tflops: float | None = None  # for MFU; None: measured bf16 matmul peak on CUDA, no MFU on CPU
     extra: dict = field(default_factory=dict)
 
-    def validated(self) -> "RunConfig":
-        for name in ("seq_len", "batch_size", "steps", "eval_every", "save_every", "log_every", "ce_chunk"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    def check(self) -> None:
+        super().check()
+        self.check_positive_ints("seq_len", "batch_size", "save_every", "log_every", "ce_chunk")
         if self.feed not in ("packed", "stream"):
             raise ValueError(f"feed must be 'packed' or 'stream', got {self.feed!r}")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
         if self.parallel not in ("none", "ddp", "fsdp"):
             raise ValueError(f"parallel must be none, ddp or fsdp, got {self.parallel!r}")
-        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if not self.data:
             raise ValueError("--data DIR is required (a directory made by `flashxlstm prepare`)")
-        self.betas = tuple(self.betas)
-        return self
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
 
 
 def _memory(device: torch.device) -> dict:
@@ -175,19 +150,9 @@ def resume_lm(out: str | os.PathLike, overrides: dict | None = None, *, stop_aft
     ckpt_dir = Path(out) / "checkpoint"
     if not resolve_directory(ckpt_dir).is_dir():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_dir} (train into --out {out} first)")
-    merged = json.loads((resolve_directory(ckpt_dir) / RUN_CONFIG).read_text())
-    for name, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if name == "betas":
-            value = list(value)
-        if name in RESUMABLE:
-            merged[name] = value
-        elif merged.get(name) != value:
-            raise ValueError(f"--resume: {name}={value!r} differs from the saved run's {name}={merged.get(name)!r}; "
-                             "drop the option to continue it, or train into a new --out")
-    merged["out"] = str(out)
-    return _run(RunConfig.from_dict(merged).validated(), True, stop_after_step, log)
+    saved = json.loads((resolve_directory(ckpt_dir) / RUN_CONFIG).read_text())
+    config = resume_settings(RunConfig, saved, {**(overrides or {}), "out": str(out)}, RESUMABLE)
+    return _run(config, True, stop_after_step, log)
 
 
 def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Callable[[str], None]) -> dict:
@@ -212,8 +177,7 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
     loss_module = D.parallelize(CausalLMLoss(model, config.ce_chunk), config.parallel, world, amp=config.amp)
     if config.parallel == "none" and world.size > 1:
         raise ValueError("a torchrun launch with several processes needs --parallel ddp or fsdp")
-    optimizer = torch.optim.AdamW(decay_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,
-                                  weight_decay=config.weight_decay)
+    optimizer = config.optimizer(model)
     step_module = torch.compile(loss_module) if config.compile else loss_module
 
     rows_per_rank, rem = divmod(config.batch_size, world.size)

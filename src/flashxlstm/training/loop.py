@@ -33,7 +33,8 @@ from .metrics import bits_per_byte, evaluate
 from .model_factory import build_model
 from .plot import plot_loss_curve
 from .progress import progress_bar
-from .schedule import make_optimizer, warmup_cosine_lr
+from .schedule import warmup_cosine_lr
+from .settings import resume_settings
 
 CHECKPOINT_SUBDIR = "checkpoint"
 
@@ -68,20 +69,7 @@ def resolve_device(device: str) -> torch.device:
 def merge_resume_config(saved: TrainConfig, overrides: dict) -> TrainConfig:
     """The saved settings with the few that may change on resume (`steps` and bookkeeping) replaced;
     any other setting that differs from the saved run is an error, since it would break continuation."""
-    merged = saved.to_dict()
-    for name, value in overrides.items():
-        if value is None:
-            continue
-        if name == "betas":
-            value = list(value)
-        if name in RESUMABLE_OVERRIDES or name == "steps":
-            merged[name] = value
-        elif merged.get(name) != value:
-            raise ValueError(
-                f"--resume: {name}={value!r} differs from the checkpoint's {name}={merged.get(name)!r}; "
-                "drop the option to continue the saved run, or train into a new --out"
-            )
-    return TrainConfig.from_dict(merged)
+    return resume_settings(TrainConfig, saved.to_dict(), overrides, RESUMABLE_OVERRIDES)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -208,7 +196,7 @@ def _run(config: TrainConfig, out_dir: Path, saved_state: dict | None, stop_afte
     batcher = StreamBatcher(corpus.train, config.batch_size, config.seq_len, seed=config.seed)
 
     model = build_model(config).to(device)
-    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
+    optimizer = config.optimizer(model)
     n_params = sum(p.numel() for p in model.parameters())
     history: dict = {"train": [], "val": []}
     start_step, carried = 0, None

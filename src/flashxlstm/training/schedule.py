@@ -1,4 +1,4 @@
-"""Learning-rate schedule and optimiser: linear warmup then cosine decay, AdamW with the paper's groups."""
+"""Learning-rate schedule (linear warmup then cosine decay) and AdamW's parameter groups (the paper's decay rule)."""
 from __future__ import annotations
 
 import math
@@ -18,15 +18,6 @@ def warmup_cosine_lr(step: int, *, lr: float, warmup_steps: int, total_steps: in
     decay_steps = max(1, total_steps - warmup_steps - 1)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8
-) -> torch.optim.AdamW:
-    """AdamW over the model's parameter groups: decay on projection weights only (not norms, biases,
-    embedding), as in the paper. The model defines the groups (`model.param_groups(weight_decay)`)."""
-    groups = model.param_groups(weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
