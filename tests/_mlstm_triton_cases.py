@@ -146,7 +146,7 @@ def gate_rows_case(case, gate):
 
 
 def compile_case():
-    """torch.compile graph-breaks around the op: same values and gradients as eager."""
+    """torch.compile (the default compiler) around the op, a custom op: same values and gradients as eager."""
     g = torch.Generator().manual_seed(2)
     ins = [torch.randn(1, 2, 20, 16, generator=g) for _ in range(3)] + [torch.randn(1, 2, 20, generator=g) for _ in range(2)]
 

@@ -37,12 +37,18 @@ def check_mlstm_inputs(
             raise ValueError(f"mlstm: cu_seqlens needs packed inputs with B == 1, got B == {B}")
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
             raise ValueError("mlstm: cu_seqlens must be a 1-D int32/int64 tensor [0, ..., S] of document offsets")
-        cs = cu_seqlens.tolist()
-        if cs[0] != 0 or cs[-1] != S or any(b <= a for a, b in zip(cs, cs[1:])):
-            raise ValueError(f"mlstm: cu_seqlens must rise strictly from 0 to S={S}, got {cs}")
-        nseq = len(cs) - 1
+        if not torch.compiler.is_compiling():  # a host sync; traced, the op that reads cu_seqlens checks it
+            check_cu_seqlens_values(cu_seqlens, S)
+        nseq = cu_seqlens.numel() - 1
     if state is not None:
         check_mlstm_state(state, nseq, NH, DQK, v.shape[-1], q.device)
+
+
+def check_cu_seqlens_values(cu_seqlens: Tensor, S: int) -> None:
+    """The document offsets must rise strictly from 0 to S (reads the values: a host sync on a GPU)."""
+    cs = cu_seqlens.tolist()
+    if cs[0] != 0 or cs[-1] != S or any(b <= a for a, b in zip(cs, cs[1:])):
+        raise ValueError(f"mlstm: cu_seqlens must rise strictly from 0 to S={S}, got {cs}")
 
 
 def check_floating(op: str, **tensors) -> None:

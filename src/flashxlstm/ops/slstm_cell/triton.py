@@ -11,12 +11,16 @@ there heads split over several programs are launched once per step ("stepwise", 
 barrier); a head in one program runs the whole sequence in one launch as on the GPU. The stepwise mode is
 also the fallback when a shape would need more resident programs than the GPU has. Design and limits:
 docs/kernels.md.
+
+Forward and backward are torch custom ops (flashxlstm::slstm_triton_fwd / slstm_triton_bwd, the pattern of
+ops/custom_ops.py), so torch.compile(fullgraph=True) records one call each, with no graph break.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from ..custom_ops import LIB, link_backward
 from ..triton_support import interpreting as _interpreting
 from ..triton_support import next_pow2
 from .checks import SLSTMState
@@ -105,71 +109,121 @@ def _dot_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
-class _SLSTMTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool, tune: dict):
-        from .triton_kernels import slstm_fw_kernel
+def _outputs(x: Tensor, train: bool) -> list[tuple[tuple, torch.dtype]]:
+    """Shapes of the forward op's outputs, from its arguments alone (its fake function and its implementation
+    allocate from them): H, c, n, m, then the residuals of the backward (raw pre-activations and the states
+    of every step; empty without gradients)."""
+    B, S, _, NH, DH = x.shape
+    f32 = torch.float32
+    res = ((B, S, 4, NH, DH), (B, S, NH, DH)) if train else ((0,), (0,))
+    return [((B, S, NH, DH), f32), ((B, NH, DH), f32), ((B, NH, DH), f32), ((B, NH, DH), f32),
+            (res[0], f32), (res[1], f32), (res[1], f32), (res[1], f32)]
 
-        B, S, _, NH, DH = x.shape
-        dev = x.device
-        f32 = dict(device=dev, dtype=torch.float32)
-        x = x.contiguous()
-        dot_dt = _dot_dtype(x)
-        RT = R.to(dot_dt).permute(1, 0, 3, 2).contiguous()  # (NH, 4, k, j) = R[g, h, j, k]
-        bias = b.to(torch.float32).contiguous()
-        c0, n0, m0, h0 = (s.to(torch.float32).contiguous() for s in (c0, n0, m0, h0))
-        slots = S if train else 1
-        H = torch.empty(B, S, NH, DH, **f32)
+
+def _forward(x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool, tune: dict) -> list[Tensor]:
+    from .triton_kernels import slstm_fw_kernel
+
+    B, S, _, NH, DH = x.shape
+    dev = x.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    x = x.contiguous()
+    dot_dt = _dot_dtype(x)
+    RT = R.to(dot_dt).permute(1, 0, 3, 2).contiguous()  # (NH, 4, k, j) = R[g, h, j, k]
+    bias = b.to(torch.float32).contiguous()
+    c0, n0, m0, h0 = (s.to(torch.float32).contiguous() for s in (c0, n0, m0, h0))
+    H, c, n, m, raw, C, N, M = (torch.empty(shape, dtype=dt, device=dev) for shape, dt in _outputs(x, train))
+    slots = S if train else 1
+    if not train:  # the kernel writes the state of the current step only: one slot
         C, N, M = (torch.empty(B, slots, NH, DH, **f32) for _ in range(3))
-        raw = torch.empty(B, S, 4, NH, DH, **f32) if train else H  # H: a placeholder pointer, never written
-        HK = torch.empty(B, 2, NH, DH, device=dev, dtype=dot_dt)  # h_t in the dot dtype, slot t % 2
-        HK[:, 1] = h0  # "h_{-1}"
-        p = plan(B, NH, DH, dev, dot_dtype=dot_dt, inference=not train, **tune)
-        grid = (NH * p["NJ"], p["NBP"])
-        cnt = torch.zeros(NH * p["NBP"], device=dev, dtype=torch.int32)
-        common = dict(DH=DH, EXP_FORGET=exp_forget, STORE_RAW=train, STORE_STATES=train, USE_BARRIER=p["barrier"],
-                      CTA_SYNC=p["cta_sync"], IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
-                      BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], num_warps=p["num_warps"])
-        args = (x, bias, RT, h0, c0, n0, m0, H, HK, C, N, M, raw, cnt, B, S, NH, slots, p["NBP"])
-        for t0, t1 in ([(t, t + 1) for t in range(S)] if p["stepwise"] else [(0, S)]):
-            slstm_fw_kernel[grid](*args, t0, t1, **common)
-        last = (S - 1) % slots
-        c, n, m = C[:, last].clone(), N[:, last].clone(), M[:, last].clone()
-        if train:
-            ctx.save_for_backward(raw, R, c0, n0, m0, h0, C, N, M, H)
-            ctx.cfg = (exp_forget, tune, dot_dt)
-        return H, c, n, m
+    HK = torch.empty(B, 2, NH, DH, device=dev, dtype=dot_dt)  # h_t in the dot dtype, slot t % 2
+    HK[:, 1] = h0  # "h_{-1}"
+    p = plan(B, NH, DH, dev, dot_dtype=dot_dt, inference=not train, **tune)
+    grid = (NH * p["NJ"], p["NBP"])
+    cnt = torch.zeros(NH * p["NBP"], device=dev, dtype=torch.int32)
+    common = dict(DH=DH, EXP_FORGET=exp_forget, STORE_RAW=train, STORE_STATES=train, USE_BARRIER=p["barrier"],
+                  CTA_SYNC=p["cta_sync"], IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
+                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], num_warps=p["num_warps"])
+    args = (x, bias, RT, h0, c0, n0, m0, H, HK, C, N, M, raw if train else H, cnt, B, S, NH, slots, p["NBP"])
+    for t0, t1 in ([(t, t + 1) for t in range(S)] if p["stepwise"] else [(0, S)]):
+        slstm_fw_kernel[grid](*args, t0, t1, **common)
+    last = (S - 1) % slots
+    c.copy_(C[:, last])
+    n.copy_(N[:, last])
+    m.copy_(M[:, last])
+    if not train:
+        C, N, M = (torch.empty(0, **f32) for _ in range(3))
+    return [H, c, n, m, raw, C, N, M]
 
-    @staticmethod
-    def backward(ctx, gH, gc, gn, gm):
-        from .triton_kernels import slstm_bw_kernel
 
-        raw, R, c0, n0, m0, h0, C, N, M, H = ctx.saved_tensors
-        exp_forget, tune, dot_dt = ctx.cfg
-        B, S, _, NH, DH = raw.shape
-        zeros = lambda t: torch.zeros_like(t)
-        gH = zeros(H) if gH is None else gH.to(torch.float32).contiguous()
-        DC, DN, DM = (zeros(c0) if g is None else g.to(torch.float32).clone().contiguous() for g in (gc, gn, gm))
-        draw = torch.empty_like(raw)
-        DK = torch.empty(B, 2, 4, NH, DH, device=raw.device, dtype=dot_dt)  # draw_t in the dot dtype, slot t % 2
-        Rd = R.to(dot_dt).contiguous()
-        if raw.device.type == "cuda":  # the REG backward does not compile with Triton 3.6 (bf16 and fp32)
-            tune = dict(tune, registers=False)
-        p = plan(B, NH, DH, raw.device, dot_dtype=dot_dt, **tune)
-        grid = (NH * p["NJ"], p["NBP"])
-        cnt = torch.zeros(NH * p["NBP"], device=raw.device, dtype=torch.int32)
-        common = dict(DH=DH, EXP_FORGET=exp_forget, USE_BARRIER=p["barrier"], CTA_SYNC=p["cta_sync"],
-                      IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
-                      BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], num_warps=p["num_warps"])
-        args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, DK, cnt, B, S, NH, p["NBP"])
-        for t0, t1 in ([(t, t + 1) for t in range(S - 1, -1, -1)] if p["stepwise"] else [(0, S)]):
-            slstm_bw_kernel[grid](*args, t0, t1, **common)
-        Rf = R.to(torch.float32)
-        dh0 = torch.einsum("bghj,ghjp->bhp", draw[:, 0], Rf)
-        H_prev = torch.cat([h0[:, None], H[:, :-1]], dim=1)
-        dR = torch.einsum("bsghj,bshp->ghjp", draw, H_prev)
-        db = draw.sum((0, 1))
-        return (draw, dR.to(R.dtype), db, DC, DN, DM, dh0, None, None, None)
+def _backward(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool,
+              tune: dict) -> list[Tensor]:
+    from .triton_kernels import slstm_bw_kernel
+
+    dtypes = [t.dtype for t in (x, R, b, c0, n0, m0, h0)]
+    dot_dt = _dot_dtype(x)
+    c0, n0, m0, h0 = (s.to(torch.float32).contiguous() for s in (c0, n0, m0, h0))
+    B, S, _, NH, DH = raw.shape
+    gH = gH.to(torch.float32).contiguous()
+    DC, DN, DM = (g.to(torch.float32).clone().contiguous() for g in (gc, gn, gm))  # the kernel updates them
+    draw = torch.empty_like(raw)
+    DK = torch.empty(B, 2, 4, NH, DH, device=raw.device, dtype=dot_dt)  # draw_t in the dot dtype, slot t % 2
+    Rd = R.to(dot_dt).contiguous()
+    if raw.device.type == "cuda":  # the REG backward does not compile with Triton 3.6 (bf16 and fp32)
+        tune = dict(tune, registers=False)
+    p = plan(B, NH, DH, raw.device, dot_dtype=dot_dt, **tune)
+    grid = (NH * p["NJ"], p["NBP"])
+    cnt = torch.zeros(NH * p["NBP"], device=raw.device, dtype=torch.int32)
+    common = dict(DH=DH, EXP_FORGET=exp_forget, USE_BARRIER=p["barrier"], CTA_SYNC=p["cta_sync"],
+                  IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
+                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], num_warps=p["num_warps"])
+    args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, DK, cnt, B, S, NH, p["NBP"])
+    for t0, t1 in ([(t, t + 1) for t in range(S - 1, -1, -1)] if p["stepwise"] else [(0, S)]):
+        slstm_bw_kernel[grid](*args, t0, t1, **common)
+    Rf = R.to(torch.float32)
+    dh0 = torch.einsum("bghj,ghjp->bhp", draw[:, 0], Rf)
+    H_prev = torch.cat([h0[:, None], H[:, :-1]], dim=1)
+    dR = torch.einsum("bsghj,bshp->ghjp", draw, H_prev)
+    db = draw.sum((0, 1))
+    return [g.to(dt) for g, dt in zip((draw, dR, db, DC, DN, DM, dh0), dtypes)]
+
+
+# Forward and backward as torch custom ops (the pattern of ops/custom_ops.py): torch.compile(fullgraph=True)
+# records one call each and never traces into the launchers. The launch overrides of `plan` (TUNE) travel as
+# separate optional arguments, None = the default.
+TUNE = ("block_j", "resident", "block_k", "num_warps", "registers", "resident_limit")
+_Outs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+@torch.library.custom_op(f"{LIB}::slstm_triton_fwd", mutates_args=())
+def _forward_op(x: Tensor, R: Tensor, b: Tensor, c0: Tensor, n0: Tensor, m0: Tensor, h0: Tensor, exp_forget: bool,
+                train: bool, block_j: int | None, resident: bool | None, block_k: int | None, num_warps: int | None,
+                registers: bool | None, resident_limit: int | None) -> _Outs:
+    tune = dict(zip(TUNE, (block_j, resident, block_k, num_warps, registers, resident_limit)))
+    return tuple(_forward(x, R, b, c0, n0, m0, h0, exp_forget, train, tune))
+
+
+@_forward_op.register_fake
+def _(x, R, b, c0, n0, m0, h0, exp_forget, train, *tune):
+    return tuple(torch.empty(shape, dtype=dt, device=x.device) for shape, dt in _outputs(x, train))
+
+
+@torch.library.custom_op(f"{LIB}::slstm_triton_bwd", mutates_args=())
+def _backward_op(gH: Tensor, gc: Tensor, gn: Tensor, gm: Tensor, H: Tensor, c: Tensor, n: Tensor, m: Tensor,
+                 raw: Tensor, C: Tensor, N: Tensor, M: Tensor, x: Tensor, R: Tensor, b: Tensor, c0: Tensor,
+                 n0: Tensor, m0: Tensor, h0: Tensor, exp_forget: bool, train: bool, block_j: int | None,
+                 resident: bool | None, block_k: int | None, num_warps: int | None, registers: bool | None,
+                 resident_limit: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    tune = dict(zip(TUNE, (block_j, resident, block_k, num_warps, registers, resident_limit)))
+    return tuple(_backward(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0, exp_forget, train,
+                           tune))
+
+
+@_backward_op.register_fake
+def _(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0, *_):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (x, R, b, c0, n0, m0, h0))
+
+
+link_backward(_forward_op, _backward_op, n_outputs=4, differentiable=range(7))
 
 
 def slstm_triton(
@@ -188,6 +242,9 @@ def slstm_triton(
     tune = dict(tune or {})
     if block_j is not None:
         tune["block_j"] = block_j
-    H, c, n, m = _SLSTMTriton.apply(x, R, b, c0, n0, m0, h0, forget_gate == "exp", train, tune)
+    unknown = set(tune) - set(TUNE)
+    if unknown:
+        raise ValueError(f"slstm(triton): unknown launch overrides {sorted(unknown)}; known: {', '.join(TUNE)}")
+    H, c, n, m = _forward_op(x, R, b, c0, n0, m0, h0, forget_gate == "exp", train, *(tune.get(k) for k in TUNE))[:4]
     h_last = H[:, -1]
     return H.to(out_dt), tuple(s.to(out_dt) for s in (c, n, m, h_last))

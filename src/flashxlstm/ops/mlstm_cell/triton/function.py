@@ -30,13 +30,17 @@ initial states come from a torch pass (segments.py), and the walks run all (sequ
 parallel; autograd chains the kernels' initial-state gradients through the scan. Measured slower on an
 H200 where B * NH * ceil(DV / 64) already fills the GPU. Packed documents (cu_seqlens) are never cut.
 
-torch.compile does not trace into the op: it graph-breaks around it (torch.compiler.disable) and the
-autograd Function runs as is, so compiled models keep these kernels and their gradients. What each pass
-computes, why, and what limits it: docs/kernels.md.
+Forward and backward are torch custom ops (flashxlstm::mlstm_triton_fwd / mlstm_triton_bwd, the pattern of
+ops/custom_ops.py) with fake functions that derive every output shape from the arguments alone, so
+torch.compile(fullgraph=True) records one call each, with no graph break and no host sync in the traced
+path (the cu_seqlens values are checked inside the op, on real tensors). What each pass computes, why, and
+what limits it: docs/kernels.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -44,7 +48,9 @@ import triton
 from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
+from ...custom_ops import LIB, link_backward
 from ...triton_support import interpreting, next_pow2, shared_memory_limit
+from ..checks import check_cu_seqlens_values
 from .backward import (mlstm_bwd_dkv_kernel, mlstm_bwd_dq_kernel, mlstm_bwd_finalize_kernel,
                        mlstm_bwd_prep_kernel)
 from .chunk_backward import (mlstm_chunk_bwd_dqk_kernel, mlstm_chunk_bwd_dv_kernel,
@@ -88,6 +94,20 @@ class Variant:
                                  f"got {getattr(self, name)!r}")
         if self.window_steps < 16:
             raise ValueError(f"mlstm(triton): Variant.window_steps must be >= 16, got {self.window_steps}")
+
+        # the op's argument (custom op arguments are plain types), made once: torch.compile reads it as a constant
+        object.__setattr__(self, "_json", json.dumps(dataclasses.asdict(self), sort_keys=True))
+
+    def to_json(self) -> str:
+        return self._json
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def from_json(text: str) -> "Variant":
+        fields = json.loads(text)
+        for name in ("cp", "walk"):
+            fields[name] = tuple(tuple(pair) for pair in fields[name])
+        return Variant(**fields)
 
 
 DEFAULT_VARIANT = Variant()
@@ -194,90 +214,158 @@ class _Spans:
         return out
 
 
-class MLSTMTritonFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, cu, chunk, eps, input_gate, tseg, variant):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        i, f = i.float().contiguous(), f.float().contiguous()
-        C0, n0, m0 = C0.float().contiguous(), n0.float().contiguous(), m0.float().contiguous()
-        DQK, DV = q.shape[-1], v.shape[-1]
-        sp = _Spans(q, cu, tseg)
-        h = torch.empty_like(v)
-        store_lo = v.dtype != torch.float32 and any(ctx.needs_input_grad[:8])
-        hlo = torch.empty_like(v) if store_lo else h
-        mstat = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
-        dstat = torch.empty_like(mstat)
-        Cf = torch.empty(sp.prefix + (DQK, DV), dtype=torch.float32, device=q.device)
-        nf = torch.empty(sp.prefix + (DQK,), dtype=torch.float32, device=q.device)
-        mf = torch.empty(sp.prefix, dtype=torch.float32, device=q.device)
-        entries, window = (), 0
-        if variant.forward == "chunkparallel" and not sp.varlen and not sp.segmented:
-            windowed = any(ctx.needs_input_grad[:8]) and variant.backward == "chunkparallel"
-            entries, window = _planned("cp", q, DV, chunk, variant.cp, lambda cfg: _chunk_parallel_forward(
-                q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, cfg, eps, input_gate, store_lo,
-                variant.window_steps if windowed else 0))
-        else:
-            def walk(cfg):
-                mlstm_fwd_kernel[(sp.N * sp.NH, cdiv(DV, cfg["BV"]))](
-                    q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, sp.cu_k, sp.S, sp.TSEG, sp.NSEG,
-                    DQK**-0.5, eps, NH=sp.NH, DQK=DQK, DV=DV, L=cfg["L"], BK=cfg["BK"], BV=cfg["BV"],
-                    EXP_GATE=input_gate == "exp", IS_VARLEN=sp.varlen, PREC=_precision(q.dtype), STORE_LO=store_lo,
-                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                )
-            _planned("walk", q, DV, chunk, variant.walk, walk)
-        Cf, nf, mf = sp.last(Cf), sp.last(nf), sp.last(mf)
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf, *entries)
-        ctx.meta = (sp, chunk, eps, input_gate, store_lo, variant, window)
-        return h, Cf, nf, mf
+def _outputs(q: Tensor, v: Tensor, cu: Tensor | None, chunk: int, tseg: int, variant: Variant, train: bool):
+    """Shapes and dtypes of the forward op's outputs, a function of its arguments alone (the op's fake function
+    and its implementation allocate from it): h, C, n, m, then the residuals hlo (h's rounding residual, empty
+    unless 16-bit with gradients), mstat, dstat (per step), and the fp32 states entering every backward window
+    (Ew, En, Em; zero windows unless the chunk-parallel backward will need more than one)."""
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    prefix = (B if cu is None else cu.shape[0] - 1, NH)
+    lo = (B, NH, S, DV) if v.dtype != torch.float32 and train else (0,)
+    window = _window(S, chunk, variant, train, cu is None and not tseg)
+    NW = triton.cdiv(S, window) if window else 0
+    f32 = torch.float32
+    return [(q.shape[:3] + (DV,), v.dtype), (prefix + (DQK, DV), f32), (prefix + (DQK,), f32), (prefix, f32),
+            (lo, v.dtype), (q.shape[:3], f32), (q.shape[:3], f32),
+            ((NW, B * NH, DQK, DV), f32), ((NW, B * NH, DQK), f32), ((NW, B * NH), f32)]
 
-    @staticmethod
-    def backward(ctx, dh, dCf, dnf, dmf):
-        q, k, v, i, f, C0, n0, m0, h, hlo, mstat, dstat, Cf, nf, *entries = ctx.saved_tensors
-        sp, chunk, eps, input_gate, store_lo, variant, window = ctx.meta
-        NH = sp.NH
-        DV = v.shape[-1]
-        dev = q.device
-        zeros = lambda shape: torch.zeros(shape, dtype=torch.float32, device=dev)
-        dh = zeros(h.shape).to(h.dtype) if dh is None else dh.contiguous()
-        # <dC, C> + <dn, n> of the returned final states (float64, one number per returned state)
-        state_prefix = Cf.shape[:-2]
-        dfinal = zeros(state_prefix).double()
-        if dCf is not None:
-            dfinal += (dCf.double() * Cf.double()).sum((-2, -1))
-        if dnf is not None:
-            dfinal += (dnf.double() * nf.double()).sum(-1)
-        dCf = sp.full(zeros(Cf.shape) if dCf is None else dCf.float()).contiguous()
-        dnf = sp.full(zeros(nf.shape) if dnf is None else dnf.float()).contiguous()
-        dmf = sp.full(zeros(state_prefix) if dmf is None else dmf.float())
-        dfinal = sp.full(dfinal)
 
-        R = h.numel() // DV
-        rz, dden, dfo = (torch.empty(q.shape[:3], dtype=torch.float32, device=dev) for _ in range(3))
-        BR = 32
-        mlstm_bwd_prep_kernel[(cdiv(R, BR),)](
-            h, hlo, dh, mstat, dstat, rz, dden, dfo, R, eps, DV=DV, BR=BR, BVP=min(128, next_pow2(DV)),
-            HAS_LO=store_lo, num_warps=4)
+def _window(S: int, chunk: int, variant: Variant, train: bool, chunk_parallel: bool) -> int:
+    """Steps per time window of the chunk-parallel backward whose entry states the forward saves, or 0 (the
+    whole sequence is one window: no gradients, the walks, or a sequence no longer than one window). A multiple
+    of `chunk`, so that every chunk length the plans take (a power of two, at most `chunk`) divides it."""
+    if not (train and chunk_parallel and variant.forward == variant.backward == "chunkparallel"):
+        return 0
+    window = max(chunk, variant.window_steps // chunk * chunk)
+    return window if S > window else 0
 
-        if variant.backward == "chunkparallel" and not sp.varlen and not sp.segmented:
-            grads = _planned("cp", q, DV, chunk, variant.cp, lambda cfg: _chunk_parallel_backward(
-                q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dCf, dnf, cfg, input_gate, entries, window))
-        else:
-            grads = _planned("walk", q, DV, chunk, variant.walk, lambda cfg: _walk_backward(
-                q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, sp, cfg, input_gate))
-        dq, dk, dv, dC0, dn0, dli, forget = grads
 
-        if "dlogf" in forget and not sp.varlen and not sp.segmented:  # one launch (gate_rows.py)
-            di, df, dm0_routed = gate_grads_rows(i, f, m0, dli, forget["dlogf"], dfinal, dmf, input_gate)
-        else:
-            S = sp.S
-            packed = lambda t: t.transpose(0, 1).reshape(NH, -1)  # (B, NH, S) -> (NH, B*S)
-            unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
-            di, df, dm0_routed = gate_grads(packed(i), packed(f), sp.to_docs(m0), packed(dli), sp.to_docs(dfinal),
-                                            sp.to_docs(dmf), sp.doc_offsets(), input_gate,
-                                            **{k: packed(t) for k, t in forget.items()})
-            di, df, dm0_routed = unpack(di), unpack(df), sp.from_docs(dm0_routed)
-        dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + dm0_routed.float()
-        return dq, dk, dv, di, df, dC0, dn0, dm0, None, None, None, None, None, None
+def _empty(shapes, device) -> list[Tensor]:
+    return [torch.empty(shape, dtype=dt, device=device) for shape, dt in shapes]
+
+
+def _forward(q, k, v, i, f, C0, n0, m0, cu, chunk, eps, input_gate, tseg, variant, train):
+    """The forward launches (see the module docstring); returns the tensors `_outputs` describes."""
+    if cu is not None:
+        check_cu_seqlens_values(cu, q.shape[2])
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    i, f = i.float().contiguous(), f.float().contiguous()
+    C0, n0, m0 = C0.float().contiguous(), n0.float().contiguous(), m0.float().contiguous()
+    DQK, DV = q.shape[-1], v.shape[-1]
+    sp = _Spans(q, cu, tseg)
+    h, Cl, nl, ml, hlo, mstat, dstat, *entries = _empty(_outputs(q, v, cu, chunk, tseg, variant, train), q.device)
+    store_lo = hlo.numel() > 0
+    hlo_k = hlo if store_lo else h  # a pointer the kernels do not write
+    Cf = torch.empty(sp.prefix + (DQK, DV), dtype=torch.float32, device=q.device)
+    nf = torch.empty(sp.prefix + (DQK,), dtype=torch.float32, device=q.device)
+    mf = torch.empty(sp.prefix, dtype=torch.float32, device=q.device)
+    if variant.forward == "chunkparallel" and not sp.varlen and not sp.segmented:
+        window = _window(q.shape[2], chunk, variant, train, True)
+        _planned("cp", q, DV, chunk, variant.cp, lambda cfg: _chunk_parallel_forward(
+            q, k, v, i, f, C0, n0, m0, h, hlo_k, Cf, nf, mf, mstat, dstat, cfg, eps, input_gate, store_lo,
+            window, entries if window else ()))
+    else:
+        def walk(cfg):
+            mlstm_fwd_kernel[(sp.N * sp.NH, cdiv(DV, cfg["BV"]))](
+                q, k, v, i, f, C0, n0, m0, h, hlo_k, Cf, nf, mf, mstat, dstat, sp.cu_k, sp.S, sp.TSEG, sp.NSEG,
+                DQK**-0.5, eps, NH=sp.NH, DQK=DQK, DV=DV, L=cfg["L"], BK=cfg["BK"], BV=cfg["BV"],
+                EXP_GATE=input_gate == "exp", IS_VARLEN=sp.varlen, PREC=_precision(q.dtype), STORE_LO=store_lo,
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            )
+        _planned("walk", q, DV, chunk, variant.walk, walk)
+    Cl.copy_(sp.last(Cf))
+    nl.copy_(sp.last(nf))
+    ml.copy_(sp.last(mf))
+    return [h, Cl, nl, ml, hlo, mstat, dstat, *entries]
+
+
+def _backward(dh, dCf, dnf, dmf, h, Cf, nf, mf, hlo, mstat, dstat, Ew, En, Em, q, k, v, i, f, C0, n0, m0, cu,
+              chunk, eps, input_gate, tseg, variant, train):
+    """The backward launches; gradients of q, k, v, i, f, C0, n0, m0 in the inputs' dtypes."""
+    dtypes = [t.dtype for t in (q, k, v, i, f, C0, n0, m0)]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    i, f = i.float().contiguous(), f.float().contiguous()
+    C0, n0, m0 = C0.float().contiguous(), n0.float().contiguous(), m0.float().contiguous()
+    sp = _Spans(q, cu, tseg)
+    store_lo = hlo.numel() > 0
+    hlo = hlo if store_lo else h
+    entries = (Ew, En, Em) if Ew.shape[0] else ()
+    window = _window(q.shape[2], chunk, variant, train, not sp.varlen and not sp.segmented) if entries else 0
+    NH = sp.NH
+    DV = v.shape[-1]
+    dev = q.device
+    dh = dh.contiguous()
+    # <dC, C> + <dn, n> of the returned final states (float64, one number per returned state)
+    dfinal = (dCf.double() * Cf.double()).sum((-2, -1)) + (dnf.double() * nf.double()).sum(-1)
+    dCf = sp.full(dCf.float()).contiguous()
+    dnf = sp.full(dnf.float()).contiguous()
+    dmf = sp.full(dmf.float())
+    dfinal = sp.full(dfinal)
+
+    R = h.numel() // DV
+    rz, dden, dfo = (torch.empty(q.shape[:3], dtype=torch.float32, device=dev) for _ in range(3))
+    BR = 32
+    mlstm_bwd_prep_kernel[(cdiv(R, BR),)](
+        h, hlo, dh, mstat, dstat, rz, dden, dfo, R, eps, DV=DV, BR=BR, BVP=min(128, next_pow2(DV)),
+        HAS_LO=store_lo, num_warps=4)
+
+    if variant.backward == "chunkparallel" and not sp.varlen and not sp.segmented:
+        grads = _planned("cp", q, DV, chunk, variant.cp, lambda cfg: _chunk_parallel_backward(
+            q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dCf, dnf, cfg, input_gate, entries, window))
+    else:
+        grads = _planned("walk", q, DV, chunk, variant.walk, lambda cfg: _walk_backward(
+            q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, sp, cfg, input_gate))
+    dq, dk, dv, dC0, dn0, dli, forget = grads
+
+    if "dlogf" in forget and not sp.varlen and not sp.segmented:  # one launch (gate_rows.py)
+        di, df, dm0_routed = gate_grads_rows(i, f, m0, dli, forget["dlogf"], dfinal, dmf, input_gate)
+    else:
+        S = sp.S
+        packed = lambda t: t.transpose(0, 1).reshape(NH, -1)  # (B, NH, S) -> (NH, B*S)
+        unpack = lambda t: t.reshape(NH, -1, S).transpose(0, 1).to(torch.float32)
+        di, df, dm0_routed = gate_grads(packed(i), packed(f), sp.to_docs(m0), packed(dli), sp.to_docs(dfinal),
+                                        sp.to_docs(dmf), sp.doc_offsets(), input_gate,
+                                        **{k: packed(t) for k, t in forget.items()})
+        di, df, dm0_routed = unpack(di), unpack(df), sp.from_docs(dm0_routed)
+    dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + dm0_routed.float()
+    return [g.to(dt) for g, dt in zip((dq, dk, dv, di, df, dC0, dn0, dm0), dtypes)]
+
+
+# The op as two torch custom ops (the pattern of ops/custom_ops.py), so torch.compile records one call each and
+# never traces into the launchers. Variant travels as its JSON text (custom op arguments are plain types).
+_Outs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+_Grads = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+@torch.library.custom_op(f"{LIB}::mlstm_triton_fwd", mutates_args=())
+def _forward_op(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, C0: Tensor, n0: Tensor, m0: Tensor,
+                cu_seqlens: Tensor | None, chunk: int, eps: float, input_gate: str, tseg: int, variant: str,
+                train: bool) -> _Outs:
+    return tuple(_forward(q, k, v, i, f, C0, n0, m0, cu_seqlens, chunk, eps, input_gate, tseg,
+                          Variant.from_json(variant), train))
+
+
+@_forward_op.register_fake
+def _(q, k, v, i, f, C0, n0, m0, cu_seqlens, chunk, eps, input_gate, tseg, variant, train):
+    return tuple(_empty(_outputs(q, v, cu_seqlens, chunk, tseg, Variant.from_json(variant), train), q.device))
+
+
+@torch.library.custom_op(f"{LIB}::mlstm_triton_bwd", mutates_args=())
+def _backward_op(dh: Tensor, dCf: Tensor, dnf: Tensor, dmf: Tensor, h: Tensor, Cf: Tensor, nf: Tensor, mf: Tensor,
+                 hlo: Tensor, mstat: Tensor, dstat: Tensor, Ew: Tensor, En: Tensor, Em: Tensor, q: Tensor, k: Tensor,
+                 v: Tensor, i: Tensor, f: Tensor, C0: Tensor, n0: Tensor, m0: Tensor, cu_seqlens: Tensor | None,
+                 chunk: int, eps: float, input_gate: str, tseg: int, variant: str, train: bool) -> _Grads:
+    return tuple(_backward(dh, dCf, dnf, dmf, h, Cf, nf, mf, hlo, mstat, dstat, Ew, En, Em, q, k, v, i, f, C0, n0,
+                           m0, cu_seqlens, chunk, eps, input_gate, tseg, Variant.from_json(variant), train))
+
+
+@_backward_op.register_fake
+def _(dh, dCf, dnf, dmf, h, Cf, nf, mf, hlo, mstat, dstat, Ew, En, Em, q, k, v, i, f, C0, n0, m0, *_):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v, i, f, C0, n0, m0))
+
+
+link_backward(_forward_op, _backward_op, n_outputs=4, differentiable=range(8))
 
 
 def _walk_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dfo, dh, dCf, dnf, sp, cfg, input_gate):
@@ -368,28 +456,19 @@ def _chunk_parallel_backward(q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dCf
 
 
 def _chunk_parallel_forward(q, k, v, i, f, C0, n0, m0, h, hlo, Cf, nf, mf, mstat, dstat, cfg, eps,
-                            input_gate, store_lo, window_steps):
+                            input_gate, store_lo, window, entries):
     """Pass 1 writes the state entering every chunk, pass 2 computes all chunks' outputs in parallel.
 
     The chunk states live only during the forward: B * NH * ceil(S / L) * DQK * DV values in the input
-    dtype, plus fp32 n and m. With window_steps > 0 (the chunk-parallel backward will run) and a sequence
-    longer than one backward window, pass 1 also writes the fp32 state entering every window, which is
-    returned (Ew, En, Em) with the window length in steps for the backward to restart from; otherwise
-    ((), 0) is returned.
+    dtype, plus fp32 n and m. With window > 0 (the chunk-parallel backward will run over windows of that many
+    steps), pass 1 also writes the fp32 state entering every window into `entries` (Ew, En, Em), for the
+    backward to restart from.
     """
-    L = cfg["L"]
-    NT = cdiv(q.shape[2], L)
-    W = max(1, int(window_steps) // L)
-    entries = ()
-    if window_steps and NT > W:
-        NW, BH = cdiv(NT, W), q.shape[0] * q.shape[1]
-        entries = (torch.empty((NW, BH) + C0.shape[2:], dtype=torch.float32, device=q.device),
-                   torch.empty((NW, BH) + n0.shape[2:], dtype=torch.float32, device=q.device),
-                   torch.empty((NW, BH), dtype=torch.float32, device=q.device))
+    if window:
+        cfg = dict(cfg, L=min(cfg["L"], window & -window))  # a chunk length that divides the window
     Cs, ns, ms = chunk_states(k, v, i, f, C0, n0, m0, Cf, nf, mf, cfg, input_gate, entries=entries,
-                              every=W if entries else 0)
+                              every=window // cfg["L"] if window else 0)
     chunk_outputs(q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, cfg, eps, input_gate, store_lo)
-    return entries, (W * L if entries else 0)
 
 
 def chunk_states(k, v, i, f, C0, n0, m0, Cf, nf, mf, cfg, input_gate, *, out=None, c_first=0, n_chunks=None,
@@ -425,7 +504,6 @@ def chunk_outputs(q, k, v, i, f, Cs, ns, ms, h, hlo, mstat, dstat, cfg, eps, inp
         STORE_LO=store_lo, num_warps=cfg["warps_o"], num_stages=cfg["stages_o"], **_cap(cfg["maxnreg_o"]))
 
 
-@torch.compiler.disable  # torch.compile graph-breaks around the op and runs it as is (with autograd)
 def mlstm_triton_variant(q, k, v, i, f, state, *, chunk_size=64, eps=1e-6, input_gate="exp", cu_seqlens=None,
                          variant: Variant = DEFAULT_VARIANT):
     """The op with explicit launch choices (see Variant); mlstm_triton is this with the defaults."""
@@ -442,8 +520,9 @@ def mlstm_triton_variant(q, k, v, i, f, state, *, chunk_size=64, eps=1e-6, input
     tseg = segment_length(q, cu_seqlens, variant)
     if tseg:
         C0, n0, m0 = segment_states(k, v, i, f, C0, n0, m0, tseg, input_gate)
-    h, C, n, m = MLSTMTritonFn.apply(q, k, v, i, f, C0, n0, m0, cu_seqlens, chunk, float(eps), input_gate, tseg,
-                                     variant)
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i, f, C0, n0, m0))
+    h, C, n, m = _forward_op(q, k, v, i, f, C0, n0, m0, cu_seqlens, chunk, float(eps), input_gate, tseg,
+                             variant.to_json(), train)[:4]
     return h, (C, n, m)
 
 

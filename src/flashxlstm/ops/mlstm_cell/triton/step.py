@@ -22,6 +22,9 @@ A.copy_(B) (one extra pass over the state).
 Block sizes: below 128 (batch, head) pairs the DV axis is split in 32-wide blocks so that there are
 enough programs to fill the GPU; above it 128-wide blocks (fewer, longer programs). On CUDA the first
 call for a shape times a few such layouts and keeps the fastest (outside CUDA-graph capture).
+
+Under torch.compile the launch is the custom op flashxlstm::mlstm_step_triton (it writes the output buffers),
+so a compiled decode step has no graph break.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ...custom_ops import LIB
 from ...triton_support import FirstCallTuner, next_pow2
 from .common import finite_or_zero, logsigmoid
 
@@ -158,6 +162,26 @@ def _launch(layout, args, B, NH, DQK, DV, input_gate, soft_cap):
     )
 
 
+def _step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, C: Tensor, n: Tensor, m: Tensor, h: Tensor,
+          Cn: Tensor, nn_: Tensor, mn: Tensor, eps: float, input_gate: str, gate_soft_cap: float | None) -> None:
+    """One launch writing h, C', n', m' (see the module docstring)."""
+    B, NH, DQK = q.shape
+    DV = v.shape[-1]
+    soft_cap = gate_soft_cap is not None
+    args = (q, k, v, i, f, C, n, m, h, Cn, nn_, mn, DQK**-0.5, float(eps), float(gate_soft_cap or 1.0),
+            q.stride(0), k.stride(0), v.stride(0), i.stride(0), f.stride(0), NH)
+    key = (B * NH, DQK, DV, h.dtype, input_gate, soft_cap)
+    layout = TUNER.choose(key, v.device, _default_layout(B * NH, DQK, DV), _candidate_layouts(B * NH, DQK, DV),
+                          lambda lay: _launch(lay, args, B, NH, DQK, DV, input_gate, soft_cap))
+    _launch(layout, args, B, NH, DQK, DV, input_gate, soft_cap)
+
+
+# The launch as a torch custom op writing into the output buffers: what torch.compile records (one call, no
+# graph break). Eager calls launch directly: a decode step is one small launch per layer, where the
+# dispatcher's per-call cost would show.
+_step_op = torch.library.custom_op(f"{LIB}::mlstm_step_triton", _step, mutates_args=("h", "Cn", "nn_", "mn"))
+
+
 def mlstm_step_triton(
     q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, state, *, eps: float = 1e-6,
     input_gate: str = "exp", out: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
@@ -182,14 +206,10 @@ def mlstm_step_triton(
             if tuple(t.shape) != shape or t.dtype != dt or not t.is_contiguous():
                 raise ValueError(f"mlstm_step(triton): out {name} must be a contiguous {dt} tensor of shape {shape}, "
                                  f"got {t.dtype} {tuple(t.shape)}")
-        if any(_overlaps(o, s) for o in out[1:] for s in (C, n, m)):
+        # traced tensors have no addresses; the compiled graph's functionalized buffers never overlap anyway
+        if not torch.compiler.is_compiling() and any(_overlaps(o, s) for o in out[1:] for s in (C, n, m)):
             raise ValueError("mlstm_step(triton): out buffers must not overlap the input state")
     h, Cn, nn_, mn = out
-    soft_cap = gate_soft_cap is not None
-    args = (q, k, v, i, f, C, n, m, h, Cn, nn_, mn, DQK**-0.5, float(eps), float(gate_soft_cap or 1.0),
-            q.stride(0), k.stride(0), v.stride(0), i.stride(0), f.stride(0), NH)
-    key = (B * NH, DQK, DV, h.dtype, input_gate, soft_cap)
-    layout = TUNER.choose(key, v.device, _default_layout(B * NH, DQK, DV), _candidate_layouts(B * NH, DQK, DV),
-                          lambda lay: _launch(lay, args, B, NH, DQK, DV, input_gate, soft_cap))
-    _launch(layout, args, B, NH, DQK, DV, input_gate, soft_cap)
+    step = _step_op if torch.compiler.is_compiling() else _step
+    step(q, k, v, i, f, C, n, m, h, Cn, nn_, mn, float(eps), input_gate, gate_soft_cap)
     return h, (Cn, nn_, mn)
