@@ -100,10 +100,12 @@ def test_experiment_vision_digits_end_to_end(tmp_path):
     from flashxlstm.cli.main import main
     rc = main(["experiment", "vision", "--model", "vil", "--dataset", "digits", "--out", str(tmp_path),
                "--steps", "60", "--batch-size", "64", "--lr", "3e-3", "--patch-size", "2", "--dim", "32",
-               "--depth", "2", "--num-heads", "2", "--quiet"])
+               "--depth", "2", "--num-heads", "2", "--grad-clip", "1.0", "--quiet"])
     assert rc in (0, None)
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["test_accuracy"] > 0.5 and res["tokens_per_image"] == 16 and res["eval_images_per_s"] > 0
+    assert res["augment"]["pad"] == 0 and res["augment"]["hflip"] == 0  # digits: no augmentation by default
+    assert res["train_config"]["grad_clip"] == 1.0
 
 
 def test_idx_reader_and_missing_fashion_mnist(tmp_path):

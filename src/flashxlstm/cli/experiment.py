@@ -115,6 +115,7 @@ def _vision_arguments(sub) -> None:
     vi.add_argument("--eval-batch-size", type=int, default=256)
     vi.add_argument("--lr", type=float, default=1e-3)
     vi.add_argument("--weight-decay", type=float, default=0.05)
+    vi.add_argument("--grad-clip", type=float, default=0.0, help="gradient norm clip (default 0: off)")
     vi.add_argument("--warmup-steps", type=int, default=None, help="(default: steps / 10)")
     vi.add_argument("--eval-every", type=int, default=None, help="(default: steps / 5)")
     vi.add_argument("--patch-size", type=int, default=4)
@@ -122,7 +123,14 @@ def _vision_arguments(sub) -> None:
     vi.add_argument("--depth", type=int, default=4, help="ViL blocks; the ViT's depth matches its parameters")
     vi.add_argument("--num-heads", type=int, default=4)
     vi.add_argument("--pooling", default="bilateral_concat", choices=["bilateral_concat", "bilateral_avg", "mean"])
-    vi.add_argument("--backend", default="auto", help="mLSTM kernel (default auto)")
+    vi.add_argument("--backend", default="auto", help="mLSTM kernel of the ViL (default auto; 'fastest': time a "
+                    "few training steps with each of parallel, chunkwise, triton and train with the fastest)")
+    vi.add_argument("--crop-pad", type=int, default=None, help="augmentation: random crop after zero padding by "
+                    "this many pixels (default: 2 on fashion-mnist, 0 on digits)")
+    vi.add_argument("--hflip", type=float, default=None, help="augmentation: horizontal flip probability "
+                    "(default: 0.5 on fashion-mnist, 0 on digits)")
+    vi.add_argument("--erase", type=float, default=None, help="augmentation: random erasing probability "
+                    "(default: 0.25 on fashion-mnist, 0 on digits)")
     vi.add_argument("--amp", choices=["none", "bf16"], default="none")
     vi.add_argument("--time-budget", type=float, default=None, help="wall-clock seconds (tasks/harness.py)")
     vi.add_argument("--seed", type=int, default=0)
@@ -133,21 +141,27 @@ def _vision_arguments(sub) -> None:
 
 def _run_vision(args: argparse.Namespace) -> int:
     from flashxlstm.tasks.harness import TrainConfig
-    from flashxlstm.tasks.vision import run_vision
+    from flashxlstm.tasks.vision import DATASET_AUGMENT, run_vision
+    from flashxlstm.tasks.vision_augment import AugmentConfig
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     for name in ("steps", "batch_size", "eval_batch_size", "patch_size", "dim", "depth", "num_heads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     cfg = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, amp=args.amp,
+                      grad_clip=args.grad_clip,
                       warmup_steps=args.warmup_steps if args.warmup_steps is not None else args.steps // 10,
                       eval_every=args.eval_every or max(args.steps // 5, 1), seed=args.seed,
                       device=_device(args.device), time_budget_s=args.time_budget)
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    default = DATASET_AUGMENT[args.dataset]
+    aug = AugmentConfig(pad=default.pad if args.crop_pad is None else args.crop_pad,
+                        hflip=default.hflip if args.hflip is None else args.hflip,
+                        erase=default.erase if args.erase is None else args.erase)
     res = run_vision(args.model, args.dataset, args.out, train_cfg=cfg, batch_size=args.batch_size,
                      eval_batch_size=args.eval_batch_size, patch_size=args.patch_size, dim=args.dim,
                      depth=args.depth, num_heads=args.num_heads, backend=args.backend, pooling=args.pooling,
-                     data_dir=args.data_dir, log=log)
+                     data_dir=args.data_dir, augment_cfg=aug, log=log)
     print(f"vision {res['model']} {res['dataset']}: test accuracy {res['test_accuracy']:.4f}, "
           f"{res['num_parameters']} parameters, {res['tokens_per_image']} tokens/image, "
           f"train {res['train_images_per_s']:.0f} images/s, eval {res['eval_images_per_s']:.0f} images/s "

@@ -2,17 +2,23 @@
 
 Data comes from installed packages, nothing is downloaded: sklearn's bundled digits (8x8, 1797 images; a fixed
 split of 1437 train / 360 test) and Fashion-MNIST (28x28, 60k / 10k) from Debian's `dataset-fashion-mnist`
-package, whose idx.gz files lie in /usr/share/datasets/fashion-mnist. Pixels are scaled to [0, 1].
+package, whose idx.gz files lie in /usr/share/datasets/fashion-mnist (or any `data_dir`). Pixels are scaled
+to [0, 1]. Training data stays on the training device; each batch is drawn and augmented there
+(tasks/vision_augment.py: crop, flip and erasing on Fashion-MNIST by default, nothing on digits, whose classes
+are not flip-invariant).
 """
 from __future__ import annotations
 
 import gzip
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .vision_augment import AugmentConfig, augment
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -99,32 +105,103 @@ def images_per_second(model, images: torch.Tensor, device: str, batch_size: int,
     return len(images) / (time.perf_counter() - t0)
 
 
+DATASET_AUGMENT = {"digits": AugmentConfig(), "fashion-mnist": AugmentConfig(pad=2, hflip=0.5, erase=0.25)}
+BACKEND_CANDIDATES = ("parallel", "chunkwise", "triton")
+
+
+def make_sampler(images: torch.Tensor, labels: torch.Tensor, batch_size: int, aug: AugmentConfig):
+    """`sample(rng)` for the training loop: a batch drawn with replacement and augmented on `images`' device.
+    A torch Generator seeded from `rng` draws the indices and the augmentation, so the batch stream is a
+    function of the numpy stream alone (keep the data on the GPU: no per-step host copies of images)."""
+    def sample(rng: np.random.Generator):
+        gen = torch.Generator(device=images.device)
+        gen.manual_seed(int(rng.integers(0, 2 ** 62)))
+        idx = torch.randint(0, len(labels), (batch_size,), generator=gen, device=images.device)
+        return augment(images[idx], gen, aug), labels[idx]
+    return sample
+
+
+def fastest_backend(make_model, sample, cfg, candidates=BACKEND_CANDIDATES, steps: int = 4,
+                    log=None) -> tuple[str, dict[str, float]]:
+    """The mLSTM backend with the shortest median training step (after two untimed steps: compilation) among
+    the `candidates` available on `cfg.device`; `make_model(backend)` builds the model. Returns (name, {name:
+    step ms})."""
+    from flashxlstm.ops.mlstm_cell import BACKENDS
+    from .harness import _step, _sync, param_groups
+    times, errors = {}, {}
+    rng = np.random.default_rng([cfg.seed, 77])  # not the training stream
+    for name in candidates:
+        if name not in BACKENDS:
+            continue
+        model = make_model(name).to(cfg.device).train()
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        t = []
+        try:
+            for _ in range(steps + 2):
+                x, y = sample(rng)
+                t0 = time.perf_counter()
+                _step(model, opt, x.to(cfg.device), y.to(cfg.device), cfg, cfg.lr * 1e-3)
+                _sync(cfg.device)
+                t.append(time.perf_counter() - t0)
+        except (RuntimeError, ValueError) as e:  # a kernel that cannot run this shape is not a candidate
+            errors[name] = f"{type(e).__name__}: {e}"[:300]
+            if log is not None:
+                log(f"backend {name}: failed, skipped ({errors[name]})")
+            continue
+        finally:
+            del model, opt
+        times[name] = 1000 * float(np.median(t[2:]))
+        if log is not None:
+            log(f"backend {name}: {times[name]:.1f} ms per training step (first step {1000 * t[0]:.0f} ms)")
+    if not times:
+        raise ValueError(f"none of the backends {candidates} ran; available: {sorted(BACKENDS)}; errors: {errors}")
+    return min(times, key=times.get), times
+
+
 def run_vision(model_name: str, dataset: str, out: str | Path, *, train_cfg, batch_size: int = 128,
                eval_batch_size: int = 256, patch_size: int = 4, dim: int = 64, depth: int = 4, num_heads: int = 4,
                backend: str = "auto", pooling: str = "bilateral_concat", data_dir: str | None = None,
-               log=None) -> dict:
-    """Train one model on `dataset`, evaluate on its test split; writes OUT/results.json and returns it."""
+               augment_cfg: AugmentConfig | None = None, log=None) -> dict:
+    """Train one model on `dataset`, evaluate on its test split; writes OUT/results.json and returns it.
+
+    `augment_cfg` None: the dataset's default (`DATASET_AUGMENT`). `backend="fastest"` (ViL only) first times
+    a few training steps with each mLSTM backend (`fastest_backend`) and trains with the fastest."""
     from flashxlstm.models.vision import num_parameters
     from .harness import evaluate, train
-    torch.manual_seed(train_cfg.seed)
+    t_start = time.perf_counter()
+    aug = DATASET_AUGMENT[dataset] if augment_cfg is None and dataset in DATASET_AUGMENT else augment_cfg
+    aug = aug or AugmentConfig()
     data = load_dataset(dataset, data_dir)
-    (xtr, ytr), (xte, yte) = data["train"], data["test"]
-    model = build_model(model_name, image_size=tuple(xtr.shape[2:]), patch_size=patch_size, dim=dim, depth=depth,
-                        num_heads=num_heads, num_classes=int(ytr.max()) + 1, backend=backend, pooling=pooling)
+    dev = train_cfg.device
+    (xtr, ytr), (xte, yte) = ((x.to(dev), y.to(dev)) for x, y in (data["train"], data["test"]))
+    load_s = time.perf_counter() - t_start
+    sample = make_sampler(xtr, ytr, batch_size, aug)
 
-    def sample(rng: np.random.Generator):
-        idx = torch.from_numpy(rng.integers(0, len(ytr), batch_size))
-        return xtr[idx], ytr[idx]
+    def make(b: str):
+        return build_model(model_name, image_size=tuple(xtr.shape[2:]), patch_size=patch_size, dim=dim,
+                           depth=depth, num_heads=num_heads, num_classes=int(ytr.max()) + 1, backend=b,
+                           pooling=pooling)
 
+    probe = None
+    if backend == "fastest":
+        if model_name != "vil":
+            raise ValueError("backend 'fastest' picks the ViL's mLSTM kernel; the ViT has none")
+        backend, probe = fastest_backend(make, sample, train_cfg, log=log)
+    torch.manual_seed(train_cfg.seed)
+    model = make(backend)
     test = [(xte[i:i + eval_batch_size], yte[i:i + eval_batch_size]) for i in range(0, len(yte), eval_batch_size)]
     hist = train(model, sample, {"test": test}, train_cfg, log=log)
-    final = evaluate(model, test, train_cfg.device, train_cfg)
+    final = evaluate(model, test, dev, train_cfg)
     res = {"model": model_name, "dataset": dataset, "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+           "best_test_accuracy": max([final["accuracy"]] + [p["test_accuracy"] for p in hist["history"]]),
            "num_parameters": num_parameters(model), "tokens_per_image": model.patch.num_patches,
+           "batch_size": batch_size, "augment": asdict(aug), "backend": backend if model_name == "vil" else None,
+           "backend_probe_step_ms": probe, "data_load_s": load_s,
            "train_images_per_s": hist["steps_done"] * batch_size / hist["train_time_s"],
-           "eval_images_per_s": images_per_second(model, xte, train_cfg.device, eval_batch_size, train_cfg),
+           "eval_images_per_s": images_per_second(model, xte, dev, eval_batch_size, train_cfg),
            "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(model.cfg).items()},
-           "device": train_cfg.device, "torch": torch.__version__, **hist}
+           "device": dev, "device_name": torch.cuda.get_device_name(dev) if dev.startswith("cuda") else "cpu",
+           "torch": torch.__version__, **hist, "total_wall_s": time.perf_counter() - t_start}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1))
