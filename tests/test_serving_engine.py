@@ -6,6 +6,7 @@ import flashxlstm
 from flashxlstm.generation import generate
 from flashxlstm.serving import (ByteTokenizer, Engine, EngineConfig, SamplingParams, ServingTokenizer, SlotStates,
                                 TextStream)
+from flashxlstm.generation.cuda_graph import state_leaves
 from flashxlstm.serving.states import default_buckets
 
 BYTES = ServingTokenizer(ByteTokenizer())
@@ -202,3 +203,50 @@ def test_a_failing_step_ends_its_requests_and_the_engine_keeps_serving():
         assert out.finish_reason == "length" and out.token_ids == reference(engine.model, [1, 2], 5)
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefill_many_rows_equal_each_prefill_alone(family, gen):
+    """Chunks of 6, 1, 13, 4 tokens in one left-padded forward, two rows from empty states and two carrying
+    the state of an earlier chunk: each row's logits and state equal its own unpadded prefill."""
+    model = FAMILIES[family](7)
+    slots = SlotStates(model, capacity=2)
+    chunks = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (6, 1, 13, 4)]
+    earlier = [None, slots.prefill(torch.randint(0, 256, (1, 9), generator=gen))[1], None,
+               slots.prefill(torch.randint(0, 256, (1, 3), generator=gen))[1]]
+    logits, states = slots.prefill_many(chunks, earlier)
+    assert logits.shape == (4, 256) and len(states) == 4
+    for i, (chunk, state) in enumerate(zip(chunks, earlier)):
+        want_logits, want_state = slots.prefill(torch.tensor([chunk]), state)
+        torch.testing.assert_close(logits[i:i + 1], want_logits, rtol=1e-5, atol=1e-5)
+        for got, want in zip(state_leaves(states[i]), state_leaves(want_state)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="non-empty chunk"):
+        slots.prefill_many([[1], []], [None, None])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefill_forwards_hold_several_requests_and_outputs_equal_generate(family, gen):
+    """Ten requests with prompts of 1..37 tokens, chunk 8, 32 padded tokens per prefill forward: forwards mix
+    first chunks with continued ones and short tails with full chunks; every greedy output equals its own
+    `generate`, and far fewer prefill forwards run than chunks."""
+    model = FAMILIES[family](8)
+    engine = Engine(model, BYTES, EngineConfig(max_batch=10, prefill_chunk=8, prefill_tokens=32, eos_token_id=[]))
+    calls = []
+    prefill_many = engine.slots.prefill_many
+
+    def spy(chunks, states):
+        calls.append(([len(c) for c in chunks], [s is None for s in states]))
+        return prefill_many(chunks, states)
+
+    engine.slots.prefill_many = spy
+    lengths = [37, 3, 20, 1, 9, 16, 30, 5, 12, 24]
+    prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in lengths]
+    params = [SamplingParams(max_tokens=3 + i % 5, temperature=0) for i in range(len(prompts))]
+    outs = engine.generate(prompts, params)
+    for prompt, p, out in zip(prompts, params, outs):
+        assert out.token_ids == reference(model, prompt, p.max_tokens)
+    chunks = sum(-(-n // 8) for n in lengths)
+    assert engine.stats.prefill_forwards == len(calls) and len(calls) <= chunks // 2
+    assert all(len(sizes) * max(sizes) <= 32 for sizes, _ in calls)
+    assert any(len(set(sizes)) > 1 and len(set(fresh)) > 1 for sizes, fresh in calls)  # mixed in one forward

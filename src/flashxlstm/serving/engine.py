@@ -7,16 +7,18 @@
 
 Each scheduler iteration (`step`) does three things:
 1. admit waiting requests while fewer than max_batch are in flight (prefilling or decoding);
-2. prefill: at most `prefill_chunk` prompt tokens, one chunk of one request at a time, oldest first, so a
-   long prompt is spread over many iterations and never stalls the running sequences for longer than one
-   chunk. A request whose prompt is done samples its first token and joins the batch (SlotStates.put);
+2. prefill: one forward over the next chunks (at most `prefill_chunk` tokens each) of the oldest prefilling
+   requests, as many as fit `prefill_tokens` (padding counted), left-padded into one batch
+   (SlotStates.prefill_many), so a long prompt is spread over many iterations and never stalls the running
+   sequences for longer than one prefill forward. A request whose prompt is done chooses its first token
+   and joins the batch (SlotStates.put);
 3. decode: one step of every running sequence (SlotStates.decode), each choosing its next token with its
    own sampling parameters; a finished sequence (EOS, a stop token id, a stop string, max_tokens, or an
    abort such as a client disconnect) leaves the batch and the last row moves into its place.
 
-A sequence is computed exactly as `generate` computes it alone (first prompt chunk from state=None, the
-same prefill and sampling code); rows of a batch are independent, so greedy outputs equal `generate`'s
-whatever else runs. Constant memory per sequence: the state, never a growing cache.
+A sequence is computed as `generate` computes it alone (first prompt chunk from the empty state, padding
+kept out of the state by the attention mask, the same sampling code); rows of a batch are independent, so
+greedy outputs equal `generate`'s whatever else runs (up to the rounding of a different batch shape). Constant memory per sequence: the state, never a growing cache.
 
 Thread safety: `submit` and `abort` may be called from any thread; everything else runs on the engine
 thread (or the caller's, for `step`/`generate` without `start`).
@@ -41,7 +43,9 @@ from .text import ServingTokenizer, TextStream
 @dataclass
 class EngineConfig:
     max_batch: int = 16  # sequences decoded together (and in flight at most)
-    prefill_chunk: int = 512  # prompt tokens per scheduler iteration
+    prefill_chunk: int = 512  # prompt tokens of one request per prefill forward
+    prefill_tokens: int | None = None  # padded prompt tokens per prefill forward (several requests; default
+    # 4 x prefill_chunk); one prefill forward per scheduler iteration bounds how long decoding waits
     max_prompt_tokens: int = 8192
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
     max_queue: int = 4096  # waiting requests beyond this are refused
@@ -50,7 +54,10 @@ class EngineConfig:
     eos_token_id: int | list[int] | None = None  # default: the model config's
 
     def check(self) -> None:
-        for name in ("max_batch", "prefill_chunk", "max_prompt_tokens", "max_tokens_limit", "max_queue"):
+        if self.prefill_tokens is None:
+            self.prefill_tokens = 4 * self.prefill_chunk if isinstance(self.prefill_chunk, int) else None
+        for name in ("max_batch", "prefill_chunk", "prefill_tokens", "max_prompt_tokens", "max_tokens_limit",
+                     "max_queue"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"EngineConfig: {name} must be a positive int, got {v!r}")
@@ -256,18 +263,37 @@ class Engine:
         self._retire([i for i, r in enumerate(self._rows) if r.id in ids], "abort")
 
     def _prefill(self) -> None:
-        budget = self.config.prefill_chunk
-        while budget > 0 and self._prefilling:
-            req = self._prefilling[0]
-            n = min(budget, len(req.prompt) - req.prefilled)
-            chunk = torch.tensor([req.prompt[req.prefilled:req.prefilled + n]], dtype=torch.long, device=self.device)
-            logits, req.state = self.slots.prefill(chunk, req.state)
+        """One prefill forward over the oldest prefilling requests: each gets its next chunk of at most
+        prefill_chunk tokens, as many requests as fit prefill_tokens (counted with padding: requests x the
+        longest chunk; the oldest always gets a chunk). Requests whose prompt is done choose their first
+        token and join the batch."""
+        cfg = self.config
+        budget = cfg.prefill_tokens if cfg.prefill_tokens is not None else cfg.prefill_chunk
+        picked: list[tuple[_Request, int]] = []
+        longest = 0
+        for req in self._prefilling:
+            n = min(cfg.prefill_chunk, len(req.prompt) - req.prefilled, budget)
+            if picked and (len(picked) + 1) * max(longest, n) > budget:
+                break
+            picked.append((req, n))
+            longest = max(longest, n)
+        if not picked:
+            return
+        chunks = [req.prompt[req.prefilled:req.prefilled + n] for req, n in picked]
+        logits, states = self.slots.prefill_many(chunks, [req.state for req, _ in picked])
+        self.stats.prefill_forwards += 1
+        done = []
+        for row, ((req, n), state) in enumerate(zip(picked, states)):
+            req.state = state
             req.prefilled += n
-            budget -= n
-            if req.prefilled < len(req.prompt):
-                continue
-            self._prefilling.popleft()
-            token = choose_tokens(logits, [req.params], [req.generator])[0]
+            if req.prefilled == len(req.prompt):
+                done.append(row)
+        if not done:
+            return
+        reqs = [picked[row][0] for row in done]
+        tokens = choose_tokens(logits[done], [r.params for r in reqs], [r.generator for r in reqs])
+        for req, token in zip(reqs, tokens):
+            self._prefilling.remove(req)
             self.stats.prefills += 1
             if self._accept(req, token):
                 self.slots.put(len(self._rows), req.state)
@@ -395,6 +421,7 @@ class EngineStats:
         self.prompt_tokens = 0
         self.generated_tokens = 0
         self.prefills = 0
+        self.prefill_forwards = 0
         self.decode_steps = 0
         self.decode_seconds = 0.0
         self.occupancy_sum = 0

@@ -4,6 +4,7 @@ Everything the engine knows about a model's state lives here, so a change of sta
 
     slots = SlotStates(model, capacity=64)              # buffers for 64 rows, decode runners per bucket
     logits, state = slots.prefill(ids (1, S), state)    # one prompt chunk of one request (state None at first)
+    logits, states = slots.prefill_many(chunks, states)  # one chunk each of k requests in one forward
     slots.put(row, state)                               # a prefilled sequence joins the batch at `row`
     logits = slots.decode(tokens (n,))                  # one step of rows 0..n-1 -> logits (n, V)
     slots.move(src, dst)                                # compaction when a row retires
@@ -15,6 +16,11 @@ op of both families is row-independent, so they never touch the live rows. Each 
 captured graph per bucket, on the CPU the same step run eagerly. Models whose forward takes `state_out`
 (the 7B family) ping-pong between two buffer sets; `self._live` says which set holds the current states.
 The state is any nested tuple of tensors with the batch in dim 0 (both families).
+
+`prefill_many` runs chunks of different lengths in one forward: left-padded to the longest, with an
+attention_mask that keeps the padding out of every row's state (both families support it exactly: padded
+steps leave the state unchanged), each row from its own state (an empty state for a first chunk, the one
+`state=None` means), and the last position (real in every row, because of the left padding) gives the logits.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..generation.cuda_graph import StaticDecodeStep, accepts_state_out, state_leaves
+from ..generation.cuda_graph import StaticDecodeStep, accepts_state_out, state_leaves, with_leaves
 from ..generation.generate import prefill as _prefill
 from ..nn.state import map_state
 
@@ -61,6 +67,7 @@ class SlotStates:
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
         with torch.no_grad():
             _, probe = model(torch.zeros(1, 1, dtype=torch.long, device=self.device))
+        self._empty = self._empty_state(probe)
         # the buffers only ever receive prefilled states: a prompt's first chunk starts from state=None, as
         # in generate, so a sequence is computed exactly as it would be alone
         self._sets = [map_state(lambda t: t.new_zeros((capacity, *t.shape[1:])), probe)]
@@ -80,6 +87,40 @@ class SlotStates:
     def prefill(self, input_ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """One chunk of one prompt (1, S) from `state` (None: nothing seen) -> last logits (1, V), new state."""
         return _prefill(self.model, input_ids.to(self.device), state=state)
+
+    @torch.no_grad()
+    def prefill_many(self, chunks: list[list[int]], states: list[Any]) -> tuple[Tensor, list[Any]]:
+        """One chunk each of k prompts in one forward (see the module doc): chunks k lists of >= 1 token ids,
+        states k states (None: nothing seen yet) -> the last logits (k, V) and the k new batch-1 states."""
+        if len(chunks) != len(states) or not chunks or not all(chunks):
+            raise ValueError("SlotStates.prefill_many: give one non-empty chunk and one state (or None) per request")
+        if len(chunks) == 1:  # no padding, no stacking: what generate's chunked prefill does
+            logits, state = self.prefill(torch.tensor(chunks, dtype=torch.long), states[0])
+            return logits, [state]
+        k, longest = len(chunks), max(len(c) for c in chunks)
+        ids = torch.zeros(k, longest, dtype=torch.long)
+        mask = torch.zeros(k, longest, dtype=torch.long)
+        for i, c in enumerate(chunks):
+            ids[i, longest - len(c):] = torch.tensor(c)
+            mask[i, longest - len(c):] = 1
+        stacked = None
+        if any(s is not None for s in states):
+            per_row = [state_leaves(self._empty if s is None else s) for s in states]
+            stacked = with_leaves(self._empty, [torch.cat(ts) for ts in zip(*per_row)])
+        logits, state = _prefill(self.model, ids.to(self.device), mask.to(self.device), state=stacked)
+        return logits, [map_state(lambda t, i=i: t[i:i + 1], state) for i in range(k)]
+
+    def _empty_state(self, probe: Any) -> Any:
+        """A batch-1 state equal to what state=None means: the model's initial_state, else zeros (7B family)."""
+        init = getattr(self.model, "initial_state", None)
+        if init is not None:
+            dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+            empty = init(1, self.device, dtype)
+        else:
+            empty = map_state(lambda t: t.new_zeros((1, *t.shape[1:])), probe)
+        if [(t.shape, t.dtype) for t in state_leaves(empty)] != [(t.shape, t.dtype) for t in state_leaves(probe)]:
+            raise ValueError("SlotStates: the model's initial_state differs in shape or dtype from its output state")
+        return empty
 
     def row_bytes(self) -> int:
         """Memory one sequence's slot takes: its state, times the buffer sets (2 for ping-pong models)."""
