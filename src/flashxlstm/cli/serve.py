@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parameter dtype (default: as stored); recurrent states stay float32")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--prefill-chunk", type=int, default=512,
-                        help="prompt tokens prefilled per scheduler step, between decode steps (default %(default)s)")
+                        help="prompt tokens of one request per prefill forward (default %(default)s)")
+    parser.add_argument("--prefill-tokens", type=int, default=None,
+                        help="padded prompt tokens of all requests in one prefill forward, one forward between "
+                             "decode steps (default: 4x --prefill-chunk)")
     parser.add_argument("--max-prompt-tokens", type=int, default=8192, help="longest prompt accepted (default %(default)s)")
     parser.add_argument("--max-tokens-limit", type=int, default=4096,
                         help="largest max_tokens a request may ask for (default %(default)s)")
@@ -40,13 +43,14 @@ def build(args: argparse.Namespace):
     from ..serving import Engine, EngineConfig
     from ..serving.loading import load_for_serving
 
-    for name in ("max_batch", "prefill_chunk", "max_prompt_tokens", "max_tokens_limit"):
-        if getattr(args, name) < 1:
+    for name in ("max_batch", "prefill_chunk", "prefill_tokens", "max_prompt_tokens", "max_tokens_limit"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = None if args.dtype == "auto" else args.dtype
     model, tokenizer, directory = load_for_serving(args.model, dtype=dtype, device=device)
     config = EngineConfig(max_batch=args.max_batch, prefill_chunk=args.prefill_chunk,
+                          prefill_tokens=getattr(args, "prefill_tokens", None),
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit,
                           cuda_graph=False if args.no_cuda_graph else None)
     from pathlib import Path
