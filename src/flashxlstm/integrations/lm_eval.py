@@ -6,7 +6,8 @@
     import flashxlstm.integrations.lm_eval, lm_eval                  # importing registers the model
     lm_eval.simple_evaluate(model="flashxlstm", model_args="pretrained=DIR", tasks=[...])
 
-lm-eval 0.4.x finds models only in its own registry (it reads no entry points), so the command above is
+lm-eval 0.4.x finds models only in its own registry (it reads no entry points; README, "Evaluation with
+lm-evaluation-harness", says why a bare `lm_eval --model flashxlstm` cannot work), so the command above is
 lm-eval's own command line with this module imported first; every lm_eval flag (--include_path for local
 tasks, --limit, --log_samples, ...) works as documented there.
 

@@ -93,15 +93,6 @@ class RequestHandle:
 
             self._queue = asyncio.Queue()
 
-    def _push(self, out: RequestOutput) -> None:
-        if self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, out)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                pass
-        else:
-            self._queue.put(out)
-
     def __iter__(self):
         while True:
             out = self._queue.get()
@@ -124,6 +115,27 @@ class RequestHandle:
             text.append(last.text)
         return RequestOutput(self.request_id, ids, "".join(text), True, last.finish_reason, last.prompt_tokens,
                              last.completion_tokens, last.error, last.time)
+
+
+def deliver(outputs: list[tuple[RequestHandle, RequestOutput]]) -> None:
+    """Hand outputs to their handles in order: one wake-up per event loop for the lot (one decode step's
+    outputs for every running request), not one per output, which would cost a wake-up per token per stream."""
+    by_loop: dict[Any, list[tuple[RequestHandle, RequestOutput]]] = {}
+    for handle, out in outputs:
+        if handle._loop is None:
+            handle._queue.put(out)
+        else:
+            by_loop.setdefault(handle._loop, []).append((handle, out))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+def _put_all(items: list[tuple[RequestHandle, RequestOutput]]) -> None:
+    for handle, out in items:
+        handle._queue.put_nowait(out)
 
 
 @dataclass
@@ -162,6 +174,7 @@ class Engine:
         self._waiting: deque[_Request] = deque()
         self._prefilling: deque[_Request] = deque()
         self._rows: list[_Request] = []  # running sequences; row i of the state batch is self._rows[i]
+        self._outbox: list[tuple[RequestHandle, RequestOutput]] = []  # delivered at the end of each step
         self._ids = itertools.count()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -235,7 +248,17 @@ class Engine:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One scheduler iteration: admit, one prefill budget, one decode step."""
+        """One scheduler iteration: admit, one prefill forward, one decode step; then the outputs go out."""
+        try:
+            self._step()
+        finally:
+            self._flush()
+
+    def _flush(self) -> None:
+        outputs, self._outbox = self._outbox, []
+        deliver(outputs)
+
+    def _step(self) -> None:
         while not self._inbox.empty():
             req = self._inbox.get()
             self._waiting.append(req)
@@ -334,8 +357,8 @@ class Engine:
             if finished and reason != "stop":
                 req.stream.finish()
             text = req.stream.take(final=finished)
-        req.handle._push(RequestOutput(req.id, ids, text, finished, reason, len(req.prompt), len(req.output),
-                                       error, time.perf_counter()))
+        self._outbox.append((req.handle, RequestOutput(req.id, ids, text, finished, reason, len(req.prompt),
+                                                       len(req.output), error, time.perf_counter())))
 
     def _finish(self, req: _Request, reason: str, ids: list[int] | None = None, error: str | None = None) -> None:
         self._emit(req, ids or [], reason, error)
@@ -410,6 +433,7 @@ class Engine:
             except Exception as e:  # a failed step leaves the batch undefined: end its requests, keep serving
                 self.stats.errors += 1
                 self._fail_all(f"{type(e).__name__}: {e}")
+                self._flush()
 
 
 class EngineStats:
