@@ -1,4 +1,6 @@
 """The serving engine without HTTP: continuous batching equals `generate` per request, for both families."""
+import queue
+
 import pytest
 import torch
 
@@ -250,3 +252,31 @@ def test_prefill_forwards_hold_several_requests_and_outputs_equal_generate(famil
     assert engine.stats.prefill_forwards == len(calls) and len(calls) <= chunks // 2
     assert all(len(sizes) * max(sizes) <= 32 for sizes, _ in calls)
     assert any(len(set(sizes)) > 1 and len(set(fresh)) > 1 for sizes, fresh in calls)  # mixed in one forward
+
+
+def test_one_event_loop_wake_up_per_step_for_all_streams():
+    """Outputs for requests on an event loop go out once per step per loop, in order, not once per token."""
+    class Loop:  # records call_soon_threadsafe calls and runs them when asked, as an event loop would
+        def __init__(self):
+            self.calls = []
+
+        def call_soon_threadsafe(self, fn, *args):
+            self.calls.append((fn, args))
+
+        def run(self):
+            for fn, args in self.calls:
+                fn(*args)
+
+    loop = Loop()
+    engine = Engine(neurips_model(9), BYTES, EngineConfig(max_batch=4, eos_token_id=[]))
+    handles = [engine.submit([1 + i, 2], SamplingParams(max_tokens=3, temperature=0), loop=loop) for i in range(3)]
+    for h in handles:  # read back without an event loop: a plain queue takes put_nowait alike
+        h._queue = queue.SimpleQueue()
+    steps = 0
+    while engine.has_work():
+        engine.step()
+        steps += 1
+    assert len(loop.calls) == steps  # every step produced outputs for all three: one wake-up each
+    loop.run()
+    for i, h in enumerate(handles):
+        assert [t for out in h for t in out.token_ids] == reference(engine.model, [1 + i, 2], 3)
