@@ -366,8 +366,8 @@ def main():
                 f"Command: `python {' '.join(sys.argv)}`", "",
                 f"Machine: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}, "
                 f"CUDA {torch.version.cuda}; run took {time.time() - t_start:.0f} s", ""]
-        (out / "slstm_kernels.md").write_text("\n".join(head) + table(args.B, args.T, shape_list))
-        (out / "slstm_kernels.json").write_text(json.dumps(dict(rows=ROWS, chosen=CHOSEN), indent=1, default=str))
+        (out / "bench_slstm.md").write_text("\n".join(head) + table(args.B, args.T, shape_list))
+        (out / "bench_slstm.json").write_text(json.dumps(dict(rows=ROWS, chosen=CHOSEN), indent=1, default=str))
 
     def give_up():
         log("BUDGET: out of time, writing what there is")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from flashxlstm.ops import slstm
+from machine_info import cpu_model
 
 
 def official_layer(D: int, NH: int, seed: int = 0):
@@ -53,16 +54,6 @@ def measure(fn) -> tuple[float, float]:
     w0, c0 = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - w0, time.process_time() - c0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -152,7 +143,7 @@ def main() -> None:
     lines += [
         "",
         f"Command: `python {' '.join(sys.argv)}`",
-        f"Machine: {_cpu_name()}, {os.cpu_count()} cores (shared with other jobs; load average {os.getloadavg()[0]:.1f}); "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores (shared with other jobs; load average {os.getloadavg()[0]:.1f}); "
         f"Python {platform.python_version()}, torch {torch.__version__}, xlstm {getattr(xlstm, '__version__', '2.0.6')}",
     ]
     text = "\n".join(lines) + "\n"

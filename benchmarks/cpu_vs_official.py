@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 import flashxlstm
 from flashxlstm import from_official
+from machine_info import cpu_model
 
 CASES = [
     # name, context, batch, embedding_dim, num_blocks, slstm_at, heads
@@ -108,12 +109,7 @@ def peak_rss_kib() -> int:
 def versions() -> str:
     import xlstm
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-        cpu = model
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:

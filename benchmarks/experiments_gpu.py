@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -37,6 +36,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine_info import cpu_model  # noqa: E402  (the sibling helper, beside this script)
+
 PARITY_MODELS = ["xlstm[0:1]", "xlstm[1:1]", "xlstm[1:0]", "transformer", "lstm"]
 MQAR_MODELS = ["xlstm[1:0]", "transformer", "lstm"]
 
@@ -83,9 +86,12 @@ def preflight(device: str) -> dict:
     import flashxlstm.ops.slstm_cell as slstm_ops
     from flashxlstm.tasks.zoo import ModelSize, build_model
 
-    info: dict = {"device": device, "torch": torch.__version__,
-                  "slstm_auto": slstm_ops._auto_backend(torch.device(device), torch.float32),
-                  "mlstm_auto": mlstm_ops._auto_backend(torch.device(device))}
+    from flashxlstm.ops.choose import choose_backend
+
+    info: dict = {"device": device, "torch": torch.__version__}
+    for kind, ops, fallback in (("slstm", slstm_ops, "fused"), ("mlstm", mlstm_ops, "chunkwise")):
+        info[f"{kind}_auto"] = choose_backend(kind, "auto", ops.BACKENDS, fallback=fallback, device=torch.device(device),
+                                              dtype=torch.float32)
     if device.startswith("cuda"):
         import triton
 
@@ -144,6 +150,51 @@ def pack(out: Path, archive: str | None) -> None:
     with tarfile.open(tmp, "w:gz") as tar:
         tar.add(out, arcname=out.name)
     os.replace(tmp, archive)
+
+
+def run_jobs(jobs: list[tuple[str, list[str], Path]], *, parallel: int, limit_s: float, env: dict, start: float,
+             out: Path, archive: str | None) -> dict[str, str]:
+    """Run every (name, command, log file) as a subprocess, at most `parallel` at once, and kill one that still
+    runs `limit_s` after it started. Returns {name: "ok" | "exit N" | "killed"}. `out` is packed to `archive`
+    every minute and after every finished job, so a device call that is cut off still returns a trace."""
+    pending, running, status = list(jobs), [], {}
+    last_pack = time.perf_counter()
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, cmd, log_path = pending.pop(0)
+            log = open(log_path, "w")
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT),
+                            time.perf_counter(), log))
+        time.sleep(1.0)
+        if time.perf_counter() - last_pack > 60:
+            pack(out, archive)
+            last_pack = time.perf_counter()
+        for item in list(running):
+            name, proc, t0, log = item
+            rc = proc.poll()
+            if rc is None and time.perf_counter() - t0 > limit_s:
+                proc.kill()
+                rc = proc.wait()
+                status[name] = "killed"
+            if rc is not None:
+                status.setdefault(name, "ok" if rc == 0 else f"exit {rc}")
+                log.close()
+                running.remove(item)
+                print(f"[{time.perf_counter() - start:.0f} s] {name}: {status[name]}", flush=True)
+                pack(out, archive)
+    return status
+
+
+def machine(info: dict) -> str:
+    """The GPU of a preflight record, or this machine's CPU."""
+    return info.get("gpu", cpu_model())
+
+
+def setup_line(info: dict) -> str:
+    """The machine, versions and kernels of a grid, from its preflight record."""
+    kernel = lambda kind: info.get(f"{kind}_fallback", info.get(f"{kind}_auto", "-"))
+    return (f"{machine(info)}; torch {info.get('torch', '?')}, triton {info.get('triton', '-')}; "
+            f"kernels: sLSTM {kernel('slstm')}, mLSTM {kernel('mlstm')}")
 
 
 def read_result(run_dir: Path) -> dict | None:
@@ -249,43 +300,19 @@ def main() -> int:
                     setattr(args, f"{kind}_backend", info[f"{kind}_fallback"])
             grid = jobs(args)
         (out / "preflight.json").write_text(json.dumps(info, indent=2) + "\n")
-        pending = list(grid)
-        last_pack = time.perf_counter()
-        running: list[tuple[str, subprocess.Popen, float, object]] = []
-        while pending or running:
-            while pending and len(running) < args.parallel:
-                name, argv = pending.pop(0)
-                run_dir = out / name
-                run_dir.mkdir(parents=True, exist_ok=True)
-                cmd = [sys.executable, "-m", "flashxlstm.cli.main", "experiment", *argv, "--out", str(run_dir)]
-                (run_dir / "command.txt").write_text(" ".join(shlex.quote(c) for c in cmd[1:]) + "\n")
-                log = open(run_dir / "log.txt", "w")
-                running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                        cwd=ROOT), time.perf_counter(), log))
-            time.sleep(1.0)
-            if time.perf_counter() - last_pack > 60:  # a trace even if the whole command is cut off
-                pack(out, args.pack)
-                last_pack = time.perf_counter()
-            for item in list(running):
-                name, proc, t0, log = item
-                rc = proc.poll()
-                if rc is None and time.perf_counter() - t0 > args.budget + args.grace:
-                    proc.kill()
-                    rc = proc.wait()
-                    status[name] = "killed"
-                if rc is not None:
-                    status.setdefault(name, "ok" if rc == 0 else f"exit {rc}")
-                    log.close()
-                    running.remove(item)
-                    print(f"[{time.perf_counter() - start:.0f} s] {name}: {status[name]}", flush=True)
-                    pack(out, args.pack)
+        commands = []
+        for name, argv in grid:
+            run_dir = out / name
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "flashxlstm.cli.main", "experiment", *argv, "--out", str(run_dir)]
+            (run_dir / "command.txt").write_text(" ".join(shlex.quote(c) for c in cmd[1:]) + "\n")
+            commands.append((name, cmd, run_dir / "log.txt"))
+        status = run_jobs(commands, parallel=args.parallel, limit_s=args.budget + args.grace, env=env, start=start,
+                          out=out, archive=args.pack)
     rows = [row(name, read_result(out / name), status.get(name, "missing")) for name, _ in grid
             if (out / name).exists()]
-    machine = info.get("gpu", platform.processor() or platform.machine())
-    header = (f"Synthetic experiments, {len(rows)} jobs side by side on {machine} ({args.device}); budget "
-              f"{args.budget:.0f} s per job; torch {info.get('torch', '?')}, triton {info.get('triton', '-')}; "
-              f"kernels: sLSTM {info.get('slstm_fallback', info.get('slstm_auto', '-'))}, mLSTM "
-              f"{info.get('mlstm_fallback', info.get('mlstm_auto', '-'))}.\n\nCommand: `{header_cmd}`\n\n"
+    header = (f"Synthetic experiments, {len(rows)} jobs side by side ({args.device}) on {setup_line(info)}; budget "
+              f"{args.budget:.0f} s per job.\n\nCommand: `{header_cmd}`\n\n"
               "Parity: scaled accuracy (0 chance, 1 perfect) on 8192 held-out sequences of lengths 3..40 (train) "
               "and 40..256 (test). MQAR: accuracy on the value positions of held-out sequences (train: last "
               "training batches).")

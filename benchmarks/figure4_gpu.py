@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,11 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from experiments_gpu import machine, pack, preflight, run_jobs, setup_line, slug  # noqa: E402  (the sibling script)
+
 MODELS = ["xlstm[0:1]", "xlstm[1:0]", "xlstm[1:1]", "transformer", "lstm"]
-
-
-def slug(model: str) -> str:
-    return model.replace("[", "").replace("]", "").replace(":", "")
 
 
 def read_runs(out: Path, tasks: list[str]) -> list[dict]:
@@ -75,8 +71,6 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from experiments_gpu import pack, preflight
-
     from flashxlstm.tasks.experiments import grid_markdown, grid_summary
 
     start = time.perf_counter()
@@ -93,7 +87,7 @@ def main() -> int:
                "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         small = (["--batch-size", "8", "--test-size", "8", "--embedding-dim", "16", "--steps", "6"]
                  if args.smoke else [])
-        running = []
+        commands = []
         for model in args.models:
             for seed in args.seeds:
                 name = f"{slug(model)}_seed{seed}"
@@ -105,38 +99,18 @@ def main() -> int:
                 if args.cpus:
                     cmd = ["taskset", "-c", args.cpus, *cmd]
                 (out / f"{name}.cmd").write_text("flashxlstm " + " ".join(shlex.quote(a) for a in argv) + "\n")
-                log = open(out / f"{name}.log", "w")
-                running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT),
-                                log))
-        limit = (args.budget + args.grace) * len(args.tasks) + 30
-        jobs_status, last_pack = {}, time.perf_counter()
-        while len(jobs_status) < len(running):
-            time.sleep(1.0)
-            for name, proc, log in running:
-                if name in jobs_status:
-                    continue
-                rc = proc.poll()
-                if rc is None and time.perf_counter() - start > limit:
-                    proc.kill()
-                    rc, jobs_status[name] = proc.wait(), "killed"
-                if rc is not None:
-                    jobs_status.setdefault(name, "ok" if rc == 0 else f"exit {rc}")
-                    log.close()
-                    print(f"[{time.perf_counter() - start:.0f} s] {name}: {jobs_status[name]}", flush=True)
-            if args.pack and time.perf_counter() - last_pack > 60:
-                pack(out, args.pack)
-                last_pack = time.perf_counter()
+                commands.append((name, cmd, out / f"{name}.log"))
+        limit = (args.budget + args.grace) * len(args.tasks) + 30  # a process runs every task, one after the other
+        jobs_status = run_jobs(commands, parallel=len(commands), limit_s=limit, env=env, start=start, out=out,
+                               archive=args.pack)
         wall = time.perf_counter() - start
     runs = read_runs(out, args.tasks)
     summary = grid_summary(runs, args.tasks, args.models)
-    machine = info.get("gpu", platform.processor() or platform.machine())
     cut = sum(bool(r.get("cut_off")) for r in runs)
     steps = sorted(r["steps"] for r in runs)
     header = (f"Figure 4 grid: {len(args.tasks)} tasks x {len(args.models)} models x seeds {args.seeds}, "
-              f"{len(runs)} runs, {len(running) if not args.summarize_only else len(jobs_status)} processes side "
-              f"by side on {machine} ({args.device}), {args.budget:.0f} s per run; torch {info.get('torch', '?')}, "
-              f"triton {info.get('triton', '-')}; kernels: sLSTM {info.get('slstm_fallback', info.get('slstm_auto', '-'))}"
-              f", mLSTM {info.get('mlstm_fallback', info.get('mlstm_auto', '-'))}; wall {wall:.0f} s.\n\n"
+              f"{len(runs)} runs, {len(jobs_status)} processes side by side ({args.device}) on {setup_line(info)}; "
+              f"{args.budget:.0f} s per run; wall {wall:.0f} s.\n\n"
               f"Command: `{command}`\n\nEvery run: the formal-language CLI defaults (docs/experiments.md) fitted to "
               f"the budget; steps done per run: min {steps[0] if steps else '-'}, median "
               f"{steps[len(steps) // 2] if steps else '-'}, max {steps[-1] if steps else '-'}; {cut} run(s) cut off "
@@ -152,7 +126,8 @@ def main() -> int:
         from flashxlstm.tasks.plots import heatmap
 
         heatmap(args.models, args.tasks, summary["median"], out / "heatmap.png",
-                f"Test scaled accuracy, median of {len(args.seeds)} seeds ({args.budget:.0f} s per run, {machine})")
+                f"Test scaled accuracy, median of {len(args.seeds)} seeds ({args.budget:.0f} s per run, "
+                f"{machine(info)})")
     except ImportError as e:
         print(f"no heatmap ({e}); rerun with --summarize-only where matplotlib is installed")
     if args.pack:

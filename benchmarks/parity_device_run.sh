@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One device call for issue 18, from the repository root: (a) parity at the CLI defaults on 6 seeds of
+# One device call, from the repository root: (a) parity at the CLI defaults on 6 seeds of
 # xLSTM[0:1] and 2 of xLSTM[1:0], each a CPU process pinned to one core of its own (cores 0-7), and side by side
 # (b) the Figure 4 grid on the GPU (8 tasks x 5 models x 3 seeds, one process per model and seed, cores 8-15
 # until (a) ends, then all) and (c) MQAR xLSTM[1:0] on 3 seeds. Results go to $RES and, packed, to $OUT.
 # Usage: RES=/tmp/res OUT=/tmp/out GRID_BUDGET=38 GRID_STEPS=1000 bash benchmarks/parity_device_run.sh
-# (The recorded call of 2026-12-03 ran this script without the PYTHONPATH export below: the two benchmark
-# scripts set it for their own jobs, the three MQAR processes found no package and produced nothing.)
+# The PYTHONPATH export is for the MQAR processes this script starts itself (the two benchmark scripts set it for
+# their own jobs); without it they find no package.
 set -u
 RES=${RES:-/tmp/res}; OUT=${OUT:-$RES/out}; GRID_BUDGET=${GRID_BUDGET:-40}; GRID_STEPS=${GRID_STEPS:-2000}
 MQAR_BUDGET=${MQAR_BUDGET:-240}

@@ -69,7 +69,7 @@ def test_xlstm_uses_its_own_decay_groups():
     slstm = model.model.stack.blocks[1].layer
     for p in (slstm.recurrent_kernel, slstm.bias, model.model.token_embedding.weight):  # not decayed officially
         assert any(p is q for q in no_decay["params"])
-    # the generic rule (>= 2-D tensors) would decay the sLSTM recurrent matrix: that was the old behaviour
+    # the generic rule (>= 2-D tensors) would decay the sLSTM recurrent matrix, which the official groups do not
     assert slstm.recurrent_kernel.dim() >= 2
 
 

@@ -37,20 +37,15 @@ def check(summary: dict, gradients_agree: bool = True) -> None:
             assert s["worst_gradient_error_over_tolerance"] <= 1.0, (backend, s)
 
 
-def test_fuzz_mlstm_torch_backends():
+@pytest.mark.parametrize("make_case, run, backends, seed", [
+    (mlstm_case, run_mlstm, MLSTM_BACKENDS, 11),
+    (slstm_case, run_slstm, SLSTM_BACKENDS, 12),
+], ids=["mlstm", "slstm"])
+def test_fuzz_torch_backends(make_case, run, backends, seed):
     summary: dict = {}
-    rng = random.Random(11)
+    rng = random.Random(seed)
     for _ in range(CASES):
-        run_mlstm(mlstm_case(rng), MLSTM_BACKENDS, summary)
-    assert all(s["cases"] == CASES for s in summary.values())
-    check(summary)
-
-
-def test_fuzz_slstm_torch_backends():
-    summary: dict = {}
-    rng = random.Random(12)
-    for _ in range(CASES):
-        run_slstm(slstm_case(rng), SLSTM_BACKENDS, summary)
+        run(make_case(rng), backends, summary)
     assert all(s["cases"] == CASES for s in summary.values())
     check(summary)
 

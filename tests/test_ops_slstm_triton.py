@@ -120,7 +120,7 @@ if __name__ == "__main__":
 
 
 def test_plan_defaults_on_cuda(monkeypatch):
-    """The launch choices measured fastest on an H200 (benchmarks/results/slstm_kernels.md); pure Python."""
+    """The launch choices measured fastest on an H200 (`git show 363a467:benchmarks/results/slstm_kernels.md`); pure Python."""
     import torch
 
     from flashxlstm.ops.slstm_cell import triton as tri

@@ -19,7 +19,7 @@ What the conversion has to know (docs/models.md):
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor
 
@@ -217,48 +217,49 @@ def config_to_official(cfg: Any, *, slstm_backend: str = "vanilla", context_leng
 
 
 # --------------------------------------------------------------------------------------------- weights
-def _stack_to_ours(sd: dict[str, Tensor], off_prefix: str, our_prefix: str, cfg: Any,
-                   layout: str) -> dict[str, Tensor]:
+def _map_stack(sd: dict[str, Tensor], src_prefix: str, dst_prefix: str, cfg: Any, to_official: bool,
+               convert: Callable[[str, str, Tensor], Tensor]) -> dict[str, Tensor]:
+    """The block stack's tensors of `sd` under the other side's keys (ours -> official when `to_official`),
+    each through convert(block kind, our key, tensor); keys `sd` lacks are left out."""
     out: dict[str, Tensor] = {}
     for j, kind in enumerate(cfg.block_types):
-        table = _MLSTM_KEYS if kind == "mlstm" else _SLSTM_KEYS
-        for off_key, our_key in table:
-            src = f"{off_prefix}blocks.{j}.{off_key}"
-            if src not in sd:
-                continue
-            t = sd[src]
-            if our_key == "layer.conv.weight":
-                t = t.reshape(t.shape[0], t.shape[-1])
-            elif our_key == "layer.recurrent_kernel":
-                t = slstm_recurrent_from_official(t, layout, cfg.slstm_num_heads)
-            elif kind == "slstm" and our_key == "layer.bias":
-                t = slstm_bias_from_official(t, layout, cfg.slstm_num_heads)
-            out[f"{our_prefix}blocks.{j}.{our_key}"] = t
-    if f"{off_prefix}post_blocks_norm.weight" in sd:
-        out[f"{our_prefix}post_blocks_norm.weight"] = sd[f"{off_prefix}post_blocks_norm.weight"]
+        for off_key, our_key in (_MLSTM_KEYS if kind == "mlstm" else _SLSTM_KEYS):
+            src_key, dst_key = (our_key, off_key) if to_official else (off_key, our_key)
+            src = f"{src_prefix}blocks.{j}.{src_key}"
+            if src in sd:
+                out[f"{dst_prefix}blocks.{j}.{dst_key}"] = convert(kind, our_key, sd[src])
+    norm = "post_blocks_norm.weight"
+    if src_prefix + norm in sd:
+        out[dst_prefix + norm] = sd[src_prefix + norm]
     return out
+
+
+def _stack_to_ours(sd: dict[str, Tensor], off_prefix: str, our_prefix: str, cfg: Any,
+                   layout: str) -> dict[str, Tensor]:
+    def convert(kind: str, our_key: str, t: Tensor) -> Tensor:
+        if our_key == "layer.conv.weight":
+            return t.reshape(t.shape[0], t.shape[-1])
+        if our_key == "layer.recurrent_kernel":
+            return slstm_recurrent_from_official(t, layout, cfg.slstm_num_heads)
+        if kind == "slstm" and our_key == "layer.bias":
+            return slstm_bias_from_official(t, layout, cfg.slstm_num_heads)
+        return t
+
+    return _map_stack(sd, off_prefix, our_prefix, cfg, False, convert)
 
 
 def _stack_to_official(sd: dict[str, Tensor], our_prefix: str, off_prefix: str, cfg: Any,
                        layout: str) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for j, kind in enumerate(cfg.block_types):
-        table = _MLSTM_KEYS if kind == "mlstm" else _SLSTM_KEYS
-        for off_key, our_key in table:
-            src = f"{our_prefix}blocks.{j}.{our_key}"
-            if src not in sd:
-                continue
-            t = sd[src]
-            if our_key == "layer.conv.weight":
-                t = t.unsqueeze(1)
-            elif our_key == "layer.recurrent_kernel":
-                t = slstm_recurrent_to_official(t, layout)
-            elif kind == "slstm" and our_key == "layer.bias":
-                t = slstm_bias_to_official(t, layout)
-            out[f"{off_prefix}blocks.{j}.{off_key}"] = t
-    if f"{our_prefix}post_blocks_norm.weight" in sd:
-        out[f"{off_prefix}post_blocks_norm.weight"] = sd[f"{our_prefix}post_blocks_norm.weight"]
-    return out
+    def convert(kind: str, our_key: str, t: Tensor) -> Tensor:
+        if our_key == "layer.conv.weight":
+            return t.unsqueeze(1)
+        if our_key == "layer.recurrent_kernel":
+            return slstm_recurrent_to_official(t, layout)
+        if kind == "slstm" and our_key == "layer.bias":
+            return slstm_bias_to_official(t, layout)
+        return t
+
+    return _map_stack(sd, our_prefix, off_prefix, cfg, True, convert)
 
 
 def state_dict_from_official(sd: dict[str, Tensor], cfg: Any, layout: str, lm: bool) -> dict[str, Tensor]:

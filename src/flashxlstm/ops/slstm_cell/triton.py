@@ -64,7 +64,7 @@ def plan(B: int, NH: int, DH: int, device: torch.device, block_j: int | None = N
     draw (backward) in registers. block_j, resident, block_k, num_warps, registers and resident_limit (the
     R_RESIDENT_MAX bound) override the choices (the benchmark and tests pass them); None = the default.
 
-    Defaults measured on an H200 (benchmarks/results/slstm_kernels.md, 2026-11-28): resident R with BJ = 32
+    Defaults measured on an H200 (`git show 363a467:benchmarks/results/slstm_kernels.md`): resident R with BJ = 32
     for DH 64 and 256 and BJ = 16 (48 programs) for DH 768 was the fastest forward + backward; for a forward
     without gradients (`inference`) at DH <= 64 one program per head with h_prev in registers was faster
     still (1.36 vs 1.93 ms at 8 heads of 64, B 16, T 1024), so that is the inference default there.
