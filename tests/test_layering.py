@@ -76,3 +76,18 @@ def test_the_check_sees_relative_imports_and_those_inside_functions():
     assert "flashxlstm.checkpoints.atomic" in imports(ROOT / "checkpoints" / "native.py")
     assert "flashxlstm.ops" in imports(ROOT / "nn" / "mlstm_layer.py")  # `from .. import ops`
     assert any(m.startswith("flashxlstm.generation") for m in imports(ROOT / "models" / "base.py"))  # in a function
+
+
+def test_the_readme_states_these_layers():
+    """The README's Layout section numbers the same layers, siblings on one number, in the same order."""
+    import re
+
+    readme = (ROOT.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    stated: list[list[str]] = []
+    for line in section.splitlines():
+        if m := re.match(r"^    \d (\w+)(?:/|\.py)\s", line):
+            stated.append([m.group(1)])
+        elif (m := re.match(r"^      (\w+)(?:/|\.py)\s", line)) and stated:
+            stated[-1].append(m.group(1))
+    assert [tuple(names) for names in stated] == LAYERS

@@ -2,7 +2,7 @@
 the byte-level model, the text and the bookkeeping of `flashxlstm train`; round-trips through JSON.
 
 The defaults are the embedded `flashxlstm train` job: a small byte-level xLSTM[1:1] on the pydoc topics,
-tuned to finish well under 10 minutes on 2 CPU cores (see README, "Training").
+tuned to finish well under 10 minutes on 2 CPU cores (see docs/training.md).
 """
 from __future__ import annotations
 
