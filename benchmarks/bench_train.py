@@ -1,163 +1,437 @@
-"""Training throughput of flashxlstm's trainer vs a Llama of the same size (transformers LlamaForCausalLM, SDPA).
+"""Training throughput and memory of flashxlstm's trainer vs a Llama of the same size (transformers
+LlamaForCausalLM, SDPA), one GPU, bf16 autocast, at equal tokens per step; plus where the step time goes.
 
-NOT RUN YET: written for issue 13's GPU benchmark; no numbers from it exist in the repository.
+Each measurement is a full optimiser step per iteration (forward, backward, fused AdamW) on random tokens
+(throughput does not depend on the text). Ours runs the path `flashxlstm train --data` runs: CausalLMLoss
+(every row a document through cu_seqlens, chunked cross-entropy), fp32 master weights under bf16 autocast,
+optional per-block activation checkpointing and torch.compile. Llama runs `model(input_ids, labels=...)` with
+SDPA attention, its own best path, fp32 weights under the same autocast, with its gradient checkpointing where
+ours checkpoints. The Llama depth is the one whose parameter count is closest to ours at the same width
+(intermediate size 8/3 x width, 128-wide heads, untied head like ours).
 
-One GPU, random tokens (throughput does not depend on the text), a full optimiser step per iteration (forward,
-backward, AdamW) at equal tokens per step for both sides. Ours runs the path `flashxlstm train --data` runs
-(CausalLMLoss: packed rows, chunked cross-entropy, optional activation checkpointing and torch.compile);
-Llama runs `model(input_ids, labels=...)` with SDPA attention, its own best path, and the same options where
-they exist (gradient checkpointing, torch.compile). The Llama depth is chosen so its parameter count is the
-closest to ours at the same width. Prints one table row per (side, batch x length): tokens/s, peak memory
-(torch.cuda.max_memory_allocated), MFU = model FLOPs / (time x the measured bf16 matmul peak), where model
-FLOPs per token are 6 x (non-embedding parameters) + 6 x width x vocab, plus 6 x layers x width x length for
-Llama's causal attention (the mLSTM's own state FLOPs are not counted, so ours is a lower bound).
+Reported per (model, B x S, activation checkpointing, compile): median step time of `--iters` steps after
+`--warmup`, tokens/s, peak memory (torch.cuda.max_memory_allocated), and MFU = model FLOPs / (step time x the
+bf16 matmul rate this GPU reaches, measured at the start). Model FLOPs per token: 6 x (non-embedding
+parameters) + 6 x width x vocab (head), plus Llama's causal attention 6 x layers x width x S; the mLSTM's
+own chunkwise FLOPs (about 1 % of the total at 1.3B) are not counted, so our MFU is a lower bound.
+`--profile` adds, for the named grid points, one profiled step per side (torch.profiler): GPU kernel time by
+kind (mLSTM / sLSTM kernels, GEMMs, attention, cross-entropy, optimiser, everything else = norms and glue)
+and the head + loss (the chunked cross-entropy with its GEMMs, forward + backward) timed alone.
 
-    python benchmarks/bench_train.py --preset large-125m --shapes 8x2048,4x8192,1x32768 --amp bf16
-    python benchmarks/bench_train.py --preset large-1.3b --shapes 4x2048,2x8192,1x32768 --amp bf16 --compile
-    python benchmarks/bench_train.py --preset large-125m --shapes 4x8192 --activation-checkpointing
+The run is time-boxed: `--budget-s` is a hard cap (an alarm stops the measurement in progress); a grid point
+is skipped when less than `--min-left-s` remains. Rows are printed and appended to OUT/bench_train.md and
+OUT/bench_train.jsonl as they finish, so a stopped run leaves a partial table.
+
+    python benchmarks/bench_train.py --out $OUT/training --budget-s 125 \
+        --grid large-1.3b:2x8192,large-1.3b:1x32768,large-125m:4x8192,large-125m:1x32768 \
+        --ac off,on --profile large-1.3b:2x8192 --then large-1.3b:8x2048,large-125m:16x2048 \
+        --compile large-125m:4x8192
+    python benchmarks/bench_train.py --device cpu --grid recipes/models/tiny-large.toml:2x64 --vocab 256 \
+        --warmup 1 --iters 1 --profile recipes/models/tiny-large.toml:2x64 --out /tmp/bt   # a CPU smoke run
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import json
+import math
 import platform
+import re
+import signal
+import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 
-def _peak_tflops(device) -> float:
-    from flashxlstm.training.lm import measured_peak_tflops
-
-    return measured_peak_tflops(device)
+class BudgetExceeded(Exception):
+    pass
 
 
-def _ours(preset: str, vocab: int, args, device):
+_ALARM = {"rang": False}
+
+
+def _on_alarm(signum, frame):
+    _ALARM["rang"] = True
+    raise BudgetExceeded
+
+
+# GPU kernel names by kind, checked in order (first match wins).
+KINDS = [
+    ("mLSTM kernels", re.compile(r"mlstm", re.I)),
+    ("sLSTM kernels", re.compile(r"slstm", re.I)),
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|efficient_attention|scaled_dot", re.I)),
+    ("optimiser", re.compile(r"multi_tensor|fused_adam|adam|foreach", re.I)),
+    ("cross-entropy", re.compile(r"log_softmax|softmax|nll_loss|cross_entropy", re.I)),
+    ("GEMMs", re.compile(r"gemm|cutlass|xmma|nvjet|cublas|matmul|aten::(mm|addmm|bmm|linear)$|sm90_|sm80_|splitk", re.I)),
+]
+OTHER = "norms, elementwise and glue"
+
+
+def classify(name: str) -> str:
+    for kind, pattern in KINDS:
+        if pattern.search(name):
+            return kind
+    return OTHER
+
+
+def build_ours(spec: str, vocab: int, device: torch.device, ac: bool):
     from flashxlstm.training.lm_loss import CausalLMLoss, checkpoint_blocks
-    from flashxlstm.training.presets import build_model, preset_config
+    from flashxlstm.training.presets import build_model, resolve_model
 
-    family, fields = preset_config(preset, vocab)
-    model = build_model(family, fields).to(device)
-    if args.activation_checkpointing:
+    family, fields = resolve_model(spec, vocab)
+    with device:
+        model = build_model(family, fields)
+    model = model.to(device)
+    if ac:
         checkpoint_blocks(model)
-    module = CausalLMLoss(model)
-    step_module = torch.compile(module) if args.compile else module
+    return model, CausalLMLoss(model)
 
+
+def ours_loss_fn(module, device):
     def loss_fn(ids, targets):
         B, S = ids.shape
-        cu = torch.arange(0, B * S + 1, S, device=device)  # every row its own document
-        loss_sum, count, _ = step_module(ids, targets, cu)
+        cu = torch.arange(0, B * S + 1, S, device=device, dtype=torch.int32)  # every row its own document
+        loss_sum, count, _ = module(ids, targets, cu)
         return loss_sum / count
+    return loss_fn
 
-    return model, loss_fn
 
-
-def _llama(width: int, target_params: int, vocab: int, args, device):
+def llama_config(width: int, target_params: int, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     heads = max(1, width // 128)
+    inter = int(8 * width / 3 / 64 + 1) * 64
     best = None
     for layers in range(1, 97):
-        cfg = LlamaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=int(8 * width / 3 / 64 + 1) * 64,
-                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                          max_position_embeddings=1 << 17, tie_word_embeddings=False, attn_implementation="sdpa")
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=inter, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1 << 17,
+                          tie_word_embeddings=False, use_cache=False)
         with torch.device("meta"):
             n = sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
         if best is None or abs(n - target_params) < abs(best[1] - target_params):
             best = (cfg, n)
-    model = LlamaForCausalLM(best[0]).to(device)
-    if args.activation_checkpointing:
+        if n > target_params:
+            break
+    return best[0]
+
+
+def build_llama(cfg, device: torch.device, ac: bool):
+    from transformers import LlamaForCausalLM
+
+    with device:
+        model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+    model = model.to(device=device, dtype=torch.float32)  # fp32 master weights, as ours
+    model.train()
+    if ac:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    forward = torch.compile(model) if args.compile else model
+    return model
 
+
+def llama_loss_fn(module):
     def loss_fn(ids, targets):
-        return forward(input_ids=ids, labels=ids).loss
+        return module(input_ids=ids, labels=ids).loss
+    return loss_fn
 
-    return model, loss_fn
+
+def amp_context(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _time(model, loss_fn, B, S, vocab, args, device) -> tuple[float, float]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    ids = torch.randint(0, vocab, (B, S), device=device)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def one_step(params, opt, loss_fn, ids, targets, device) -> None:
+    with amp_context(device):
+        loss = loss_fn(ids, targets)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def time_steps(params, loss_fn, B: int, S: int, vocab: int, warmup: int, iters: int, device: torch.device):
+    """(median step seconds, peak memory GiB, the optimiser, inputs) for B x S random tokens."""
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+    g = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(0, vocab, (B, S), generator=g).to(device)
     targets = torch.roll(ids, -1, dims=1)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.amp == "bf16" else torch.autocast("cuda", enabled=False)
-    torch.cuda.reset_peak_memory_stats(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
-    for it in range(args.warmup + args.iters):
-        torch.cuda.synchronize(device)
+    for it in range(warmup + iters):
+        sync(device)
         t0 = time.perf_counter()
-        with amp:
-            loss = loss_fn(ids, targets)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(device)
-        if it >= args.warmup:
+        one_step(params, opt, loss_fn, ids, targets, device)
+        sync(device)
+        if it >= warmup:
             times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2], torch.cuda.max_memory_allocated(device) / 2**30
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return statistics.median(times), mem, opt, ids, targets
+
+
+def profile_step(params, opt, loss_fn, ids, targets, device) -> dict:
+    """GPU kernel time (CPU op self time on a CPU) of one step, by kind, in ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=acts) as prof:
+        one_step(params, opt, loss_fn, ids, targets, device)
+        sync(device)
+    by_kind: dict[str, float] = {}
+    if device.type == "cuda":
+        for e in prof.events():
+            if e.device_type != torch.autograd.DeviceType.CUDA or getattr(e, "is_user_annotation", False):
+                continue
+            if e.name.startswith(("Optimizer.", "ProfilerStep", "## ")) or "autograd::" in e.name:
+                continue
+            by_kind[classify(e.name)] = by_kind.get(classify(e.name), 0.0) + e.time_range.elapsed_us() / 1e3
+    else:
+        for e in prof.key_averages():
+            if e.key.startswith("aten::") and e.self_cpu_time_total > 0:
+                k = classify(e.key)
+                by_kind[k] = by_kind.get(k, 0.0) + e.self_cpu_time_total / 1e3
+    return by_kind
+
+
+def time_head_loss(width: int, vocab: int, B: int, S: int, soft_cap, device, iters: int = 3) -> float:
+    """ms of the chunked cross-entropy (head GEMM + loss, forward + backward) on B x S positions alone."""
+    from flashxlstm.training.lm_loss import chunked_cross_entropy
+
+    h = torch.randn(B * S, width, device=device, requires_grad=True)
+    w = torch.randn(vocab, width, device=device, requires_grad=True) * 0.02
+    w = w.detach().requires_grad_()
+    t = torch.randint(0, vocab, (B * S,), device=device)
+    times = []
+    for _ in range(iters + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        with amp_context(device):
+            loss = chunked_cross_entropy(h, w, t, soft_cap=soft_cap)
+        loss.backward()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times[1:])
+
+
+def flops_per_token(n_params: int, width: int, vocab: int, attn_layers: int, S: int, embed_params: int) -> float:
+    return 6 * (n_params - embed_params) + 6 * width * vocab + 6 * attn_layers * width * S
+
+
+class Recorder:
+    def __init__(self, out: Path | None):
+        self.out = out
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "bench_train.md").write_text("")
+            (out / "bench_train.jsonl").write_text("")
+
+    def line(self, text: str) -> None:
+        print(text, flush=True)
+        if self.out is not None:
+            with open(self.out / "bench_train.md", "a") as f:
+                f.write(text + "\n")
+
+    def record(self, rec: dict) -> None:
+        if self.out is not None:
+            with open(self.out / "bench_train.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+def parse_point(item: str) -> tuple[str, int, int]:
+    spec, _, shape = item.rpartition(":")
+    try:
+        B, S = (int(v) for v in shape.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"grid point {item!r}: expected MODEL:BxS, e.g. large-1.3b:2x8192") from None
+    return spec, B, S
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="large-125m")
-    p.add_argument("--shapes", default="8x2048,4x8192,1x32768", help="BxS pairs at equal tokens per step")
-    p.add_argument("--vocab", type=int, default=50304)
-    p.add_argument("--amp", choices=["none", "bf16"], default="bf16")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--grid", default="large-1.3b:2x8192,large-1.3b:1x32768,large-125m:4x8192,large-125m:1x32768",
+                   help="MODEL:BxS points (a preset or a model config file), measured in this order")
+    p.add_argument("--ac", default="off,on", help="activation checkpointing passes, in order: off, on or both")
+    p.add_argument("--then", default="", help="more MODEL:BxS points, activation checkpointing off, measured "
+                                              "after the --ac passes (e.g. the 2k contexts)")
+    p.add_argument("--compile", default="", help="grid points also measured with torch.compile (both sides), "
+                                                 "after the eager passes")
+    p.add_argument("--profile", default="", help="grid points (activation checkpointing off) to profile")
     p.add_argument("--sides", default="ours,llama")
+    p.add_argument("--vocab", type=int, default=50304)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=140.0, help="hard cap on the whole run (seconds)")
+    p.add_argument("--min-left-s", type=float, default=6.0, help="skip a point when less than this remains")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default=None, help="directory for bench_train.md / bench_train.jsonl")
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        print("bench_train.py needs a CUDA GPU", file=sys.stderr)
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_train.py: no CUDA device (pass --device cpu for a smoke run)", file=sys.stderr)
         return 2
-    device = torch.device("cuda")
-    peak = _peak_tflops(device)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, args.budget_s)
+    rec = Recorder(Path(args.out) if args.out else None)
     import transformers
 
-    import flashxlstm  # noqa: F401
+    import flashxlstm
+    from flashxlstm.training.lm import measured_peak_tflops
 
-    print(f"command: {' '.join(sys.argv)}")
-    print(f"machine: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, python {platform.python_version()}; "
-          f"measured bf16 matmul peak {peak:.0f} TFLOP/s")
-    print("| side | params | B x S | tokens/s | peak memory (GiB) | MFU |")
-    print("|---|---|---|---|---|---|")
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    ours_params = None
-    for side in args.sides.split(","):
-        for B, S in shapes:
-            torch.manual_seed(0)
-            if side == "ours":
-                model, loss_fn = _ours(args.preset, args.vocab, args, device)
-                ours_params = sum(q.numel() for q in model.parameters())
-                width = model.lm_head.weight.shape[1]
-                layers_attn = 0
-            else:
-                from flashxlstm.training.presets import preset_config
+    peak = measured_peak_tflops(device)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    rec.line(f"command: python {' '.join(sys.argv)}")
+    rec.line(f"machine: {machine}; torch {torch.__version__}, triton "
+             f"{getattr(sys.modules.get('triton'), '__version__', '-')}, transformers {transformers.__version__}, "
+             f"flashxlstm {getattr(flashxlstm, '__version__', '?')}, python {platform.python_version()}; "
+             + (f"measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else "no MFU (no GPU peak)"))
+    rec.line("")
+    rec.line("| model | side | params | B x S | act. ckpt | compile | step ms | tokens/s | peak GiB | MFU |")
+    rec.line("|---|---|---|---|---|---|---|---|---|---|")
 
-                width = preset_config(args.preset, args.vocab)[1]["embedding_dim"]
-                if ours_params is None:
-                    ours_params = _ours(args.preset, args.vocab, args, torch.device("meta"))[0]
-                    ours_params = sum(q.numel() for q in ours_params.parameters())
-                model, loss_fn = _llama(width, ours_params, args.vocab, args, device)
-                layers_attn = model.config.num_hidden_layers
-            n = sum(q.numel() for q in model.parameters())
-            embed = 2 * width * args.vocab
-            flops_token = 6 * (n - embed) + 6 * width * args.vocab + 6 * layers_attn * width * S
-            try:
-                t, mem = _time(model, loss_fn, B, S, args.vocab, args, device)
-                tok_s = B * S / t
-                print(f"| {side} | {n / 1e6:.1f}M | {B} x {S} | {tok_s:,.0f} | {mem:.1f} | "
-                      f"{tok_s * flops_token / (peak * 1e12):.1%} |")
-            except torch.cuda.OutOfMemoryError:
-                print(f"| {side} | {n / 1e6:.1f}M | {B} x {S} | out of memory | | |")
-            del model, loss_fn
-            torch.cuda.empty_cache()
-            sys.stdout.flush()
+    points = [parse_point(x) for x in args.grid.split(",") if x]
+    to_profile = {parse_point(x) for x in args.profile.split(",") if x}
+    compiled = [parse_point(x) for x in args.compile.split(",") if x]
+    passes = [(ac == "on", False, points) for ac in args.ac.split(",") if ac]
+    later = [parse_point(x) for x in args.then.split(",") if x]
+    if later:
+        passes.append((False, False, later))
+    if compiled:
+        passes.append((False, True, compiled))
+    ratios: dict = {}
+    profiles: list = []
+    status = "complete"
+    try:
+        for ac, use_compile, pts in passes:
+            for spec, B, S in pts:
+                for side in args.sides.split(","):
+                    left = args.budget_s - (time.perf_counter() - started)
+                    if left < args.min_left_s:
+                        rec.line(f"| {spec} | {side} | | {B} x {S} | {'on' if ac else 'off'} | "
+                                 f"{'yes' if use_compile else 'no'} | skipped: {left:.0f} s of budget left | | | |")
+                        continue
+                    res = measure(side, spec, B, S, ac, use_compile, args, device, peak,
+                                  profile=(spec, B, S) in to_profile and not ac and not use_compile)
+                    rec.record(res)
+                    rec.line(row(res))
+                    ratios[(spec, B, S, ac, use_compile, side)] = res
+                    if "profile" in res:
+                        profiles.append(res)
+    except BudgetExceeded:
+        status = f"stopped by the {args.budget_s:.0f} s budget"
+        rec.line(f"| (stopped: the {args.budget_s:.0f} s budget ran out during the next point) | | | | | | | | | |")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    summary(rec, ratios, profiles)
+    rec.line("")
+    rec.line(f"run {status} after {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def measure(side, spec, B, S, ac, use_compile, args, device, peak, profile=False) -> dict:
+    from flashxlstm.training.presets import resolve_model
+
+    res = {"model": spec, "side": side, "B": B, "S": S, "ac": ac, "compile": use_compile}
+    gc.collect()  # the previous point's model, optimiser and closures are gone only now
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    torch.manual_seed(0)
+    family, fields = resolve_model(spec, args.vocab)
+    width = fields["embedding_dim"]
+    model = module = None
+    try:
+        t_build = time.perf_counter()
+        if side == "ours":
+            model, module = build_ours(spec, args.vocab, device, ac)
+            runner = torch.compile(module) if use_compile else module
+            loss_fn = ours_loss_fn(runner, device)
+            attn_layers = 0
+        else:
+            with torch.device("meta"):
+                ours_meta, _ = build_ours(spec, args.vocab, torch.device("meta"), False)
+            target = sum(q.numel() for q in ours_meta.parameters())
+            cfg = llama_config(width, target, args.vocab)
+            model = build_llama(cfg, device, ac)
+            runner = torch.compile(model) if use_compile else model
+            loss_fn = llama_loss_fn(runner)
+            attn_layers = cfg.num_hidden_layers
+            res["llama_layers"] = attn_layers
+        res["build_s"] = time.perf_counter() - t_build
+        n = sum(q.numel() for q in model.parameters())
+        embed = 2 * width * args.vocab
+        res["params"] = n
+        t0 = time.perf_counter()
+        step_s, mem, opt, ids, targets = time_steps(list(model.parameters()), loss_fn, B, S, args.vocab,
+                                                    args.warmup, args.iters, device)
+        res["wall_s"] = time.perf_counter() - t0
+        res.update(step_ms=1e3 * step_s, tokens_per_s=B * S / step_s, peak_gib=mem)
+        if peak:
+            res["mfu"] = B * S / step_s * flops_per_token(n, width, args.vocab, attn_layers, S, embed) / (peak * 1e12)
+        if profile:
+            kinds = profile_step(list(model.parameters()), opt, loss_fn, ids, targets, device)
+            soft_cap = getattr(getattr(model, "config", None), "output_logit_soft_cap", None) if side == "ours" \
+                else None
+            res["profile"] = {"unit": "GPU kernel" if device.type == "cuda" else "CPU op", "kernel_ms": kinds,
+                              "head_loss_alone_ms":
+                              time_head_loss(width, args.vocab, B, S, soft_cap, device)}
+    except torch.cuda.OutOfMemoryError:
+        res["error"] = "out of memory"
+    except BudgetExceeded:
+        raise
+    except Exception as e:  # a failing side is a row of the table, not the end of the run
+        if _ALARM["rang"]:  # the alarm fired inside a library that wrapped it (inductor does)
+            raise BudgetExceeded from None
+        res["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    finally:
+        del model, module
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return res
+
+
+def row(r: dict) -> str:
+    head = (f"| {r['model']} | {r['side']}" + (f" ({r['llama_layers']} layers)" if "llama_layers" in r else "")
+            + f" | {r.get('params', 0) / 1e6:.1f}M | {r['B']} x {r['S']} | {'on' if r['ac'] else 'off'} | "
+            f"{'yes' if r['compile'] else 'no'} | ")
+    if "error" in r:
+        return head + f"{r['error']} | | | |"
+    mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+    mem = f"{r['peak_gib']:.1f}" if not math.isnan(r["peak_gib"]) else "-"
+    return head + f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mem} | {mfu} |"
+
+
+def summary(rec: Recorder, ratios: dict, profiles: list) -> None:
+    pairs = [(k, v, ratios.get(k[:5] + ("llama",))) for k, v in ratios.items() if k[5] == "ours"]
+    pairs = [(k, o, l) for k, o, l in pairs if l is not None and "error" not in o and "error" not in l]
+    if pairs:
+        rec.line("")
+        rec.line("| model | B x S | act. ckpt | compile | ours / Llama tokens/s | ours / Llama peak memory |")
+        rec.line("|---|---|---|---|---|---|")
+        for (spec, B, S, ac, comp, _), o, l in pairs:
+            mem = (f"{o['peak_gib'] / l['peak_gib']:.2f}" if not math.isnan(o["peak_gib"]) else "-")
+            rec.line(f"| {spec} | {B} x {S} | {'on' if ac else 'off'} | {'yes' if comp else 'no'} | "
+                     f"**{o['tokens_per_s'] / l['tokens_per_s']:.2f}x** | {mem} |")
+    for r in profiles:
+        k = r["profile"]["kernel_ms"]
+        total = sum(k.values())
+        rec.line("")
+        rec.line(f"Where the time goes: {r['side']}, {r['model']}, {r['B']} x {r['S']} (one profiled step, "
+                 f"{r['profile']['unit']} time "
+                 f"{total:.1f} ms; the timed step {r['step_ms']:.1f} ms)")
+        rec.line("")
+        rec.line("| kind | ms | share |")
+        rec.line("|---|---|---|")
+        for kind, ms in sorted(k.items(), key=lambda kv: -kv[1]):
+            rec.line(f"| {kind} | {ms:.1f} | {ms / max(total, 1e-9):.0%} |")
+        rec.line(f"| head + loss alone (chunked CE, its GEMMs included; fw + bw) | "
+                 f"{r['profile']['head_loss_alone_ms']:.1f} | {r['profile']['head_loss_alone_ms'] / r['step_ms']:.0%}"
+                 f" of the step |")
 
 
 if __name__ == "__main__":
