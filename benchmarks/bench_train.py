@@ -93,7 +93,7 @@ def build_ours(spec: str, vocab: int, device: torch.device, ac: bool):
 def ours_loss_fn(module, device):
     def loss_fn(ids, targets):
         B, S = ids.shape
-        cu = torch.arange(0, B * S + 1, S, device=device, dtype=torch.int32)  # every row its own document
+        cu = torch.arange(0, B * S + 1, S, device=device, dtype=torch.int64)  # every row its own document
         loss_sum, count, _ = module(ids, targets, cu)
         return loss_sum / count
     return loss_fn
