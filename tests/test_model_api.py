@@ -61,7 +61,7 @@ def test_output_loss_tuple_and_tokenizer_kwargs(gen, family):
     assert math.isclose(partial.item(), want.item(), rel_tol=1e-5)
     loss, logits, state = model(ids, labels=ids, return_dict=False)
     assert torch.equal(logits, out.logits) and loss.item() == out.loss.item()
-    logits, state = model(ids)  # the tuple unpacking of earlier code
+    logits, state = model(ids)  # the output also unpacks as the (logits, state) tuple
     assert torch.equal(logits, out.logits)
     assert model(ids, use_cache=False).state is None
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}

@@ -93,7 +93,7 @@ def default_layout(BNH: int, DQK: int, DV: int) -> Layout:
 def candidate_layouts(BNH: int, DQK: int, DV: int, sms: int = 132) -> list[Layout]:
     """Split layouts always; whole-head ones only with at least one program per two multiprocessors (`sms`):
     fewer cannot stream the state at bandwidth (at batch 1, 8 programs: measured 31 us per layer against
-    a split layout's few us, yet per-call timing with its launch gaps once picked it)."""
+    a split layout's few us, yet per-call timing, dominated by launch gaps, can rank it first)."""
     BK, W = next_pow2(DQK), next_pow2(DV)
     cands = [default_layout(BNH, DQK, DV), (16, 32, 4, False), (32, 32, 4, False), (64, 32, 4, False),
              (128, 32, 4, False)]
