@@ -4,6 +4,7 @@
     flashxlstm experiment mqar --model "xlstm[1:0]" --num-kv-pairs 16 --context-length 256 --out DIR
     flashxlstm experiment suite --out DIR [--tasks parity even_pairs ...] [--models lstm "xlstm[1:1]" ...]
     flashxlstm experiment vision --model vil|vit --dataset digits|fashion-mnist --out DIR
+    flashxlstm experiment forecast-pretrain --preset cpu-demo|gpu --out DIR   (cli/forecast_pretrain.py)
 
 Each run writes DIR/results.json and DIR/learning_curve.png; the suite writes one run per task and model under
 DIR/<task>/<model>/ plus DIR/summary.md, DIR/summary.json and DIR/heatmap.png. With `--seeds N` each seed
@@ -21,6 +22,8 @@ import torch
 
 from flashxlstm.tasks.formal_languages import TASKS
 from flashxlstm.tasks.zoo import MODEL_NAMES
+
+from . import forecast_pretrain
 
 # The formal-language defaults (docs/experiments.md, "Defaults"): small batches at a higher peak learning rate
 # and a curriculum over the training lengths make parity reliable for xLSTM[0:1] within minutes of a CPU; the
@@ -101,6 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _curriculum_arguments(su)
 
     _vision_arguments(sub)
+    forecast_pretrain.add_arguments(sub)
 
 
 def _vision_arguments(sub) -> None:
@@ -180,6 +184,8 @@ def _device(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.experiment == "forecast-pretrain":
+        return forecast_pretrain.run(args)
     if args.experiment == "vision":
         return _run_vision(args)
     from flashxlstm.tasks.experiments import run_formal_language, run_mqar, run_seeds, run_suite

@@ -1,0 +1,347 @@
+"""Pretraining the forecaster (flashxlstm.models.forecast) on synthetic and real series, time-boxed.
+
+    from flashxlstm.training.forecast import PretrainConfig, pretrain
+    result = pretrain(PretrainConfig(seconds=120), out="runs/forecaster")   # writes OUT/checkpoint, OUT/loss_log.jsonl
+
+Data: `synthetic_series` (KernelSynth + structural generators, data/series_synth.py), generated once from the
+seed, and the real series of `flashxlstm.data.series.PRETRAIN` (never a HELD_OUT one: `pretrain_real_series`
+refuses those), read from the installed packages or from an .npz that `save_pretrain_npz` wrote. Each step
+draws `batch_size` windows of `context_length + prediction_length` steps (a real series with probability
+`real_fraction`; shorter series are left-padded with missing steps), scales each by the mean and standard
+deviation of its context part, and trains every patch token to predict the next patch's quantiles with the
+pinball (quantile) loss over the observed target steps.
+
+Augmentations, applied to the input only (the targets stay the clean series): contiguous patch masking
+(TiRex's CPM: a run of 1..`cpm_max_patches` whole patches becomes missing, so the model learns to forecast
+through missing patches, which is how multi-patch horizons roll out), random missing spans, sign flips.
+
+Schedule: AdamW, linear warm-up, cosine decay over the time budget (or max_steps); bf16 autocast on CUDA;
+gradient clipping. Validation: the loss on a fixed set of windows from series of another seed, before and
+after training and every `eval_every` steps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.series_synth import synthetic_series
+from ..models.forecast import ForecastConfig, xLSTMForecaster
+
+
+@dataclass
+class PretrainConfig:
+    seconds: float = 60.0              # the time box of the training loop (data generation not included)
+    max_steps: int = 0                 # 0: until the time box ends
+    batch_size: int = 64
+    context_length: int = 512
+    prediction_length: int = 64
+    lr: float = 1e-3
+    min_lr_factor: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    synthetic_count: int = 1024        # synthetic series in the pool
+    synthetic_length: int = 1024
+    kernel_synth_fraction: float = 0.5
+    real_fraction: float = 0.3         # probability that a window comes from a PRETRAIN real series
+    cpm_prob: float = 0.5              # probability of a contiguous masked run of patches in a window
+    cpm_max_patches: int = 4
+    missing_prob: float = 0.1          # probability of a random missing span in a window
+    eval_windows: int = 128
+    eval_every: int = 100
+    log_every: int = 10
+    amp: str = "auto"                  # "auto": bf16 autocast on CUDA, none elsewhere; "bf16"; "none"
+    seed: int = 0
+    device: str = "auto"
+    model: ForecastConfig = field(default_factory=ForecastConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ForecastConfig.from_dict(self.model)
+        if self.seconds <= 0 and self.max_steps <= 0:
+            raise ValueError("PretrainConfig: give a time box (seconds > 0) or max_steps > 0")
+        if self.amp not in ("auto", "bf16", "none"):
+            raise ValueError(f"PretrainConfig: amp must be 'auto', 'bf16' or 'none', got {self.amp!r}")
+        P = self.model.patch_size
+        if self.context_length % P or self.prediction_length % P or self.context_length < P:
+            raise ValueError(f"PretrainConfig: context_length ({self.context_length}) and prediction_length "
+                             f"({self.prediction_length}) must be multiples of the patch size {P}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+@dataclass
+class PretrainResult:
+    model: xLSTMForecaster
+    steps: int
+    seconds: float
+    first_loss: float
+    last_loss: float
+    eval_before: float
+    eval_after: float
+    log: list[dict]
+
+
+# ----------------------------------------------------------------------------------------------- real series
+def pretrain_real_series(names=None, npz: str | Path | None = None) -> dict[str, list[np.ndarray]]:
+    """The real pretraining series: {dataset name: [1-D arrays]} for `names` (default every PRETRAIN name),
+    read from an .npz of `save_pretrain_npz` when given, else from the installed packages. A HELD_OUT name
+    (or any name outside PRETRAIN) is an error: held-out series never reach pretraining."""
+    from ..data.series import HELD_OUT, PRETRAIN, load_series
+
+    names = tuple(PRETRAIN if names is None else names)
+    bad = [n for n in names if n in HELD_OUT or n not in PRETRAIN]
+    if bad:
+        raise ValueError(f"pretrain_real_series: {bad} are not pretraining datasets (held out from pretraining, "
+                         f"or unknown); allowed: flashxlstm.data.series.PRETRAIN")
+    if npz is None:
+        return {n: [np.asarray(s, dtype=np.float64) for s in load_series(n)] for n in names}
+    out: dict[str, list[np.ndarray]] = {}
+    with np.load(npz) as f:
+        stored = sorted(f.files)
+        for key in stored:
+            name = key.rsplit("/", 1)[0]
+            if name in HELD_OUT or name not in PRETRAIN:
+                raise ValueError(f"pretrain_real_series: {npz} holds {name!r}, which is not a pretraining dataset")
+            if name in names:
+                out.setdefault(name, []).append(np.asarray(f[key], dtype=np.float64))
+    missing = [n for n in names if n not in out]
+    if missing and npz is not None and names != tuple(PRETRAIN):
+        raise ValueError(f"pretrain_real_series: {npz} lacks {missing}")
+    return out
+
+
+def save_pretrain_npz(path: str | Path, names=None) -> dict[str, int]:
+    """Write the PRETRAIN series into one .npz (keys 'name/i') for machines without the data packages;
+    returns {name: number of series}."""
+    data = pretrain_real_series(names)
+    arrays = {f"{n}/{i}": s for n, series in data.items() for i, s in enumerate(series)}
+    np.savez_compressed(path, **arrays)
+    return {n: len(s) for n, s in data.items()}
+
+
+# ----------------------------------------------------------------------------------------------- windows
+class WindowSampler:
+    """Seeded windows (B, W) of the pool's series with their context scaling, input mask and augmentations."""
+
+    def __init__(self, synthetic: list[np.ndarray], real: list[np.ndarray], cfg: PretrainConfig, seed: int):
+        self.cfg, self.rng = cfg, np.random.default_rng(seed)
+        self.W = cfg.context_length + cfg.prediction_length
+        min_len = 2 * cfg.model.patch_size
+        self.synthetic = [s for s in synthetic if len(s) >= min_len]
+        self.real = [s for s in real if np.isfinite(s).sum() >= min_len]
+        if not self.synthetic and not self.real:
+            raise ValueError(f"pretrain: no series of at least {min_len} steps to draw windows from")
+
+    def _one(self) -> tuple[np.ndarray, int]:
+        """A window (W,) NaN-padded on the left, and where its context part ends."""
+        cfg, rng, W = self.cfg, self.rng, self.W
+        use_real = self.real and (not self.synthetic or rng.random() < cfg.real_fraction)
+        pool = self.real if use_real else self.synthetic
+        s = pool[int(rng.integers(len(pool)))]
+        P = cfg.model.patch_size
+        if len(s) >= W:
+            start = int(rng.integers(len(s) - W + 1))
+            return s[start:start + W].copy(), cfg.context_length
+        n = int(rng.integers(2 * P, len(s) + 1))       # a random prefix of a short series
+        out = np.full(W, np.nan)
+        out[W - n:] = s[:n]
+        horizon = min(cfg.prediction_length, n // 2)
+        return out, W - horizon
+
+    def sample(self, batch_size: int, augment: bool = True):
+        """values (B, W) normalised, input (B, W) with the augmentations' missing steps (NaN), both float32."""
+        cfg, rng, P = self.cfg, self.rng, self.cfg.model.patch_size
+        rows, inputs = [], []
+        for _ in range(batch_size):
+            w, ctx_end = self._one()
+            ctx = w[:ctx_end][np.isfinite(w[:ctx_end])]
+            if ctx.size < 2:
+                ctx = w[np.isfinite(w)]
+            loc, scale = ctx.mean(), ctx.std()
+            scale = max(scale, 1e-3 * abs(loc), 1e-8)
+            z = np.clip((w - loc) / scale, -1e3, 1e3)
+            if augment and rng.random() < 0.5:
+                z = -z
+            x = z.copy()
+            if augment and rng.random() < cfg.cpm_prob:
+                n_patches = self.W // P
+                run = int(rng.integers(1, cfg.cpm_max_patches + 1))
+                first = int(rng.integers(1, max(2, n_patches - run + 1)))
+                x[first * P:(first + run) * P] = np.nan
+            if augment and rng.random() < cfg.missing_prob:
+                span = int(rng.integers(1, 2 * P))
+                start = int(rng.integers(0, self.W - span))
+                x[start:start + span] = np.nan
+            rows.append(z)
+            inputs.append(x)
+        return torch.as_tensor(np.stack(rows), dtype=torch.float32), torch.as_tensor(np.stack(inputs), dtype=torch.float32)
+
+
+def pinball_loss(pred: torch.Tensor, target: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
+    """Mean quantile (pinball) loss of pred (..., Q) against target (...), over the finite targets only."""
+    ok = torch.isfinite(target)
+    y = torch.where(ok, target, torch.zeros_like(target))[..., None]
+    q = torch.tensor(levels, dtype=pred.dtype, device=pred.device)
+    diff = y - pred
+    loss = torch.maximum(q * diff, (q - 1) * diff).mean(-1)
+    return (loss * ok).sum() / ok.sum().clamp(min=1)
+
+
+def window_loss(model: xLSTMForecaster, values: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Every patch token predicts the next patch: the pinball loss over windows (B, W) (normalised)."""
+    B, W = values.shape
+    P = model.config.patch_size
+    mask = torch.isfinite(inputs)
+    x = torch.where(mask, inputs, torch.zeros_like(inputs)).view(B, W // P, P)
+    mask = mask.view(B, W // P, P)
+    out, _ = model(x, mask.to(x.dtype))
+    # a token before the window's first observation is skipped by the model (it predicts nothing)
+    started = mask.any(-1).cummax(dim=1).values[:, :-1, None]
+    target = values.view(B, W // P, P)[:, 1:]
+    target = torch.where(started, target, torch.full_like(target, float("nan")))
+    return pinball_loss(out[:, :-1], target, model.config.quantiles)
+
+
+def set_backend(model: xLSTMForecaster, backend: str) -> None:
+    """Switch every sLSTM layer (and the config that is saved) to another op backend."""
+    model.config.backend = backend
+    for block in model.blocks:
+        block.layer.backend = backend
+
+
+def _device(name: str) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series: dict | None = None,
+             model: xLSTMForecaster | None = None, save_dtype: torch.dtype | None = None,
+             max_shard_bytes: int | None = None, deadline: float | None = None, print_fn=print) -> PretrainResult:
+    """Pretrain (a new model from cfg.model, or `model`) for cfg.seconds; write OUT/checkpoint (save_pretrained),
+    OUT/loss_log.jsonl and OUT/pretrain.json when `out` is given. real_series: {name: arrays} (default: none;
+    pass `pretrain_real_series()` for the PRETRAIN set). deadline: a time.perf_counter() value the training
+    loop never runs past, whatever cfg.seconds says (a hard time box for the whole job: data generation
+    comes out of it)."""
+    t_start = time.perf_counter()
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = (model or xLSTMForecaster(cfg.model)).to(device).train()
+    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    gen_device = device if device.type == "cuda" else None
+    synthetic = synthetic_series(cfg.synthetic_count, cfg.synthetic_length, seed=cfg.seed,
+                                 kernel_synth_fraction=cfg.kernel_synth_fraction, device=gen_device)
+    real = [s for series in (real_series or {}).values() for s in series]
+    sampler = WindowSampler(synthetic, real, cfg, seed=cfg.seed + 1)
+    eval_pool = synthetic_series(max(16, cfg.eval_windows // 4), cfg.synthetic_length, seed=cfg.seed + 10_000,
+                                 kernel_synth_fraction=cfg.kernel_synth_fraction, device=gen_device)
+    eval_values, eval_inputs = WindowSampler(eval_pool, [], cfg, seed=cfg.seed + 2).sample(cfg.eval_windows,
+                                                                                            augment=False)
+    eval_values, eval_inputs = eval_values.to(device), eval_inputs.to(device)
+    data_seconds = time.perf_counter() - t_start
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        with autocast():
+            loss = float(window_loss(model, eval_values, eval_inputs))
+        model.train()
+        return loss
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+                            fused=device.type == "cuda")
+    eval_before = evaluate()
+    log: list[dict] = [{"step": 0, "seconds": 0.0, "eval_loss": eval_before}]
+    print_fn(f"forecaster: {model.num_parameters() / 1e6:.2f}M parameters on {device} "
+             f"({'bf16 autocast' if use_bf16 else 'float32'}); data {len(synthetic)} synthetic + {len(real)} real "
+             f"series in {data_seconds:.1f} s; eval loss {eval_before:.4f}")
+    t0 = time.perf_counter()
+    budget = cfg.seconds if cfg.seconds > 0 else float("inf")
+    if deadline is not None:
+        budget = max(0.0, min(budget, deadline - t0))
+    step, first_loss, last_loss, running, fallback = 0, float("nan"), float("nan"), [], None
+    while True:
+        elapsed = time.perf_counter() - t0
+        time_progress = 1.0 if budget <= 0 else elapsed / budget  # inf budget: 0
+        progress = max(time_progress,
+                       step / cfg.max_steps if cfg.max_steps > 0 else 0.0)
+        if progress >= 1.0:
+            break
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        lr = cfg.lr * warm * (cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        values, inputs = sampler.sample(cfg.batch_size)
+        values, inputs = values.to(device, non_blocking=True), inputs.to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        try:
+            with autocast():
+                loss = window_loss(model, values, inputs)
+            loss.backward()
+        except Exception as e:  # noqa: BLE001 - only the first step, only "auto" on CUDA, and reported
+            if step or device.type != "cuda" or model.config.backend != "auto":
+                raise
+            fallback = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            print_fn(f"forecaster: the sLSTM 'auto' backend failed on the first step ({fallback}); "
+                     f"continuing with backend 'fused' (recorded in pretrain.json)")
+            set_backend(model, "fused")
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                loss = window_loss(model, values, inputs)
+            loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        running.append(loss.detach())
+        if step % cfg.log_every == 0 or step == 1:
+            mean = float(torch.stack(running).mean())
+            running = []
+            first_loss = mean if step == 1 else first_loss
+            last_loss = mean
+            entry = {"step": step, "seconds": round(time.perf_counter() - t0, 2), "loss": round(mean, 5),
+                     "lr": lr}
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                entry["eval_loss"] = round(evaluate(), 5)
+            log.append(entry)
+            print_fn(json.dumps(entry))
+    if running:
+        last_loss = float(torch.stack(running).mean())
+    train_seconds = time.perf_counter() - t0
+    eval_after = evaluate()
+    log.append({"step": step, "seconds": round(train_seconds, 2), "eval_loss": eval_after})
+    model.eval()
+    result = PretrainResult(model, step, train_seconds, first_loss, last_loss, eval_before, eval_after, log)
+    print_fn(f"forecaster: {step} steps in {train_seconds:.1f} s; train loss {first_loss:.4f} -> {last_loss:.4f}; "
+             f"eval loss {eval_before:.4f} -> {eval_after:.4f}")
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out / "checkpoint", dtype=save_dtype, max_shard_bytes=max_shard_bytes)
+        with open(out / "loss_log.jsonl", "w") as f:
+            for entry in log:
+                f.write(json.dumps(entry) + "\n")
+        summary = {"config": cfg.to_dict(), "parameters": model.num_parameters(), "device": str(device),
+                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   "torch": torch.__version__, "steps": step, "train_seconds": round(train_seconds, 2),
+                   "data_seconds": round(data_seconds, 2), "first_loss": first_loss, "last_loss": last_loss,
+                   "eval_loss_before": eval_before, "eval_loss_after": eval_after,
+                   "real_datasets": sorted(real_series or {}), "real_series": len(real),
+                   "synthetic_series": len(synthetic), "backend_fallback": fallback}
+        with open(out / "pretrain.json", "w") as f:
+            json.dump(summary, f, indent=2)
+    return result
