@@ -15,9 +15,9 @@ import time
 from dataclasses import replace
 
 PRESETS = {
-    # ~1M parameters: a usable demo in about three CPU minutes
-    "cpu-demo": dict(seconds=150.0, batch_size=32, context_length=512, prediction_length=64, lr=2e-3,
-                     synthetic_count=384, synthetic_length=1024,
+    # ~0.5M parameters: a usable demo in about three CPU minutes
+    "cpu-demo": dict(seconds=150.0, batch_size=32, context_length=384, prediction_length=64, lr=2e-3,
+                     synthetic_count=384, synthetic_length=512, eval_windows=64, eval_every=50,
                      model=dict(patch_size=32, dim=128, num_blocks=3, num_heads=4)),
     # ~11M parameters, bf16 autocast, Triton sLSTM: one H200 minute
     "gpu": dict(seconds=60.0, batch_size=256, context_length=1024, prediction_length=256, lr=1e-3,
@@ -44,6 +44,7 @@ def add_arguments(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--synthetic-count", type=int)
     p.add_argument("--synthetic-length", type=int)
+    p.add_argument("--eval-windows", type=int, help="validation windows (fixed synthetic series of another seed)")
     p.add_argument("--patch-size", type=int)
     p.add_argument("--dim", type=int)
     p.add_argument("--num-blocks", type=int)
@@ -81,17 +82,18 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             model_fields[name] = getattr(args, name)
     for name in ("seconds", "max_steps", "batch_size", "context_length", "prediction_length", "lr",
-                 "synthetic_count", "synthetic_length", "seed"):
+                 "synthetic_count", "synthetic_length", "eval_windows", "seed"):
         if getattr(args, name) is not None:
             preset[name] = getattr(args, name)
     cfg = PretrainConfig(**preset, device=args.device, amp=args.amp, model=ForecastConfig(**model_fields))
     real = None if args.no_real else pretrain_real_series(npz=args.real_npz)
-    deadline = None
+    deadline = data_deadline = None
     if args.total_seconds:
+        data_deadline = t_start + 0.25 * args.total_seconds  # the synthetic pool stops growing here
         # the loop stops early enough to evaluate and save (a few seconds at most)
         deadline = t_start + args.total_seconds - max(3.0, 0.08 * args.total_seconds)
         cfg = replace(cfg, seconds=min(cfg.seconds, args.total_seconds))
-    pretrain(cfg, args.out, real_series=real, deadline=deadline,
+    pretrain(cfg, args.out, real_series=real, deadline=deadline, data_deadline=data_deadline,
              save_dtype=torch.bfloat16 if args.save_dtype == "bfloat16" else None,
              max_shard_bytes=int(args.max_shard_mb * 2 ** 20) if args.max_shard_mb else None)
     print(f"saved {args.out}/checkpoint in {time.perf_counter() - t_start:.1f} s in all")

@@ -152,9 +152,14 @@ class WindowSampler:
         if len(s) >= W:
             start = int(rng.integers(len(s) - W + 1))
             return s[start:start + W].copy(), cfg.context_length
-        n = int(rng.integers(2 * P, len(s) + 1))       # a random prefix of a short series
+        # a short series: a random stretch of r patches, r from a few sizes (powers of two), left-padded. Few
+        # distinct paddings per batch keep the model's per-row skipping of leading missing patches to a few
+        # groups (one sLSTM pass each).
+        sizes = [r for r in (2, 4, 8, 16, 32, 64) if r * P <= len(s) and r * P < W]
+        n = int(rng.choice(sizes)) * P
+        start = int(rng.integers(len(s) - n + 1))
         out = np.full(W, np.nan)
-        out[W - n:] = s[:n]
+        out[W - n:] = s[start:start + n]
         horizon = min(cfg.prediction_length, n // 2)
         return out, W - horizon
 
@@ -212,6 +217,25 @@ def window_loss(model: xLSTMForecaster, values: torch.Tensor, inputs: torch.Tens
     return pinball_loss(out[:, :-1], target, model.config.quantiles)
 
 
+POOL_PIECE = 256
+
+
+def synthetic_pool(cfg: PretrainConfig, device=None, deadline: float | None = None) -> list[np.ndarray]:
+    """cfg.synthetic_count series in pieces of POOL_PIECE, piece i from seed (cfg.seed, i); stops early at
+    `deadline` (time.perf_counter()), so a time-boxed run never spends its budget generating data."""
+    pool: list[np.ndarray] = []
+    piece = 0
+    while len(pool) < cfg.synthetic_count:
+        n = min(POOL_PIECE, cfg.synthetic_count - len(pool))
+        seed = int(np.random.SeedSequence([cfg.seed, piece]).generate_state(1)[0])
+        pool += synthetic_series(n, cfg.synthetic_length, seed=seed, kernel_synth_fraction=cfg.kernel_synth_fraction,
+                                 device=device)
+        piece += 1
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return pool
+
+
 def set_backend(model: xLSTMForecaster, backend: str) -> None:
     """Switch every sLSTM layer (and the config that is saved) to another op backend."""
     model.config.backend = backend
@@ -225,24 +249,25 @@ def _device(name: str) -> torch.device:
 
 def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series: dict | None = None,
              model: xLSTMForecaster | None = None, save_dtype: torch.dtype | None = None,
-             max_shard_bytes: int | None = None, deadline: float | None = None, print_fn=print) -> PretrainResult:
+             max_shard_bytes: int | None = None, deadline: float | None = None, data_deadline: float | None = None,
+             print_fn=print) -> PretrainResult:
     """Pretrain (a new model from cfg.model, or `model`) for cfg.seconds; write OUT/checkpoint (save_pretrained),
     OUT/loss_log.jsonl and OUT/pretrain.json when `out` is given. real_series: {name: arrays} (default: none;
     pass `pretrain_real_series()` for the PRETRAIN set). deadline: a time.perf_counter() value the training
     loop never runs past, whatever cfg.seconds says (a hard time box for the whole job: data generation
-    comes out of it)."""
+    comes out of it). data_deadline: a time.perf_counter() value after which the synthetic pool stops growing
+    (it is generated in seeded pieces of POOL_PIECE series; at least one piece is always made)."""
     t_start = time.perf_counter()
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = (model or xLSTMForecaster(cfg.model)).to(device).train()
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     gen_device = device if device.type == "cuda" else None
-    synthetic = synthetic_series(cfg.synthetic_count, cfg.synthetic_length, seed=cfg.seed,
-                                 kernel_synth_fraction=cfg.kernel_synth_fraction, device=gen_device)
-    real = [s for series in (real_series or {}).values() for s in series]
-    sampler = WindowSampler(synthetic, real, cfg, seed=cfg.seed + 1)
     eval_pool = synthetic_series(max(16, cfg.eval_windows // 4), cfg.synthetic_length, seed=cfg.seed + 10_000,
                                  kernel_synth_fraction=cfg.kernel_synth_fraction, device=gen_device)
+    synthetic = synthetic_pool(cfg, gen_device, data_deadline)
+    real = [s for series in (real_series or {}).values() for s in series]
+    sampler = WindowSampler(synthetic, real, cfg, seed=cfg.seed + 1)
     eval_values, eval_inputs = WindowSampler(eval_pool, [], cfg, seed=cfg.seed + 2).sample(cfg.eval_windows,
                                                                                             augment=False)
     eval_values, eval_inputs = eval_values.to(device), eval_inputs.to(device)
