@@ -25,18 +25,11 @@ def emit(case, errors, tol, nan=False, **extra):
 
 
 def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, chunk=16, dtype=torch.float32,
-                  gate_range=None, masked=(), tol=2e-4, seed=0, seg=0, forward="chunkparallel",
-                  backward="chunkparallel", window=2048, hold=None):
-    """seg > 0: sequence parallelism with segments of `seg` steps (checked to be taken).
-
-    forward / backward: the variants for sequences without cu_seqlens or segments ("chunkparallel" or
-    "walk"). window: the chunk-parallel backward's time window in steps. hold=(value, steps): the input
-    gate pre-activation is value (plus up to 1) for the first `steps` steps.
-    """
+                  gate_range=None, masked=(), tol=2e-4, seed=0, window=2048, hold=None):
+    """window: the backward's time window in steps. hold=(value, steps): the input gate pre-activation is
+    value (plus up to 1) for the first `steps` steps."""
     from flashxlstm.ops.mlstm_cell.triton import function as tfn
-    variant = tfn.Variant(forward=forward, backward=backward, window_steps=window, segment_tokens=seg)
-    if seg:
-        assert tfn.segment_length(torch.empty(B, NH, S, DQK), None, variant) == seg, "segments not taken"
+    variant = tfn.Variant(window_steps=window)
     _sequence_case(case, B, NH, S, DQK, DV, gate=gate, init=init, cu=cu, chunk=chunk, dtype=dtype,
                    gate_range=gate_range, masked=masked, tol=tol, seed=seed, variant=variant, hold=hold)
 
@@ -183,16 +176,15 @@ def main():
                   masked=((0, 5), (30, 40)), chunk=32, tol=5e-4)
     # chunk-parallel backward (chunk_backward.py): initial-state gradients, odd dims, a tail, several
     # blocks, extreme gates with masked steps and an empty state, fp16
-    sequence_case("cpb_init_odd", 2, 1, 37, 24, 40, chunk=16, init="random", backward="chunkparallel")
-    sequence_case("cpb_blocks", 1, 2, 150, 80, 72, chunk=64, init="random", backward="chunkparallel")
+    sequence_case("cpb_init_odd", 2, 1, 37, 24, 40, chunk=16, init="random")
+    sequence_case("cpb_blocks", 1, 2, 150, 80, 72, chunk=64, init="random")
     sequence_case("cpb_extreme_sigmoid", 1, 1, 70, 24, 40, gate="sigmoid", init="empty", gate_range=30.0,
-                  masked=((0, 5), (30, 40)), chunk=32, tol=5e-4, backward="chunkparallel")
-    sequence_case("cpb_s1", 2, 1, 1, 16, 16, init="random", backward="chunkparallel")
-    sequence_case("cpb_fp16", 1, 1, 24, 16, 16, dtype=torch.float16, tol=1e-2, backward="chunkparallel")
+                  masked=((0, 5), (30, 40)), chunk=32, tol=5e-4)
+    sequence_case("cpb_s1", 2, 1, 1, 16, 16, init="random")
+    sequence_case("cpb_fp16", 1, 1, 24, 16, 16, dtype=torch.float16, tol=1e-2)
     # fp16 at 512 steps: the log forget gradient from straddling pairs stays at the other gradients' error
-    # (df 2.8e-4, dq 4.7e-4); the reverse cumulative sum of per-step terms (the walks) gives df 1.4e-3
-    sequence_case("cpb_fp16_long", 1, 1, 512, 64, 64, dtype=torch.float16, chunk=64, tol=7e-4,
-                  backward="chunkparallel")
+    # (df 2.8e-4, dq 4.7e-4); a reverse cumulative sum of per-step terms gave df 1.4e-3
+    sequence_case("cpb_fp16_long", 1, 1, 512, 64, 64, dtype=torch.float16, chunk=64, tol=7e-4)
     # the gate epilogue kernel (gate_rows.py) over more than one block of 1024 steps: the final stabilizer's
     # argmax in the second block, its gradient routed across the block boundary; sigmoid gate, masked steps
     sequence_case("cpb_rows_blocks", 1, 2, 1300, 16, 16, init="random", chunk=64)
@@ -203,27 +195,29 @@ def main():
     sequence_case("cpb_windows", 2, 1, 150, 24, 40, chunk=16, init="random", window=48)
     sequence_case("cpb_windows_extreme", 1, 2, 100, 16, 24, gate="sigmoid", init="empty", gate_range=30.0,
                   masked=((0, 5), (30, 70)), chunk=16, tol=5e-4, window=32)
-    # the fused walks (forward and backward), still used for packed documents and segments, on their own
-    sequence_case("walk_odd_dims", 1, 2, 21, 24, 40, chunk=16, init="random", forward="walk", backward="walk")
-    sequence_case("walk_masked_extreme", 1, 2, 45, 16, 16, init="empty", gate_range=30.0,
-                  masked=((0, 2), (3, 9), (40, 45)), tol=5e-4, forward="walk", backward="walk")
-    # sequence parallelism: segments of 16 steps (the last one shorter), states scanned in torch
-    sequence_case("seg_init", 2, 1, 40, 16, 16, init="random", seg=16)
-    sequence_case("seg_sigmoid_odd", 1, 1, 40, 24, 40, gate="sigmoid", init="random", seg=16)
-    sequence_case("seg_empty_masked", 1, 1, 56, 16, 16, init="empty", gate_range=30.0,
-                  masked=((0, 20), (33, 40), (50, 56)), tol=5e-4, seg=16)
-    sequence_case("seg_fp16", 1, 1, 48, 16, 16, dtype=torch.float16, tol=1e-2, seg=16)
+    # packed documents (cu_seqlens) in the chunk-parallel kernels: every document starts its own chunks, so
+    # chunks of one head have odd lengths (documents of 1, 3, 9 steps: shorter than a chunk), several DQK and
+    # DV blocks, time windows whose boundaries fall inside documents (the state and its gradient carried
+    # across), masked steps and extreme gates with an empty initial state, fp16, the gate epilogue kernel over
+    # documents longer than one block of 1024 steps
+    sequence_case("varlen_odd", 1, 2, 61, 24, 40, init="random", cu=[0, 1, 4, 33, 42, 61])
+    sequence_case("varlen_blocks", 1, 1, 150, 80, 72, init="random", cu=[0, 9, 130, 150], chunk=64)
+    sequence_case("varlen_windows", 1, 2, 150, 16, 24, gate="sigmoid", init="random", cu=[0, 3, 40, 41, 97, 150],
+                  window=32)
+    sequence_case("varlen_windows_extreme", 1, 1, 120, 16, 16, init="empty", gate_range=30.0, cu=[0, 50, 51, 120],
+                  masked=((0, 5), (45, 70)), tol=5e-4, window=16)
+    sequence_case("varlen_fp16", 1, 1, 70, 16, 16, dtype=torch.float16, cu=[0, 33, 70], init="random", tol=1e-2)
+    sequence_case("varlen_rows_blocks", 1, 1, 1300, 16, 16, init="random", cu=[0, 1100, 1300], chunk=64)
     # launch plans stepped down from the defaults (launch_plan.py): fp32 at chunk_size 256 (the H200's
-    # OutOfResources case of issue 11: fewer stages, 32-wide DV blocks in the dq/dk pass), and a walk with
-    # DQK 512 in fp32 (32-wide DV blocks)
+    # OutOfResources case of issue 11: fewer stages, 32-wide DV blocks in the dq/dk pass), and DQK 512 in fp32
+    # with packed documents
     sequence_case("plan_fp32_chunk256", 1, 1, 150, 64, 128, chunk=256, init="random")
-    sequence_case("plan_walk_dqk512", 1, 1, 20, 512, 72, chunk=256, init="random", forward="walk", backward="walk")
+    sequence_case("plan_dqk512_varlen", 1, 1, 20, 512, 24, chunk=256, init="random", cu=[0, 13, 20])
     # issue 12: the exp input gate near 90 for 32 steps, then ordinary steps and a partial last chunk; the
-    # steps past the end were stabilized by 0 in the backward, so exp(b + m_c - 0) overflowed (NaN in df,
-    # and in dk, dv, di, df through the walks)
+    # steps past the end were stabilized by 0 in the backward, so exp(b + m_c - 0) overflowed (NaN in df);
+    # with packed documents every document's last chunk is such a partial chunk
     sequence_case("gate90_tail", 1, 2, 40, 16, 16, hold=(90.0, 32), init="random")
-    sequence_case("gate90_tail_walk", 1, 2, 40, 16, 16, hold=(90.0, 32), init="random", forward="walk",
-                  backward="walk")
+    sequence_case("gate90_tail_varlen", 1, 2, 40, 16, 16, hold=(90.0, 32), init="random", cu=[0, 21, 40])
     gate_rows_case("gate_rows_exp", "exp")
     gate_rows_case("gate_rows_sigmoid", "sigmoid")
     compile_case()

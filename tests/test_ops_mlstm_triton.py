@@ -5,13 +5,11 @@ TRITON_INTERPRET must be set before Triton is imported, so the checks run in one
 the results up. Covers forward, gradients of every input and of the initial state (with a loss on
 the returned state too), S = 1 and S not a multiple of the chunk, head dims that are not powers of
 two, both input gates, torch.compile around the op, an empty initial state (m = -inf), masked steps (i = -inf, f = +inf), gates
-in [-30, 30], packed documents (cu_seqlens) with per-document initial states, sequence parallelism
-(segments with scanned initial states: gradients to the caller's initial state, a segment of masked
-steps, an empty initial state, both gates, odd head dims, fp16), and the decode step. Sequences without
-cu_seqlens or segments take the chunk-parallel forward (chunk_states.py, chunk_output.py; several DQK and
-DV blocks in `cp_blocks`); `cpb_*` run the chunk-parallel backward (chunk_backward.py; `cpb_windows*` over
-several time windows, `cpb_rows_*` the gate epilogue kernel over several blocks) and the `walk_*`
-cases the fused walks (forward.py, backward.py) on them instead.
+in [-30, 30], and the decode step. Every sequence case runs the one chunk-parallel family: forward
+(chunk_states.py, chunk_output.py; several DQK and DV blocks in `cp_blocks`), backward (chunk_backward.py;
+`cpb_windows*` over several time windows, `cpb_rows_*` the gate epilogue kernel over several blocks), and
+packed documents (`varlen*`: cu_seqlens with per-document initial states, documents shorter than a chunk,
+time windows whose boundaries fall inside documents, extreme gates, fp16, several blocks).
 """
 from __future__ import annotations
 
@@ -35,8 +33,9 @@ def results() -> dict:
 CASES = ["s1", "odd_dims", "tail", "sigmoid_init", "empty_init", "masked_extreme", "varlen", "varlen_sigmoid",
          "fp16", "chunk_invariance", "cp_blocks", "cp_extreme_sigmoid", "cpb_init_odd", "cpb_blocks",
          "cpb_extreme_sigmoid", "cpb_s1", "cpb_fp16", "cpb_fp16_long", "cpb_rows_blocks", "cpb_rows_blocks_sigmoid",
-         "cpb_windows", "cpb_windows_extreme", "walk_odd_dims", "walk_masked_extreme", "seg_init", "seg_sigmoid_odd", "seg_empty_masked", "seg_fp16",
-         "plan_fp32_chunk256", "plan_walk_dqk512", "gate90_tail", "gate90_tail_walk"]
+         "cpb_windows", "cpb_windows_extreme", "varlen_odd", "varlen_blocks", "varlen_windows",
+         "varlen_windows_extreme", "varlen_fp16", "varlen_rows_blocks", "plan_fp32_chunk256", "plan_dqk512_varlen",
+         "gate90_tail", "gate90_tail_varlen"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -10,7 +10,7 @@ import torch
 
 from conftest import require_triton
 from flashxlstm.ops.mlstm_cell.triton.launch_plan import (PASSES, chunk_parallel_defaults, chunk_parallel_plan,
-                                                           smem_bytes, walk_plan)
+                                                           smem_bytes)
 
 H200 = 232448          # opt-in shared memory per block on an H100 / H200
 A100, SM86 = 166912, 101376
@@ -33,9 +33,6 @@ def test_every_chunk_dtype_and_head_dim_gets_a_plan_that_fits(limit):
         for key in ("BK_s", "BV_s", "BK_o", "BV_o", "BK_b", "BV_b", "L"):
             assert plan[key] >= 16 and plan[key] & (plan[key] - 1) == 0, (key, plan)
         assert all(plan["stages_" + s] >= 1 for s in "sob")
-        w = walk_plan(elem, DQK, DV, chunk, limit)
-        assert smem_bytes("walk", elem, w["L"], w["BK"], w["BV"], 1) <= limit, (chunk, elem, DQK, DV, w)
-        assert w["BK"] >= DQK
 
 
 def test_bf16_defaults_kept_where_they_fit():
@@ -63,8 +60,6 @@ def test_fp32_chunk_128_steps_down_from_the_crashing_setting():
 def test_what_fits_nowhere_is_a_value_error():
     with pytest.raises(ValueError, match="shared memory"):
         chunk_parallel_plan(4, 64, 64, 64, 4096)
-    with pytest.raises(ValueError, match="shared memory"):
-        walk_plan(4, 4096, 64, 64, 65536)
 
 
 def test_out_of_resources_shrinks_the_budget_and_retries():
@@ -85,18 +80,18 @@ def test_out_of_resources_shrinks_the_budget_and_retries():
         return plan["L"]
 
     tfn._BUDGETS.clear()
-    assert tfn._planned("cp", q, 128, 128, (), run) == seen[-1]["L"]
+    assert tfn._planned(q, 128, 128, (), run) == seen[-1]["L"]
     assert len(seen) == 2 and seen[1] != seen[0]
     assert max(_estimates(seen[1], 4).values()) <= H200 - (327680 - H200)
     seen.clear()
-    tfn._planned("cp", q, 128, 128, (), lambda plan: seen.append(plan))  # the smaller budget is remembered
+    tfn._planned(q, 128, 128, (), lambda plan: seen.append(plan))  # the smaller budget is remembered
     assert len(seen) == 1 and seen[0] != chunk_parallel_plan(4, 64, 128, 128, H200)
 
     def never(plan):
         raise OutOfResources(10**7, H200, "shared memory")
 
     with pytest.raises(ValueError, match="shared memory"):
-        tfn._planned("cp", q, 64, 64, (), never)
+        tfn._planned(q, 64, 64, (), never)
     tfn._BUDGETS.clear()
 
 

@@ -1,21 +1,29 @@
 """Chunk-parallel backward: the backward state at every chunk end, then every chunk's gradients at once.
 
-Notation as in backward.py (the stabilizer m_t held fixed; dnum_t = dh_t / z_t, dden_t from the prep
-kernel; b cumulative log forget inside the chunk, g its total, li log input gate; m_in / m_out the
-stabilizers entering / leaving the chunk, read from the per-step m_t; D_ts = exp(b_t - b_s + li_s - m_t),
-w_t = exp(b_t + m_in - m_t), u_s = exp(g - b_s + li_s - m_out)):
+The stabilizer m_t is treated as a constant (the output is invariant to it up to the eps term), so the
+output is a gated linear attention with DV + 1 value columns: num (with v) and den (with 1),
+h_t = num_t / z_t, z_t = max(|den_t|, exp(-m_t)) + eps. The prep kernel forms per step 1 / z_t and
+dden_t = -(dh_t . h_t) / z_t * sign(den_t) [|den_t| > exp(-m_t)]; dnum_t = dh_t / z_t. Inside a chunk
+(b cumulative log forget, g its total, li log input gate; m_in / m_out the stabilizers entering / leaving
+the chunk, read from the per-step m_t) the factors D_ts = exp(b_t - b_s + li_s - m_t),
+w_t = exp(b_t + m_in - m_t), u_s = exp(g - b_s + li_s - m_out) are all at most 1, so the backward state G
+(the gradient of the stabilized state, DQK x DV) is as well scaled as the forward state.
 
-All three passes work on a window of NT chunks c_first, c_first + 1, ... (the whole sequence, or one
-of the time windows the launcher walks backwards to bound memory); the chunk and backward states of the
-window's chunks sit in slots j = c - c_first.
+Chunks and sequences as in common.py (rows (b, h), or the documents of cu_seqlens, each cut into chunks
+from its own start). All three passes work on a window [c0, c1) of chunk numbers (the whole sequence, or
+one of the time windows the launcher walks backwards to bound memory); the chunk and backward states of
+the window's chunks sit in slots carry * nt + (gc - c0).
 
-  pass 1 (`mlstm_chunk_bwd_states_kernel`, grid (DQK blocks, DV blocks, batch*head), walks backwards):
+  pass 1 (`mlstm_chunk_bwd_states_kernel`, grid (DQK blocks, DV blocks, sequences), walks backwards):
       stores G_out, gn_out of every chunk (the gradient of the stabilized state leaving it), then
-      G_in = exp(g + m_in - m_out) G_out + sum_t w_t q^_t dnum_t^T   (gn with dden_t), starting from
-      (dCf, dnf), the gradient leaving the window, and ending as (dC0, dn0), the gradient entering it.
-  pass 2 (`mlstm_chunk_bwd_dv_kernel`, grid (DV blocks, chunks, batch*head)):
+      G_in = exp(g + m_in - m_out) G_out + sum_t w_t q^_t dnum_t^T   (gn with dden_t), starting from the
+      gradient of the sequence's final state (dCf, dnf) if it ends in the window, else from the carry the
+      window after this one left, and ending as the gradient of its initial state (dC0, dn0) if it starts
+      in the window, else as the carry for the window before.
+  pass 2 (`mlstm_chunk_bwd_dv_kernel`, grid (DV blocks, chunks, b * NH + h or h)):
       dv_s = sum_{t>=s} D_ts (q^_t . k_s) dnum_t + u_s G_out^T k_s
-  pass 3 (`mlstm_chunk_bwd_dqk_kernel`, grid (DQK blocks, chunks, batch*head)), with P_ts = dnum_t . v_s + dden_t:
+  pass 3 (`mlstm_chunk_bwd_dqk_kernel`, grid (DQK blocks, chunks, b * NH + h or h)), with
+  P_ts = dnum_t . v_s + dden_t:
       dq^_t = sum_{s<=t} D_ts P_ts k_s + w'_t (C_c dnum_t + n_c dden_t)
       dk_s  = sum_{t>=s} D_ts P_ts q^_t + u_s (G_out v_s + gn_out)
       and k_s . dk_s (the log input gate's gradient) from fp32 products, added over DQK blocks.
@@ -40,53 +48,92 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import chunk_program, finite_or_zero, load_gates, state_block, tile
+from ...triton_support import both
+from .common import chunk_span, doc_span, finite_or_zero, load_gates, state_block, tile, window_part
 
 
 @triton.jit
-def _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L: tl.constexpr, EXP_GATE: tl.constexpr):
-    """Gates and stabilizers of chunk c (steps t, mt = t < S): li, b (cumulative log forget), g (its total),
-    m_in and m_out (the per-step stabilizer before the chunk's first step and at its last) and the
-    per-step stabilizers m_t, with -inf (nothing seen) as 0 where they are subtracted. Steps past the end of
-    the sequence take m_out: every exp(. - m_t) of theirs then stays at most 1 (with 0, a stabilizer near +90
-    made exp(b + m_c - m_t) overflow to inf there, and inf * 0 put NaN into the chunk's sums)."""
-    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
+def mlstm_bwd_prep_kernel(h, hlo, dh, mstat, dstat, rz, dden, R, eps,
+                          DV: tl.constexpr, BR: tl.constexpr, BVP: tl.constexpr, HAS_LO: tl.constexpr):
+    """Per step: 1 / z_t and dden_t = -(dh_t . h_t) / z_t (times sign(den_t); 0 where the exp(-m_t) floor of z_t
+    is active), h = h + h_lo when the forward stored h's rounding residual."""
+    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    mr = r < R
+    hdh = tl.zeros([BR], dtype=tl.float32)
+    for v0 in range(0, DV, BVP):
+        ov = v0 + tl.arange(0, BVP)
+        msk = mr[:, None] & (ov < DV)[None, :]
+        x = tl.load(h + r[:, None] * DV + ov[None, :], mask=msk, other=0.0).to(tl.float32)
+        if HAS_LO:
+            x += tl.load(hlo + r[:, None] * DV + ov[None, :], mask=msk, other=0.0).to(tl.float32)
+        y = tl.load(dh + r[:, None] * DV + ov[None, :], mask=msk, other=0.0).to(tl.float32)
+        hdh += tl.sum(x * y, 1)
+    m = tl.load(mstat + r, mask=mr, other=0.0)
+    den = tl.load(dstat + r, mask=mr, other=0.0)
+    floor = tl.exp(-finite_or_zero(m))
+    z = tl.maximum(tl.abs(den), floor) + eps
+    sgn = tl.where(den >= 0, 1.0, -1.0)
+    dd = tl.where(tl.abs(den) > floor, -hdh / z * sgn, 0.0)
+    tl.store(rz + r, 1.0 / z, mask=mr)
+    tl.store(dden + r, dd, mask=mr)
+
+
+@triton.jit
+def _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, first, L: tl.constexpr, EXP_GATE: tl.constexpr):
+    """Gates and stabilizers of the chunk of nr steps from row rc: li, b (cumulative log forget), g (its total),
+    m_in and m_out (the per-step stabilizer before the chunk's first step, the initial state's m0[sidx] for the
+    sequence's first chunk, and at its last) and the per-step stabilizers m_t, with -inf (nothing seen) as 0
+    where they are subtracted. Steps past the chunk's end take m_out: every exp(. - m_t) of theirs then stays
+    at most 1 (with 0, a stabilizer near +90 made exp(b + m_c - m_t) overflow to inf there, and inf * 0 put
+    NaN into the chunk's sums)."""
+    ol = tl.arange(0, L)
+    mt = ol < nr
+    li, lf = load_gates(ig, fg, rc + ol, mt, EXP_GATE)
     b = tl.cumsum(lf, 0)
     g = tl.sum(lf, 0)
-    m_in = tl.load(mstat + row0 + c * L - 1, mask=c > 0, other=0.0)
-    m_in = tl.where(c > 0, m_in, tl.load(m0 + bh))
-    m_out = finite_or_zero(tl.load(mstat + row0 + tl.minimum(c * L + L, S) - 1))
-    m_t = tl.where(mt, finite_or_zero(tl.load(mstat + row0 + t, mask=mt, other=0.0)), m_out)
+    m_in = tl.where(first, tl.load(m0 + sidx), tl.load(mstat + rc - 1, mask=(first == 0) & (nr > 0), other=0.0))
+    m_out = finite_or_zero(tl.load(mstat + rc + nr - 1, mask=nr > 0, other=0.0))
+    m_t = tl.where(mt, finite_or_zero(tl.load(mstat + rc + ol, mask=mt, other=0.0)), m_out)
     return li, b, g, m_in, m_out, m_t
 
 
 @triton.jit
 def mlstm_chunk_bwd_states_kernel(
-    q, ig, fg, m0, mstat, rz, dden, dh, dCf, dnf, Gs, gns, dC0, dn0,
-    S, NT, c_first, scale,
+    q, ig, fg, m0, mstat, rz, dden, dh, dCf, dnf, Gc, gnc, Gs, gns, dC0, dn0, Go, gno, cu, coff,
+    S, NT, c0, c1, nt, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    EXP_GATE: tl.constexpr, PREC: tl.constexpr,
+    NH: tl.constexpr, EXP_GATE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    kb, vb, bh, row0, ok, ov, mk, mkv = state_block(S, DQK, DV, BK, BV)
+    kb, vb, ok, ov, mk, mkv = state_block(DQK, DV, BK, BV)
+    rd, T, lo, hi, sidx, cidx = doc_span(cu, coff, tl.program_id(2), S, NT, NH, IS_VARLEN)
+    a, b, active = window_part(lo, hi, c0, c1)
     ol = tl.arange(0, L)
     first_v = vb == 0
+    CC = DQK * DV
 
-    G = tl.load(dCf + bh * DQK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0)
-    gn = tl.load(dnf + bh * DQK + ok, mask=mk, other=0.0)
-    for jj in range(0, NT):
-        j = NT - 1 - jj
-        st = bh * NT + j
-        c = c_first + j
-        tl.store(Gs + st * DQK * DV + ok[:, None] * DV + ov[None, :], G.to(Gs.dtype.element_ty), mask=mkv)
+    # the gradient leaving chunk b - 1: of the sequence's final state if it ends in the window, else the
+    # carry (Gc, gnc: the gradient entering chunk c1, from the window after this one)
+    ends = hi <= c1
+    carried = hi > c1
+    G = tl.load(dCf + sidx * CC + ok[:, None] * DV + ov[None, :], mask=both(mkv, ends), other=0.0) + \
+        tl.load(Gc + cidx * CC + ok[:, None] * DV + ov[None, :], mask=both(mkv, carried), other=0.0)
+    gn = tl.load(dnf + sidx * DQK + ok, mask=both(mk, ends), other=0.0) + \
+        tl.load(gnc + cidx * DQK + ok, mask=both(mk, carried), other=0.0)
+    for jj in range(0, b - a):
+        gc = b - 1 - jj
+        st = cidx * nt + (gc - c0)
+        tl.store(Gs + st * CC + ok[:, None] * DV + ov[None, :], G.to(Gs.dtype.element_ty), mask=mkv)
         if first_v:
             tl.store(gns + st * DQK + ok, gn, mask=mk)
-        t = c * L + ol
-        mt = t < S
-        li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L, EXP_GATE)
-        w = tl.where(mt, tl.exp(b + m_in - mrs) * scale, 0.0)
-        r = tl.load(rz + row0 + t, mask=mt, other=0.0)
-        pq, pq_in = tile(q + row0 * DQK, kb * BK, c * L, DQK, S, 1, DQK, BK, L)
-        pdh, pdh_in = tile(dh + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+        off = (gc - lo) * L
+        nr = tl.minimum(T - off, L)
+        rc = rd + off
+        mt = ol < nr
+        li, bb, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, gc == lo, L, EXP_GATE)
+        w = tl.where(mt, tl.exp(bb + m_in - mrs) * scale, 0.0)
+        r = tl.load(rz + rc + ol, mask=mt, other=0.0)
+        pq, pq_in = tile(q + rc * DQK, kb * BK, 0, DQK, nr, 1, DQK, BK, L)
+        pdh, pdh_in = tile(dh + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
         bqt = tl.load(pq, mask=pq_in, other=0.0)
         bdh = tl.load(pdh, mask=pdh_in, other=0.0)
         dnum = (bdh.to(tl.float32) * r[:, None]).to(bqt.dtype)
@@ -94,30 +141,37 @@ def mlstm_chunk_bwd_states_kernel(
         qw = (bqt.to(tl.float32) * w[None, :]).to(bqt.dtype)
         G = G * decay + tl.dot(qw, dnum, input_precision=PREC)
         if first_v:
-            dd = tl.load(dden + row0 + t, mask=mt, other=0.0)
+            dd = tl.load(dden + rc + ol, mask=mt, other=0.0)
             gn = gn * decay + tl.sum(bqt.to(tl.float32) * (w * dd)[None, :], 1)
 
-    tl.store(dC0 + bh * DQK * DV + ok[:, None] * DV + ov[None, :], G, mask=mkv)
+    # the gradient entering chunk a: of the initial state if the sequence starts in the window, else the
+    # carry for the window before this one
+    starts = active & (lo >= c0)
+    passes = active & (lo < c0)
+    tl.store(dC0 + sidx * CC + ok[:, None] * DV + ov[None, :], G, mask=both(mkv, starts))
+    tl.store(Go + cidx * CC + ok[:, None] * DV + ov[None, :], G, mask=both(mkv, passes))
     if first_v:
-        tl.store(dn0 + bh * DQK + ok, gn, mask=mk)
+        tl.store(dn0 + sidx * DQK + ok, gn, mask=both(mk, starts))
+        tl.store(gno + cidx * DQK + ok, gn, mask=both(mk, passes))
 
 
 @triton.jit
 def mlstm_chunk_bwd_dv_kernel(
-    q, k, ig, fg, m0, mstat, rz, dh, Gs, dv,
-    S, NT, c_first, scale,
+    q, k, ig, fg, m0, mstat, rz, dh, Gs, dv, cu, coff, cdoc,
+    S, c0, nt, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    EXP_GATE: tl.constexpr, PREC: tl.constexpr,
+    NH: tl.constexpr, EXP_GATE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     vb = tl.program_id(0)
-    c, bh, row0, st, t, mt = chunk_program(c_first, NT, S, L)
+    rc, nr, st, sidx, first = chunk_span(cu, coff, cdoc, c0, nt, S, L, NH, IS_VARLEN)
     ol = tl.arange(0, L)
+    mt = ol < nr
 
     kq = tl.zeros([L, L], dtype=tl.float32)  # kq[s, t] = k_s . q_t
     kG = tl.zeros([L, BV], dtype=tl.float32)
     for k0 in range(0, DQK, BK):
-        pk, pk_in = tile(k + row0 * DQK, c * L, k0, S, DQK, DQK, 1, L, BK)
-        pq, pq_in = tile(q + row0 * DQK, k0, c * L, DQK, S, 1, DQK, BK, L)
+        pk, pk_in = tile(k + rc * DQK, 0, k0, nr, DQK, DQK, 1, L, BK)
+        pq, pq_in = tile(q + rc * DQK, k0, 0, DQK, nr, 1, DQK, BK, L)
         pG, pG_in = tile(Gs + st * DQK * DV, k0, vb * BV, DQK, DV, DV, 1, BK, BV)
         bk = tl.load(pk, mask=pk_in, other=0.0)
         bqt = tl.load(pq, mask=pq_in, other=0.0)
@@ -125,42 +179,43 @@ def mlstm_chunk_bwd_dv_kernel(
         kq += tl.dot(bk, bqt, input_precision=PREC)
         kG += tl.dot(bk, bG.to(bk.dtype), input_precision=PREC)
 
-    li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L, EXP_GATE)
+    li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, first, L, EXP_GATE)
     # transposed gate matrix: row s, column t
     logDT = tl.where(ol[None, :] >= ol[:, None], b[None, :] - b[:, None] + li[:, None] - mrs[None, :], float("-inf"))
     AT = kq * scale * tl.exp(logDT)
     u = tl.exp(g - b + li - mos)
-    r = tl.load(rz + row0 + t, mask=mt, other=0.0)
-    pdh, pdh_in = tile(dh + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+    r = tl.load(rz + rc + ol, mask=mt, other=0.0)
+    pdh, pdh_in = tile(dh + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
     bdh = tl.load(pdh, mask=pdh_in, other=0.0)
     dnum = (bdh.to(tl.float32) * r[:, None]).to(bdh.dtype)
     bdv = tl.dot(AT.to(bdh.dtype), dnum, input_precision=PREC) + kG * u[:, None]
-    pdv, pdv_in = tile(dv + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+    pdv, pdv_in = tile(dv + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
     tl.store(pdv, bdv.to(dv.dtype.element_ty), mask=pdv_in)
 
 
 @triton.jit
 def mlstm_chunk_bwd_dqk_kernel(
-    q, k, v, ig, fg, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli32, dlf32,
-    S, NT, c_first, scale,
+    q, k, v, ig, fg, m0, mstat, rz, dden, dh, Cs, ns, ms, Gs, gns, dq, dk, dli32, dlf32, cu, coff, cdoc,
+    S, c0, nt, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    EXP_GATE: tl.constexpr, PREC: tl.constexpr,
+    NH: tl.constexpr, EXP_GATE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     kb = tl.program_id(0)
-    c, bh, row0, st, t, mt = chunk_program(c_first, NT, S, L)
+    rc, nr, st, sidx, first = chunk_span(cu, coff, cdoc, c0, nt, S, L, NH, IS_VARLEN)
     ol = tl.arange(0, L)
+    mt = ol < nr
     ok = kb * BK + tl.arange(0, BK)
     mk = ok < DQK
 
-    r = tl.load(rz + row0 + t, mask=mt, other=0.0)
+    r = tl.load(rz + rc + ol, mask=mt, other=0.0)
     P = tl.zeros([L, L], dtype=tl.float32)    # P[t, s] = dnum_t . v_s
     dqi = tl.zeros([L, BK], dtype=tl.float32)  # dnum C_c^T
     dki = tl.zeros([L, BK], dtype=tl.float32)  # v G_out^T
     GC = tl.zeros([BK], dtype=tl.float32)      # <G_out, C_c> per DQK row
     for v0 in range(0, DV, BV):
-        pdh, pdh_in = tile(dh + row0 * DV, c * L, v0, S, DV, DV, 1, L, BV)
-        pv, pv_in = tile(v + row0 * DV, c * L, v0, S, DV, DV, 1, L, BV)
-        pvt, pvt_in = tile(v + row0 * DV, v0, c * L, DV, S, 1, DV, BV, L)
+        pdh, pdh_in = tile(dh + rc * DV, 0, v0, nr, DV, DV, 1, L, BV)
+        pv, pv_in = tile(v + rc * DV, 0, v0, nr, DV, DV, 1, L, BV)
+        pvt, pvt_in = tile(v + rc * DV, v0, 0, DV, nr, 1, DV, BV, L)
         pCt, pCt_in = tile(Cs + st * DQK * DV, v0, kb * BK, DV, DQK, 1, DV, BV, BK)
         pGt, pGt_in = tile(Gs + st * DQK * DV, v0, kb * BK, DV, DQK, 1, DV, BV, BK)
         bdh = tl.load(pdh, mask=pdh_in, other=0.0)
@@ -174,15 +229,15 @@ def mlstm_chunk_bwd_dqk_kernel(
         dki += tl.dot(bv, bGt.to(bv.dtype), input_precision=PREC)
         GC += tl.sum(bGt.to(tl.float32) * bCt.to(tl.float32), 0)
 
-    pq, pq_in = tile(q + row0 * DQK, c * L, kb * BK, S, DQK, DQK, 1, L, BK)
-    pk, pk_in = tile(k + row0 * DQK, c * L, kb * BK, S, DQK, DQK, 1, L, BK)
-    pkt, pkt_in = tile(k + row0 * DQK, kb * BK, c * L, DQK, S, 1, DQK, BK, L)
+    pq, pq_in = tile(q + rc * DQK, 0, kb * BK, nr, DQK, DQK, 1, L, BK)
+    pk, pk_in = tile(k + rc * DQK, 0, kb * BK, nr, DQK, DQK, 1, L, BK)
+    pkt, pkt_in = tile(k + rc * DQK, kb * BK, 0, DQK, nr, 1, DQK, BK, L)
     bq = tl.load(pq, mask=pq_in, other=0.0)
     bk = tl.load(pk, mask=pk_in, other=0.0)
     bkt = tl.load(pkt, mask=pkt_in, other=0.0)
 
-    li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, bh, row0, c, t, mt, S, L, EXP_GATE)
-    dd = tl.load(dden + row0 + t, mask=mt, other=0.0)
+    li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, first, L, EXP_GATE)
+    dd = tl.load(dden + rc + ol, mask=mt, other=0.0)
     D = tl.exp(tl.where(ol[:, None] >= ol[None, :], b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
     P += dd[:, None]
     DP = D * P
@@ -194,19 +249,19 @@ def mlstm_chunk_bwd_dqk_kernel(
     colsum = tl.sum(W, 0)
     intra = tl.sum(W, 1) - colsum  # the pairs inside the chunk, per step (for the log forget gradient)
     k_out = u * tl.sum(bk.to(tl.float32) * (dki + gn[None, :]), 1)
-    tl.atomic_add(dli32 + row0 + t, colsum + k_out, mask=mt)
+    tl.atomic_add(dli32 + rc + ol, colsum + k_out, mask=mt)
 
     DPc = DP.to(bq.dtype)
     bdk = tl.dot(tl.trans(DPc), bq, input_precision=PREC) * scale + (dki + gn[None, :]) * u[:, None]
-    pdk, pdk_in = tile(dk + row0 * DQK, c * L, kb * BK, S, DQK, DQK, 1, L, BK)
+    pdk, pdk_in = tile(dk + rc * DQK, 0, kb * BK, nr, DQK, DQK, 1, L, BK)
     tl.store(pdk, bdk.to(dk.dtype.element_ty), mask=pdk_in)
 
-    mc = tl.load(ms + st)
+    mc = tl.load(ms + st, mask=nr > 0, other=0.0)
     nc = tl.load(ns + st * DQK + ok, mask=mk, other=0.0)
     w = tl.exp(b + mc - mrs)
     dq_in = dqi + dd[:, None] * nc[None, :]  # pairs whose s lies before the chunk (through C_c, n_c)
     bdq = (tl.dot(DPc, bk, input_precision=PREC) + dq_in * w[:, None]) * scale
-    pdq, pdq_in = tile(dq + row0 * DQK, c * L, kb * BK, S, DQK, DQK, 1, L, BK)
+    pdq, pdq_in = tile(dq + rc * DQK, 0, kb * BK, nr, DQK, DQK, 1, L, BK)
     tl.store(pdq, bdq.to(dq.dtype.element_ty), mask=pdq_in)
 
     # the log forget gradient straight from the pairs s < r <= t that straddle each step r of the chunk
@@ -216,4 +271,4 @@ def mlstm_chunk_bwd_dqk_kernel(
     x = q_in + intra
     after = tl.sum(x, 0) - tl.cumsum(x, 0) + x      # sum over j >= r
     before = tl.cumsum(k_out, 0) - k_out             # sum over j < r
-    tl.atomic_add(dlf32 + row0 + t, across + after + before, mask=mt)
+    tl.atomic_add(dlf32 + rc + ol, across + after + before, mask=mt)

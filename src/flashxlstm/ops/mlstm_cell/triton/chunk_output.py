@@ -1,7 +1,8 @@
 """Chunk-parallel forward, pass 2: the outputs of every chunk at once, from the states of pass 1.
 
-One program per (block of DV columns, chunk, batch*head). With the state (C_c, n_c, m_c) entering chunk
-c (chunk_states.py) and, inside the chunk, b = cumulative log forget, li = log input gate:
+One program per (block of DV columns, chunk, b * NH + h or, with cu_seqlens, h; chunks as in common.py:
+a slot past the last chunk of a head has no steps and stores nothing). With the state (C_c, n_c, m_c)
+entering chunk c (chunk_states.py) and, inside the chunk, b = cumulative log forget, li = log input gate:
 
     m_t   = max(b_t + m_c, max_{s<=t} b_t - b_s + li_s)        (the recurrent stabilizer)
           = b_t + max(m_c, running max_{s<=t} (li_s - b_s))  (a scan: no (L x L) tile)
@@ -11,7 +12,8 @@ c (chunk_states.py) and, inside the chunk, b = cumulative log forget, li = log i
 q^ = q / sqrt(DQK). The products q C_c, q k^T and q n_c are summed over DQK in blocks of BK
 (q n_c for bf16 on the tensor cores with n_c split into a bf16 head and residual: matvec_fp32). The programs of
 the first DV block also write m_t and den_t (fp32) for the backward; for 16-bit outputs that need
-gradients every program writes h's rounding residual h_lo (see forward.py). k is read transposed
+gradients every program writes h's rounding residual h_lo = h - round(h) (docs/kernels.md: the
+backward's d den sums DV products of h and loses precision to h's rounding). k is read transposed
 straight from memory, so no tile is transposed in registers. The gates are loaded before the DQK loop
 and used after it, so their load latency overlaps the loop's and only the vectors b, li stay live in it.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import chunk_program, finite_or_zero, load_gates, tile
+from .common import chunk_span, finite_or_zero, load_gates, tile
 
 
 @triton.jit
@@ -48,26 +50,28 @@ def _running_max(a, b):
 
 @triton.jit
 def mlstm_chunk_output_kernel(
-    q, k, v, ig, fg, Cs, ns, ms, h, hlo, mstat, dstat,
-    S, NT, scale, eps,
+    q, k, v, ig, fg, Cs, ns, ms, h, hlo, mstat, dstat, cu, coff, cdoc,
+    S, nt, scale, eps,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    EXP_GATE: tl.constexpr, PREC: tl.constexpr, STORE_LO: tl.constexpr,
+    NH: tl.constexpr, EXP_GATE: tl.constexpr, PREC: tl.constexpr, STORE_LO: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     vb = tl.program_id(0)
-    c, bh, row0, st, t, mt = chunk_program(0, NT, S, L)
+    rc, nr, st, sidx, first = chunk_span(cu, coff, cdoc, 0, nt, S, L, NH, IS_VARLEN)
     ol = tl.arange(0, L)
+    mt = ol < nr
 
     # gate loads first (their latency overlaps the DQK loop's); the (L x L) gate tile comes after the loop
-    m = tl.load(ms + st)
-    li, lf = load_gates(ig, fg, row0 + t, mt, EXP_GATE)
+    m = tl.load(ms + st, mask=nr > 0, other=0.0)  # a slot past the last chunk holds no state
+    li, lf = load_gates(ig, fg, rc + ol, mt, EXP_GATE)
 
     qk = tl.zeros([L, L], dtype=tl.float32)
     qC = tl.zeros([L, BV], dtype=tl.float32)
     qn = tl.zeros([L], dtype=tl.float32)
     for k0 in range(0, DQK, BK):
         ok = k0 + tl.arange(0, BK)
-        pq, pq_in = tile(q + row0 * DQK, c * L, k0, S, DQK, DQK, 1, L, BK)
-        pk, pk_in = tile(k + row0 * DQK, k0, c * L, DQK, S, 1, DQK, BK, L)
+        pq, pq_in = tile(q + rc * DQK, 0, k0, nr, DQK, DQK, 1, L, BK)
+        pk, pk_in = tile(k + rc * DQK, k0, 0, DQK, nr, 1, DQK, BK, L)
         pC, pC_in = tile(Cs + st * DQK * DV, k0, vb * BV, DQK, DV, DV, 1, BK, BV)
         bq = tl.load(pq, mask=pq_in, other=0.0)
         bkt = tl.load(pk, mask=pk_in, other=0.0)
@@ -83,18 +87,18 @@ def mlstm_chunk_output_kernel(
     causal = ol[:, None] >= ol[None, :]
     w_inter = tl.exp(b + m - mrs) * scale
     s = qk * scale * tl.exp(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
-    pv, pv_in = tile(v + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+    pv, pv_in = tile(v + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
     bv = tl.load(pv, mask=pv_in, other=0.0)
     num = tl.dot(s.to(bv.dtype), bv, qC * w_inter[:, None], input_precision=PREC)
     den = tl.sum(s, 1) + qn * w_inter
     z = tl.maximum(tl.abs(den), tl.exp(-mrs)) + eps
     hv = num / z[:, None]
     hb = hv.to(h.dtype.element_ty)
-    ph, ph_in = tile(h + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+    ph, ph_in = tile(h + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
     tl.store(ph, hb, mask=ph_in)
     if STORE_LO:
-        plo, plo_in = tile(hlo + row0 * DV, c * L, vb * BV, S, DV, DV, 1, L, BV)
+        plo, plo_in = tile(hlo + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
         tl.store(plo, (hv - hb.to(tl.float32)).to(h.dtype.element_ty), mask=plo_in)
     if vb == 0:
-        tl.store(mstat + row0 + t, m_row, mask=mt)
-        tl.store(dstat + row0 + t, den, mask=mt)
+        tl.store(mstat + rc + ol, m_row, mask=mt)
+        tl.store(dstat + rc + ol, den, mask=mt)

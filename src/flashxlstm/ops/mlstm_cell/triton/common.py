@@ -1,8 +1,11 @@
-"""Small Triton helpers shared by the mLSTM kernels: gate transforms, stabilizers, sequence bounds.
+"""Small Triton helpers shared by the mLSTM kernels: gate transforms, stabilizers, sequence and chunk bounds.
 
-Every sequence kernel sees its input as spans of rows, one initial and one final state each: without
-`cu_seqlens` a span is a segment of TSEG steps of batch entry b (the whole sequence when there is one
-segment); with `cu_seqlens` (B == 1) it is the document cu[d]..cu[d+1] of head h.
+Every sequence kernel sees its input as sequences of rows, one initial and one final state each: without
+`cu_seqlens` a sequence is the row (b, h) of S steps; with `cu_seqlens` (B == 1) it is the document
+cu[d] .. cu[d + 1] of head h. Sequences are cut into chunks of L steps from their own start, so no chunk
+holds steps of two documents: the last chunk of a sequence may be shorter. With cu_seqlens the chunks of
+one head are numbered through all its documents (document d owns chunks coff[d] .. coff[d + 1], and
+cdoc[gc] is the document of chunk gc); time windows and chunk-state slots run over that numbering.
 """
 from __future__ import annotations
 
@@ -33,56 +36,73 @@ def finite_or_zero(m):
 
 
 @triton.jit
-def seq_bounds(cu, pid, S, TSEG, NSEG, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """(first row, length, state index) of the span program `pid` walks, in the (rows, features) layout.
+def doc_span(cu, coff, pid, S, NT, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """The sequence a state-walk program walks (program id `pid` along grid axis 2): (first row, steps, first
+    chunk, end chunk, state index, carry index), rows in the flat (B * NH * S) layout.
 
-    Packed documents: pid = d * NH + h, span = document d of head h, state index pid. Otherwise
-    pid = (b * NSEG + s) * NH + h, span = segment s (TSEG steps, the last one shorter) of batch entry b,
-    head h, state index (b * NH + h) * NSEG + s, so that segment states are laid out (B, NH, NSEG, ...);
-    one segment (NSEG = 1, TSEG = S) is the whole sequence.
+    Without cu_seqlens pid = b * NH + h: the whole row, chunks 0 .. NT, state and carry index pid. With
+    cu_seqlens (B == 1) pid = d * NH + h: document d of head h, its chunks coff[d] .. coff[d + 1] of the
+    head's chunk list (every document starts a chunk), state index pid (states are (N, NH, ...)) and carry
+    index h (a time window carries one state per head, of the document that straddles its start).
     """
-    d = pid // NH
-    h = pid % NH
     if IS_VARLEN:
+        d = pid // NH
+        h = pid % NH
         bos = tl.load(cu + d).to(tl.int64)
         eos = tl.load(cu + d + 1).to(tl.int64)
-        return h.to(tl.int64) * S + bos, (eos - bos).to(tl.int32), pid.to(tl.int64)
+        return (h.to(tl.int64) * S + bos, eos - bos, tl.load(coff + d), tl.load(coff + d + 1), pid.to(tl.int64),
+                h.to(tl.int64))
     else:
-        b = d // NSEG
-        sg = d % NSEG
-        start = sg * TSEG
-        row0 = (b * NH + h).to(tl.int64) * S + start
-        st = (b * NH + h).to(tl.int64) * NSEG + sg
-        return row0, tl.minimum(TSEG, S - start), st
+        bh = pid.to(tl.int64)
+        return bh * S, bh * 0 + S, 0, NT, bh, bh
 
 
 @triton.jit
-def state_block(S, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+def window_part(lo, hi, c0, c1):
+    """The chunks [a, b) of a sequence with chunks [lo, hi) inside the window [c0, c1), and whether the
+    sequence's program has work there: chunks in the window, or an empty sequence placed in it."""
+    a = tl.maximum(lo, c0)
+    b = tl.minimum(hi, c1)
+    return a, b, (a < b) | ((lo == hi) & (c0 <= lo) & (lo < c1))
+
+
+@triton.jit
+def state_block(DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """Coordinates of a state-walk program (chunk_states.py, the backward state walk), grid (DQK blocks,
-    DV blocks, batch*head): (kb, vb, bh, first row, DQK rows ok, DV columns ov, ok mask, block mask)."""
+    DV blocks, sequences): (kb, vb, DQK rows ok, DV columns ov, ok mask, block mask)."""
     kb = tl.program_id(0)
     vb = tl.program_id(1)
-    bh = tl.program_id(2).to(tl.int64)
     ok = kb * BK + tl.arange(0, BK)
     ov = vb * BV + tl.arange(0, BV)
     mk = ok < DQK
-    return kb, vb, bh, bh * S, ok, ov, mk, mk[:, None] & (ov < DV)[None, :]
+    return kb, vb, ok, ov, mk, mk[:, None] & (ov < DV)[None, :]
 
 
 @triton.jit
-def chunk_program(c_first, NT, S, L: tl.constexpr):
-    """Coordinates of a per-chunk program, grid (blocks, chunks of the window, batch*head), over the NT
-    chunks from c_first: (chunk c, bh, first row, state slot bh * NT + j, the chunk's steps t, t < S)."""
+def chunk_span(cu, coff, cdoc, c0, nt, S, L: tl.constexpr, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Coordinates of a per-chunk program, grid (blocks, chunks of the window, b * NH + h or h): chunk
+    gc = c0 + program_id(1) of its row (or of the head's chunk list with cu_seqlens, cdoc[gc] its document).
+    Returns (first row rc, steps n in the chunk (0 for a slot past the last chunk), chunk-state slot
+    p * nt + (gc - c0), state index of the sequence, whether the chunk is its sequence's first)."""
     j = tl.program_id(1)
-    c = c_first + j
-    bh = tl.program_id(2).to(tl.int64)
-    t = c * L + tl.arange(0, L)
-    return c, bh, bh * S, bh * NT + j, t, t < S
+    gc = c0 + j
+    p = tl.program_id(2).to(tl.int64)
+    if IS_VARLEN:
+        d = tl.load(cdoc + gc)
+        bos = tl.load(cu + d).to(tl.int64)
+        eos = tl.load(cu + d + 1).to(tl.int64)
+        lo = tl.load(coff + d)
+        off = (gc - lo) * L
+        n = tl.minimum(tl.maximum(eos - bos - off, 0), L).to(tl.int32)
+        return p * S + bos + off, n, p * nt + j, d.to(tl.int64) * NH + p, gc == lo
+    else:
+        off = gc * L
+        return p * S + off, tl.minimum(S - off, L).to(tl.int32), p * nt + j, p, gc == 0
 
 
 @triton.jit
 def load_gates(ig, fg, rows, mask, EXP_GATE: tl.constexpr):
-    """log input gate and log forget gate of a chunk; rows past the end leave the state untouched."""
+    """log input gate and log forget gate of a chunk; rows past its end leave the state untouched."""
     i = tl.load(ig + rows, mask=mask, other=0.0).to(tl.float32)
     f = tl.load(fg + rows, mask=mask, other=0.0).to(tl.float32)
     if EXP_GATE:

@@ -1,7 +1,8 @@
-"""The gate epilogue of the chunk-parallel backward as one Triton launch (sequences of one length).
+"""The gate epilogue of the chunk-parallel backward as one Triton launch.
 
 The same computation as gates.gate_grads in its direct form (see there for the math), for tensors laid
-out (B, NH, S) with one sequence per row: one program per row walks its steps twice in blocks of BLOCK.
+out (B, NH, S) with one sequence per row, or (1, NH, S) holding the documents of cu_seqlens: one program
+per sequence (row, or document of one head) walks its steps twice in blocks of BLOCK.
 Pass 1 finds the step s* that attains the final stabilizer M = F_e + max_s (li_s - F_s) (the last one
 on ties) and the row's total log forget F_e, in float64; pass 2 writes
 
@@ -10,7 +11,7 @@ on ties) and the row's total log forget F_e, in float64; pass 2 writes
 
 with dM = dm - <dC, C> - <dn, n> of the returned state, and the initial stabilizer's share
 [initial state wins] dM per row. It replaces about forty small torch operations (and their host time)
-of the general form, which stays for packed documents and segments.
+of the torch form, which stays as the reference the tests compare with.
 """
 from __future__ import annotations
 
@@ -26,10 +27,15 @@ def _logsigmoid64(x):
 
 
 @triton.jit
-def mlstm_gate_rows_kernel(ig, fg, m0, dli, dlogf, dfinal, dmf, di, df, dm0r, S,
-                           BLOCK: tl.constexpr, EXP_GATE: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    base = row * S
+def mlstm_gate_rows_kernel(ig, fg, m0, dli, dlogf, dfinal, dmf, di, df, dm0r, cu, S,
+                           BLOCK: tl.constexpr, EXP_GATE: tl.constexpr, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # the sequence: b * NH + h, or d * NH + h for document d of cu_seqlens
+    if IS_VARLEN:
+        bos = tl.load(cu + row // NH).to(tl.int64)
+        base = (row % NH) * S + bos
+        S = (tl.load(cu + row // NH + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        base = row * S
     offs = tl.arange(0, BLOCK)
 
     # pass 1: F (cumulative log forget) and the last step maximizing li_s - F_s
@@ -78,15 +84,19 @@ def mlstm_gate_rows_kernel(ig, fg, m0, dli, dlogf, dfinal, dmf, di, df, dm0r, S,
 
 
 def gate_grads_rows(i: Tensor, f: Tensor, m0: Tensor, dli: Tensor, dlogf: Tensor, dfinal: Tensor, dmf: Tensor,
-                    input_gate: str) -> tuple[Tensor, Tensor, Tensor]:
-    """i, f, dli, dlogf (B, NH, S) float32 contiguous; m0, dmf (B, NH) float32; dfinal (B, NH) float64.
+                    input_gate: str, cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """i, f, dli, dlogf (B, NH, S) float32 contiguous; m0, dmf (N, NH) float32; dfinal (N, NH) float64, with
+    N = B sequences, or with cu_seqlens (int32 on the device, B == 1) its N documents of every head.
 
-    Returns di, df (B, NH, S) float32 and the routed part of dm0 (B, NH) float32.
+    Returns di, df (B, NH, S) float32 and the routed part of dm0 (N, NH) float32.
     """
     B, NH, S = i.shape
     di, df = torch.empty_like(i), torch.empty_like(f)
     dm0r = torch.empty_like(m0)
-    mlstm_gate_rows_kernel[(B * NH,)](
-        i, f, m0.contiguous(), dli, dlogf, dfinal.contiguous(), dmf.contiguous(), di, df, dm0r, S,
-        BLOCK=min(1024, triton.next_power_of_2(max(S, 16))), EXP_GATE=input_gate == "exp", num_warps=4)
+    varlen = cu_seqlens is not None
+    cu = cu_seqlens if varlen else dm0r  # unused without cu_seqlens
+    mlstm_gate_rows_kernel[(m0.numel(),)](
+        i, f, m0.contiguous(), dli, dlogf, dfinal.contiguous(), dmf.contiguous(), di, df, dm0r, cu, S,
+        BLOCK=min(1024, triton.next_power_of_2(max(S, 16))), EXP_GATE=input_gate == "exp", NH=NH,
+        IS_VARLEN=varlen, num_warps=4)
     return di, df, dm0r

@@ -1,7 +1,6 @@
 """Launch settings of the Triton mLSTM kernels, chosen from the numbers alone (no Triton, no GPU needed).
 
     plan = chunk_parallel_plan(elem_bytes, DQK, DV, chunk, smem_limit, overrides=None)
-    plan = walk_plan(elem_bytes, DQK, DV, chunk, smem_limit, overrides=None)
 
 `elem_bytes` is the size of one q/k/v element (2 for bf16/fp16, 4 for fp32), `chunk` the caller's
 chunk_size, `smem_limit` the bytes of shared memory one program may use (the device's opt-in limit;
@@ -18,8 +17,7 @@ high; should a compiler still ask for more, the launcher (function.py) shrinks t
 Chunk-parallel defaults, measured on an H200 (benchmarks/results/bench_mlstm.md): the states pass (and the
 backward state walk, keys *_s) 4 warps, 64 x 64 state blocks, 3 stages, at most 128 registers per
 thread (4 programs per SM instead of 2); the output pass (and the backward dv pass, keys *_o) 128-wide DV
-blocks at 8 warps; the backward dq/dk pass (keys *_b) 64 x 64 blocks at 4 warps and 3 stages. The walks
-(packed documents, segments): L = min(chunk, 32), 64-wide DV blocks, 8 warps, 1 stage.
+blocks at 8 warps; the backward dq/dk pass (keys *_b) 64 x 64 blocks at 4 warps and 3 stages.
 """
 from __future__ import annotations
 
@@ -48,8 +46,6 @@ def smem_bytes(pass_name: str, elem: int, L: int, BK: int, BV: int, stages: int)
         loop, after = 2 * L * BK + BK * BV, L * L + 2 * L * BV
     elif pass_name == "bwd_dqk":     # loop over DV blocks: dh, v, v^T, C^T, G^T; after: q, k, k^T and D*P
         loop, after = 3 * L * BV + 2 * BV * BK, 3 * L * BK + L * L
-    elif pass_name == "walk":        # per chunk (1 stage): q, k, v, the state as an operand, the L x L tile
-        loop, after = 2 * L * BK + L * BV + BK * BV + L * L, 0
     else:
         raise ValueError(f"smem_bytes: unknown pass {pass_name!r}")
     return (buffers * loop + after) * elem
@@ -108,19 +104,3 @@ def chunk_parallel_plan(elem: int, DQK: int, DV: int, chunk: int, smem_limit: in
     raise ValueError(f"mlstm(triton): no launch setting of the chunk-parallel kernels fits {smem_limit} bytes of "
                      f"shared memory for head dims DQK={DQK}, DV={DV} with {elem}-byte inputs; use smaller heads, "
                      f"bf16/fp16 inputs, or another backend")
-
-
-def walk_plan(elem: int, DQK: int, DV: int, chunk: int, smem_limit: int, overrides: dict | None = None) -> dict:
-    """Settings of the walks (forward.py, backward.py): every program holds all DQK rows of its state block."""
-    plan = {"L": min(32, _pow2(chunk)), "BK": _pow2(DQK), "BV": min(64, _pow2(DV)), "num_warps": 8, "num_stages": 1}
-    plan.update(overrides or {})
-    while smem_bytes("walk", elem, plan["L"], plan["BK"], plan["BV"], 1) > smem_limit:
-        if plan["BV"] > MIN_BLOCK:
-            plan["BV"] //= 2
-        elif plan["L"] > MIN_BLOCK:
-            plan["L"] //= 2
-        else:
-            raise ValueError(f"mlstm(triton): packed documents and segments hold a whole DQK={DQK} state row "
-                             f"block per program, which does not fit {smem_limit} bytes of shared memory with "
-                             f"{elem}-byte inputs; use smaller heads or the chunkwise backend")
-    return plan
