@@ -172,6 +172,8 @@ def main() -> int:
     parser.add_argument("--decode-steps", type=int, default=64)
     parser.add_argument("--skip-official", action="store_true")
     parser.add_argument("--skip-prefill", action="store_true", help="leave out the prefill measurements")
+    parser.add_argument("--prefill-only", action="store_true",
+                        help="only the one-forward prefill (no device checks, agreement, slices or decode)")
     parser.add_argument("--compile-if-before", type=float, default=240.0,
                         help="also measure B=1 decode with the step compiled (torch.compile) if the run is not "
                              "older than this many seconds by then (compilation takes a minute or more)")
@@ -195,7 +197,8 @@ def main() -> int:
     start = time.time()
     # the small fp32 check model takes the default kernel layouts (no first-use timing: saves compiles)
     os.environ["FLASHXLSTM_GEMV_TUNE"] = os.environ["FLASHXLSTM_STEP_TUNE"] = "0"
-    attempt("device checks", lambda: gpu_checks(device))
+    if not args.prefill_only:
+        attempt("device checks", lambda: gpu_checks(device))
     del os.environ["FLASHXLSTM_GEMV_TUNE"], os.environ["FLASHXLSTM_STEP_TUNE"]
     print(f"checks done ({time.time() - start:.1f}s)", flush=True)
     torch.manual_seed(0)
@@ -226,7 +229,8 @@ def main() -> int:
                 del ref
                 record("logits: bf16 model vs fp32 (ours)", "1x300", rel(lu, lr), rel(lo, lr), "rel. L2 diff")
 
-    attempt("agreement", agreement)
+    if not args.prefill_only:
+        attempt("agreement", agreement)
     ours = ours.converted(weight_mode="fused")
     gc.collect()
     if cuda:
@@ -259,6 +263,10 @@ def main() -> int:
         record("prefill", f"{B}x{S}", o and o[0], f and f[0], "tok/s",
                mem_ours_GB=o and round(o[1], 2), mem_official_GB=f and round(f[1], 2))
         gc.collect()
+
+    if args.prefill_only:
+        write(args, shape, nparams, cuda)
+        return 0
 
     # -- chunked prefill keeps memory flat in prompt length
     for S in [] if args.skip_prefill else chunk_prompts:

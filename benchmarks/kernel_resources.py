@@ -98,8 +98,10 @@ def _ours(which: str, DQK: int, DV: int, over: dict):
     s["L"] = over.get("L", cfg["L"])
     P, F = "*bf16", "*fp32"
     types = dict(q=P, k=P, v=P, ig=F, fg=F, C0=F, n0=F, m0=F, Cs=P, ns=F, ms=F, Cf=F, nf=F, mf=F, h=P, hlo=P,
-                 mstat=F, dstat=F, Ew=F, En=F, Em=F, scale="fp32", eps="fp32")
-    const = dict(DQK=DQK, DV=DV, L=s["L"], BK=s["BK"], BV=s["BV"], EXP_GATE=True, PREC="tf32")
+                 mstat=F, dstat=F, Ew=F, En=F, Em=F, Ec=F, Enc=F, Emc=F, cu="*i32", coff="*i32", cdoc="*i32",
+                 scale="fp32", eps="fp32")
+    const = dict(DQK=DQK, DV=DV, L=s["L"], BK=s["BK"], BV=s["BV"], EXP_GATE=True, PREC="tf32", NH=8,
+                 IS_VARLEN=False, DESC=False)
     if which == "states":
         from flashxlstm.ops.mlstm_cell.triton.chunk_states import mlstm_chunk_states_kernel as kernel
         const["EVERY"] = over.get("EVERY", 0)  # 0: the forward without the backward's window entries

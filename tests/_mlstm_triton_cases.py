@@ -25,11 +25,11 @@ def emit(case, errors, tol, nan=False, **extra):
 
 
 def sequence_case(case, B, NH, S, DQK, DV, *, gate="exp", init=None, cu=None, chunk=16, dtype=torch.float32,
-                  gate_range=None, masked=(), tol=2e-4, seed=0, window=2048, hold=None):
+                  gate_range=None, masked=(), tol=2e-4, seed=0, window=2048, hold=None, cp=()):
     """window: the backward's time window in steps. hold=(value, steps): the input gate pre-activation is
-    value (plus up to 1) for the first `steps` steps."""
+    value (plus up to 1) for the first `steps` steps. cp: launch plan overrides."""
     from flashxlstm.ops.mlstm_cell.triton import function as tfn
-    variant = tfn.Variant(window_steps=window)
+    variant = tfn.Variant(window_steps=window, cp=cp)
     _sequence_case(case, B, NH, S, DQK, DV, gate=gate, init=init, cu=cu, chunk=chunk, dtype=dtype,
                    gate_range=gate_range, masked=masked, tol=tol, seed=seed, variant=variant, hold=hold)
 
@@ -207,6 +207,11 @@ def main():
     sequence_case("varlen_windows_extreme", 1, 1, 120, 16, 16, init="empty", gate_range=30.0, cu=[0, 50, 51, 120],
                   masked=((0, 5), (45, 70)), tol=5e-4, window=16)
     sequence_case("varlen_fp16", 1, 1, 70, 16, 16, dtype=torch.float16, cu=[0, 33, 70], init="random", tol=1e-2)
+    # the forward's loads through tensor descriptors (plan key "desc"): chunk-sized descriptors clip the tail
+    # chunk and every document's last chunk; windows inside documents
+    sequence_case("desc_tail", 2, 1, 37, 24, 40, init="random", cp=(("desc", True),))
+    sequence_case("desc_varlen_windows", 1, 2, 90, 16, 32, init="random", cu=[0, 3, 40, 41, 90], window=32,
+                  cp=(("desc", True),))
     sequence_case("varlen_rows_blocks", 1, 1, 1300, 16, 16, init="random", cu=[0, 1100, 1300], chunk=64)
     # launch plans stepped down from the defaults (launch_plan.py): fp32 at chunk_size 256 (the H200's
     # OutOfResources case of issue 11: fewer stages, 32-wide DV blocks in the dq/dk pass), and DQK 512 in fp32

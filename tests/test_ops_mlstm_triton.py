@@ -9,7 +9,8 @@ in [-30, 30], and the decode step. Every sequence case runs the one chunk-parall
 (chunk_states.py, chunk_output.py; several DQK and DV blocks in `cp_blocks`), backward (chunk_backward.py;
 `cpb_windows*` over several time windows, `cpb_rows_*` the gate epilogue kernel over several blocks), and
 packed documents (`varlen*`: cu_seqlens with per-document initial states, documents shorter than a chunk,
-time windows whose boundaries fall inside documents, extreme gates, fp16, several blocks).
+time windows whose boundaries fall inside documents, extreme gates, fp16, several blocks); `desc_*` load
+through tensor descriptors.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ CASES = ["s1", "odd_dims", "tail", "sigmoid_init", "empty_init", "masked_extreme
          "fp16", "chunk_invariance", "cp_blocks", "cp_extreme_sigmoid", "cpb_init_odd", "cpb_blocks",
          "cpb_extreme_sigmoid", "cpb_s1", "cpb_fp16", "cpb_fp16_long", "cpb_rows_blocks", "cpb_rows_blocks_sigmoid",
          "cpb_windows", "cpb_windows_extreme", "varlen_odd", "varlen_blocks", "varlen_windows",
-         "varlen_windows_extreme", "varlen_fp16", "varlen_rows_blocks", "plan_fp32_chunk256", "plan_dqk512_varlen",
+         "varlen_windows_extreme", "varlen_fp16", "desc_tail", "desc_varlen_windows", "varlen_rows_blocks", "plan_fp32_chunk256", "plan_dqk512_varlen",
          "gate90_tail", "gate90_tail_varlen"]
 
 

@@ -14,7 +14,9 @@ q^ = q / sqrt(DQK). The products q C_c, q k^T and q n_c are summed over DQK in b
 the first DV block also write m_t and den_t (fp32) for the backward; for 16-bit outputs that need
 gradients every program writes h's rounding residual h_lo = h - round(h) (docs/kernels.md: the
 backward's d den sums DV products of h and loses precision to h's rounding). k is read transposed
-straight from memory, so no tile is transposed in registers. The gates are loaded before the DQK loop
+straight from memory, so no tile is transposed in registers. With DESC the tiles of q, k, C and v come
+through tensor descriptors (TMA on Hopper) sized to the chunk, k transposed in shared memory; h is stored
+through masked pointers either way (a slot past the last chunk must not write). The gates are loaded before the DQK loop
 and used after it, so their load latency overlaps the loop's and only the vectors b, li stay live in it.
 """
 from __future__ import annotations
@@ -54,7 +56,7 @@ def mlstm_chunk_output_kernel(
     S, nt, scale, eps,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     NH: tl.constexpr, EXP_GATE: tl.constexpr, PREC: tl.constexpr, STORE_LO: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DESC: tl.constexpr,
 ):
     vb = tl.program_id(0)
     rc, nr, st, sidx, first = chunk_span(cu, coff, cdoc, 0, nt, S, L, NH, IS_VARLEN)
@@ -68,14 +70,24 @@ def mlstm_chunk_output_kernel(
     qk = tl.zeros([L, L], dtype=tl.float32)
     qC = tl.zeros([L, BV], dtype=tl.float32)
     qn = tl.zeros([L], dtype=tl.float32)
+    if DESC:  # tensor descriptors (TMA on Hopper) over exactly this chunk's rows: the rest reads as zeros
+        rows = tl.maximum(nr, 1)
+        dq_ = tl.make_tensor_descriptor(q + rc * DQK, shape=[rows, DQK], strides=[DQK, 1], block_shape=[L, BK])
+        dk_ = tl.make_tensor_descriptor(k + rc * DQK, shape=[rows, DQK], strides=[DQK, 1], block_shape=[L, BK])
+        dC_ = tl.make_tensor_descriptor(Cs + st * DQK * DV, shape=[DQK, DV], strides=[DV, 1], block_shape=[BK, BV])
     for k0 in range(0, DQK, BK):
         ok = k0 + tl.arange(0, BK)
-        pq, pq_in = tile(q + rc * DQK, 0, k0, nr, DQK, DQK, 1, L, BK)
-        pk, pk_in = tile(k + rc * DQK, k0, 0, DQK, nr, 1, DQK, BK, L)
-        pC, pC_in = tile(Cs + st * DQK * DV, k0, vb * BV, DQK, DV, DV, 1, BK, BV)
-        bq = tl.load(pq, mask=pq_in, other=0.0)
-        bkt = tl.load(pk, mask=pk_in, other=0.0)
-        bC = tl.load(pC, mask=pC_in, other=0.0)
+        if DESC:
+            bq = dq_.load([0, k0])
+            bkt = tl.trans(dk_.load([0, k0]))
+            bC = dC_.load([k0, vb * BV])
+        else:
+            pq, pq_in = tile(q + rc * DQK, 0, k0, nr, DQK, DQK, 1, L, BK)
+            pk, pk_in = tile(k + rc * DQK, k0, 0, DQK, nr, 1, DQK, BK, L)
+            pC, pC_in = tile(Cs + st * DQK * DV, k0, vb * BV, DQK, DV, DV, 1, BK, BV)
+            bq = tl.load(pq, mask=pq_in, other=0.0)
+            bkt = tl.load(pk, mask=pk_in, other=0.0)
+            bC = tl.load(pC, mask=pC_in, other=0.0)
         nk = tl.load(ns + st * DQK + ok, mask=ok < DQK, other=0.0)
         qk += tl.dot(bq, bkt, input_precision=PREC)
         qC += tl.dot(bq, bC.to(bq.dtype), input_precision=PREC)
@@ -87,8 +99,12 @@ def mlstm_chunk_output_kernel(
     causal = ol[:, None] >= ol[None, :]
     w_inter = tl.exp(b + m - mrs) * scale
     s = qk * scale * tl.exp(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
-    pv, pv_in = tile(v + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
-    bv = tl.load(pv, mask=pv_in, other=0.0)
+    if DESC:
+        dv_ = tl.make_tensor_descriptor(v + rc * DV, shape=[rows, DV], strides=[DV, 1], block_shape=[L, BV])
+        bv = dv_.load([0, vb * BV])
+    else:
+        pv, pv_in = tile(v + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
+        bv = tl.load(pv, mask=pv_in, other=0.0)
     num = tl.dot(s.to(bv.dtype), bv, qC * w_inter[:, None], input_precision=PREC)
     den = tl.sum(s, 1) + qn * w_inter
     z = tl.maximum(tl.abs(den), tl.exp(-mrs)) + eps

@@ -11,6 +11,7 @@ the output pass multiplies it in anyway), n_c and m_c (fp32); if the sequence en
 its final state in fp32. With EVERY > 0 it also writes the fp32 state entering every chunk gc with
 gc % EVERY == 0 (window gc // EVERY of Ew, En, Em, laid out (windows, carry index, ...)): the backward
 restarts its time windows from these, so the chunk states it recomputes equal the forward's to the bit.
+With DESC the k and v tiles come through tensor descriptors (TMA on Hopper) over the sequence's rows.
 Per chunk (b = cumulative log forget inside the chunk, g = its total, li = log input gate, stabilizer m
 of the entering state):
 
@@ -37,7 +38,7 @@ def mlstm_chunk_states_kernel(
     S, NT, c0, c1, nt, NC,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     NH: tl.constexpr, EXP_GATE: tl.constexpr, PREC: tl.constexpr, EVERY: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DESC: tl.constexpr,
 ):
     kb, vb, ok, ov, mk, mkv = state_block(DQK, DV, BK, BV)
     rd, T, lo, hi, sidx, cidx = doc_span(cu, coff, tl.program_id(2), S, NT, NH, IS_VARLEN)
@@ -56,6 +57,11 @@ def mlstm_chunk_states_kernel(
         tl.load(Enc + cidx * DQK + ok, mask=both(mk, carried), other=0.0)
     m = tl.where(init, tl.load(m0 + sidx, mask=init, other=0.0), tl.load(Emc + cidx, mask=carried, other=0.0))
 
+    if DESC:  # tensor descriptors (TMA on Hopper) over the sequence's rows: rows past its end read as zeros
+        dk_ = tl.make_tensor_descriptor(k + rd * DQK, shape=[tl.maximum(T, 1), DQK], strides=[DQK, 1],
+                                        block_shape=[L, BK])
+        dv_ = tl.make_tensor_descriptor(v + rd * DV, shape=[tl.maximum(T, 1), DV], strides=[DV, 1],
+                                        block_shape=[L, BV])
     for gc in range(a, b):
         st = cidx * nt + (gc - c0)
         tl.store(Cs + st * CC + ok[:, None] * DV + ov[None, :], C.to(Cs.dtype.element_ty), mask=mkv)
@@ -82,10 +88,14 @@ def mlstm_chunk_states_kernel(
         mns = finite_or_zero(m_new)
         decay = tl.exp(g + m - mns)
         wk = tl.exp(aa - mns)
-        pk, pk_in = tile(k + r0 * DQK, kb * BK, 0, DQK, nrow, 1, DQK, BK, L)
-        pv, pv_in = tile(v + r0 * DV, 0, vb * BV, nrow, DV, DV, 1, L, BV)
-        bkt = tl.load(pk, mask=pk_in, other=0.0)
-        bv = tl.load(pv, mask=pv_in, other=0.0)
+        if DESC:
+            bkt = tl.trans(dk_.load([off, kb * BK]))
+            bv = dv_.load([off, vb * BV])
+        else:
+            pk, pk_in = tile(k + r0 * DQK, kb * BK, 0, DQK, nrow, 1, DQK, BK, L)
+            pv, pv_in = tile(v + r0 * DV, 0, vb * BV, nrow, DV, DV, 1, L, BV)
+            bkt = tl.load(pk, mask=pk_in, other=0.0)
+            bv = tl.load(pv, mask=pv_in, other=0.0)
         vw = (bv.to(tl.float32) * wk[:, None]).to(bv.dtype)
         C = C * decay + tl.dot(bkt, vw, input_precision=PREC)
         if first_v:  # only these programs store n

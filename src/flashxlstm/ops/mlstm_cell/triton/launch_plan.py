@@ -17,7 +17,9 @@ high; should a compiler still ask for more, the launcher (function.py) shrinks t
 Chunk-parallel defaults, measured on an H200 (benchmarks/results/bench_mlstm.md): the states pass (and the
 backward state walk, keys *_s) 4 warps, 64 x 64 state blocks, 3 stages, at most 128 registers per
 thread (4 programs per SM instead of 2); the output pass (and the backward dv pass, keys *_o) 128-wide DV
-blocks at 8 warps; the backward dq/dk pass (keys *_b) 64 x 64 blocks at 4 warps and 3 stages.
+blocks at 8 warps; the backward dq/dk pass (keys *_b) 64 x 64 blocks at 4 warps and 3 stages. "desc":
+the states and output passes load their tiles through tensor descriptors (TMA on Hopper) instead of
+masked pointers, where the tensors' alignment allows.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def chunk_parallel_defaults(DQK: int, DV: int, chunk: int, elem: int = 2) -> dic
             "BK_s": min(64, BK), "BV_s": min(64, BVp), "warps_s": 4, "stages_s": 3, "maxnreg_s": 128,
             "maxnreg_g": 128,
             "BK_o": min(64, BK), "BV_o": BV_o, "warps_o": 8 if BV_o >= 128 else 4, "stages_o": 3, "maxnreg_o": None,
-            "BK_b": min(64, BK), "BV_b": min(64, BVp), "warps_b": 4, "stages_b": 3}
+            "BK_b": min(64, BK), "BV_b": min(64, BVp), "warps_b": 4, "stages_b": 3, "desc": False}
 
 
 def _fits(plan: dict, elem: int, limit: int, sfx: str) -> bool:
