@@ -212,6 +212,31 @@ def check_no_crash(budget_s):
     return ok, "\n".join(lines)
 
 
+def warm_peers(shape):
+    """Compile the peers' kernels for `shape` into Triton's disk cache (not a check: never fails the run)."""
+    t0 = time.time()
+    try:
+        from mlstm_kernels.torch import get_mlstm_kernel
+        xl = get_mlstm_kernel("chunkwise--triton_xl_chunk")
+        ins = [t.requires_grad_(True) for t in inputs(*shape)]
+        xl(*ins, chunk_size=128)[0].float().sum().backward()
+        from fla.ops.simple_gla import chunk_simple_gla
+        with torch.no_grad():
+            chunk_simple_gla(*fla_inputs(*shape))
+        return True, f"warm peers {shape}: {time.time() - t0:.0f} s"
+    except Exception as e:
+        return True, f"warm peers {shape}: {type(e).__name__}: {str(e)[:200]}"
+
+
+def warm_ours(shape, cp):
+    """Compile a launch variant of ours for `shape` (forward) into Triton's disk cache."""
+    from flashxlstm.ops.mlstm_cell.triton.function import Variant, mlstm_variant
+    t0 = time.time()
+    with torch.no_grad():
+        mlstm_variant(*inputs(*shape), variant=Variant(cp=tuple(cp)))
+    return True, f"warm ours {cp} {shape}: {time.time() - t0:.0f} s"
+
+
 def _job(name, args):
     """Run one check in a child process; (ok, text). Exceptions are failures, reported with their message."""
     try:
@@ -223,8 +248,11 @@ def _job(name, args):
             torch.cuda.empty_cache()
 
 
-def check_jobs(shapes, crash_budget_s):
-    jobs = [("check_no_crash", (crash_budget_s,)), ("check_compile", ()), ("check_step", ())]
+def check_jobs(shapes, crash_budget_s, sweep_shapes=()):
+    """The checks, and first the compilations the timings will need (peers, sweep variants)."""
+    jobs = [("warm_peers", (shape,)) for shape in shapes]
+    jobs += [("warm_ours", (shape, cp)) for shape in sweep_shapes for cp in SWEEP_FW[1:]]
+    jobs += [("check_no_crash", (crash_budget_s,)), ("check_compile", ()), ("check_step", ())]
     jobs += [("check_varlen", (lens, dt)) for lens in ([1000, 37, 2500, 463], [5000, 3, 3189, 1]) for dt in ("bf16", "fp32")]
     for shape in shapes:  # bf16 at the default chunk first: these are the timed settings
         jobs.append(("check_against_f64", (shape, "bf16", 64, 2, "timed")))
@@ -429,7 +457,8 @@ def main():
     shapes = SHAPES if not args.shapes else [SHAPES[int(j)] for j in args.shapes.split(",")]
     ok = "not run"
     if not args.skip_checks:
-        jobs = check_jobs(SHAPES, args.crash_budget_s)
+        sweep_shapes = [SHAPES[j] for j in (0, 3, 4)] if args.sweep else []
+        jobs = check_jobs(SHAPES, args.crash_budget_s, sweep_shapes)
         say(f"{len(jobs)} checks in {args.workers} processes")
         passed = run_checks(jobs, args.workers, args.check_budget_s, lambda: write_report(args.out, info, "running"))
         ok = "all passed" if passed else "SOME FAILED OR NOT RUN (see the log)"
@@ -466,7 +495,7 @@ def main():
                 profile(shape)
         write_report(args.out, info, ok)
     if args.sweep:
-        for shape in shapes:
+        for shape in [SHAPES[j] for j in (0, 3, 4)]:
             for cp in SWEEP_FW[1:]:
                 if time.time() > deadline:
                     break
