@@ -5,7 +5,8 @@
     DATA_DIR/documents.bin      int64 offset of each document's first token in the concatenated token stream
     DATA_DIR/tokenizer.json     the tokenizer (HF tokenizers), unless the tokenizer is `bytes`
 
-Each input file is a document, and so is each JSONL line. Tokenizers: `bytes` (ids = the UTF-8 bytes, 256
+Each input file is a document, and so is each JSONL line; with `hf_dataset` (the `datasets` extra, see
+data/hf_source.py) each row of a Hugging Face dataset's split is one more document, after the files. Tokenizers: `bytes` (ids = the UTF-8 bytes, 256
 symbols), a path to a `tokenizer.json`, or `train:VOCAB` (a byte-level BPE of VOCAB symbols trained on the
 input with HF tokenizers). The input is read one document at a time and tokens are written in buffered
 pieces, so memory stays bounded by the largest document plus the write buffer; a document larger than
@@ -103,8 +104,9 @@ def _from_hf(tok, name: str) -> Tokenizer:
                      decode=lambda ids: tok.decode(list(map(int, ids)), skip_special_tokens=False), hf=tok)
 
 
-def make_tokenizer(spec: str, files: list[Path]) -> Tokenizer:
-    """`bytes`, a tokenizer.json path, or `train:VOCAB` (trained on the documents of `files`)."""
+def make_tokenizer(spec: str, files: list[Path] | Callable[[], Iterator[str]]) -> Tokenizer:
+    """`bytes`, a tokenizer.json path, or `train:VOCAB` (trained on the documents of `files`, or on those
+    a callable yields)."""
     if spec == "bytes":
         return Tokenizer(name="bytes", vocab_size=256, encode=lambda text: list(text.encode("utf-8")),
                          decode=lambda ids: bytes(int(i) for i in ids).decode("utf-8", errors="replace"))
@@ -121,7 +123,7 @@ def make_tokenizer(spec: str, files: list[Path]) -> Tokenizer:
         tok.decoder = tk.decoders.ByteLevel()
         trainer = tk.trainers.BpeTrainer(vocab_size=vocab, show_progress=False,
                                          initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(iter_documents(files), trainer=trainer)
+        tok.train_from_iterator(files() if callable(files) else iter_documents(files), trainer=trainer)
         return _from_hf(tok, f"byte-level BPE trained on the input (vocab {vocab})")
     path = Path(spec)
     if not path.is_file():
@@ -171,21 +173,33 @@ class _ShardWriter:
 
 
 def prepare(inputs: list[str | os.PathLike], tokenizer: str, out_dir: str | os.PathLike, *,
-            shard_tokens: int = 1 << 28, log: Callable[[str], None] = print) -> dict:
-    """Tokenize `inputs` into `out_dir` (see the module docstring); returns meta.json's content."""
+            shard_tokens: int = 1 << 28, log: Callable[[str], None] = print, hf_dataset: str | None = None,
+            hf_split: str = "train", hf_field: str = "text", hf_config: str | None = None) -> dict:
+    """Tokenize `inputs` (and the rows of `hf_dataset`, if given) into `out_dir` (see the module docstring);
+    returns meta.json's content."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"prepare: --out {out_dir} exists and is not an empty directory; choose a new one")
     if shard_tokens < 1:
         raise ValueError(f"prepare: shard_tokens must be >= 1, got {shard_tokens}")
-    files = iter_input_files(inputs)
-    tok = make_tokenizer(tokenizer, files)
+    if not inputs and hf_dataset is None:
+        raise ValueError("prepare: give --input PATH... and/or --hf-dataset")
+    files = iter_input_files(inputs) if inputs else []
+
+    def documents() -> Iterator[str]:
+        yield from iter_documents(files)
+        if hf_dataset is not None:
+            from .hf_source import iter_hf_documents
+
+            yield from iter_hf_documents(hf_dataset, hf_split, hf_field, hf_config)
+
+    tok = make_tokenizer(tokenizer, documents)
     dtype = token_dtype(tok.vocab_size)
     with atomic_directory(out_dir) as tmp:
         writer = _ShardWriter(tmp, dtype, shard_tokens)
         starts, buffer, buffered = [], [], 0
         with open(tmp / "documents.bin", "wb") as doc_file:
-            for text in iter_documents(files):
+            for text in documents():
                 ids = tok.encode(text)
                 if not ids:
                     continue
@@ -204,14 +218,18 @@ def prepare(inputs: list[str | os.PathLike], tokenizer: str, out_dir: str | os.P
         writer.close()
         num_docs = (tmp / "documents.bin").stat().st_size // 8
         if writer.total == 0:
-            raise ValueError(f"prepare: the input ({len(files)} file(s)) holds no text")
+            raise ValueError(f"prepare: the input ({len(files)} file(s)"
+                             + (f", dataset {hf_dataset}" if hf_dataset else "") + ") holds no text")
         if tok.hf is not None:
             tok.hf.save(str(tmp / "tokenizer.json"))
         meta = {"format": FORMAT, "dtype": dtype.name, "vocab_size": tok.vocab_size, "tokenizer": tok.name,
                 "num_tokens": writer.total, "num_documents": num_docs, "shards": writer.shards,
                 "documents": "documents.bin", "sources": [str(f) for f in files[:1000]],
                 "num_sources": len(files)}
+        if hf_dataset is not None:
+            meta["hf_dataset"] = {"dataset": hf_dataset, "split": hf_split, "field": hf_field, "config": hf_config}
         write_json_atomic(tmp / "meta.json", meta)
-    log(f"prepare: {len(files)} file(s), {num_docs:,} documents, {writer.total:,} tokens ({dtype.name}, vocab "
+    log(f"prepare: {len(files)} file(s)" + (f" + dataset {hf_dataset} ({hf_split})" if hf_dataset else "")
+        + f", {num_docs:,} documents, {writer.total:,} tokens ({dtype.name}, vocab "
         f"{tok.vocab_size:,}, tokenizer {tok.name}) -> {out_dir}")
     return meta

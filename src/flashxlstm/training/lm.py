@@ -221,9 +221,10 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ModuleNotFoundError:
-            raise ModuleNotFoundError("--tensorboard needs the 'tensorboard' package: pip install tensorboard"
+            raise ModuleNotFoundError("--tensorboard needs the tensorboard package: pip install 'flashxlstm[tensorboard]'"
                                       ) from None
-        tb = SummaryWriter(str(out / "tensorboard"))
+        # purge_step: a resumed run drops the events a killed run logged after its last checkpoint
+        tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
     progress = None
     if config.progress and world.main:
         from .progress import progress_bar
@@ -231,6 +232,8 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
         progress = progress_bar(total=config.steps, initial=start_step, desc="train", unit="step")
     write = progress.write if progress is not None else say
     metrics_path = out / "metrics.jsonl"
+    if resume and world.main:
+        _drop_records_after(metrics_path, start_step)
     timer = {"t": time.perf_counter(), "tokens": 0}
 
     def emit(record: dict) -> None:
@@ -384,6 +387,25 @@ def export_model(module, family: str, fields: dict, directory: Path, world: D.Wo
         save_model(model, directory)
     if tokenizer.is_file():
         shutil.copyfile(tokenizer, directory / "tokenizer.json")
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Keep the metrics records of steps <= `step`: a run stopped (or killed) after its last checkpoint logged
+    steps that the resumed run repeats. Rewritten atomically; a missing file stays missing."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:  # the last line of a killed run may be cut short
+            continue
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        os.replace(tmp, path)
 
 
 def _plot(history: dict, path: Path, log: Callable[[str], None]) -> None:
