@@ -5,6 +5,7 @@
     flashxlstm experiment suite --out DIR [--tasks parity even_pairs ...] [--models lstm "xlstm[1:1]" ...]
     flashxlstm experiment vision --model vil|vit --dataset digits|fashion-mnist --out DIR
     flashxlstm experiment forecast-pretrain --preset cpu-demo|gpu --out DIR   (cli/forecast_pretrain.py)
+    flashxlstm experiment forecast --quick | --checkpoint DIR --out DIR          (cli/forecast_eval.py)
 
 Each run writes DIR/results.json and DIR/learning_curve.png; the suite writes one run per task and model under
 DIR/<task>/<model>/ plus DIR/summary.md, DIR/summary.json and DIR/heatmap.png. With `--seeds N` each seed
@@ -23,7 +24,7 @@ import torch
 from flashxlstm.tasks.formal_languages import TASKS
 from flashxlstm.tasks.zoo import MODEL_NAMES
 
-from . import forecast_pretrain
+from . import forecast_eval, forecast_pretrain
 
 # The formal-language defaults (docs/experiments.md, "Defaults"): small batches at a higher peak learning rate
 # and a curriculum over the training lengths make parity reliable for xLSTM[0:1] within minutes of a CPU; the
@@ -105,6 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     _vision_arguments(sub)
     forecast_pretrain.add_arguments(sub)
+    forecast_eval.add_arguments(sub)
 
 
 def _vision_arguments(sub) -> None:
@@ -188,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         return forecast_pretrain.run(args)
     if args.experiment == "vision":
         return _run_vision(args)
+    if args.experiment == "forecast":
+        return forecast_eval.run(args)
     from flashxlstm.tasks.experiments import run_formal_language, run_mqar, run_seeds, run_suite
     from flashxlstm.tasks.formal_languages import LengthCurriculum
     from flashxlstm.tasks.harness import TrainConfig
