@@ -1,6 +1,8 @@
 """The token-shard trainer in operation: a run killed with SIGKILL after a checkpoint resumes with the losses of
 an uninterrupted run (and its metrics file keeps no step twice); TensorBoard event files hold the logged
-metrics; `prepare --hf-dataset` reads a Hugging Face dataset saved on disk and local data files (offline)."""
+metrics; `prepare --hf-dataset` reads a Hugging Face dataset saved on disk and local data files (offline);
+`--compile` of the NeurIPS family (sLSTM custom ops included) trains with the eager losses (aot_eager: the traced
+graphs without inductor's code generation, which is slow on a small CPU)."""
 import json
 import os
 import signal
@@ -133,3 +135,13 @@ def test_prepare_reads_a_saved_hf_dataset_and_local_data_files(tmp_path):
     with pytest.raises(ValueError, match="no split 'validation'"):
         prepare([], "bytes", tmp_path / "d4", hf_dataset=str(tmp_path / "saved"), hf_split="validation",
                 hf_field="body", log=lambda m: None)
+
+
+def test_compile_trains_the_neurips_family_with_the_eager_losses(root):
+    settings = dict(steps=3, eval_every=3, save_every=3, seq_len=16)
+    eager = train_lm(_config(root, "eager", **settings), log=lambda m: None)
+    compiled = train_lm(_config(root, "compiled", compile=True, compile_backend="aot_eager", **settings),
+                        log=lambda m: None)
+    assert _losses(compiled) == pytest.approx(_losses(eager), abs=1e-5)
+    with pytest.raises(ValueError, match="not a torch.compile backend"):
+        _config(root, "bad", compile=True, compile_backend="no-such-backend").validated()

@@ -38,7 +38,7 @@ from .settings import LoopSettings, resume_settings
 RUN_CONFIG = "run_config.json"
 MODEL_CONFIG = "model_config.json"
 # Settings a resumed run may change: how it runs, not what it computes.
-RESUMABLE = ("steps", "out", "data", "parallel", "micro_batch_size", "device", "threads", "compile",
+RESUMABLE = ("steps", "out", "data", "parallel", "micro_batch_size", "device", "threads", "compile", "compile_backend",
              "activation_checkpointing",
              "log_every", "eval_every", "save_every", "progress", "tensorboard", "max_minutes", "peak_tflops",
              "eval_windows")
@@ -56,6 +56,7 @@ class RunConfig(LoopSettings):
     min_lr: float = 1e-4  # the end of the cosine decay (steps, lr, warm-up, decay, betas, clipping: LoopSettings')
     amp: str = "none"  # "none" (fp32) or "bf16" (autocast; fp32 master weights and recurrent states)
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend ("aot_eager": the graphs without code generation)
     activation_checkpointing: bool = False
     ce_chunk: int = 4096
     parallel: str = "none"  # "none", "ddp", "fsdp"
@@ -84,6 +85,13 @@ class RunConfig(LoopSettings):
             raise ValueError(f"need 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if not self.data:
             raise ValueError("--data DIR is required (a directory made by `flashxlstm prepare`)")
+        if self.compile:
+            import torch._dynamo
+
+            known = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile_backend not in known:
+                raise ValueError(f"compile_backend {self.compile_backend!r} is not a torch.compile backend; "
+                                 f"known: {', '.join(known)}")
 
 
 def _memory(device: torch.device) -> dict:
@@ -178,7 +186,7 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
     if config.parallel == "none" and world.size > 1:
         raise ValueError("a torchrun launch with several processes needs --parallel ddp or fsdp")
     optimizer = config.optimizer(model)
-    step_module = torch.compile(loss_module) if config.compile else loss_module
+    step_module = torch.compile(loss_module, backend=config.compile_backend) if config.compile else loss_module
 
     rows_per_rank, rem = divmod(config.batch_size, world.size)
     if rem:
