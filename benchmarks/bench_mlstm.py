@@ -17,7 +17,8 @@ two heads of batch 0), on
   with and without cu_seqlens: every combination runs (no error, no NaN) or raises ValueError.
 Timings (bf16, medians of triton.testing.do_bench, all in this run, after the checks): forward and
 forward+backward of ours, TFLA xl_chunk (mlstm_kernels 2.0.6, chunk 128) and FLA chunk_simple_gla (fla-core,
-contiguous (B, T, H, D) inputs), peak activation memory of one forward+backward. --sweep also times launch
+contiguous (B, T, H, D) inputs), peak activation memory of one forward+backward; ours with the forward layout
+its first call per shape chooses (function.TUNER; the choice is logged). --sweep also times launch
 variants of ours (Variant.cp overrides, window lengths); --profile prints the GPU time per kernel of one
 forward and one forward+backward. Writes bench_mlstm.md / .json to --out after every step, so a run cut
 short still leaves its partial tables.
@@ -47,7 +48,7 @@ ROWS: list[dict] = []
 # forward launch variants for --sweep (launch_plan keys; the defaults are the first row)
 SWEEP_FW = [(), (("stages_o", 2),), (("BV_o", 64), ("warps_o", 4)), (("BK_o", 128),), (("warps_o", 4),),
             (("maxnreg_s", None),), (("warps_s", 8),), (("BV_s", 128), ("warps_s", 8)), (("stages_s", 2),),
-            (("L", 32),)]
+            (("L", 32),), (("desc", True),), (("maxnreg_o", None),)]
 SWEEP_WINDOWS = [2048, 4096, 8192]
 
 
@@ -177,17 +178,20 @@ def check_compile():
     return ok, "\n".join(lines)
 
 
-def check_no_crash(budget_s):
-    """Every chunk_size x dtype x head dims: forward + backward run without error or NaN, or raise ValueError."""
+NO_CRASH_HEADS = [(16, 16), (64, 128), (96, 192), (128, 256), (256, 512), (512, 512)]
+
+
+def check_no_crash(budget_s, heads):
+    """Every chunk_size x dtype for head dims `heads`: forward + backward run without error or NaN, or raise
+    ValueError (one job per head dims, so that their compilations run in parallel)."""
     import flashxlstm.ops.mlstm_cell as M
     deadline = time.time() + budget_s
     ok, ran, refused, lines = True, 0, 0, []
-    heads = [(16, 16), (64, 128), (96, 192), (128, 256), (256, 512), (512, 512)]
-    for (DQK, DV), dt, chunk in itertools.product(heads, ("fp32", "bf16", "fp16"), (16, 32, 64, 128, 256)):
+    for (DQK, DV), dt, chunk in itertools.product([heads], ("fp32", "bf16", "fp16"), (16, 32, 64, 128, 256)):
         for varlen in (False, True):
             if time.time() > deadline:
-                lines.append(f"no-crash sweep: budget spent at {DQK}x{DV} {dt} chunk {chunk} ({ran} ran, {refused} refused)")
-                return ok, "\n".join(lines)
+                lines.append(f"no-crash {heads}: budget spent at {dt} chunk {chunk} ({ran} ran, {refused} refused)")
+                return False, "\n".join(lines)
             S = 200
             ins = [t.requires_grad_(True) for t in inputs(1, 2, S, DQK, DV, dtype=DTYPES[dt])]
             cu = torch.tensor([0, 77, S], dtype=torch.int32, device=DEV) if varlen else None
@@ -207,7 +211,7 @@ def check_no_crash(budget_s):
                 ok = False
                 lines.append(f"no-crash {DQK}x{DV} {dt} chunk {chunk} varlen={varlen}: FAIL {type(e).__name__}: "
                              f"{str(e)[:300]}")
-    lines.append(f"no-crash sweep: all {ran + refused} combinations: {ran} ran, {refused} refused with ValueError, "
+    lines.append(f"no-crash {heads}: all {ran + refused} combinations: {ran} ran, {refused} refused with ValueError, "
                  f"{'OK' if ok else 'FAIL'}")
     return ok, "\n".join(lines)
 
@@ -252,7 +256,8 @@ def check_jobs(shapes, crash_budget_s, sweep_shapes=()):
     """The checks, and first the compilations the timings will need (peers, sweep variants)."""
     jobs = [("warm_peers", (shape,)) for shape in shapes]
     jobs += [("warm_ours", (shape, cp)) for shape in sweep_shapes for cp in SWEEP_FW[1:]]
-    jobs += [("check_no_crash", (crash_budget_s,)), ("check_compile", ()), ("check_step", ())]
+    jobs += [("check_no_crash", (crash_budget_s, heads)) for heads in NO_CRASH_HEADS]
+    jobs += [("check_compile", ()), ("check_step", ())]
     jobs += [("check_varlen", (lens, dt)) for lens in ([1000, 37, 2500, 463], [5000, 3, 3189, 1]) for dt in ("bf16", "fp32")]
     for shape in shapes:  # bf16 at the default chunk first: these are the timed settings
         jobs.append(("check_against_f64", (shape, "bf16", 64, 2, "timed")))
@@ -483,6 +488,9 @@ def main():
             say(f"budget spent: {shape} not timed")
             continue
         time_seq("ours", lambda q, k, v, i, f: M.mlstm(q, k, v, i, f, backend="triton")[0], shape)
+        from flashxlstm.ops.mlstm_cell.triton.function import TUNER
+        say(f"ours {shape}: forward layouts chosen on the first call (fw, fwbw): "
+            f"{[c for key, c in TUNER.choices.items() if key[5] == shape[0] * shape[1] and key[3] == shape[4]]}")
         if xl is not None:
             time_seq("TFLA xl_chunk", lambda q, k, v, i, f: xl(q, k, v, i, f, chunk_size=128), shape)
         if chunk_simple_gla is not None:

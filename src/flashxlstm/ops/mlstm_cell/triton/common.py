@@ -38,7 +38,8 @@ def finite_or_zero(m):
 @triton.jit
 def doc_span(cu, coff, pid, S, NT, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
     """The sequence a state-walk program walks (program id `pid` along grid axis 2): (first row, steps, first
-    chunk, end chunk, state index, carry index), rows in the flat (B * NH * S) layout.
+    chunk, end chunk, state index, carry index), rows in the flat (B * NH * S) layout. Only the first row is
+    64-bit: steps inside one sequence fit 32 bits, and 64-bit row masks cost registers in the loops.
 
     Without cu_seqlens pid = b * NH + h: the whole row, chunks 0 .. NT, state and carry index pid. With
     cu_seqlens (B == 1) pid = d * NH + h: document d of head h, its chunks coff[d] .. coff[d + 1] of the
@@ -50,11 +51,11 @@ def doc_span(cu, coff, pid, S, NT, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
         h = pid % NH
         bos = tl.load(cu + d).to(tl.int64)
         eos = tl.load(cu + d + 1).to(tl.int64)
-        return (h.to(tl.int64) * S + bos, eos - bos, tl.load(coff + d), tl.load(coff + d + 1), pid.to(tl.int64),
-                h.to(tl.int64))
+        return (h.to(tl.int64) * S + bos, (eos - bos).to(tl.int32), tl.load(coff + d), tl.load(coff + d + 1),
+                pid.to(tl.int64), h.to(tl.int64))
     else:
         bh = pid.to(tl.int64)
-        return bh * S, bh * 0 + S, 0, NT, bh, bh
+        return bh * S, S, 0, NT, bh, bh
 
 
 @triton.jit
