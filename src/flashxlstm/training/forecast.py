@@ -6,8 +6,9 @@
 Data: `synthetic_series` (KernelSynth + structural generators, data/series_synth.py), generated once from the
 seed, and the real series of `flashxlstm.data.series.PRETRAIN` (never a HELD_OUT one: `pretrain_real_series`
 refuses those), read from the installed packages or from an .npz that `save_pretrain_npz` wrote. Each step
-draws `batch_size` windows of `context_length + prediction_length` steps (a real series with probability
-`real_fraction`; shorter series are left-padded with missing steps), scales each by the mean and standard
+draws `batch_size` windows of `context_length + prediction_length` steps (all from real series with
+probability `real_fraction`, else all synthetic; real stretches shorter than a window are left-padded with
+missing steps, see WindowSampler), scales each by the mean and standard
 deviation of its context part, and trains every patch token to predict the next patch's quantiles with the
 pinball (quantile) loss over the observed target steps.
 
@@ -131,44 +132,51 @@ def save_pretrain_npz(path: str | Path, names=None) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------------------------- windows
 class WindowSampler:
-    """Seeded windows (B, W) of the pool's series with their context scaling, input mask and augmentations."""
+    """Seeded windows (B, W) of the pool's series with their context scaling, input mask and augmentations.
+
+    A batch is all synthetic (full windows) or, with probability real_fraction, all real: one size r (patches)
+    is drawn for the batch and every row is a random stretch of r patches of a real series, left-padded with
+    missing steps (r = W / P: full windows). Every row of a batch then starts at the same patch, so the
+    model's skipping of leading missing patches runs the batch as one group (one sLSTM pass, not one per
+    padding), and the augmentations never mask a row's first observed patch."""
+
+    SIZES = (2, 4, 8, 16, 32)
 
     def __init__(self, synthetic: list[np.ndarray], real: list[np.ndarray], cfg: PretrainConfig, seed: int):
         self.cfg, self.rng = cfg, np.random.default_rng(seed)
+        P = cfg.model.patch_size
         self.W = cfg.context_length + cfg.prediction_length
-        min_len = 2 * cfg.model.patch_size
-        self.synthetic = [s for s in synthetic if len(s) >= min_len]
-        self.real = [s for s in real if np.isfinite(s).sum() >= min_len]
-        if not self.synthetic and not self.real:
+        self.N = self.W // P
+        min_len = 2 * P
+        self.synthetic = [s for s in synthetic if len(s) >= self.W] or [s for s in synthetic if len(s) >= min_len]
+        real = [s for s in real if np.isfinite(s).sum() >= min_len]
+        sizes = sorted({r for r in self.SIZES if r < self.N} | {self.N})
+        self.real_by_size = {r: [s for s in real if len(s) >= r * P] for r in sizes}
+        self.real_by_size = {r: v for r, v in self.real_by_size.items() if v}
+        if not self.synthetic and not self.real_by_size:
             raise ValueError(f"pretrain: no series of at least {min_len} steps to draw windows from")
 
-    def _one(self) -> tuple[np.ndarray, int]:
-        """A window (W,) NaN-padded on the left, and where its context part ends."""
+    def _window(self, s: np.ndarray, r: int) -> tuple[np.ndarray, int]:
+        """A stretch of min(r * P, W) steps of s at a random start, left-padded to W; where its context ends."""
         cfg, rng, W = self.cfg, self.rng, self.W
-        use_real = self.real and (not self.synthetic or rng.random() < cfg.real_fraction)
-        pool = self.real if use_real else self.synthetic
-        s = pool[int(rng.integers(len(pool)))]
-        P = cfg.model.patch_size
-        if len(s) >= W:
-            start = int(rng.integers(len(s) - W + 1))
-            return s[start:start + W].copy(), cfg.context_length
-        # a short series: a random stretch of r patches, r from a few sizes (powers of two), left-padded. Few
-        # distinct paddings per batch keep the model's per-row skipping of leading missing patches to a few
-        # groups (one sLSTM pass each).
-        sizes = [r for r in (2, 4, 8, 16, 32, 64) if r * P <= len(s) and r * P < W]
-        n = int(rng.choice(sizes)) * P
+        n = min(r * cfg.model.patch_size, W, len(s))
         start = int(rng.integers(len(s) - n + 1))
         out = np.full(W, np.nan)
         out[W - n:] = s[start:start + n]
-        horizon = min(cfg.prediction_length, n // 2)
-        return out, W - horizon
+        return out, (cfg.context_length if n == W else W - min(cfg.prediction_length, n // 2))
 
     def sample(self, batch_size: int, augment: bool = True):
         """values (B, W) normalised, input (B, W) with the augmentations' missing steps (NaN), both float32."""
-        cfg, rng, P = self.cfg, self.rng, self.cfg.model.patch_size
+        cfg, rng, P, W = self.cfg, self.rng, self.cfg.model.patch_size, self.W
+        use_real = self.real_by_size and (not self.synthetic or rng.random() < cfg.real_fraction)
+        if use_real:
+            r = list(self.real_by_size)[int(rng.integers(len(self.real_by_size)))]
+            pool = self.real_by_size[r]
+        else:
+            r, pool = self.N, self.synthetic
         rows, inputs = [], []
         for _ in range(batch_size):
-            w, ctx_end = self._one()
+            w, ctx_end = self._window(pool[int(rng.integers(len(pool)))], r)
             ctx = w[:ctx_end][np.isfinite(w[:ctx_end])]
             if ctx.size < 2:
                 ctx = w[np.isfinite(w)]
@@ -178,14 +186,14 @@ class WindowSampler:
             if augment and rng.random() < 0.5:
                 z = -z
             x = z.copy()
-            if augment and rng.random() < cfg.cpm_prob:
-                n_patches = self.W // P
-                run = int(rng.integers(1, cfg.cpm_max_patches + 1))
-                first = int(rng.integers(1, max(2, n_patches - run + 1)))
+            lead = int(np.argmax(np.isfinite(w))) // P + 1   # the first patch after the first observed one
+            if augment and rng.random() < cfg.cpm_prob and lead < self.N:
+                first = int(rng.integers(lead, self.N))
+                run = min(int(rng.integers(1, cfg.cpm_max_patches + 1)), self.N - first)
                 x[first * P:(first + run) * P] = np.nan
-            if augment and rng.random() < cfg.missing_prob:
+            if augment and rng.random() < cfg.missing_prob and lead * P < W - 1:
                 span = int(rng.integers(1, 2 * P))
-                start = int(rng.integers(0, self.W - span))
+                start = int(rng.integers(lead * P, W - 1))
                 x[start:start + span] = np.nan
             rows.append(z)
             inputs.append(x)
