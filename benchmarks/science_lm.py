@@ -10,7 +10,8 @@ cross-entropy), the same optimiser step (the trainer's `optimizer_step`: AdamW, 
 decay 0.1 on weight matrices, clipping at 1.0), bf16 autocast with fp32 master weights, and one learning-rate
 schedule for all: linear warmup over `--warmup-steps`, then a cosine to `--min-lr` over the wall-time budget
 (the schedule follows the fraction of the budget spent, so every model ends its decay when its time is up).
-Validation (the same held-out windows for every model) at `--evals` evenly spaced points of the budget.
+Validation (the same held-out windows for every model) at `--evals` evenly spaced points of the budget. The clock
+starts after `--warmup-runs` untimed forward + backward passes (kernel compilation is not training time).
 
     python benchmarks/science_lm.py --data data/docs-16k --minutes 10 --out results/science   # the full runs
     python benchmarks/science_lm.py --plot results/science/science_lm.jsonl                   # the curve PNG
@@ -125,6 +126,16 @@ def run_model(name: str, args, data, train_range, val_starts, device, emit) -> d
     marks = [budget * (i + 1) / args.evals for i in range(args.evals)]
     result = {"model": name, "description": desc, "params": n_params, "curve": []}
     emit({"model": name, "description": desc, "params": n_params, "event": "start"})
+    # Untimed warm-up: forward + backward of `--warmup-runs` batches without an optimiser step (kernels compile,
+    # caches fill); the gradients are dropped, so the weights and the data order stay those of a cold start.
+    for w in range(args.warmup_runs):
+        wb = batches.rows(w, 0, args.batch_size)
+        with autocast(device, amp):
+            s, c, _ = module(wb.inputs.to(device), wb.targets.to(device), wb.cu_seqlens.to(device))
+        (s / c.clamp(min=1)).backward()
+        opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     train_time, step, tokens = 0.0, 0, 0
     while marks:
         b = batches.rows(step, 0, args.batch_size)
@@ -218,6 +229,8 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--min-lr", type=float, default=1.5e-4)
     p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--warmup-runs", type=int, default=2,
+                   help="untimed forward + backward passes before the clock starts (compilation; no update)")
     p.add_argument("--evals", type=int, default=6, help="validations per model, evenly spaced in time")
     p.add_argument("--eval-windows", type=int, default=32)
     p.add_argument("--val-fraction", type=float, default=0.01)
