@@ -150,3 +150,16 @@ def test_experiment_forecast_end_to_end(tmp_path, capsys):
     assert "the earlier run has origins=2, this one 3" in capsys.readouterr().err
     assert main(["experiment", "forecast", "--out", str(tmp_path / "x"), "--datasets", "lynx"]) == 2
     assert "the model 'xlstm' needs --checkpoint" in capsys.readouterr().err
+
+
+def test_experiment_forecast_pretrains_first(tmp_path):
+    """--pretrain-seconds runs forecast-pretrain's entry point (its tiny preset here), then evaluates that model."""
+    from flashxlstm.cli.main import main
+    out = tmp_path / "run"
+    assert main(["experiment", "forecast", "--out", str(out), "--pretrain-seconds", "2", "--pretrain-preset", "tiny",
+                 "--datasets", "lynx", "--origins", "2", "--models", "seasonal_naive", "xlstm", "--no-plots",
+                 "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["xlstm"]["pretrained_here"] and res["xlstm"]["steps"] >= 1 and res["xlstm"]["preset"] == "tiny"
+    assert (out / "pretrain" / "checkpoint" / "config.json").is_file()
+    assert np.isfinite(res["scores"]["lynx"]["xlstm"]["mase"])
