@@ -17,8 +17,7 @@ two heads of batch 0), on
   with and without cu_seqlens: every combination runs (no error, no NaN) or raises ValueError.
 Timings (bf16, medians of triton.testing.do_bench, all in this run, after the checks): forward and
 forward+backward of ours, TFLA xl_chunk (mlstm_kernels 2.0.6, chunk 128) and FLA chunk_simple_gla (fla-core,
-contiguous (B, T, H, D) inputs), peak activation memory of one forward+backward; ours with the forward layout
-its first call per shape chooses (function.TUNER; the choice is logged). --sweep also times launch
+contiguous (B, T, H, D) inputs), peak activation memory of one forward+backward. --sweep also times launch
 variants of ours (Variant.cp overrides, window lengths); --profile prints the GPU time per kernel of one
 forward and one forward+backward. Writes bench_mlstm.md / .json to --out after every step, so a run cut
 short still leaves its partial tables.
@@ -98,16 +97,21 @@ def check_against_f64(shape, dt, chunk=64, heads=2, label="", cp=()):
                 f"{'OK' if ok else 'FAIL'}  " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
 
 
-def check_varlen(lens, dt, NH=4, DQK=128, DV=128, chunk=64):
+def check_varlen(lens, dt, NH=4, DQK=128, DV=128, chunk=64, cp=()):
     """Packed documents with initial states: against the float64 chunkwise form (per document) with the same
-    cu_seqlens, and against each document run alone through the op, forward and every gradient."""
+    cu_seqlens, and against each document run alone through the op, forward and every gradient. cp: launch
+    plan overrides for the packed call."""
+    import functools
+
     import flashxlstm.ops.mlstm_cell as M
+    from flashxlstm.ops.mlstm_cell.triton.function import Variant, mlstm_variant
     dtype, tol = DTYPES[dt], (1e-3 if dt == "fp32" else 1e-2)
     S = sum(lens)
     ins = [t.requires_grad_(True) for t in inputs(1, NH, S, DQK, DV, dtype, seed=3)]
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=DEV)
     st = [(torch.randn(len(lens), NH, *s, device=DEV) * 0.1).requires_grad_(True) for s in ((DQK, DV), (DQK,), ())]
-    h, (C, n, m) = M.mlstm(*ins, state=tuple(st), backend="triton", cu_seqlens=cu, chunk_size=chunk)
+    packed = functools.partial(mlstm_variant, variant=Variant(cp=tuple(cp)))
+    h, (C, n, m) = packed(*ins, state=tuple(st), cu_seqlens=cu, chunk_size=chunk)
     wh = torch.randn_like(h, dtype=torch.float32).to(dtype).float()
     wC = torch.randn_like(C)
     ((h.float() * wh).sum() + (C * wC).sum()).backward()
@@ -128,7 +132,7 @@ def check_varlen(lens, dt, NH=4, DQK=128, DV=128, chunk=64):
     nan = any(bool(torch.isnan(t).any()) for t in [h, C] + [x.grad for x in ins])
     worst = max(errs.values())
     ok = not nan and worst <= tol and max(alone) <= tol
-    return ok, (f"check varlen {dt} docs {lens} chunk {chunk}: vs float64 worst {worst:.2e}, vs each document alone "
+    return ok, (f"check varlen {dt} docs {lens} chunk {chunk} {dict(cp)}: vs float64 worst {worst:.2e}, vs each document alone "
                 f"{max(alone):.2e} (tol {tol:g}) nan={nan} {'OK' if ok else 'FAIL'}  "
                 + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
 
@@ -247,9 +251,11 @@ def _job(name, args):
         return globals()[name](*args)
     except Exception as e:
         return False, f"check {name}{args}: FAIL {type(e).__name__}: {str(e)[:400]}"
-    finally:
-        if torch.cuda.is_available():
+    finally:  # a check that broke the CUDA context must not take the whole pool down with it
+        try:
             torch.cuda.empty_cache()
+        except Exception:
+            pass
 
 
 def check_jobs(shapes, crash_budget_s, sweep_shapes=()):
@@ -452,6 +458,11 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="also time launch variants of ours")
     ap.add_argument("--profile", action="store_true", help="also print GPU time per kernel (shapes 0 and 4)")
     ap.add_argument("--shapes", default=None, help="indices into the shape list to time, e.g. 0,4")
+    ap.add_argument("--only-ours", action="store_true", help="time ours alone (no peers)")
+    ap.add_argument("--quick", action="store_true",
+                    help="in-process: packed-document checks (default and tensor-descriptor loads), then ours alone, "
+                         "forward, default and with tensor-descriptor loads")
+    ap.add_argument("--fw-only", action="store_true", help="time forwards only")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_mlstm.py needs a CUDA GPU")
@@ -461,6 +472,26 @@ def main():
     say(str(info))
     shapes = SHAPES if not args.shapes else [SHAPES[int(j)] for j in args.shapes.split(",")]
     ok = "not run"
+    if args.quick:
+        good = True
+        for lens in ([1000, 37, 2500, 463], [5000, 3, 3189, 1]):
+            for cp in ((), (("desc", True),)):
+                passed, text = _job("check_varlen", (lens, "bf16", 4, 128, 128, 64, cp))
+                good &= passed
+                say(text)
+        ok = "all passed (packed documents only)" if good else "SOME FAILED (see the log)"
+        write_report(args.out, info, ok)
+        from flashxlstm.ops.mlstm_cell.triton.function import Variant, mlstm_variant
+        desc = Variant(cp=(("desc", True),))
+        for shape in shapes:
+            if time.time() > deadline:
+                break
+            time_seq("ours", lambda q, k, v, i, f: mlstm_variant(q, k, v, i, f)[0], shape, backward=False)
+            time_seq("ours desc=True", lambda q, k, v, i, f: mlstm_variant(q, k, v, i, f, variant=desc)[0], shape,
+                     backward=False)
+            write_report(args.out, info, ok)
+        say(f"done in {time.time() - t0:.0f} s")
+        return
     if not args.skip_checks:
         sweep_shapes = [SHAPES[j] for j in (0, 3, 4)] if args.sweep else []
         jobs = check_jobs(SHAPES, args.crash_budget_s, sweep_shapes)
@@ -472,27 +503,26 @@ def main():
 
     import flashxlstm.ops.mlstm_cell as M
     from flashxlstm.ops.mlstm_cell.triton.function import Variant, mlstm_variant
-    try:
-        from mlstm_kernels.torch import get_mlstm_kernel
-        xl = get_mlstm_kernel("chunkwise--triton_xl_chunk")
-    except ImportError as e:
-        xl = None
-        say(f"FAIL mlstm_kernels import: {e}")
-    try:
-        from fla.ops.simple_gla import chunk_simple_gla
-    except ImportError as e:
-        chunk_simple_gla = None
-        say(f"FAIL fla import: {e}")
+    xl = chunk_simple_gla = None
+    if not args.only_ours:
+        try:
+            from mlstm_kernels.torch import get_mlstm_kernel
+            xl = get_mlstm_kernel("chunkwise--triton_xl_chunk")
+        except ImportError as e:
+            say(f"FAIL mlstm_kernels import: {e}")
+        try:
+            from fla.ops.simple_gla import chunk_simple_gla
+        except ImportError as e:
+            say(f"FAIL fla import: {e}")
     for shape in shapes:
         if time.time() > deadline:
             say(f"budget spent: {shape} not timed")
             continue
-        time_seq("ours", lambda q, k, v, i, f: M.mlstm(q, k, v, i, f, backend="triton")[0], shape)
-        from flashxlstm.ops.mlstm_cell.triton.function import TUNER
-        say(f"ours {shape}: forward layouts chosen on the first call (fw, fwbw): "
-            f"{[c for key, c in TUNER.choices.items() if key[5] == shape[0] * shape[1] and key[3] == shape[4]]}")
+        time_seq("ours", lambda q, k, v, i, f: M.mlstm(q, k, v, i, f, backend="triton")[0], shape,
+                 backward=not args.fw_only)
         if xl is not None:
-            time_seq("TFLA xl_chunk", lambda q, k, v, i, f: xl(q, k, v, i, f, chunk_size=128), shape)
+            time_seq("TFLA xl_chunk", lambda q, k, v, i, f: xl(q, k, v, i, f, chunk_size=128), shape,
+                     backward=not args.fw_only)
         if chunk_simple_gla is not None:
             time_seq("FLA chunk_simple_gla", lambda q, k, v, g: chunk_simple_gla(q, k, v, g)[0], shape,
                      make_inputs=fla_inputs, backward=False)

@@ -83,7 +83,8 @@ def state_block(DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.co
 def chunk_span(cu, coff, cdoc, c0, nt, S, L: tl.constexpr, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
     """Coordinates of a per-chunk program, grid (blocks, chunks of the window, b * NH + h or h): chunk
     gc = c0 + program_id(1) of its row (or of the head's chunk list with cu_seqlens, cdoc[gc] its document).
-    Returns (first row rc, steps n in the chunk (0 for a slot past the last chunk), chunk-state slot
+    Returns (first row rc (a slot past the last chunk gets its document's first row, so that nothing reads
+    outside the tensor), steps n in the chunk (0 for a slot past the last chunk), chunk-state slot
     p * nt + (gc - c0), state index of the sequence, whether the chunk is its sequence's first)."""
     j = tl.program_id(1)
     gc = c0 + j
@@ -95,6 +96,7 @@ def chunk_span(cu, coff, cdoc, c0, nt, S, L: tl.constexpr, NH: tl.constexpr, IS_
         lo = tl.load(coff + d)
         off = (gc - lo) * L
         n = tl.minimum(tl.maximum(eos - bos - off, 0), L).to(tl.int32)
+        off = tl.where(n > 0, off, 0)  # a slot past the last chunk points at a real row (tensor descriptors read it)
         return p * S + bos + off, n, p * nt + j, d.to(tl.int64) * NH + p, gc == lo
     else:
         off = gc * L

@@ -42,7 +42,7 @@ from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
 from ...custom_ops import LIB, link_backward
-from ...triton_support import FirstCallTuner, interpreting, next_pow2, shared_memory_limit
+from ...triton_support import interpreting, next_pow2, shared_memory_limit
 from ..checks import check_cu_seqlens_values
 from .chunk_backward import (mlstm_bwd_prep_kernel, mlstm_chunk_bwd_dqk_kernel, mlstm_chunk_bwd_dv_kernel,
                              mlstm_chunk_bwd_states_kernel)
@@ -116,20 +116,6 @@ def _planned(q: Tensor, DV: int, chunk: int, overrides: tuple, run):
     raise ValueError(f"mlstm(triton): the kernels for DQK={DQK}, DV={DV}, chunk {chunk} with {q.dtype} inputs do not "
                      f"fit this device's {limit} bytes of shared memory; use bf16 inputs, smaller heads or "
                      f"another backend")
-
-
-# The forward's launch layout per shape, timed on the first CUDA call (FLASHXLSTM_MLSTM_TUNE=0 switches it off):
-# extra plan overrides for the output pass's warps and the tensor-descriptor loads, measured to move the forward
-# by a few percent either way depending on the head dims (benchmarks/results/bench_mlstm.md). Only calls without
-# explicit overrides (Variant.cp) are tuned; the backward takes the forward's choice.
-TUNER = FirstCallTuner("FLASHXLSTM_MLSTM_TUNE")
-FORWARD_LAYOUTS = ((), (("warps_o", 4), ("maxnreg_o", None)), (("desc", True),),
-                   (("desc", True), ("warps_o", 4), ("maxnreg_o", None)))
-
-
-def _tune_key(q: Tensor, v: Tensor, cu: Tensor | None, chunk: int, train: bool) -> tuple:
-    B, NH, S, DQK = q.shape
-    return (str(q.device), q.dtype, DQK, v.shape[-1], chunk, B * NH, next_pow2(S), cu is None, train)
 
 
 def _cap(maxnreg: int | None) -> dict:
@@ -246,15 +232,9 @@ def _forward(q, k, v, i, f, C0, n0, m0, cu, chunk, eps, input_gate, variant, tra
     hlo_k = hlo if store_lo else h  # a pointer the kernels do not write
     window = _windows(q, cu, chunk, variant, train)[0]
 
-    def launch(extra: tuple):
-        _planned(q, DV, chunk, variant.cp + extra, lambda cfg: _chunk_parallel_forward(
-            q, k, v, i, f, C0, n0, m0, h, hlo_k, Cf, nf, mf, mstat, dstat, cu, cfg, eps, input_gate, store_lo,
-            window, entries if window else (), _default_chunk(q, chunk)))
-
-    # on a shape's first call every layout runs (timed); the chosen one then writes the outputs last
-    key = _tune_key(q, v, cu, chunk, train)
-    extra = () if variant.cp else TUNER.choose(key, q.device, (), FORWARD_LAYOUTS, launch)
-    launch(extra)
+    _planned(q, DV, chunk, variant.cp, lambda cfg: _chunk_parallel_forward(
+        q, k, v, i, f, C0, n0, m0, h, hlo_k, Cf, nf, mf, mstat, dstat, cu, cfg, eps, input_gate, store_lo,
+        window, entries if window else (), _default_chunk(q, chunk)))
     return [h, Cf, nf, mf, hlo, mstat, dstat, *entries]
 
 
@@ -282,9 +262,8 @@ def _backward(dh, dCf, dnf, dmf, h, Cf, nf, mf, hlo, mstat, dstat, Ew, En, Em, q
     mlstm_bwd_prep_kernel[(cdiv(R, BR),)](
         h, hlo, dh, mstat, dstat, rz, dden, R, eps, DV=DV, BR=BR, BVP=min(128, next_pow2(DV)),
         HAS_LO=store_lo, num_warps=4)
-    extra = () if variant.cp else TUNER.choices.get(_tune_key(q, v, cu, chunk, train), ())  # the forward's layout
     dq, dk, dv, dC0, dn0, dli, dlogf, cu32 = _planned(
-        q, DV, chunk, variant.cp + extra, lambda cfg: _chunk_parallel_backward(
+        q, DV, chunk, variant.cp, lambda cfg: _chunk_parallel_backward(
             q, k, v, i, f, C0, n0, m0, mstat, rz, dden, dh, dCf, dnf, cu, cfg, input_gate, entries, window,
             _default_chunk(q, chunk)))
     di, df, dm0_routed = gate_grads_rows(i, f, m0, dli, dlogf, dfinal, dmf, input_gate, cu32 if cu is not None else None)

@@ -17,10 +17,12 @@ high; should a compiler still ask for more, the launcher (function.py) shrinks t
 Chunk-parallel defaults, measured on an H200 (benchmarks/results/bench_mlstm.md): the states pass (and the
 backward state walk, keys *_s) 4 warps, 64 x 64 state blocks, 3 stages, at most 128 registers per
 thread (4 programs per SM instead of 2); the output pass (and the backward dv pass, keys *_o) 128-wide DV
-blocks at 8 warps, the output pass capped at 128 registers (at DQK 128 it compiles to 130 without the cap,
-which halves the programs per SM, 2 -> 1, with no spills under it: benchmarks/kernel_resources.py); the backward dq/dk pass (keys *_b) 64 x 64 blocks at 4 warps and 3 stages. "desc":
+blocks at 8 warps, the output pass capped at 128 registers for 16-bit inputs (at DQK 128 it compiles to 130
+without the cap, which halves the programs per SM, 2 -> 1, with no spills under it:
+benchmarks/kernel_resources.py; not yet timed on a GPU); the backward dq/dk pass (keys *_b) 64 x 64 blocks at 4 warps and 3 stages. "desc":
 the states and output passes load their tiles through tensor descriptors (TMA on Hopper) instead of
-masked pointers, where the tensors' alignment allows.
+masked pointers, where the tensors' alignment allows; off by default (checked under the CPU interpreter and
+compiled for sm_90, not yet run on a GPU).
 """
 from __future__ import annotations
 
@@ -67,7 +69,8 @@ def chunk_parallel_defaults(DQK: int, DV: int, chunk: int, elem: int = 2) -> dic
     return {"L": min(MAX_CHUNK.get(elem, 64), _pow2(chunk)),
             "BK_s": min(64, BK), "BV_s": min(64, BVp), "warps_s": 4, "stages_s": 3, "maxnreg_s": 128,
             "maxnreg_g": 128,
-            "BK_o": min(64, BK), "BV_o": BV_o, "warps_o": 8 if BV_o >= 128 else 4, "stages_o": 3, "maxnreg_o": 128,
+            "BK_o": min(64, BK), "BV_o": BV_o, "warps_o": 8 if BV_o >= 128 else 4, "stages_o": 3,
+            "maxnreg_o": 128 if elem == 2 else None,
             "BK_b": min(64, BK), "BV_b": min(64, BVp), "warps_b": 4, "stages_b": 3, "desc": False}
 
 
