@@ -29,12 +29,13 @@ def require_triton() -> None:
         pytest.importorskip("triton", reason="triton ships wheels for Linux x86_64 only")
 
 
-def run_interpreter_cases(script: Path, timeout: float) -> dict[str, dict]:
-    """Run a case script in a child process with TRITON_INTERPRET=1 (it must be set before the kernels are
-    defined, and other tests must not see it) and return its JSON result lines ({"case": ...}) by case name."""
+def run_interpreter_cases(script: Path, timeout: float, args: list[str] = ()) -> dict[str, dict]:
+    """Run a case script (with command-line `args`) in a child process with TRITON_INTERPRET=1 (it must be set
+    before the kernels are defined, and other tests must not see it) and return its JSON result lines
+    ({"case": ...}) by case name."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"interpreter cases failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     rows = (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{"))

@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from ...triton_support import both
-from .common import chunk_span, doc_span, finite_or_zero, load_gates, state_block, tile, window_part
+from .common import chunk_span, doc_span, finite_or_zero, forget_sums, load_gates, state_block, tile, window_part
 
 
 @triton.jit
@@ -79,22 +79,38 @@ def mlstm_bwd_prep_kernel(h, hlo, dh, mstat, dstat, rz, dden, R, eps,
 
 
 @triton.jit
+def _to_dot_rows(x, like):
+    """An fp32 tile as a dot operand in like's dtype, and the row scales to multiply the product's rows by.
+
+    fp16 (largest value 65504): each row is divided by its largest magnitude first, so no factor overflows
+    where the product fits (near a zero denominator dh / z and (D P)_ts exceed fp16 while the gradients do not).
+    bf16 and fp32 have fp32's range: cast as is, scales 1.
+    """
+    if like.dtype == tl.float16:
+        s = tl.max(tl.abs(x), 1)
+        s = tl.where(s > 0, s, 1.0)
+        return (x / s[:, None]).to(tl.float16), s
+    else:
+        return x.to(like.dtype), tl.full([x.shape[0]], 1.0, tl.float32)
+
+
+@triton.jit
 def _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, first, L: tl.constexpr, EXP_GATE: tl.constexpr):
     """Gates and stabilizers of the chunk of nr steps from row rc: li, b (cumulative log forget), g (its total),
     m_in and m_out (the per-step stabilizer before the chunk's first step, the initial state's m0[sidx] for the
     sequence's first chunk, and at its last) and the per-step stabilizers m_t, with -inf (nothing seen) as 0
-    where they are subtracted. Steps past the chunk's end take m_out: every exp(. - m_t) of theirs then stays
-    at most 1 (with 0, a stabilizer near +90 made exp(b + m_c - m_t) overflow to inf there, and inf * 0 put
-    NaN into the chunk's sums)."""
+    where they are subtracted; b, g from the finite gates and z, zg the resets through each step and in the
+    chunk (common.forget_sums: weights across a reset are 0). Steps past the chunk's end take m_out: every
+    exp(. - m_t) of theirs then stays at most 1 (with 0, a stabilizer near +90 made exp(b + m_c - m_t) overflow
+    to inf there, and inf * 0 put NaN into the chunk's sums)."""
     ol = tl.arange(0, L)
     mt = ol < nr
     li, lf = load_gates(ig, fg, rc + ol, mt, EXP_GATE)
-    b = tl.cumsum(lf, 0)
-    g = tl.sum(lf, 0)
+    b, z, g, zg = forget_sums(lf)
     m_in = tl.where(first, tl.load(m0 + sidx), tl.load(mstat + rc - 1, mask=(first == 0) & (nr > 0), other=0.0))
     m_out = finite_or_zero(tl.load(mstat + rc + nr - 1, mask=nr > 0, other=0.0))
     m_t = tl.where(mt, finite_or_zero(tl.load(mstat + rc + ol, mask=mt, other=0.0)), m_out)
-    return li, b, g, m_in, m_out, m_t
+    return li, b, g, z, zg, m_in, m_out, m_t
 
 
 @triton.jit
@@ -129,17 +145,21 @@ def mlstm_chunk_bwd_states_kernel(
         nr = tl.minimum(T - off, L)
         rc = rd + off
         mt = ol < nr
-        li, bb, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, gc == lo, L, EXP_GATE)
-        w = tl.where(mt, tl.exp(bb + m_in - mrs) * scale, 0.0)
+        li, bb, g, z, zg, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, gc == lo, L, EXP_GATE)
+        w = tl.where(mt & (z == 0), tl.exp(bb + m_in - mrs) * scale, 0.0)
         r = tl.load(rz + rc + ol, mask=mt, other=0.0)
         pq, pq_in = tile(q + rc * DQK, kb * BK, 0, DQK, nr, 1, DQK, BK, L)
         pdh, pdh_in = tile(dh + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
         bqt = tl.load(pq, mask=pq_in, other=0.0)
         bdh = tl.load(pdh, mask=pdh_in, other=0.0)
-        dnum = (bdh.to(tl.float32) * r[:, None]).to(bqt.dtype)
-        decay = tl.exp(g + m_in - mos)
-        qw = (bqt.to(tl.float32) * w[None, :]).to(bqt.dtype)
-        G = G * decay + tl.dot(qw, dnum, input_precision=PREC)
+        decay = tl.where(zg == 0, tl.exp(g + m_in - mos), 0.0)
+        # sum_t (w_t / z_t) q_t dh_t^T: for fp16 the per-step factors are scaled by their maximum before the cast
+        # (dh / z overflows fp16 near a zero denominator where the gradients are finite)
+        wr = w * r
+        x = tl.max(wr, 0)
+        x = tl.where((x > 0) & (bqt.dtype == tl.float16), x, 1.0)
+        qw = (bqt.to(tl.float32) * (wr / x)[None, :]).to(bqt.dtype)
+        G = G * decay + tl.dot(qw, bdh.to(bqt.dtype), input_precision=PREC) * x
         if first_v:
             dd = tl.load(dden + rc + ol, mask=mt, other=0.0)
             gn = gn * decay + tl.sum(bqt.to(tl.float32) * (w * dd)[None, :], 1)
@@ -179,16 +199,17 @@ def mlstm_chunk_bwd_dv_kernel(
         kq += tl.dot(bk, bqt, input_precision=PREC)
         kG += tl.dot(bk, bG.to(bk.dtype), input_precision=PREC)
 
-    li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, first, L, EXP_GATE)
+    li, b, g, z, zg, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, first, L, EXP_GATE)
     # transposed gate matrix: row s, column t
-    logDT = tl.where(ol[None, :] >= ol[:, None], b[None, :] - b[:, None] + li[:, None] - mrs[None, :], float("-inf"))
-    AT = kq * scale * tl.exp(logDT)
-    u = tl.exp(g - b + li - mos)
+    pairT = (ol[None, :] >= ol[:, None]) & (z[None, :] == z[:, None])
+    AT = tl.where(pairT, kq * scale * tl.exp(b[None, :] - b[:, None] + li[:, None] - mrs[None, :]), 0.0)
+    u = tl.where(z == zg, tl.exp(g - b + li - mos), 0.0)
     r = tl.load(rz + rc + ol, mask=mt, other=0.0)
     pdh, pdh_in = tile(dh + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
     bdh = tl.load(pdh, mask=pdh_in, other=0.0)
-    dnum = (bdh.to(tl.float32) * r[:, None]).to(bdh.dtype)
-    bdv = tl.dot(AT.to(bdh.dtype), dnum, input_precision=PREC) + kG * u[:, None]
+    # sum_t AT[s, t] / z_t dh_t (dh / z in the input dtype overflows fp16 near a zero denominator)
+    ATr, x = _to_dot_rows(AT * r[None, :], bdh)
+    bdv = tl.dot(ATr, bdh, input_precision=PREC) * x[:, None] + kG * u[:, None]
     pdv, pdv_in = tile(dv + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
     tl.store(pdv, bdv.to(dv.dtype.element_ty), mask=pdv_in)
 
@@ -223,9 +244,8 @@ def mlstm_chunk_bwd_dqk_kernel(
         bvt = tl.load(pvt, mask=pvt_in, other=0.0)
         bCt = tl.load(pCt, mask=pCt_in, other=0.0)
         bGt = tl.load(pGt, mask=pGt_in, other=0.0)
-        dnum = (bdh.to(tl.float32) * r[:, None]).to(bdh.dtype)
-        P += tl.dot(dnum, bvt, input_precision=PREC)
-        dqi += tl.dot(dnum, bCt.to(bdh.dtype), input_precision=PREC)
+        P += tl.dot(bdh, bvt, input_precision=PREC)
+        dqi += tl.dot(bdh, bCt.to(bdh.dtype), input_precision=PREC)
         dki += tl.dot(bv, bGt.to(bv.dtype), input_precision=PREC)
         GC += tl.sum(bGt.to(tl.float32) * bCt.to(tl.float32), 0)
 
@@ -236,13 +256,17 @@ def mlstm_chunk_bwd_dqk_kernel(
     bk = tl.load(pk, mask=pk_in, other=0.0)
     bkt = tl.load(pkt, mask=pkt_in, other=0.0)
 
-    li, b, g, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, first, L, EXP_GATE)
+    li, b, g, z, zg, m_in, mos, mrs = _chunk_gates(ig, fg, mstat, m0, rc, nr, sidx, first, L, EXP_GATE)
     dd = tl.load(dden + rc + ol, mask=mt, other=0.0)
-    D = tl.exp(tl.where(ol[:, None] >= ol[None, :], b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
+    pair = (ol[:, None] >= ol[None, :]) & (z[:, None] == z[None, :])
+    D = tl.where(pair, tl.exp(b[:, None] - b[None, :] + li[None, :] - mrs[:, None]), 0.0)
+    # dnum = dh / z applied to the fp32 products (dh / z in the input dtype overflows fp16 near a zero denominator)
+    P = P * r[:, None]
+    dqi = dqi * r[:, None]
     P += dd[:, None]
     DP = D * P
     W = tl.dot(bq, bkt, input_precision=PREC) * scale * D * P  # this DQK block's share of the pair terms W_ts
-    u = tl.exp(g - b + li - mos)
+    u = tl.where(z == zg, tl.exp(g - b + li - mos), 0.0)
     gn = tl.load(gns + st * DQK + ok, mask=mk, other=0.0)
     # k_s . dk_s (the log input gate's gradient) from fp32 products, in two parts: pairs inside the chunk
     # and pairs whose t lies after it (through G_out)
@@ -251,23 +275,24 @@ def mlstm_chunk_bwd_dqk_kernel(
     k_out = u * tl.sum(bk.to(tl.float32) * (dki + gn[None, :]), 1)
     tl.atomic_add(dli32 + rc + ol, colsum + k_out, mask=mt)
 
-    DPc = DP.to(bq.dtype)
-    bdk = tl.dot(tl.trans(DPc), bq, input_precision=PREC) * scale + (dki + gn[None, :]) * u[:, None]
+    DPk, xk = _to_dot_rows(tl.trans(DP), bq)
+    bdk = tl.dot(DPk, bq, input_precision=PREC) * (xk * scale)[:, None] + (dki + gn[None, :]) * u[:, None]
     pdk, pdk_in = tile(dk + rc * DQK, 0, kb * BK, nr, DQK, DQK, 1, L, BK)
     tl.store(pdk, bdk.to(dk.dtype.element_ty), mask=pdk_in)
 
     mc = tl.load(ms + st, mask=nr > 0, other=0.0)
     nc = tl.load(ns + st * DQK + ok, mask=mk, other=0.0)
-    w = tl.exp(b + mc - mrs)
+    w = tl.where(z == 0, tl.exp(b + mc - mrs), 0.0)
     dq_in = dqi + dd[:, None] * nc[None, :]  # pairs whose s lies before the chunk (through C_c, n_c)
-    bdq = (tl.dot(DPc, bk, input_precision=PREC) + dq_in * w[:, None]) * scale
+    DPq, xq = _to_dot_rows(DP, bk)
+    bdq = (tl.dot(DPq, bk, input_precision=PREC) * xq[:, None] + dq_in * w[:, None]) * scale
     pdq, pdq_in = tile(dq + rc * DQK, 0, kb * BK, nr, DQK, DQK, 1, L, BK)
     tl.store(pdq, bdq.to(dq.dtype.element_ty), mask=pdq_in)
 
     # the log forget gradient straight from the pairs s < r <= t that straddle each step r of the chunk
     # (see the module docstring): no long sums of nearly cancelling per-step terms
     q_in = tl.sum(bq.to(tl.float32) * dq_in, 1) * w * scale
-    across = tl.exp(g + mc - mos) * tl.sum(GC + gn * nc, 0)
+    across = tl.where(zg == 0, tl.exp(g + mc - mos), 0.0) * tl.sum(GC + gn * nc, 0)
     x = q_in + intra
     after = tl.sum(x, 0) - tl.cumsum(x, 0) + x      # sum over j >= r
     before = tl.cumsum(k_out, 0) - k_out             # sum over j < r

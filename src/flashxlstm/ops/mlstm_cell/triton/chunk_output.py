@@ -18,13 +18,17 @@ straight from memory, so no tile is transposed in registers. With DESC the tiles
 through tensor descriptors (TMA on Hopper) sized to the chunk, k transposed in shared memory; h is stored
 through masked pointers either way (a slot past the last chunk must not write). The gates are loaded before the DQK loop
 and used after it, so their load latency overlaps the loop's and only the vectors b, li stay live in it.
+
+Values outside the math: a forget gate of -inf (or sums of gates that would overflow) is an exact reset
+(common.forget_sums: no pair weight across it, the running maximum restarts there), and a non-finite k or v
+at step s touches no output before s (weights selected with where; the product with v on its finite part).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .common import chunk_span, finite_or_zero, load_gates, tile
+from .common import chunk_span, finite_mask, finite_or_zero, forget_sums, load_gates, tile
 
 
 @triton.jit
@@ -46,8 +50,9 @@ def matvec_fp32(a, x, PREC: tl.constexpr):
 
 
 @triton.jit
-def _running_max(a, b):
-    return tl.maximum(a, b)
+def _segment_max(z1, a1, z2, a2):
+    """Running maximum restarted at every reset: (z, a) pairs with z non-decreasing along the scan."""
+    return z2, tl.where(z2 > z1, a2, tl.maximum(a1, a2))
 
 
 @triton.jit
@@ -93,19 +98,26 @@ def mlstm_chunk_output_kernel(
         qC += tl.dot(bq, bC.to(bq.dtype), input_precision=PREC)
         qn += matvec_fp32(bq, nk, PREC)
 
-    b = tl.cumsum(lf, 0)
-    m_row = b + tl.maximum(m, tl.associative_scan(li - b, 0, _running_max))
+    b, z, g, zg = forget_sums(lf)
+    _, run = tl.associative_scan((z, li - b), 0, _segment_max)  # max over s <= t since the last reset
+    m_row = b + tl.maximum(tl.where(z == 0, m, float("-inf")), run)
     mrs = finite_or_zero(m_row)
-    causal = ol[:, None] >= ol[None, :]
-    w_inter = tl.exp(b + m - mrs) * scale
-    s = qk * scale * tl.exp(tl.where(causal, b[:, None] - b[None, :] + li[None, :], float("-inf")) - mrs[:, None])
+    pair = (ol[:, None] >= ol[None, :]) & (z[:, None] == z[None, :])  # causal, no reset between s and t
+    w_inter = tl.where(z == 0, tl.exp(b + m - mrs), 0.0) * scale
+    # weights selected with where, never 0 * inf: an infinite k_s touches no row before s
+    s = tl.where(pair, qk * scale * tl.exp(b[:, None] - b[None, :] + li[None, :] - mrs[:, None]), 0.0)
     if DESC:
         dv_ = tl.make_tensor_descriptor(v + rc * DV, shape=[rows, DV], strides=[DV, 1], block_shape=[L, BV])
         bv = dv_.load([0, vb * BV])
     else:
         pv, pv_in = tile(v + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
         bv = tl.load(pv, mask=pv_in, other=0.0)
-    num = tl.dot(s.to(bv.dtype), bv, qC * w_inter[:, None], input_precision=PREC)
+    # the product runs on v's finite part (0 * inf would reach earlier rows); a column whose v is not finite
+    # at step s is non-finite from s on, as in the recurrence
+    fin = finite_mask(bv)
+    first_bad = tl.min(tl.where(fin, L, ol[:, None]), 0)
+    num = tl.dot(s.to(bv.dtype), tl.where(fin, bv, 0.0).to(bv.dtype), qC * w_inter[:, None], input_precision=PREC)
+    num = tl.where(ol[:, None] >= first_bad[None, :], float("nan"), num)
     den = tl.sum(s, 1) + qn * w_inter
     z = tl.maximum(tl.abs(den), tl.exp(-mrs)) + eps
     hv = num / z[:, None]

@@ -20,7 +20,8 @@ of the entering state):
     n'  = exp(g + m - m') n + k^T exp(a - m')
 
 m' is the recurrent stabilizer at the chunk's end, so the states equal the step-by-step recurrence's.
-Stabilizers that are -inf (empty state) are replaced by 0 where subtracted. Rows past the end of a
+Stabilizers that are -inf (empty state) are replaced by 0 where subtracted. A forget gate of -inf (or one
+so negative that sums of them overflow) is an exact reset (common.forget_sums): weights across it are 0. Rows past the end of a
 sequence's last (shorter) chunk have li = -inf and log forget 0: they leave the state untouched.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ import triton
 import triton.language as tl
 
 from ...triton_support import both
-from .common import doc_span, finite_or_zero, load_gates, state_block, tile, window_part
+from .common import doc_span, finite_or_zero, forget_sums, load_gates, state_block, tile, window_part
 
 
 @triton.jit
@@ -81,12 +82,12 @@ def mlstm_chunk_states_kernel(
         nrow = tl.minimum(T - off, L)
         r0 = rd + off
         li, lf = load_gates(ig, fg, r0 + ol, ol < nrow, EXP_GATE)
-        bb = tl.cumsum(lf, 0)
-        g = tl.sum(lf, 0)
-        aa = g - bb + li
-        m_new = tl.maximum(g + m, tl.max(aa, 0))
+        bb, z, g, zg = forget_sums(lf)
+        aa = tl.where(z == zg, g - bb + li, float("-inf"))  # a reset after step s erases it
+        carry = tl.where(zg == 0, g + m, float("-inf"))    # a reset in the chunk erases the entering state
+        m_new = tl.maximum(carry, tl.max(aa, 0))
         mns = finite_or_zero(m_new)
-        decay = tl.exp(g + m - mns)
+        decay = tl.exp(carry - mns)
         wk = tl.exp(aa - mns)
         if DESC:
             bkt = tl.trans(dk_.load([off, kb * BK]))

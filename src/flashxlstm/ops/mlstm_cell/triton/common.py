@@ -35,6 +35,31 @@ def finite_or_zero(m):
     return tl.where(m == float("-inf"), 0.0, m)
 
 
+# A log forget gate at or below RESET is a reset: the state before it is erased exactly, as the recurrence
+# erases it with f = -inf (exp(log f + m) = 0 for every stabilizer m a sequence can reach). Decays are then
+# summed from the finite gates only and pairs of steps across a reset get weight 0, so -inf - (-inf) and sums
+# of gates like -3e38 that overflow never appear.
+RESET: tl.constexpr = -1e30
+
+
+@triton.jit
+def forget_sums(lf):
+    """Cumulative log forget of a chunk through each step t, from its finite gates (b_t), and the number of
+    resets through t (z_t): the decay from step s to step t is b_t - b_s where z_s == z_t, and -inf (an exact
+    reset) where z_t > z_s. Also the chunk's totals g = b_last and zg = z_last."""
+    reset = lf <= RESET
+    b = tl.cumsum(tl.where(reset, 0.0, lf), 0)
+    z = tl.cumsum(reset.to(tl.int32), 0)
+    return b, z, tl.sum(tl.where(reset, 0.0, lf), 0), tl.sum(reset.to(tl.int32), 0)
+
+
+@triton.jit
+def finite_mask(x):
+    """True where x is finite (x - x is NaN exactly at +-inf and NaN)."""
+    y = x.to(tl.float32)
+    return (y - y) == 0.0
+
+
 @triton.jit
 def doc_span(cu, coff, pid, S, NT, NH: tl.constexpr, IS_VARLEN: tl.constexpr):
     """The sequence a state-walk program walks (program id `pid` along grid axis 2): (first row, steps, first

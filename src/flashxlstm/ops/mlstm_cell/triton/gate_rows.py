@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .common import RESET
+
 
 @triton.jit
 def _logsigmoid64(x):
@@ -42,22 +44,31 @@ def mlstm_gate_rows_kernel(ig, fg, m0, dli, dlogf, dfinal, dmf, di, df, dm0r, cu
     F_run = tl.sum(tl.zeros([BLOCK], dtype=tl.float64), 0)  # a float64 scalar carried through the loop
     best = F_run - float("inf")
     best_at = F_run.to(tl.int64) - 1
+    any_reset = F_run != F_run  # False
     for s0 in range(0, S, BLOCK):
         t = s0 + offs
         mask = t < S
         lf = _logsigmoid64(tl.load(fg + base + t, mask=mask, other=float("inf")).to(tl.float64))  # 0 past S
+        # a reset (log f <= RESET, as in the chunk kernels: common.forget_sums) erases every earlier step and
+        # the initial state: F sums the other gates and only steps after the last reset compete for the maximum
+        reset = lf <= RESET
+        lf = tl.where(reset, 0.0, lf)
+        n_reset = tl.sum(reset.to(tl.int32), 0)
+        after_last = tl.cumsum(reset.to(tl.int32), 0) == n_reset
         i = tl.load(ig + base + t, mask=mask, other=0.0).to(tl.float64)
         li = i if EXP_GATE else _logsigmoid64(i)
-        li = tl.where(mask, li, float("-inf"))
+        li = tl.where(mask & after_last, li, float("-inf"))
         val = li - (F_run + tl.cumsum(lf, 0))
         bmax = tl.max(val, 0)
         barg = tl.max(tl.where(val == bmax, t, -1), 0)
+        best = tl.where(n_reset > 0, float("-inf"), best)
         later = bmax >= best
         best_at = tl.where(later, barg, best_at)
         best = tl.where(later, bmax, best)
         F_run = F_run + tl.sum(lf, 0)
+        any_reset = any_reset | (n_reset > 0)
 
-    a_init = F_run + tl.load(m0 + row).to(tl.float64)
+    a_init = tl.where(any_reset, float("-inf"), F_run + tl.load(m0 + row).to(tl.float64))
     a_step = F_run + best
     M = tl.maximum(a_init, a_step)
     live = (M > float("-inf")) & (M < float("inf"))
