@@ -39,7 +39,7 @@ def finite_or_zero(m):
 # erases it with f = -inf (exp(log f + m) = 0 for every stabilizer m a sequence can reach). Decays are then
 # summed from the finite gates only and pairs of steps across a reset get weight 0, so -inf - (-inf) and sums
 # of gates like -3e38 that overflow never appear.
-RESET: tl.constexpr = -1e30
+RESET = tl.constexpr(-1e30)
 
 
 @triton.jit
