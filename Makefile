@@ -10,7 +10,8 @@ TORCH_SPEC ?= torch==2.13.0
 # the Triton test files run once more with it first on PYTHONPATH, so both ends of the range are tested.
 TRITON_MATRIX ?= 3.6.0 3.9.0
 TRITON_TESTS  := tests/test_ops_mlstm_triton.py tests/test_ops_slstm_triton.py tests/test_large_fused_decode.py \
-                 tests/test_compile_triton.py tests/test_triton_bad_values.py tests/test_fuzz_ops.py
+                 tests/test_compile_triton.py tests/test_triton_bad_values.py tests/test_fuzz_ops.py \
+                 tests/test_triton_sm90_compile.py
 
 .PHONY: train test test-triton-matrix install install-test clean
 
