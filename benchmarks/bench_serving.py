@@ -9,7 +9,7 @@ request generates exactly its length). Measured:
   over the whole run; decode-step throughput (rows advanced per second of decode step, sampling and the
   host sync included) over all steps and over the steps with all N rows running; time to first token
   (submit -> first token) and inter-token latency p50/p99 per request;
-- static (the baseline a user has today): requests batched N at a time in arrival order, left-padded,
+- static (the baseline without the engine): requests batched N at a time in arrival order, left-padded,
   one `model.generate(..., attention_mask)` call per batch (CUDA-graph decode on CUDA) that runs until the
   batch's longest output is done; tokens past a request's own length are not counted;
 - peer: our best static decode step at batch N (generation.StaticDecodeStep, one CUDA-graph replay + argmax

@@ -59,7 +59,7 @@ def smem_bytes(pass_name: str, elem: int, L: int, BK: int, BV: int, stages: int)
 # The longest chunk of the chunk-parallel kernels per input size in bytes. 16-bit inputs stop at 64: on an H200
 # with Triton 3.6, L = 128 gave wrong outputs for bf16 at DQK 64 / DV 128 and for fp16 at DQK 256 / DV 512
 # (relative error of h 0.1-0.2 against float64; C and n right, so the output pass) while L = 32 and 64 and fp32
-# at L = 128 were right (benchmarks/results/bench_mlstm.md, run 1).
+# at L = 128 were right (the 16-bit chunk check in benchmarks/bench_mlstm.py).
 MAX_CHUNK = {2: 64, 4: 128}
 
 
