@@ -33,6 +33,8 @@ import torch
 
 from ..data.series_synth import synthetic_series
 from ..models.forecast import ForecastConfig, xLSTMForecaster
+from .engine import autocast as amp_context, optimizer_step
+from .schedule import decay_groups
 
 
 @dataclass
@@ -282,7 +284,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
     data_seconds = time.perf_counter() - t_start
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        return amp_context(device, "bf16" if use_bf16 else "none")
 
     @torch.no_grad()
     def evaluate() -> float:
@@ -292,10 +294,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
         model.train()
         return loss
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+    opt = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
                             fused=device.type == "cuda")
     eval_before = evaluate()
     log: list[dict] = [{"step": 0, "seconds": 0.0, "eval_loss": eval_before}]
@@ -316,15 +315,16 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
             break
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         lr = cfg.lr * warm * (cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
-        for g in opt.param_groups:
-            g["lr"] = lr
         values, inputs = sampler.sample(cfg.batch_size)
         values, inputs = values.to(device, non_blocking=True), inputs.to(device, non_blocking=True)
-        opt.zero_grad(set_to_none=True)
-        try:
+
+        def batch_loss(_micro: int) -> torch.Tensor:
             with autocast():
-                loss = window_loss(model, values, inputs)
-            loss.backward()
+                return window_loss(model, values, inputs)
+
+        # check_finite=False: no host synchronisation per step; the logged means show a diverging run
+        try:
+            loss, _ = optimizer_step(model, opt, batch_loss, lr=lr, grad_clip=cfg.grad_clip, check_finite=False)
         except Exception as e:  # noqa: BLE001 - only the first step, only "auto" on CUDA, and reported
             if step or device.type != "cuda" or model.config.backend != "auto":
                 raise
@@ -332,13 +332,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
             print_fn(f"forecaster: the sLSTM 'auto' backend failed on the first step ({fallback}); "
                      f"continuing with backend 'fused' (recorded in pretrain.json)")
             set_backend(model, "fused")
-            opt.zero_grad(set_to_none=True)
-            with autocast():
-                loss = window_loss(model, values, inputs)
-            loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+            loss, _ = optimizer_step(model, opt, batch_loss, lr=lr, grad_clip=cfg.grad_clip, check_finite=False)
         step += 1
         running.append(loss.detach())
         if step % cfg.log_every == 0 or step == 1:
