@@ -176,13 +176,8 @@ def _run_vision(args: argparse.Namespace) -> int:
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"--device must be cpu, cuda[:N] or auto, got {name!r}")
-    return name
+    from ..training.engine import resolve_device
+    return str(resolve_device(name))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -62,7 +62,7 @@ def _pretrain(args, log):
     preset = dict(PRESETS[args.pretrain_preset])
     model_cfg = ForecastConfig(**preset.pop("model"))
     preset.update(seconds=args.pretrain_seconds, seed=args.seed)
-    cfg = PretrainConfig(**preset, device="cuda" if torch.cuda.is_available() else "cpu", model=model_cfg)
+    cfg = PretrainConfig(**preset, device="auto", model=model_cfg)
     t0 = time.perf_counter()
     res = pretrain(cfg, f"{args.out}/pretrain", real_series=pretrain_real_series(),
                    deadline=t0 + args.pretrain_seconds, print_fn=log or (lambda s: None))

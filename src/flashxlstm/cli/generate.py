@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import VOCAB_SIZE, encode_prompt
     from ..generation import generate
-    from ..training.loop import resolve_device
+    from ..training.engine import resolve_device
 
     if args.max_new_tokens < 0:
         raise CLIError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")

@@ -25,6 +25,23 @@ from .schedule import set_lr
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
 
 
+def resolve_device(device: str) -> torch.device:
+    """The torch device a run trains on: "auto" (CUDA when there is one, else CPU), cpu, cuda or cuda:N; anything
+    else, or CUDA where there is none, is a ValueError naming what is accepted."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} cannot train or generate (no real storage or no kernels there); "
+                         "expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
 def autocast(device: torch.device | str, amp: str = "none"):
     """The autocast context of `amp` ("none": float32, "bf16": bfloat16 autocast, weights stay float32)."""
     if amp not in AMP_DTYPES:

@@ -33,7 +33,7 @@ import torch
 
 from ..data.series_synth import synthetic_series
 from ..models.forecast import ForecastConfig, xLSTMForecaster
-from .engine import autocast as amp_context, optimizer_step
+from .engine import autocast as amp_context, optimizer_step, resolve_device
 from .schedule import decay_groups
 
 
@@ -253,10 +253,6 @@ def set_backend(model: xLSTMForecaster, backend: str) -> None:
         block.layer.backend = backend
 
 
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
-
-
 def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series: dict | None = None,
              model: xLSTMForecaster | None = None, save_dtype: torch.dtype | None = None,
              max_shard_bytes: int | None = None, deadline: float | None = None, data_deadline: float | None = None,
@@ -268,7 +264,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
     comes out of it). data_deadline: a time.perf_counter() value after which the synthetic pool stops growing
     (it is generated in seeded pieces of POOL_PIECE series; at least one piece is always made)."""
     t_start = time.perf_counter()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = (model or xLSTMForecaster(cfg.model)).to(device).train()
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")

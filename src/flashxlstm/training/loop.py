@@ -28,7 +28,7 @@ from ..checkpoints.native import (
 from ..data import ByteSplit, StreamBatcher, decode_bytes, encode_prompt, load_corpus, unigram_bits_per_byte
 from ..nn.state import detach_state, state_to
 from .config import RESUMABLE_OVERRIDES, TrainConfig
-from .engine import optimizer_step, run_loop
+from .engine import optimizer_step, resolve_device, run_loop
 from .metrics import bits_per_byte, evaluate
 from .model_factory import build_model
 from .plot import plot_loss_curve
@@ -49,21 +49,6 @@ class TrainResult:
     out_dir: Path
     sample: str | None
     interrupted: bool = False
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} cannot train or generate (no real storage or no kernels there); "
-                         "expected auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-    return dev
 
 
 def merge_resume_config(saved: TrainConfig, overrides: dict) -> TrainConfig:
