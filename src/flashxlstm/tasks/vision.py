@@ -127,14 +127,14 @@ def fastest_backend(make_model, sample, cfg, candidates=BACKEND_CANDIDATES, step
     the `candidates` available on `cfg.device`; `make_model(backend)` builds the model. Returns (name, {name:
     step ms})."""
     from flashxlstm.ops.mlstm_cell import BACKENDS
-    from .harness import _step, _sync, param_groups
+    from .harness import _step, _sync
     times, errors = {}, {}
     rng = np.random.default_rng([cfg.seed, 77])  # not the training stream
     for name in candidates:
         if name not in BACKENDS:
             continue
         model = make_model(name).to(cfg.device).train()
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        opt = cfg.optimizer(model)
         t = []
         try:
             for _ in range(steps + 2):
