@@ -2,6 +2,7 @@
 
     python benchmarks/bench_mlstm.py [--out DIR] [--budget-s S] [--check-budget-s S] [--workers N]
                                      [--shapes 0,4] [--skip-checks] [--sweep] [--profile]
+    python benchmarks/bench_mlstm.py --checks-only small [--out DIR] [--check-budget-s S] [--crash-budget-s S]
 
 Checks (in --workers child processes at once, since Triton's compilation of the many launch settings, not
 the GPU, takes their time; the kernels they compile land in Triton's disk cache for the timings): the
@@ -15,6 +16,11 @@ two heads of batch 0), on
 - the decode step; torch.compile of a function calling the op (compiled == eager);
 - "no crash anywhere": chunk_size 16..256 x the three dtypes x head dims up to 512, forward and backward,
   with and without cu_seqlens: every combination runs (no error, no NaN) or raises ValueError.
+The compilations the timings need (peers, --sweep variants) run after the checks, in their own budget
+(--warm-budget-s), so they never take time from the checks. `--checks-only small` runs only the
+(1, 2, 256, 64, 128) grid and then as much of the no-crash sweep as --crash-budget-s allows, with no peers
+and no timings (`--checks-only all`: every check, no timings). With BENCH_MLSTM_DEVICE=cpu and
+TRITON_INTERPRET=1 the checks run on the CPU interpreter (only to test the script).
 Timings (bf16, medians of triton.testing.do_bench, all in this run, after the checks): forward and
 forward+backward of ours, TFLA xl_chunk (mlstm_kernels 2.0.6, chunk 128) and FLA chunk_simple_gla (fla-core,
 contiguous (B, T, H, D) inputs), peak activation memory of one forward+backward. --sweep also times launch
@@ -38,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 DEV = os.environ.get("BENCH_MLSTM_DEVICE", "cuda")  # "cpu" (with TRITON_INTERPRET=1) only to test the script
+SMALL_SHAPE = (1, 2, 256, 64, 128)  # fp32 at chunk 128 ran out of shared memory here before launch plans
 SHAPES = [(8, 8, 8192, 256, 512), (8, 16, 8192, 128, 256), (8, 16, 4096, 128, 128), (4, 16, 16384, 128, 128),
           (1, 8, 8192, 256, 512)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -187,15 +194,18 @@ NO_CRASH_HEADS = [(16, 16), (64, 128), (96, 192), (128, 256), (256, 512), (512, 
 
 def check_no_crash(budget_s, heads):
     """Every chunk_size x dtype for head dims `heads`: forward + backward run without error or NaN, or raise
-    ValueError (one job per head dims, so that their compilations run in parallel)."""
+    ValueError (one job per head dims, so that their compilations run in parallel). When the budget runs out the
+    job stops and says how far it got ("budget spent"): the rest is not run, which the summary reports apart
+    from failures."""
     import flashxlstm.ops.mlstm_cell as M
     deadline = time.time() + budget_s
     ok, ran, refused, lines = True, 0, 0, []
     for (DQK, DV), dt, chunk in itertools.product([heads], ("fp32", "bf16", "fp16"), (16, 32, 64, 128, 256)):
         for varlen in (False, True):
             if time.time() > deadline:
-                lines.append(f"no-crash {heads}: budget spent at {dt} chunk {chunk} ({ran} ran, {refused} refused)")
-                return False, "\n".join(lines)
+                lines.append(f"no-crash {heads}: budget spent at {dt} chunk {chunk} varlen={varlen} ({ran} ran, "
+                             f"{refused} refused, {'no failure' if ok else 'FAIL'} so far; the rest not run)")
+                return ok, "\n".join(lines)
             S = 200
             ins = [t.requires_grad_(True) for t in inputs(1, 2, S, DQK, DV, dtype=DTYPES[dt])]
             cu = torch.tensor([0, 77, S], dtype=torch.int32, device=DEV) if varlen else None
@@ -258,17 +268,28 @@ def _job(name, args):
             pass
 
 
-def check_jobs(shapes, crash_budget_s, sweep_shapes=()):
-    """The checks, and first the compilations the timings will need (peers, sweep variants)."""
+def warm_jobs(shapes, sweep_shapes=()):
+    """The compilations the timings will need (peers, sweep variants): not checks, they never fail the run."""
     jobs = [("warm_peers", (shape,)) for shape in shapes]
-    jobs += [("warm_ours", (shape, cp)) for shape in sweep_shapes for cp in SWEEP_FW[1:]]
-    jobs += [("check_no_crash", (crash_budget_s, heads)) for heads in NO_CRASH_HEADS]
+    return jobs + [("warm_ours", (shape, cp)) for shape in sweep_shapes for cp in SWEEP_FW[1:]]
+
+
+def small_jobs():
+    """The (1, 2, 256, 64, 128) grid: chunk 32..256 x fp32 / bf16 / fp16."""
+    return [("check_against_f64", (SMALL_SHAPE, dt, chunk, 2, "small")) for dt in DTYPES for chunk in CHUNKS]
+
+
+def check_jobs(shapes, crash_budget_s):
+    """Every check of the full run: the small grid first (cheap, and it must never be left out), the no-crash
+    sweep (long jobs with their own budget, started early), then the decode step, compile, packed documents and
+    the timed shapes."""
+    jobs = small_jobs() + [("check_no_crash", (crash_budget_s, heads)) for heads in NO_CRASH_HEADS]
     jobs += [("check_compile", ()), ("check_step", ())]
     jobs += [("check_varlen", (lens, dt)) for lens in ([1000, 37, 2500, 463], [5000, 3, 3189, 1]) for dt in ("bf16", "fp32")]
     for shape in shapes:  # bf16 at the default chunk first: these are the timed settings
         jobs.append(("check_against_f64", (shape, "bf16", 64, 2, "timed")))
-    for shape, dt, chunk in itertools.product(list(shapes) + [(1, 2, 256, 64, 128)], DTYPES, CHUNKS):
-        if not (dt == "bf16" and chunk == 64 and shape in shapes):
+    for shape, dt, chunk in itertools.product(shapes, DTYPES, CHUNKS):
+        if not (dt == "bf16" and chunk == 64):
             jobs.append(("check_against_f64", (shape, dt, chunk, 2, "chunk")))
     return jobs
 
@@ -296,6 +317,25 @@ def run_checks(jobs, workers, budget_s, on_result):
         p.terminate()
     ex.shutdown(wait=False, cancel_futures=True)
     return ok
+
+
+def summary(passed: bool) -> str:
+    """One line: did every check that ran pass, and what was not run (a budget spent)."""
+    import re
+    fails = [ln for ln in LOG if "FAIL" in ln and "no failure" not in ln]
+    not_run = [int(m.group(1)) for ln in LOG if (m := re.match(r"check budget of .* spent: (\d+) checks not run", ln))]
+    partial = [ln for ln in LOG if ln.startswith("no-crash") and "budget spent" in ln]
+    if fails or (not passed and not not_run):
+        head = f"checks: SOME FAILED ({len(fails)} lines with FAIL in the log)"
+    elif not_run or partial:
+        head = "checks: all that ran passed"
+    else:
+        return "checks: all passed"
+    if not_run:
+        head += f"; {not_run[0]} checks not run (check budget spent)"
+    if partial:
+        head += f"; no-crash sweep partial in {len(partial)} of {len(NO_CRASH_HEADS)} head-dim jobs (crash budget spent)"
+    return head
 
 
 # ---------------------------------------------------------------- timings
@@ -387,7 +427,8 @@ def profile(shape):
 def versions():
     import triton
     from importlib.metadata import version
-    out = {"gpu": torch.cuda.get_device_name(), "python": platform.python_version(), "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name() if DEV == "cuda" else f"{DEV} (Triton interpreter: {os.environ.get('TRITON_INTERPRET') == '1'})"
+    out = {"gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
            "triton": triton.__version__, "commit": os.environ.get("FLASHXLSTM_COMMIT", "unknown")}
     for dist in ("mlstm-kernels", "fla-core"):
         try:
@@ -455,6 +496,11 @@ def main():
     ap.add_argument("--crash-budget-s", type=float, default=120, help="seconds for the no-crash sweep")
     ap.add_argument("--workers", type=int, default=12, help="child processes for the checks")
     ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--checks-only", choices=("small", "all"), default=None,
+                    help="run checks only (no peers, no warm-ups, no timings): 'small' = the (1, 2, 256, 64, 128) "
+                         "grid, then the no-crash sweep within --crash-budget-s; 'all' = every check")
+    ap.add_argument("--warm-budget-s", type=float, default=150,
+                    help="seconds for compiling the peers and sweep variants, after the checks")
     ap.add_argument("--sweep", action="store_true", help="also time launch variants of ours")
     ap.add_argument("--profile", action="store_true", help="also print GPU time per kernel (shapes 0 and 4)")
     ap.add_argument("--shapes", default=None, help="indices into the shape list to time, e.g. 0,4")
@@ -464,14 +510,25 @@ def main():
                          "forward, default and with tensor-descriptor loads")
     ap.add_argument("--fw-only", action="store_true", help="time forwards only")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if DEV == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_mlstm.py needs a CUDA GPU")
+    if DEV != "cuda" and not args.checks_only:
+        sys.exit("BENCH_MLSTM_DEVICE=cpu runs only --checks-only (the timings need a GPU)")
     t0 = time.time()
     deadline = t0 + args.budget_s
     info = versions()
     say(str(info))
     shapes = SHAPES if not args.shapes else [SHAPES[int(j)] for j in args.shapes.split(",")]
     ok = "not run"
+    if args.checks_only:
+        jobs = (small_jobs() + [("check_no_crash", (args.crash_budget_s, h)) for h in NO_CRASH_HEADS]
+                if args.checks_only == "small" else check_jobs(SHAPES, args.crash_budget_s))
+        say(f"{len(jobs)} checks in {args.workers} processes, no timings")
+        passed = run_checks(jobs, args.workers, args.check_budget_s, lambda: write_report(args.out, info, "running"))
+        say(summary(passed))
+        say(f"done in {time.time() - t0:.0f} s")
+        write_report(args.out, info, summary(passed))
+        return
     if args.quick:
         good = True
         for lens in ([1000, 37, 2500, 463], [5000, 3, 3189, 1]):
@@ -492,13 +549,17 @@ def main():
             write_report(args.out, info, ok)
         say(f"done in {time.time() - t0:.0f} s")
         return
+    sweep_shapes = [SHAPES[j] for j in (0, 3, 4)] if args.sweep else []
     if not args.skip_checks:
-        sweep_shapes = [SHAPES[j] for j in (0, 3, 4)] if args.sweep else []
-        jobs = check_jobs(SHAPES, args.crash_budget_s, sweep_shapes)
+        jobs = check_jobs(SHAPES, args.crash_budget_s)
         say(f"{len(jobs)} checks in {args.workers} processes")
         passed = run_checks(jobs, args.workers, args.check_budget_s, lambda: write_report(args.out, info, "running"))
-        ok = "all passed" if passed else "SOME FAILED OR NOT RUN (see the log)"
-        say(f"checks: {ok} ({time.time() - t0:.0f} s)")
+        ok = summary(passed)
+        say(f"{ok} ({time.time() - t0:.0f} s)")
+        write_report(args.out, info, ok)
+    if not args.only_ours:  # compile what the timings need, after the checks (never a failure)
+        warm = warm_jobs(shapes, sweep_shapes if not args.skip_checks else [])
+        run_checks(warm, args.workers, args.warm_budget_s, lambda: None)
     write_report(args.out, info, ok)
 
     import flashxlstm.ops.mlstm_cell as M
