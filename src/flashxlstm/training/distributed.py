@@ -38,11 +38,12 @@ class World:
 
 
 def setup(device: str = "auto") -> World:
-    """The process group of a torchrun launch (initialised once), or a world of one."""
+    """The process group of a torchrun launch (initialised once, also for one process, so that
+    `--parallel ddp|fsdp` runs at world size 1 as the baseline of a scaling run), or a world of one."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
+    if "RANK" not in os.environ:  # not launched by torchrun
         return World(device=torch.device(device))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device(device)
