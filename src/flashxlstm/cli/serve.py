@@ -24,11 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="parameter dtype (default: as stored); recurrent states stay float32")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--prefill-chunk", type=int, default=512,
-                        help="prompt tokens of one request per prefill forward (default %(default)s)")
     parser.add_argument("--prefill-tokens", type=int, default=None,
-                        help="padded prompt tokens of all requests in one prefill forward, one forward between "
-                             "decode steps (default: 4x --prefill-chunk)")
+                        help="prompt tokens (padding counted) of one prefill forward, one forward between decode "
+                             "steps: bounds how long a prefill delays decoding (default: derived from the model "
+                             "and --max-batch so that it costs about one decode step)")
+    parser.add_argument("--prefill-chunk", type=int, default=None,
+                        help="prompt tokens of one request per prefill forward (default: --prefill-tokens)")
     parser.add_argument("--max-prompt-tokens", type=int, default=8192, help="longest prompt accepted (default %(default)s)")
     parser.add_argument("--max-tokens-limit", type=int, default=4096,
                         help="largest max_tokens a request may ask for (default %(default)s)")

@@ -11,8 +11,10 @@ labels[t + 1]; labels of -100 are ignored, and so is every pair whose position i
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +52,27 @@ class CausalLMOutput:
 pytree.register_dataclass(CausalLMOutput)
 
 
+_CHECKED = threading.local()
+
+
+@contextlib.contextmanager
+def inputs_checked():
+    """Within this block (on this thread) forward passes skip the host reads that check input values (token
+    id range, a 0/1 mask): for a caller that checked them before they reached the device and must not wait
+    for the device here (the serving engine queues a prefill behind a decode step without a sync)."""
+    before = getattr(_CHECKED, "on", False)
+    _CHECKED.on = True
+    try:
+        yield
+    finally:
+        _CHECKED.on = before
+
+
 def can_check_values(t: Tensor) -> bool:
-    """Whether reading tensor values on the host is allowed here: not inside a CUDA-graph capture, and not
-    while torch.compile / torch.export trace the model (value checks are skipped there, shapes still checked)."""
-    if torch.compiler.is_compiling():
+    """Whether reading tensor values on the host is allowed here: not inside a CUDA-graph capture, not while
+    torch.compile / torch.export trace the model (value checks are skipped there, shapes still checked), and
+    not inside `inputs_checked()`."""
+    if torch.compiler.is_compiling() or getattr(_CHECKED, "on", False):
         return False
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 

@@ -5,20 +5,28 @@
     handle = engine.submit("Once upon", SamplingParams(max_tokens=64))   # engine.start() runs a thread
     for out in handle: print(out.text, end="")                           # RequestOutput deltas
 
-Each scheduler iteration (`step`) does three things:
+Each scheduler iteration (`step`) does four things:
 1. admit waiting requests while fewer than max_batch are in flight (prefilling or decoding);
-2. prefill: one forward over the next chunks (at most `prefill_chunk` tokens each) of the oldest prefilling
-   requests, as many as fit `prefill_tokens` (padding counted), left-padded into one batch
-   (SlotStates.prefill_many), so a long prompt is spread over many iterations and never stalls the running
-   sequences for longer than one prefill forward. A request whose prompt is done chooses its first token
-   and joins the batch (SlotStates.put);
-3. decode: one step of every running sequence (SlotStates.decode), each choosing its next token with its
-   own sampling parameters; a finished sequence (EOS, a stop token id, a stop string, max_tokens, or an
-   abort such as a client disconnect) leaves the batch and the last row moves into its place.
+2. decode: queue one step of every running sequence on the device, its next token chosen there too
+   (RowSampler: greedy argmax or each request's own temperature / top-k / top-p / seed as batched tensor
+   ops) and written straight into the next step's input, then an asynchronous copy of the tokens to the host;
+3. prefill: queue one forward over the next slices of the oldest prefilling requests, at most
+   `prefill_tokens` prompt tokens in all (padding counted; the oldest always gets a slice, at most
+   `prefill_chunk` tokens of one request), left-padded into one batch (SlotStates.prefill_many). The budget
+   bounds how long one prefill delays the next decode step: by default about one decode step of a full batch
+   (`default_prefill_tokens`), so a long prompt is spread over many iterations. A request whose prompt is
+   done gets its first token chosen on the device and joins the running batch (SlotStates.put);
+4. results: wait for the tokens of the previous iteration (its decode step and first tokens) and do the host
+   work on them (EOS, stop ids, detokenizing, stop strings, max_tokens, sending them out), while the device
+   already runs this iteration's step and prefill. A sequence that finished leaves the batch (the last row
+   moves into its place); the one step it was queued for after it finished is discarded.
 
-A sequence is computed as `generate` computes it alone (first prompt chunk from the empty state, padding
-kept out of the state by the attention mask, the same sampling code); rows of a batch are independent, so
-greedy outputs equal `generate`'s whatever else runs (up to the rounding of a different batch shape). Constant memory per sequence: the state, never a growing cache.
+The host therefore never waits for the device inside a step: it runs one iteration behind, and a request's
+tokens go out one iteration after the device chose them. A sequence is computed as `generate` computes it
+alone (first prompt chunk from the empty state, padding kept out of the state by the attention mask); rows
+of a batch are independent, so greedy outputs equal `generate`'s whatever else runs (exactly in float32; in
+bf16 a different batch shape can round a near-tie the other way). Seeded sampling is reproducible whatever
+else runs (sampler.py says how it draws). Constant memory per sequence: the state, never a growing cache.
 
 Thread safety: `submit` and `abort` may be called from any thread; everything else runs on the engine
 thread (or the caller's, for `step`/`generate` without `start`).
@@ -34,8 +42,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from torch import Tensor
 
-from .params import SamplingParams, choose_tokens, make_generator
+from .params import SamplingParams
+from .sampler import RowSampler
 from .states import SlotStates
 from .text import ServingTokenizer, TextStream
 
@@ -43,9 +53,9 @@ from .text import ServingTokenizer, TextStream
 @dataclass
 class EngineConfig:
     max_batch: int = 16  # sequences decoded together (and in flight at most)
-    prefill_chunk: int = 512  # prompt tokens of one request per prefill forward
-    prefill_tokens: int | None = None  # padded prompt tokens per prefill forward (several requests; default
-    # 4 x prefill_chunk); one prefill forward per scheduler iteration bounds how long decoding waits
+    prefill_tokens: int | None = None  # prompt tokens (padding counted) of one prefill forward, one forward per
+    # iteration between decode steps; default: default_prefill_tokens, about one decode step's cost
+    prefill_chunk: int | None = None  # prompt tokens of one request per prefill forward (default: prefill_tokens)
     max_prompt_tokens: int = 8192
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
     max_queue: int = 4096  # waiting requests beyond this are refused
@@ -54,13 +64,29 @@ class EngineConfig:
     eos_token_id: int | list[int] | None = None  # default: the model config's
 
     def check(self) -> None:
-        if self.prefill_tokens is None:
-            self.prefill_tokens = 4 * self.prefill_chunk if isinstance(self.prefill_chunk, int) else None
         for name in ("max_batch", "prefill_chunk", "prefill_tokens", "max_prompt_tokens", "max_tokens_limit",
                      "max_queue"):
             v = getattr(self, name)
+            if v is None and name in ("prefill_chunk", "prefill_tokens"):
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"EngineConfig: {name} must be a positive int, got {v!r}")
+
+
+TOKENS_PER_WEIGHT_PASS = 45  # prompt tokens whose forward costs what reading the weights once costs
+
+
+def default_prefill_tokens(weight_bytes: int, row_bytes: int, max_batch: int) -> int:
+    """The prefill budget whose forward costs about one decode step of a full batch, in multiples of 64.
+
+    A decode step moves the weights once and every row's state (read one buffer set, write the other):
+    weight_bytes + max_batch * row_bytes. A prefill forward of T tokens does 2 * params * T flops, about
+    weight_bytes * T in bf16. They cost the same at T = (flops / bytes the device sustains) *
+    (1 + max_batch * row_bytes / weight_bytes); the ratio is TOKENS_PER_WEIGHT_PASS, measured on an H200 with
+    the 7B width (a 2048-token prefill chunk at about 150 TFLOP/s, a batch-64 decode step at about 3.4 TB/s).
+    """
+    passes = 1 + max_batch * row_bytes / max(weight_bytes, 1)
+    return 64 * max(1, round(TOKENS_PER_WEIGHT_PASS * passes / 64))
 
 
 class EngineError(RuntimeError):
@@ -79,6 +105,7 @@ class RequestOutput:
     completion_tokens: int = 0
     error: str | None = None
     time: float = 0.0  # time.perf_counter() when the engine produced it
+    after_prefill: bool = False  # a prefill forward ran on the device between this token's step and the last
 
 
 class RequestHandle:
@@ -146,11 +173,23 @@ class _Request:
     handle: RequestHandle
     stream: TextStream | None
     arrival: float
-    generator: torch.Generator | None = None
+    seed: int = 0
     prefilled: int = 0
     state: Any = None  # during prefill
     output: list[int] = field(default_factory=list)
-    last_token: int = 0
+    done: bool = False  # finished (its tokens still on their way from the device are discarded)
+
+
+@dataclass
+class _Launched:
+    """Tokens the device chose in one iteration, on their way to the host: one decode step's (row i of the
+    step is requests[i]) or the first tokens of the prompts whose prefill finished (decode=False)."""
+    requests: list[_Request]
+    tokens: Tensor  # (len(requests),) int64 on the host (pinned, filled asynchronously on CUDA)
+    ready: Any  # a torch.cuda.Event recorded after the copy, or None on the CPU
+    decode: bool
+    iteration: int
+    after_prefill: bool = False  # decode: a prefill forward ran between the previous decode step and this one
 
 
 class Engine:
@@ -169,6 +208,17 @@ class Engine:
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else list(eos or []))
         self.slots = SlotStates(model, self.config.max_batch, self.config.buckets, self.config.cuda_graph)
         self.device = self.slots.device
+        if self.config.prefill_tokens is None:
+            self.config.prefill_tokens = default_prefill_tokens(self.slots.weight_bytes(), self.slots.row_bytes(),
+                                                                self.config.max_batch)
+        if self.config.prefill_chunk is None:
+            self.config.prefill_chunk = self.config.prefill_tokens
+        self.sampler = RowSampler(self.config.max_batch, self.device)
+        self._next = torch.zeros(self.config.max_batch, dtype=torch.long, device=self.device)  # rows' next input
+        self._launched: deque[_Launched] = deque()
+        self._iteration = 0
+        self._prefill_since_decode = False
+        self._last_decode: tuple[int, float] | None = None  # (iteration, time) of the last decode result
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._aborts: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: deque[_Request] = deque()
@@ -217,8 +267,7 @@ class Engine:
         stream = TextStream(self.tokenizer, params.stop) if self.tokenizer is not None else None
         if params.stop and stream is None:
             raise ValueError("stop strings need a tokenizer; this engine has none")
-        req = _Request(rid, ids, params, handle, stream, time.perf_counter(),
-                       generator=make_generator(params, self.device))
+        req = _Request(rid, ids, params, handle, stream, time.perf_counter(), seed=RowSampler.request_seed(params))
         self._inbox.put(req)
         self._wake.set()
         return handle
@@ -243,12 +292,13 @@ class Engine:
         return len(self._prefilling)
 
     def has_work(self) -> bool:
-        return bool(self._rows or self._prefilling or self._waiting or not self._inbox.empty()
+        return bool(self._rows or self._prefilling or self._waiting or self._launched or not self._inbox.empty()
                     or not self._aborts.empty())
 
     @torch.no_grad()
     def step(self) -> None:
-        """One scheduler iteration: admit, one prefill forward, one decode step; then the outputs go out."""
+        """One scheduler iteration: admit, queue a decode step and a prefill forward, then the host work on the
+        previous iteration's tokens; the outputs go out at the end."""
         try:
             self._step()
         finally:
@@ -259,6 +309,7 @@ class Engine:
         deliver(outputs)
 
     def _step(self) -> None:
+        self._iteration += 1
         while not self._inbox.empty():
             req = self._inbox.get()
             self._waiting.append(req)
@@ -267,9 +318,13 @@ class Engine:
         self._apply_aborts()
         while self._waiting and len(self._rows) + len(self._prefilling) < self.config.max_batch:
             self._prefilling.append(self._waiting.popleft())
-        self._prefill()
+        earlier = len(self._launched)  # what the device chose in earlier iterations
         if self._rows:
             self._decode()
+        self._prefill()
+        for _ in range(earlier):  # the host work, while the device runs what was just queued
+            self._collect(self._launched.popleft())
+        self._retire([i for i, r in enumerate(self._rows) if r.done])
         self.stats.queue_length = len(self._waiting) + len(self._prefilling)
         self.stats.running = len(self._rows)
 
@@ -283,15 +338,28 @@ class Engine:
             for req in [r for r in q if r.id in ids]:
                 q.remove(req)
                 self._finish(req, "abort")
-        self._retire([i for i, r in enumerate(self._rows) if r.id in ids], "abort")
+        for req in self._rows:
+            if req.id in ids and not req.done:
+                self._finish(req, "abort")
+        self._retire([i for i, r in enumerate(self._rows) if r.done])
+
+    def _to_host(self, tokens: Tensor) -> tuple[Tensor, Any]:
+        """Start copying device tokens to the host: (host tensor, event to wait for; None on the CPU)."""
+        if tokens.device.type != "cuda":
+            return tokens, None
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
 
     def _prefill(self) -> None:
-        """One prefill forward over the oldest prefilling requests: each gets its next chunk of at most
+        """Queue one prefill forward over the oldest prefilling requests: each gets its next slice of at most
         prefill_chunk tokens, as many requests as fit prefill_tokens (counted with padding: requests x the
-        longest chunk; the oldest always gets a chunk). Requests whose prompt is done choose their first
-        token and join the batch."""
+        longest slice; the oldest always gets one). Requests whose prompt is done get their first token
+        chosen on the device and join the running batch."""
         cfg = self.config
-        budget = cfg.prefill_tokens if cfg.prefill_tokens is not None else cfg.prefill_chunk
+        budget = cfg.prefill_tokens
         picked: list[tuple[_Request, int]] = []
         longest = 0
         for req in self._prefilling:
@@ -305,6 +373,7 @@ class Engine:
         chunks = [req.prompt[req.prefilled:req.prefilled + n] for req, n in picked]
         logits, states = self.slots.prefill_many(chunks, [req.state for req, _ in picked])
         self.stats.prefill_forwards += 1
+        self._prefill_since_decode = True
         done = []
         for row, ((req, n), state) in enumerate(zip(picked, states)):
             req.state = state
@@ -314,28 +383,46 @@ class Engine:
         if not done:
             return
         reqs = [picked[row][0] for row in done]
-        tokens = choose_tokens(logits[done], [r.params for r in reqs], [r.generator for r in reqs])
-        for req, token in zip(reqs, tokens):
+        if len(done) < len(picked):
+            logits = logits.index_select(0, torch.tensor(done).to(self.device, non_blocking=True))
+        first = self.sampler.choose_for(logits, [r.params for r in reqs], [r.seed for r in reqs], [0] * len(reqs))
+        for j, req in enumerate(reqs):
             self._prefilling.remove(req)
             self.stats.prefills += 1
-            if self._accept(req, token):
-                self.slots.put(len(self._rows), req.state)
-                self._rows.append(req)
+            row = len(self._rows)
+            self.slots.put(row, req.state)
+            self._next[row:row + 1].copy_(first[j:j + 1])
+            self.sampler.set_row(row, req.params, req.seed, 1)
+            self._rows.append(req)
             req.state = None
+        self._launched.append(_Launched(reqs, *self._to_host(first), decode=False, iteration=self._iteration))
 
     def _decode(self) -> None:
-        t0 = time.perf_counter()
-        tokens = torch.tensor([r.last_token for r in self._rows], dtype=torch.long)
-        logits = self.slots.decode(tokens)
-        chosen = choose_tokens(logits, [r.params for r in self._rows], [r.generator for r in self._rows])
-        done = [i for i, (req, tok) in enumerate(zip(self._rows, chosen)) if not self._accept(req, tok)]
-        self.stats.record_step(len(self._rows), time.perf_counter() - t0)
-        self._retire(done, None)
+        n = len(self._rows)
+        logits = self.slots.decode(self._next[:n])
+        chosen = self.sampler.choose(logits)
+        self._next[:n].copy_(chosen)
+        self._launched.append(_Launched(list(self._rows), *self._to_host(chosen), decode=True,
+                                        iteration=self._iteration, after_prefill=self._prefill_since_decode))
+        self._prefill_since_decode = False
 
-    def _accept(self, req: _Request, token: int) -> bool:
-        """Append a chosen token to a request and send it out; False when the request has finished."""
+    def _collect(self, launched: _Launched) -> None:
+        """The host work on one iteration's tokens (waiting for their copy first)."""
+        if launched.ready is not None:
+            launched.ready.synchronize()
+        tokens = launched.tokens.tolist()
+        now = time.perf_counter()
+        if launched.decode:
+            last, self._last_decode = self._last_decode, (launched.iteration, now)
+            seconds = now - last[1] if last is not None and last[0] == launched.iteration - 1 else None
+            self.stats.record_step(len(tokens), seconds, launched.after_prefill)
+        for req, token in zip(launched.requests, tokens):
+            if not req.done:
+                self._accept(req, token, launched.after_prefill)
+
+    def _accept(self, req: _Request, token: int, after_prefill: bool = False) -> None:
+        """Append a chosen token to a request and send it out (finishing the request when it ends there)."""
         req.output.append(token)
-        req.last_token = token
         self.stats.generated_tokens += 1
         reason = None
         if token in self.eos_ids and not req.params.ignore_eos or token in req.params.stop_token_ids:
@@ -345,12 +432,12 @@ class Engine:
         elif len(req.output) >= req.params.max_tokens:
             reason = "length"
         if reason is None:
-            self._emit(req, [token])
-            return True
-        self._finish(req, reason, [token])
-        return False
+            self._emit(req, [token], after_prefill=after_prefill)
+        else:
+            self._finish(req, reason, [token], after_prefill=after_prefill)
 
-    def _emit(self, req: _Request, ids: list[int], reason: str | None = None, error: str | None = None) -> None:
+    def _emit(self, req: _Request, ids: list[int], reason: str | None = None, error: str | None = None,
+              after_prefill: bool = False) -> None:
         finished = reason is not None
         text = ""
         if req.stream is not None:
@@ -358,30 +445,37 @@ class Engine:
                 req.stream.finish()
             text = req.stream.take(final=finished)
         self._outbox.append((req.handle, RequestOutput(req.id, ids, text, finished, reason, len(req.prompt),
-                                                       len(req.output), error, time.perf_counter())))
+                                                       len(req.output), error, time.perf_counter(), after_prefill)))
 
-    def _finish(self, req: _Request, reason: str, ids: list[int] | None = None, error: str | None = None) -> None:
-        self._emit(req, ids or [], reason, error)
+    def _finish(self, req: _Request, reason: str, ids: list[int] | None = None, error: str | None = None,
+                after_prefill: bool = False) -> None:
+        self._emit(req, ids or [], reason, error, after_prefill)
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         req.state = None
+        req.done = True
 
-    def _retire(self, rows: list[int], reason: str | None) -> None:
-        """Remove finished rows (already told their clients unless reason is given), keeping rows packed."""
+    def _retire(self, rows: list[int]) -> None:
+        """Remove finished rows (their clients already told), keeping rows packed: the last row moves into each
+        freed one, with its state, its next input token and its sampling settings."""
         for i in sorted(rows, reverse=True):
-            req = self._rows[i]
-            if reason is not None:
-                self._finish(req, reason)
             last = len(self._rows) - 1
-            self.slots.move(last, i)
+            if last != i:
+                self.slots.move(last, i)
+                self._next[i:i + 1].copy_(self._next[last:last + 1])
+                self.sampler.move(last, i)
             self._rows[i] = self._rows[last]
             self._rows.pop()
 
     def _fail_all(self, message: str) -> None:
         for req in [*self._rows, *self._prefilling, *self._waiting]:
-            self._finish(req, "error", error=message)
+            if not req.done:
+                self._finish(req, "error", error=message)
         self._rows.clear()
         self._prefilling.clear()
         self._waiting.clear()
+        self._launched.clear()
+        self._prefill_since_decode = False
+        self._last_decode = None
 
     # ---- running ------------------------------------------------------------------------------------
 
@@ -447,7 +541,9 @@ class EngineStats:
         self.prefills = 0
         self.prefill_forwards = 0
         self.decode_steps = 0
-        self.decode_seconds = 0.0
+        self.decode_seconds = 0.0  # over the steps timed back to back (see record_step)
+        self.timed_steps = 0
+        self.timed_rows = 0
         self.occupancy_sum = 0
         self.errors = 0
         self.finished: dict[str, int] = {}
@@ -455,9 +551,15 @@ class EngineStats:
         self.queue_length = 0
         self._window: deque[tuple[float, int]] = deque()
 
-    def record_step(self, rows: int, seconds: float) -> None:
+    def record_step(self, rows: int, seconds: float | None, after_prefill: bool = False) -> None:
+        """A decode step's tokens reached the host. seconds: since the previous step's did, when that step ran
+        in the iteration before (the step's period: the device time of the step and of a prefill forward
+        queued between them, or the host's time if the host is the slower); None otherwise."""
         self.decode_steps += 1
-        self.decode_seconds += seconds
+        if seconds is not None:
+            self.decode_seconds += seconds
+            self.timed_steps += 1
+            self.timed_rows += rows
         self.occupancy_sum += rows
         now = time.monotonic()
         self._window.append((now, self.generated_tokens))

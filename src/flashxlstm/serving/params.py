@@ -1,19 +1,13 @@
-"""Per-request sampling parameters and the token choice for a batch of requests that each have their own.
+"""Per-request sampling parameters, checked.
 
-Temperature 0 is greedy decoding (argmax, the same choice as `generate(do_sample=False)`). Otherwise a
-request samples with its own `torch.Generator`, seeded with `seed` when given, through the same
-`next_token` as `generate`: a seeded request draws exactly the tokens `generate(..., do_sample=True,
-generator=torch.Generator().manual_seed(seed))` draws alone, whatever else is in the batch.
+Temperature 0 is greedy decoding (argmax, the same choice as `generate(do_sample=False)`). Otherwise the
+request samples with temperature, top-k and top-p; with `seed` its draws are reproducible whatever else is
+in the batch (sampler.py chooses every row's token on the device).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Sequence
-
-import torch
-from torch import Tensor
-
-from ..generation.sampling import next_token
 
 
 @dataclass
@@ -57,33 +51,3 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-
-def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
-    """The request's own random stream (None for greedy requests)."""
-    if params.greedy:
-        return None
-    g = torch.Generator(device=device)
-    if params.seed is None:
-        g.seed()
-    else:
-        g.manual_seed(params.seed)
-    return g
-
-
-def choose_tokens(logits: Tensor, params: Sequence[SamplingParams],
-                  generators: Sequence[torch.Generator | None]) -> list[int]:
-    """logits (n, V), one SamplingParams and generator per row -> the n chosen token ids.
-
-    Greedy rows share one argmax; each sampling row draws from its own generator (one small launch per
-    sampling row: the price of per-request reproducibility).
-    """
-    logits = logits.float()
-    chosen = logits.argmax(dim=-1)
-    sampled = [i for i, p in enumerate(params) if not p.greedy]
-    if sampled:
-        chosen = chosen.clone()
-        for i in sampled:
-            p = params[i]
-            chosen[i] = next_token(logits[i:i + 1], do_sample=True, temperature=float(p.temperature),
-                                   top_k=p.top_k or None, top_p=p.top_p, generator=generators[i])[0]
-    return chosen.tolist()

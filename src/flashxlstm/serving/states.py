@@ -21,6 +21,11 @@ The state is any nested tuple of tensors with the batch in dim 0 (both families)
 attention_mask that keeps the padding out of every row's state (both families support it exactly: padded
 steps leave the state unchanged), each row from its own state (an empty state for a first chunk, the one
 `state=None` means), and the last position (real in every row, because of the left padding) gives the logits.
+
+Nothing here reads a device value on the host: the engine queues a prefill forward behind a decode step and
+does its own bookkeeping while the device runs both. Token ids reach the model checked (the engine checks
+every prompt on arrival), so the forward runs inside `inputs_checked()`, which skips the model's own
+host-side value checks, and host tensors move with non_blocking copies.
 """
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ import torch
 from torch import Tensor
 
 from ..generation.cuda_graph import StaticDecodeStep, accepts_state_out, state_leaves, with_leaves
-from ..generation.generate import prefill as _prefill
+from ..generation.generate import _accepts, _forward_params, logits_and_state
+from ..models.base import inputs_checked
 from ..nn.state import map_state
 
 
@@ -63,6 +69,9 @@ class SlotStates:
         if buckets[0] < 1 or buckets[-1] != capacity:
             raise ValueError(f"SlotStates: buckets must be positive and end at the capacity {capacity}, got {buckets}")
         self.model, self.capacity, self.buckets = model, capacity, buckets
+        params = _forward_params(model)
+        self._keep_last = {"logits_to_keep": 1} if _accepts(params, "logits_to_keep") else {}
+        self._masks = _accepts(params, "attention_mask")
         self.device = _device_of(model)
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
         with torch.no_grad():
@@ -86,7 +95,19 @@ class SlotStates:
     @torch.no_grad()
     def prefill(self, input_ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """One chunk of one prompt (1, S) from `state` (None: nothing seen) -> last logits (1, V), new state."""
-        return _prefill(self.model, input_ids.to(self.device), state=state)
+        return self._forward(input_ids, None, state)
+
+    def _forward(self, ids: Tensor, mask: Tensor | None, state: Any) -> tuple[Tensor, Any]:
+        kwargs = dict(self._keep_last)
+        if mask is not None:
+            if not self._masks:
+                raise ValueError(f"SlotStates: {type(self.model).__name__} does not accept attention_mask, so "
+                                 "several prompt chunks of different lengths cannot share a forward")
+            kwargs["attention_mask"] = mask.to(self.device, non_blocking=True)
+        with inputs_checked():
+            logits, state = logits_and_state(self.model(ids.to(self.device, non_blocking=True), state=state,
+                                                        **kwargs))
+        return logits[:, -1], state
 
     @torch.no_grad()
     def prefill_many(self, chunks: list[list[int]], states: list[Any]) -> tuple[Tensor, list[Any]]:
@@ -107,7 +128,7 @@ class SlotStates:
         if any(s is not None for s in states):
             per_row = [state_leaves(self._empty if s is None else s) for s in states]
             stacked = with_leaves(self._empty, [torch.cat(ts) for ts in zip(*per_row)])
-        logits, state = _prefill(self.model, ids.to(self.device), mask.to(self.device), state=stacked)
+        logits, state = self._forward(ids, None if all(len(c) == longest for c in chunks) else mask, stacked)
         return logits, [map_state(lambda t, i=i: t[i:i + 1], state) for i in range(k)]
 
     def _empty_state(self, probe: Any) -> Any:
@@ -155,12 +176,16 @@ class SlotStates:
                 return b
         raise ValueError(f"SlotStates: {n} rows exceed the capacity {self.capacity}")
 
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
     def decode(self, tokens: Tensor) -> Tensor:
-        """Advance rows 0..n-1 by one token each (tokens (n,) int64) -> their logits (n, V)."""
+        """Advance rows 0..n-1 by one token each (tokens (n,) int64, best on the device) -> their logits (n, V),
+        without a host sync (on CUDA the logits are the captured graph's buffer: read them before the next step)."""
         n = tokens.shape[0]
         b = self.bucket(n)
         padded = torch.zeros(b, 1, dtype=torch.long, device=self.device)
-        padded[:n, 0] = tokens.to(self.device)
+        padded[:n, 0] = tokens.to(self.device, non_blocking=True)
         logits = self._runners[b].step(padded, turn=self._live)
         if len(self._sets) > 1:  # the step wrote the other buffer set (ping-pong), which is now live
             self._live = 1 - self._live
