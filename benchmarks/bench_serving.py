@@ -4,26 +4,29 @@ Workload per concurrency level N (closed loop): N streams, each sending --rounds
 other (the next when the previous has finished); prompt lengths uniform in [--prompt-min, --prompt-max]
 random tokens, output lengths uniform in [--tokens-min, --tokens-max] (greedy, EOS ignored, so every
 request generates exactly its length). Measured:
-- engine (flashxlstm.serving.Engine on its thread, max batch N, CUDA graph per batch bucket on CUDA; the
-  clients are coroutines on one event loop, as behind the HTTP server, without HTTP): generated tokens / s
-  over the whole run; decode-step throughput (rows advanced per second of decode step, sampling and the
-  host sync included) over all steps and over the steps with all N rows running; time to first token
-  (submit -> first token) and inter-token latency p50/p99 per request;
+- engine (flashxlstm.serving.Engine on its thread, max batch N, CUDA graph per batch bucket on CUDA, tokens
+  chosen on the device, the host one iteration behind; the clients are coroutines on one event loop, as
+  behind the HTTP server, without HTTP): generated tokens / s over the whole run; decode throughput (rows
+  per second of step period, the engine's own record of back-to-back steps) over all steps and over the
+  steps with all N rows running and no prefill forward before them (`full_batch_tok_s`, the number the
+  goal compares with the peer); time to first token (submit -> first token); inter-token latency p50/p99
+  over every gap, over the gaps without a prefill forward (`steady`) and over those with one (`prefill`);
 - static (the baseline without the engine): requests batched N at a time in arrival order, left-padded,
   one `model.generate(..., attention_mask)` call per batch (CUDA-graph decode on CUDA) that runs until the
   batch's longest output is done; tokens past a request's own length are not counted;
 - peer: our best static decode step at batch N (generation.StaticDecodeStep, one CUDA-graph replay + argmax
-  per token, no host sync), the ceiling for the engine's decode-step throughput;
+  per token, no host sync), the ceiling for the engine's decode throughput;
 - state memory per stream (its state, times 2 for the 7B family's ping-pong buffers);
-- inter-token latency twice: over every gap, and over the gaps in which no prefill forward ran (the
-  steady decode latency; a gap with a prefill forward waits for up to prefill_tokens of prompt).
+- greedy check (bf16): the first --check requests of a level, each forwarded alone (batch 1) over its
+  prompt and the engine's output: how many of its tokens are that forward's argmax, and the logit gap where
+  one is not (rounding flips near-ties by a gap of bf16 size; a fault disagrees widely and by large gaps).
 
-Checks (first, on CUDA): `model.generate` uses the CUDA-graph step by default for both families (tiny random
-float32 configs) and gives the eager step's greedy tokens; the engine captured a graph per bucket and its
-greedy outputs equal eager `generate` alone (tiny float32: required; the benchmark model in bf16: counted,
-as a different batch shape can round a near-tie the other way).
+Checks (after the 64-stream level, on CUDA): `model.generate` uses the CUDA-graph step by default and gives
+the eager step's greedy tokens, and the engine at 16 rows (mixed prompt lengths, several prompts per prefill
+forward, every bucket) gives each request exactly eager `generate`'s tokens alone: tiny random float32
+xLSTMLarge, where batch shape does not flip a choice, so a mismatch there would be a fault, not rounding.
 
-    python benchmarks/bench_serving.py                    # H200: the 7B shape, random bf16 weights
+    python benchmarks/bench_serving.py                    # H200: the 7B shape (32 blocks), random bf16 weights
     python benchmarks/bench_serving.py --layers 8 --time-box 80   # 7B width, 8 of its 32 blocks, 80 s cap
     python benchmarks/bench_serving.py --tiny             # CPU smoke test of the script (tiny model)
 
@@ -34,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import json
 import os
 import platform
@@ -115,26 +117,19 @@ def run_engine(model, work, args) -> None:
     setup = time.perf_counter() - t0
     graphs = graph_report(engine)
     engine.generate([[1, 2, 3], [4, 5]], SamplingParams(max_tokens=4, temperature=0))  # first-use kernel timing
-    steps: list[tuple[int, float]] = []
-    prefills: list[tuple[float, float]] = []
+    steps: list[tuple[int, float | None, bool]] = []
     record = engine.stats.record_step
-    prefill_many = engine.slots.prefill_many
 
-    def record_step(rows: int, seconds: float) -> None:  # the benchmark keeps every step's size and time
-        steps.append((rows, seconds))
-        record(rows, seconds)
-
-    def timed_prefill(chunks, states):  # when each prefill forward ran, to split the inter-token gaps
-        start = time.perf_counter()
-        out = prefill_many(chunks, states)
-        prefills.append((start, time.perf_counter()))
-        return out
+    def record_step(rows: int, seconds: float | None, after_prefill: bool = False) -> None:  # keep every step
+        steps.append((rows, seconds, after_prefill))
+        record(rows, seconds, after_prefill)
 
     engine.stats.record_step = record_step
-    engine.slots.prefill_many = timed_prefill
     engine.start()
     ttft: list[float] = []
-    gaps: list[tuple[float, float]] = []
+    itl: list[float] = []
+    steady: list[float] = []
+    stalled: list[float] = []
     outputs: dict[int, list[int]] = {}
 
     async def stream(requests) -> None:  # one closed-loop client, on the event loop as in the HTTP server
@@ -144,10 +139,11 @@ def run_engine(model, work, args) -> None:
             handle = engine.submit(prompt, SamplingParams(max_tokens=length, temperature=0, ignore_eos=True),
                                    loop=loop)
             outs = [out async for out in handle]
-            times = [out.time for out in outs]
             outputs[id(prompt)] = [t for out in outs for t in out.token_ids]
-            ttft.append(times[0] - sent)
-            gaps.extend(zip(times, times[1:]))
+            ttft.append(outs[0].time - sent)
+            for a, b in zip(outs, outs[1:]):
+                itl.append(b.time - a.time)
+                (stalled if b.after_prefill else steady).append(b.time - a.time)
 
     async def clients() -> None:
         await asyncio.gather(*(stream(w) for w in work))
@@ -157,24 +153,18 @@ def run_engine(model, work, args) -> None:
     wall = time.perf_counter() - t0
     engine.stop()
     tokens = sum(length for w in work for _, length in w)
-    full = [(r, s) for r, s in steps if r == n]
-    itl = [b - a for a, b in gaps]
-    steady = [b - a for a, b in gaps if not overlaps(prefills, a, b)]
+    timed = [(r, s_) for r, s_, _ in steps if s_ is not None]
+    full = [(r, s_) for r, s_, after in steps if s_ is not None and r == n and not after]
     summarise("engine", n, wall, tokens, ttft, itl,
               itl_steady_p50_ms=ms(pct(steady, 50)), itl_steady_p99_ms=ms(pct(steady, 99)),
-              prefill_forwards=len(prefills),
-              decode_step_tok_s=round(sum(r for r, _ in steps) / max(sum(s for _, s in steps), 1e-9), 1),
-              full_batch_tok_s=round(sum(r for r, _ in full) / sum(s for _, s in full), 1) if full else None,
+              itl_prefill_p50_ms=ms(pct(stalled, 50)), itl_prefill_p99_ms=ms(pct(stalled, 99)),
+              prefill_forwards=engine.stats.prefill_forwards, prefill_tokens=engine.config.prefill_tokens,
+              decode_step_tok_s=round(sum(r for r, _ in timed) / max(sum(s_ for _, s_ in timed), 1e-9), 1),
+              full_batch_tok_s=round(sum(r for r, _ in full) / sum(s_ for _, s_ in full), 1) if full else None,
               full_batch_steps=len(full), state_MB_per_stream=round(engine.slots.row_bytes() / 2**20, 2),
               setup_s=round(setup, 1), cuda_graphs=graphs,
-              greedy_equal_eager_generate=agreement(model, work, outputs, args))
+              greedy_check=agreement(model, work, outputs, args))
     del engine
-
-
-def overlaps(intervals: list[tuple[float, float]], a: float, b: float) -> bool:
-    """Whether any (start, end) interval (sorted by start) intersects (a, b)."""
-    i = bisect.bisect_left(intervals, (b,))  # the intervals are disjoint and in order (one engine thread):
-    return i > 0 and intervals[i - 1][1] > a  # only the last one starting before b can reach past a
 
 
 def graph_report(engine) -> str:
@@ -185,25 +175,34 @@ def graph_report(engine) -> str:
 
 
 def agreement(model, work, outputs: dict[int, list[int]], args) -> str:
-    """How many of the first --check requests got exactly the tokens eager `generate` gives them alone
-    (batch 1, use_cuda_graph=False). Rows of a batch are independent, but kernels may round differently at
-    another batch size (bf16), so a near-tie can flip a greedy choice; this counts how often that happens."""
+    """For the first --check requests: one forward alone (batch 1, the chunkwise kernels) over the prompt and
+    the engine's output gives the argmax the model prefers after every prefix of that output. Counts the
+    requests whose every token is that argmax and the tokens that are, and where one is not, the logit gap
+    to the argmax relative to the logits' spread: rounding at another batch shape (bf16) flips near-ties
+    (gaps of bf16 size) and the sequences then go their own ways; a fault in the batched path (a leak of
+    padding or of another row) would disagree at many tokens by large gaps."""
     requests = [r for w in work for r in w][: args.check]
-    same, where = 0, []
-    for prompt, length in requests:
-        ids = torch.tensor([prompt], device=next(model.parameters()).device)
-        ref = model.generate(ids, length, eos_token_id=None, use_cuda_graph=False, return_dict_in_generate=True,
-                             output_logits=True)
-        want, got = ref.sequences[0, len(prompt):].tolist(), outputs[id(prompt)]
-        if want == got:
-            same += 1
-            continue
-        # where the two first differ, and how far apart the reference's logits put the two choices there
-        d = next(i for i, (a, b) in enumerate(zip(want, got)) if a != b)
-        logits = ref.logits[d][0].float()
-        gap = (logits[want[d]] - logits[got[d]]).item()
-        where.append(f"token {d}, logit gap {gap:.3g} of spread {(logits.max() - logits.min()).item():.3g}")
-    return f"{same}/{len(requests)}" + (f" (first differences: {'; '.join(where)})" if where else "")
+    whole, agree, total, gaps = 0, 0, 0, []
+    with torch.no_grad():
+        for prompt, length in requests:
+            got = outputs[id(prompt)]
+            ids = torch.tensor([prompt + got[:-1]], device=next(model.parameters()).device)
+            logits = model(ids, logits_to_keep=len(got)).logits[0].float()  # predicts got[0..]
+            best = logits.argmax(-1).tolist()
+            same = [b == g for b, g in zip(best, got)]
+            agree += sum(same)
+            total += len(got)
+            whole += all(same)
+            for t, ok in enumerate(same):
+                if not ok:
+                    row = logits[t]
+                    gaps.append(((row[best[t]] - row[got[t]]).item(), (row.max() - row.min()).item(), t))
+    out = f"{whole}/{len(requests)} sequences, {agree}/{total} tokens the alone forward's argmax"
+    if gaps:
+        worst = max(gaps)
+        out += (f"; {len(gaps)} not (largest logit gap {worst[0]:.3g} of spread {worst[1]:.3g}, first at token "
+                f"{min(g[2] for g in gaps)})")
+    return out
 
 
 def check_graph_decode(device: str) -> None:
@@ -216,10 +215,7 @@ def check_graph_decode(device: str) -> None:
     if device != "cuda":  # the same code runs on the CPU (a smoke test): no graphs there, so `used` is False
         NOTES.append("graph checks on the CPU: generate and the engine run the static-buffer step eagerly")
     torch.manual_seed(0)
-    families = {
-        "xLSTMLM": flashxlstm.xLSTMLM(flashxlstm.xLSTMLMConfig(vocab_size=256, embedding_dim=64, num_blocks=2,
-                                                               slstm_at="xLSTM[1:1]", mlstm_num_heads=2,
-                                                               slstm_num_heads=2)),
+    families = {  # the benchmark's family (the xLSTMLM graph path was checked on the H200 before)
         "xLSTMLarge": flashxlstm.xLSTMLarge(flashxlstm.xLSTMLargeConfig(embedding_dim=64, num_heads=2, num_blocks=2,
                                                                         vocab_size=256)),
     }
@@ -253,14 +249,17 @@ def check_family(model, device: str, spy, init, made: list) -> dict:
         cuda_graph.StaticDecodeStep.__init__ = init
     eager = model.generate(prompts, 24, eos_token_id=None, use_cuda_graph=False)
     used = bool(made) and all(r._graphs for r in made)
-    engine = Engine(model, None, EngineConfig(max_batch=4, prefill_chunk=8, eos_token_id=[]))
-    lists = [prompts[i, : 5 + 3 * i].tolist() for i in range(3)]
-    outs = engine.generate(lists, SamplingParams(max_tokens=20, temperature=0))
-    alone = [model.generate(torch.tensor([p], device=device), 20, eos_token_id=None, use_cuda_graph=False)
-             [0, len(p):].tolist() for p in lists]
+    engine = Engine(model, None, EngineConfig(max_batch=16, prefill_chunk=32, prefill_tokens=64, eos_token_id=[]))
+    rng = random.Random(1)
+    lists = [[rng.randrange(256) for _ in range(rng.choice([1, 7, 30, 64, 90, 150]))] for _ in range(24)]
+    lengths = [rng.randint(4, 24) for _ in lists]
+    outs = engine.generate(lists, [SamplingParams(max_tokens=t, temperature=0) for t in lengths])
+    alone = [model.generate(torch.tensor([p], device=device), t, eos_token_id=None, use_cuda_graph=False)
+             [0, len(p):].tolist() for p, t in zip(lists, lengths)]
+    same = sum(o.token_ids == a for o, a in zip(outs, alone))
     return dict(generate_default_uses_graph=used, generate_graph_equals_eager=bool(torch.equal(default, eager)),
                 engine_graphs=graph_report(engine),
-                engine_equals_eager_generate=all(o.token_ids == a for o, a in zip(outs, alone)))
+                engine_16_rows_equal_eager_generate=f"{same}/{len(lists)}")
 
 
 class _Times:
@@ -293,7 +292,7 @@ def run_static(model, work, args, device: str) -> None:
         times = _Times()
         start = time.perf_counter()
         model.generate(ids.to(device), max(length for _, length in batch), attention_mask=mask.to(device),
-                       streamer=times, prefill_chunk_size=args.prefill_chunk, eos_token_id=None)
+                       streamer=times, prefill_chunk_size=args.static_chunk, eos_token_id=None)
         steps = times.times[1:]
         for _, length in batch:
             ttft.append(steps[0] - start)
@@ -354,16 +353,18 @@ def versions() -> dict:
 def write(args, device: str, shape: str) -> None:
     machine = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
     cols = ["mode", "streams", "wall_s", "tok_s", "decode_step_tok_s", "full_batch_tok_s", "ttft_p50_ms",
-            "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "itl_steady_p50_ms", "itl_steady_p99_ms", "prefill_forwards",
-            "state_MB_per_stream", "cuda_graphs", "greedy_equal_eager_generate"]
+            "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "itl_steady_p50_ms", "itl_steady_p99_ms", "itl_prefill_p50_ms",
+            "itl_prefill_p99_ms", "prefill_forwards", "prefill_tokens", "state_MB_per_stream", "cuda_graphs",
+            "greedy_check"]
     lines = ["# Serving: continuous batching vs static-batch generate (same model, same run)", "",
              f"Command: `python benchmarks/{os.path.basename(__file__)} {' '.join(sys.argv[1:])}`  ",
              f"Machine: {machine}; {platform.platform()}; torch threads {torch.get_num_threads()}  ",
              f"Versions: {json.dumps(versions())}  ", f"Model: {shape}  ",
              f"Workload: {args.rounds} request(s) per stream ({args.rounds_one} at 1 stream), prompts "
              f"{args.prompt_min}-{args.prompt_max} tokens, outputs {args.tokens_min}-{args.tokens_max} tokens, "
-             f"greedy; prefill chunk {args.prefill_chunk}, {args.prefill_tokens} padded tokens per prefill forward; "
-             f"static generate up to {args.static_max} streams; time box {args.time_box} s", "",
+             f"greedy; engine prefill budget {args.prefill_tokens or 'the engine default (column prefill_tokens)'} "
+             f"padded tokens per forward, {args.prefill_chunk or 'the same'} per request; static generate up to "
+             f"{args.static_max} streams, prefill chunks of {args.static_chunk}; time box {args.time_box} s", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in list(ROWS):
         lines.append("| " + " | ".join("-" if r.get(c) is None else str(r[c]) for c in cols) + " |")
@@ -383,11 +384,14 @@ def write(args, device: str, shape: str) -> None:
                           f"{eng['full_batch_tok_s'] / peer['decode_step_tok_s']:.2f}")
         if eng and stat:
             ratios.append(f"- {n} streams: engine / static generate tokens per second = {eng['tok_s'] / stat['tok_s']:.2f}")
-        if eng and one and one.get("itl_steady_p50_ms"):
-            for key in ("itl_p99_ms", "itl_steady_p99_ms"):
+        if eng and one and one.get("itl_p50_ms"):
+            for key, what in (("itl_p99_ms", "ITL p99, prefill counted"), ("itl_steady_p99_ms", "ITL p99 without prefill")):
                 if eng.get(key):
-                    ratios.append(f"- {n} streams: engine {key.removesuffix('_ms')} / single-stream steady p50 = "
-                                  f"{eng[key] / one['itl_steady_p50_ms']:.2f}")
+                    ratios.append(f"- {n} streams: engine {what} / single-stream ITL p50 = "
+                                  f"{eng[key] / one['itl_p50_ms']:.2f}")
+        if eng and eng.get("itl_prefill_p50_ms") and eng.get("itl_steady_p50_ms"):
+            ratios.append(f"- {n} streams: ITL p50 of a gap with a prefill forward / without = "
+                          f"{eng['itl_prefill_p50_ms'] / eng['itl_steady_p50_ms']:.2f}")
     lines += ["", *ratios]
     if NOTES:
         lines += ["", "Notes and failures:", *[f"- {x}" for x in NOTES]]
@@ -411,20 +415,26 @@ def main() -> int:
     parser.add_argument("--prompt-max", type=int, default=None)
     parser.add_argument("--tokens-min", type=int, default=None)
     parser.add_argument("--tokens-max", type=int, default=None)
-    parser.add_argument("--prefill-chunk", type=int, default=None, help="prompt tokens of one request per forward")
-    parser.add_argument("--prefill-tokens", type=int, default=None, help="padded prompt tokens per prefill forward")
+    parser.add_argument("--prefill-chunk", type=int, default=None,
+                        help="engine: prompt tokens of one request per forward (default: the engine's)")
+    parser.add_argument("--prefill-tokens", type=int, default=None,
+                        help="engine: padded prompt tokens per prefill forward (default: the engine's, ~ one decode step)")
+    parser.add_argument("--static-chunk", type=int, default=2048,
+                        help="static generate: prefill_chunk_size (default %(default)s)")
+    parser.add_argument("--checks-after", type=int, default=64,
+                        help="run the float32 checks after the first level with at least this many streams")
     parser.add_argument("--peer-steps", type=int, default=None)
     parser.add_argument("--static-max", type=int, default=64, help="static generate up to this many streams")
     parser.add_argument("--check", type=int, default=2,
-                        help="requests per level compared token by token with eager generate alone (default %(default)s)")
+                        help="requests per level whose output is checked against a forward alone (default %(default)s)")
     parser.add_argument("--no-checks", action="store_true", help="leave out the CUDA-graph checks")
     parser.add_argument("--time-box", type=float, default=None, help="hard cap in seconds on the whole run")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
-    defaults = (dict(streams="1,4,8", prompt_min=8, prompt_max=64, tokens_min=4, tokens_max=16, prefill_chunk=32,
-                     prefill_tokens=64, peer_steps=8) if args.tiny else
-                dict(streams="1,16,64,256", prompt_min=512, prompt_max=8192, tokens_min=64, tokens_max=256,
-                     prefill_chunk=2048, prefill_tokens=8192, peer_steps=64))
+    defaults = (dict(streams="1,4,8", prompt_min=8, prompt_max=64, tokens_min=4, tokens_max=16, peer_steps=8)
+                if args.tiny else
+                dict(streams="1,64,16,256", prompt_min=512, prompt_max=8192, tokens_min=64, tokens_max=256,
+                     peer_steps=64))
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -444,8 +454,6 @@ def main() -> int:
         timer = threading.Timer(max(args.time_box - (time.perf_counter() - start), 1.0), expire)
         timer.daemon = True
         timer.start()
-    if not args.no_checks:
-        attempt("graph checks", lambda: check_graph_decode(device))
     model = build_model(args, device)
     c = model.config
     shape = (f"xLSTMLarge D={c.embedding_dim} NH={c.num_heads} L={c.num_blocks} V={c.vocab_size}"
@@ -463,6 +471,8 @@ def main() -> int:
             attempt(f"static generate at {n}", lambda: run_static(model, work, args, device))
         else:
             NOTES.append(f"static generate at {n} streams: not run (--static-max {args.static_max})")
+        if not args.no_checks and not CHECKS and (n >= args.checks_after or n == args.streams[-1]):
+            attempt("graph checks", lambda: check_graph_decode(device))
         write(args, device, shape)
     return 0
 

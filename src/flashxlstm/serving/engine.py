@@ -178,6 +178,7 @@ class _Request:
     state: Any = None  # during prefill
     output: list[int] = field(default_factory=list)
     done: bool = False  # finished (its tokens still on their way from the device are discarded)
+    joined: int = -1  # the iteration in which it joined the running batch
 
 
 @dataclass
@@ -394,6 +395,7 @@ class Engine:
             self._next[row:row + 1].copy_(first[j:j + 1])
             self.sampler.set_row(row, req.params, req.seed, 1)
             self._rows.append(req)
+            req.joined = self._iteration
             req.state = None
         self._launched.append(_Launched(reqs, *self._to_host(first), decode=False, iteration=self._iteration))
 
@@ -417,8 +419,8 @@ class Engine:
             seconds = now - last[1] if last is not None and last[0] == launched.iteration - 1 else None
             self.stats.record_step(len(tokens), seconds, launched.after_prefill)
         for req, token in zip(launched.requests, tokens):
-            if not req.done:
-                self._accept(req, token, launched.after_prefill)
+            if not req.done:  # a request's first step follows its own prefill forward, not another's
+                self._accept(req, token, launched.after_prefill and req.joined != launched.iteration - 1)
 
     def _accept(self, req: _Request, token: int, after_prefill: bool = False) -> None:
         """Append a chosen token to a request and send it out (finishing the request when it ends there)."""
