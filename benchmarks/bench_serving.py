@@ -86,10 +86,20 @@ def build_model(args, device: str):
 
 
 def workload(n: int, args, vocab: int, seed: int, rounds: int) -> list[list[tuple[list[int], int]]]:
-    """Per stream, its requests in order: (prompt ids, output length)."""
+    """Per stream, its requests in order: (prompt ids, output length). With --fill-prompt P, each stream's
+    first request has a P-token prompt and an output in the upper half of the range: the batch fills within a
+    few prefill forwards and stays full (the full-batch decode the goal compares), and the streams' next
+    requests, prompts of the range, arrive staggered while the others still decode (the prefill stalls)."""
     rng = random.Random(seed)
-    return [[([rng.randrange(vocab) for _ in range(rng.randint(args.prompt_min, args.prompt_max))],
-              rng.randint(args.tokens_min, args.tokens_max)) for _ in range(rounds)] for _ in range(n)]
+
+    def request(first: bool) -> tuple[list[int], int]:
+        if first and args.fill_prompt:
+            return ([rng.randrange(vocab) for _ in range(args.fill_prompt)],
+                    rng.randint((args.tokens_min + args.tokens_max) // 2, args.tokens_max))
+        return ([rng.randrange(vocab) for _ in range(rng.randint(args.prompt_min, args.prompt_max))],
+                rng.randint(args.tokens_min, args.tokens_max))
+
+    return [[request(r == 0) for r in range(rounds + (1 if args.fill_prompt else 0))] for _ in range(n)]
 
 
 def ms(v: float | None) -> float | None:
@@ -175,13 +185,13 @@ def graph_report(engine) -> str:
 
 
 def agreement(model, work, outputs: dict[int, list[int]], args) -> str:
-    """For the first --check requests: one forward alone (batch 1, the chunkwise kernels) over the prompt and
+    """For the last requests of the first --check streams: one forward alone (batch 1, the chunkwise kernels) over the prompt and
     the engine's output gives the argmax the model prefers after every prefix of that output. Counts the
     requests whose every token is that argmax and the tokens that are, and where one is not, the logit gap
     to the argmax relative to the logits' spread: rounding at another batch shape (bf16) flips near-ties
     (gaps of bf16 size) and the sequences then go their own ways; a fault in the batched path (a leak of
     padding or of another row) would disagree at many tokens by large gaps."""
-    requests = [r for w in work for r in w][: args.check]
+    requests = [w[-1] for w in work][: args.check]  # each a prompt of the range, prefilled in slices
     whole, agree, total, gaps = 0, 0, 0, []
     with torch.no_grad():
         for prompt, length in requests:
@@ -360,7 +370,8 @@ def write(args, device: str, shape: str) -> None:
              f"Command: `python benchmarks/{os.path.basename(__file__)} {' '.join(sys.argv[1:])}`  ",
              f"Machine: {machine}; {platform.platform()}; torch threads {torch.get_num_threads()}  ",
              f"Versions: {json.dumps(versions())}  ", f"Model: {shape}  ",
-             f"Workload: {args.rounds} request(s) per stream ({args.rounds_one} at 1 stream), prompts "
+             f"Workload: {'first a request with a ' + str(args.fill_prompt) + '-token prompt and an output in the upper half of the range (fills the batch), then ' if args.fill_prompt else ''}"
+             f"{args.rounds} request(s) per stream ({args.rounds_one} at 1 stream), prompts "
              f"{args.prompt_min}-{args.prompt_max} tokens, outputs {args.tokens_min}-{args.tokens_max} tokens, "
              f"greedy; engine prefill budget {args.prefill_tokens or 'the engine default (column prefill_tokens)'} "
              f"padded tokens per forward, {args.prefill_chunk or 'the same'} per request; static generate up to "
@@ -410,7 +421,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=None, help="blocks of the 7B shape (default all 32)")
     parser.add_argument("--streams", default=None, help="comma-separated concurrency levels (default 1,16,64,256)")
     parser.add_argument("--rounds", type=int, default=1, help="requests per stream (default %(default)s)")
-    parser.add_argument("--rounds-one", type=int, default=4, help="requests of the single stream (default %(default)s)")
+    parser.add_argument("--rounds-one", type=int, default=3, help="requests of the single stream (default %(default)s)")
     parser.add_argument("--prompt-min", type=int, default=None)
     parser.add_argument("--prompt-max", type=int, default=None)
     parser.add_argument("--tokens-min", type=int, default=None)
@@ -421,6 +432,9 @@ def main() -> int:
                         help="engine: padded prompt tokens per prefill forward (default: the engine's, ~ one decode step)")
     parser.add_argument("--static-chunk", type=int, default=2048,
                         help="static generate: prefill_chunk_size (default %(default)s)")
+    parser.add_argument("--fill-prompt", type=int, default=None,
+                        help="prompt tokens of each stream's first request, which fills the batch (0: none; "
+                             "default 32, tiny 4); the --rounds requests of the prompt range follow it")
     parser.add_argument("--checks-after", type=int, default=64,
                         help="run the float32 checks after the first level with at least this many streams")
     parser.add_argument("--peer-steps", type=int, default=None)
@@ -431,10 +445,11 @@ def main() -> int:
     parser.add_argument("--time-box", type=float, default=None, help="hard cap in seconds on the whole run")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
-    defaults = (dict(streams="1,4,8", prompt_min=8, prompt_max=64, tokens_min=4, tokens_max=16, peer_steps=8)
+    defaults = (dict(streams="1,4,8", prompt_min=8, prompt_max=64, tokens_min=4, tokens_max=16, peer_steps=8,
+                     fill_prompt=4)
                 if args.tiny else
                 dict(streams="1,64,16,256", prompt_min=512, prompt_max=8192, tokens_min=64, tokens_max=256,
-                     peer_steps=64))
+                     peer_steps=64, fill_prompt=32))
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -467,12 +482,13 @@ def main() -> int:
         work = workload(n, args, c.vocab_size, seed=n, rounds=rounds)
         attempt(f"peer at {n}", lambda: run_peer(model, n, args, device))
         attempt(f"engine at {n}", lambda: run_engine(model, work, args))
+        if not args.no_checks and not CHECKS and (n >= args.checks_after or n == args.streams[-1]):
+            attempt("graph checks", lambda: check_graph_decode(device))  # point 3: fault or rounding
+            write(args, device, shape)
         if n <= args.static_max:
             attempt(f"static generate at {n}", lambda: run_static(model, work, args, device))
         else:
             NOTES.append(f"static generate at {n} streams: not run (--static-max {args.static_max})")
-        if not args.no_checks and not CHECKS and (n >= args.checks_after or n == args.streams[-1]):
-            attempt("graph checks", lambda: check_graph_decode(device))
         write(args, device, shape)
     return 0
 
