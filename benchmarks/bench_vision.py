@@ -1,94 +1,200 @@
-"""Images/s of ViL and its parameter-matched ViT at several tokens per image (linear vs quadratic cost).
+"""Images/s of ViL and its parameter-matched ViT at several tokens per image: does the cost grow linearly
+(ViL) or quadratically (ViT's attention) from 196 to 1024 tokens?
 
-    python benchmarks/bench_vision.py --device cuda --amp bf16 --tokens 196 1024
-    python benchmarks/bench_vision.py --device cpu --dim 32 --depth 2 --tokens 16 64 --batch-size 8 --iters 2
+    python benchmarks/bench_vision.py --device cuda --amp bf16 --tokens 196 1024 --max-s 40 --json OUT.json
+    python benchmarks/bench_vision.py --device cpu --dim 32 --depth 2 --tokens 16 64 --tokens-per-batch 128
 
-Tokens per image T come from square images of side sqrt(T) * patch (patch 16: 196 tokens = 224 px, 1024 tokens
-= 512 px). Both models see the same images; the table gives inference and training images/s and the ViL/ViT
-ratio measured in the same run, plus the exact command, machine and versions.
+Tokens per image T come from square images of side sqrt(T) * patch (patch 16: 196 tokens = 224 px, 1024
+tokens = 512 px, 3 channels). The batch holds about `--tokens-per-batch` tokens (the same work per step at
+every T, large enough to keep the GPU busy). Each model runs its inference and its training step (AdamW,
+clipping, bf16 autocast) through tasks/vision_step.py: on CUDA as a replayed CUDA graph, checked against one
+eager step first (largest |difference| of the logits, the loss and the updated weights is printed); if
+capture fails the row says so and is timed eagerly. The table gives images/s, the peak GPU memory of each
+measurement, and per model the cost ratio (time per image at the largest T / at the smallest) next to the
+token ratio: a ratio near the token ratio is linear cost, well above it is super-linear.
+`--max-s` is a wall deadline for the whole script (start-up and captures included): measurements that would
+start after it are skipped and listed.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import replace
 
-import torch
-import torch.nn.functional as F
+T0 = time.perf_counter()
 
-from flashxlstm.models.vision import ViL, ViLConfig, ViT, ViTConfig, matched_vit, num_parameters
+import torch  # noqa: E402
 
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from flashxlstm.models.vision import ViL, ViLConfig, ViT, ViTConfig, matched_vit, num_parameters  # noqa: E402
+from flashxlstm.tasks.vision_step import InferStep, TrainStep  # noqa: E402
 
 
-def throughput(model, images, labels, *, train: bool, iters: int, amp: str, device: str) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
-    cast = (lambda: torch.autocast(device.split(":")[0], dtype=torch.bfloat16)) if amp == "bf16" else nullcontext
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def once():
-        if train:
-            with cast():
-                loss = F.cross_entropy(model(images).float(), labels)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad(), cast():
-                model(images)
 
-    model.train(train)
-    for _ in range(2):  # warm-up: kernel compilation, allocation
-        once()
+def _timed(fn, device: torch.device, min_s: float, max_iters: int) -> float:
+    """Seconds per call: one timed call sets the count of calls that fill about `min_s`."""
     _sync(device)
-    t0 = time.perf_counter()
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    one = time.perf_counter() - t
+    iters = int(min(max(min_s / max(one, 1e-6), 2), max_iters))
+    t = time.perf_counter()
     for _ in range(iters):
-        once()
+        fn()
     _sync(device)
-    return iters * images.shape[0] / (time.perf_counter() - t0)
+    return (time.perf_counter() - t) / iters
+
+
+def measure(model, x, y, *, train: bool, amp: str, graph: bool, min_s: float, max_iters: int) -> dict:
+    """images/s, peak memory and the graph check of one model's inference or training step on (x, y)."""
+    dev = x.device
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    res: dict = {"graph": graph}
+
+    def build(use_graph: bool):
+        if train:
+            step = TrainStep(model, lr=1e-4, weight_decay=0.05, amp=amp, grad_clip=1.0, graph=use_graph)
+            return step, (lambda: step(x, y, 1e-4))
+        step = InferStep(model, amp=amp, graph=use_graph)
+        return step, (lambda: step(x))
+
+    step, call = build(graph)
+    try:
+        for _ in range(step.warmup + 1):  # warm-up, then (graphed) capture and the first replay
+            call()
+        if graph:
+            res["check"] = step.check_graph(x, y, 1e-4) if train else {"logits": step.check_graph(x)}
+    except Exception as e:  # noqa: BLE001  a capture that fails is reported, and the row is timed eagerly
+        if not graph or isinstance(e, torch.cuda.OutOfMemoryError):
+            raise
+        res.update(graph=False, graph_error=f"{type(e).__name__}: {e}"[:300])
+        del step, call
+        torch.cuda.synchronize(dev)
+        step, call = build(False)
+        call()
+    sec = _timed(call, dev, min_s, max_iters)
+    res["images_per_s"] = x.shape[0] / sec
+    res["ms_per_step"] = 1000 * sec
+    if dev.type == "cuda":
+        res["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    return res
+
+
+def _fmt_check(r: dict) -> str:
+    if "graph_error" in r:
+        return "eager (capture failed: " + r["graph_error"][:60] + ")"
+    if not r.get("graph"):
+        return "eager"
+    return "graph; " + ", ".join(f"{k} {v:.1e}" for k, v in r["check"].items())
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, nargs="+", default=[196, 1024], help="tokens per image (perfect squares)")
     p.add_argument("--patch-size", type=int, default=16)
-    p.add_argument("--dim", type=int, default=192, help="width (default 192, ViL-T / DeiT-T)")
-    p.add_argument("--depth", type=int, default=24, help="ViL blocks (default 24, ViL-T); the ViT is matched")
+    p.add_argument("--dim", type=int, default=192, help="width (default 192: ViL-T / DeiT-T)")
+    p.add_argument("--depth", type=int, default=24, help="ViL blocks (default 24: ViL-T); the ViT is matched")
     p.add_argument("--num-heads", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--tokens-per-batch", type=int, default=32768, help="batch = round(this / tokens per image)")
+    p.add_argument("--min-s", type=float, default=0.5, help="timed seconds per measurement (at least 2 steps)")
+    p.add_argument("--max-iters", type=int, default=50)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
-    p.add_argument("--backend", default="auto", help="mLSTM kernel of the ViL")
+    p.add_argument("--backends", nargs="+", default=["chunkwise", "triton"],
+                   help="mLSTM kernels of the ViL, each its own rows (linear-cost ones: chunkwise, triton; "
+                        "'parallel' is the quadratic form); one not available here is skipped")
+    p.add_argument("--no-graph", action="store_true", help="time eager steps (the default on CPU)")
+    p.add_argument("--max-s", type=float, default=None, help="wall deadline of the whole script, seconds")
+    p.add_argument("--json", default=None, help="also write the measurements here")
     a = p.parse_args(argv)
-    machine = torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or "cpu"
+    dev = torch.device(a.device)
+    graph = dev.type == "cuda" and not a.no_graph
+    machine = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu")
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {machine}; torch {torch.__version__}; python {platform.python_version()}")
-    print("| tokens | image px | ViL params | ViT params (depth) | ViL infer img/s | ViT infer img/s | ratio |"
-          " ViL train img/s | ViT train img/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    torch.manual_seed(0)
+    print(f"machine: {machine}; torch {torch.__version__}; python {platform.python_version()}; "
+          f"{'CUDA graphs' if graph else 'eager'}; amp {a.amp}", flush=True)
     for t in a.tokens:
-        side = math.isqrt(t)
-        if side * side != t:
+        if math.isqrt(t) ** 2 != t:
             raise ValueError(f"--tokens must be perfect squares, got {t}")
-        px = side * a.patch_size
-        vil = ViL(ViLConfig(image_size=px, patch_size=a.patch_size, in_channels=3, num_classes=1000, dim=a.dim,
-                            depth=a.depth, num_heads=a.num_heads, backend=a.backend)).to(a.device)
-        vit = ViT(matched_vit(ViTConfig(image_size=px, patch_size=a.patch_size, in_channels=3, num_classes=1000,
-                                        dim=a.dim, num_heads=a.num_heads), num_parameters(vil))).to(a.device)
-        x = torch.randn(a.batch_size, 3, px, px, device=a.device)
-        y = torch.randint(0, 1000, (a.batch_size,), device=a.device)
-        r = {(n, tr): throughput(m, x, y, train=tr, iters=a.iters, amp=a.amp, device=a.device)
-             for n, m in (("vil", vil), ("vit", vit)) for tr in (False, True)}
-        print(f"| {t} | {px} | {num_parameters(vil)} | {num_parameters(vit)} ({vit.cfg.depth}) | "
-              f"{r['vil', False]:.0f} | {r['vit', False]:.0f} | {r['vil', False] / r['vit', False]:.2f} | "
-              f"{r['vil', True]:.0f} | {r['vit', True]:.0f} | {r['vil', True] / r['vit', True]:.2f} |", flush=True)
+    from flashxlstm.ops.mlstm_cell import BACKENDS
+    missing = [b for b in a.backends if b not in BACKENDS]
+    if missing:
+        print(f"mLSTM backends not available here, skipped: {', '.join(missing)}")
+    a.backends = [b for b in a.backends if b in BACKENDS] or ["chunkwise"]
+    rows, skipped = [], []
+    print("| model | mLSTM backend | tokens | px | batch | params | mode | infer img/s | train img/s | "
+          "infer peak GiB | train peak GiB | graph check (max abs diff) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    setups = {}
+    for t in a.tokens:
+        px = math.isqrt(t) * a.patch_size
+        vil_cfg = ViLConfig(image_size=px, patch_size=a.patch_size, in_channels=3, num_classes=1000, dim=a.dim,
+                            depth=a.depth, num_heads=a.num_heads)
+        vit_cfg = matched_vit(ViTConfig(image_size=px, patch_size=a.patch_size, in_channels=3, num_classes=1000,
+                                        dim=a.dim, num_heads=a.num_heads), num_parameters(ViL(vil_cfg)))
+        setups[t] = (px, max(1, round(a.tokens_per_batch / t)), vil_cfg, vit_cfg)
+    # the first backend and the ViT at every size first; further backends after, as the deadline allows
+    jobs = [(job, t) for i, backend in enumerate(a.backends) for t in a.tokens
+            for job in ([backend, "vit"] if i == 0 else [backend])]
+    for backend, t in jobs:
+        name = "vit" if backend == "vit" else "vil"
+        px, batch, vil_cfg, vit_cfg = setups[t]
+        if a.max_s is not None and time.perf_counter() - T0 > a.max_s:
+            skipped.append(f"{name} ({backend}) at {t} tokens")
+            continue
+        torch.manual_seed(0)
+        model = (ViT(vit_cfg) if name == "vit" else ViL(replace(vil_cfg, backend=backend))).to(dev)
+        x = torch.randn(batch, 3, px, px, device=dev)
+        y = torch.randint(0, 1000, (batch,), device=dev)
+        row = {"model": name, "backend": None if name == "vit" else backend, "tokens": t, "px": px,
+               "batch": batch, "params": num_parameters(model), "depth": model.cfg.depth}
+        for train in (False, True):
+            key = "train" if train else "infer"
+            try:
+                row[key] = measure(model, x, y, train=train, amp=a.amp, graph=graph, min_s=a.min_s,
+                                   max_iters=a.max_iters)
+            except Exception as e:  # noqa: BLE001  an OOM or a kernel that cannot run this shape: a row, not a crash
+                row[key] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        del model
+        rows.append(row)
+        inf, tr = row["infer"], row["train"]
+        ips = lambda r: f"{r['images_per_s']:.0f}" if "images_per_s" in r else r["error"][:40]
+        mem = lambda r: f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-"
+        mode = "graph" if inf.get("graph") and tr.get("graph") else "eager" if not graph else "mixed"
+        chk = lambda r: _fmt_check(r) if "error" not in r else "-"
+        print(f"| {name} | {row['backend'] or '-'} | {t} | {px} | {batch} | {row['params']:,} ({row['depth']} "
+              f"blocks) | {mode} | {ips(inf)} | {ips(tr)} | {mem(inf)} | {mem(tr)} | infer {chk(inf)}; "
+              f"train {chk(tr)} |", flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"argv": sys.argv, "machine": machine, "torch": torch.__version__, "rows": rows,
+                           "skipped": skipped}, f, indent=1)
+    lo, hi = min(a.tokens), max(a.tokens)
+    if lo != hi:
+        print(f"\nCost growth from {lo} to {hi} tokens per image (time per image at {hi} / at {lo}; "
+              f"token ratio {hi / lo:.2f}, attention's pair count ratio {(hi / lo) ** 2:.1f}):\n")
+        print("| model | mLSTM backend | infer cost ratio | train cost ratio |")
+        print("|---|---|---|---|")
+        for name, backend in [("vil", b) for b in a.backends] + [("vit", None)]:
+            r = {row["tokens"]: row for row in rows if row["model"] == name and row["backend"] == backend}
+            if lo not in r or hi not in r:
+                continue
+            ratio = lambda k: (f"{r[lo][k]['images_per_s'] / r[hi][k]['images_per_s']:.2f}"
+                               if "images_per_s" in r[lo][k] and "images_per_s" in r[hi][k] else "-")
+            print(f"| {name} | {backend or '-'} | {ratio('infer')} | {ratio('train')} |")
+    if skipped:
+        print(f"\nskipped at the --max-s {a.max_s} deadline: {', '.join(skipped)}")
+    print(f"\nwall: {time.perf_counter() - T0:.1f} s", flush=True)
     return 0
 
 

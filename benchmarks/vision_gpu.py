@@ -1,110 +1,28 @@
-"""The vision GPU run in one hard-capped command: ViL on Fashion-MNIST, the parameter-matched ViT with the same
-recipe and the same wall budget, then bench_vision.py images/s of both at 196 and 1024 tokens per image.
+"""The vision accuracy run in one hard-capped command: ViL and the parameter-matched ViT trained in lockstep
+(equal steps on the same batches, tasks/vision_pair.py) on Fashion-MNIST, evaluated on the test split.
 
-    PYTHONPATH=$PWD/src python3 benchmarks/vision_gpu.py --out $OUT/vision --data-dir .gpu/vision/fashion-mnist
-    PYTHONPATH=$PWD/src python benchmarks/vision_gpu.py --out /tmp/v --data-dir DIR --tiny   # CPU check
+    PYTHONPATH=$PWD/src python3 benchmarks/vision_gpu.py --out $OUT/vision --data-dir .gpu/vision/fashion-mnist --total-s 320
+    PYTHONPATH=$PWD/src python benchmarks/vision_gpu.py --out /tmp/v --dataset digits --tiny    # CPU check
 
-Each part runs in its own process under its own time box, all inside `--total-s` of wall time (data loading,
-kernel compilation and start-up included); OUT/results.md and OUT/summary.json are rewritten after every part,
-so a part that runs out of time still leaves the earlier ones. The recipe (AdamW, bf16 autocast, linear
-warm-up then cosine, batch 1024, 49 tokens per image, crop/flip/erasing augmentation) is the same for both
-models; the training loop fits the number of steps to `--train-s` (tasks/harness.py), so each model gets the
-same wall-clock training budget.
+`--total-s` is the wall budget of the whole command: the training loop gets what is left after start-up and
+data loading, less `--reserve-s` for the final evaluation. OUT/results.json is rewritten at every evaluation
+(`--eval-every-s`), so a kill keeps the numbers so far; OUT/results.md gets the table, the exact command, the
+machine and the versions at the end. The images/s comparison is benchmarks/bench_vision.py.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+T0 = time.perf_counter()
 
+import torch  # noqa: E402
 
-def train_command(model: str, a: argparse.Namespace, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "flashxlstm.cli.main", "experiment", "vision", "--model", model,
-           "--dataset", a.dataset, "--out", str(out / model), "--amp", a.amp, "--device", a.device,
-           "--batch-size", str(a.batch_size), "--eval-batch-size", str(a.eval_batch_size), "--lr", str(a.lr),
-           "--weight-decay", "0.05", "--grad-clip", "1.0", "--steps", str(a.steps), "--warmup-steps", str(a.steps // 20),
-           "--eval-every", str(max(a.steps // 10, 1)), "--patch-size", str(a.patch_size), "--dim", str(a.dim),
-           "--depth", str(a.depth), "--num-heads", str(a.num_heads), "--time-budget", str(a.train_s)]
-    if a.data_dir:
-        cmd += ["--data-dir", a.data_dir]
-    if model == "vil":
-        cmd += ["--backend", a.backend]
-    if a.tiny:
-        cmd += ["--threads", "2"]
-    return cmd
-
-
-def bench_command(a: argparse.Namespace) -> list[str]:
-    if a.tiny:
-        return [sys.executable, str(ROOT / "benchmarks/bench_vision.py"), "--device", a.device, "--dim", "32",
-                "--depth", "2", "--num-heads", "2", "--tokens", "16", "64", "--batch-size", "4", "--iters", "2"]
-    return [sys.executable, str(ROOT / "benchmarks/bench_vision.py"), "--device", a.device, "--amp", a.amp,
-            "--tokens", "196", "1024", "--batch-size", str(a.bench_batch_size), "--iters", "5"]
-
-
-def run_part(name: str, cmd: list[str], timeout: float, log_path: Path, parts: dict) -> None:
-    t0 = time.perf_counter()
-    if timeout < 5:
-        parts[name] = {"status": "skipped: no time left", "command": shlex.join(cmd)}
-        return
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    with open(log_path, "w") as log:  # streamed, so a killed part still leaves its output
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        try:
-            rc = proc.wait(timeout=timeout)
-            status = "ok" if rc == 0 else f"failed (exit {rc})"
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            status = f"killed at its time box ({timeout:.0f} s)"
-    parts[name] = {"status": status, "wall_s": round(time.perf_counter() - t0, 1), "time_box_s": round(timeout, 1),
-                   "command": shlex.join(cmd), "log": log_path.name}
-
-
-def _row(res: dict) -> str:
-    h = res["history"]
-    return (f"| {res['model']} | {res['num_parameters']:,} | {res['tokens_per_image']} | {res.get('backend') or '-'} | "
-            f"{res['steps_done']} x {res['batch_size']} | {res['test_accuracy']:.4f} | {res['best_test_accuracy']:.4f} | "
-            f"{res['train_images_per_s']:.0f} | {res['eval_images_per_s']:.0f} | {res['train_time_s']:.1f} | "
-            f"{res['total_wall_s']:.1f} | {len(h)} |")
-
-
-def write_summary(out: Path, a: argparse.Namespace, parts: dict, argv: list[str]) -> None:
-    results = {m: json.loads((out / m / "results.json").read_text())
-               for m in ("vil", "vit") if (out / m / "results.json").is_file()}
-    lines = [f"# Vision GPU run: ViL vs parameter-matched ViT on {a.dataset}", "",
-             f"Command: `python3 benchmarks/vision_gpu.py {shlex.join(argv)}`", ""]
-    if results:
-        r0 = next(iter(results.values()))
-        lines += [f"Machine: {r0['device_name']}; torch {r0['torch']}; python {platform.python_version()}", "",
-                  "| model | params | tokens | mLSTM backend | steps x batch | test acc (final) | best eval acc | "
-                  "train img/s | eval img/s | train s | part wall s | evals |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [_row(r) for r in results.values()]
-        if len(results) == 2:
-            lines += ["", f"ViL / ViT test accuracy: {results['vil']['test_accuracy']:.4f} / "
-                          f"{results['vit']['test_accuracy']:.4f}; train images/s ratio "
-                          f"{results['vil']['train_images_per_s'] / results['vit']['train_images_per_s']:.2f}"]
-        if "vil" in results and results["vil"].get("backend_probe_step_ms"):
-            lines += ["", "ViL backend probe (ms per training step): " + ", ".join(
-                f"{k} {v:.1f}" for k, v in results["vil"]["backend_probe_step_ms"].items())]
-    bench = out / "bench.log"
-    if bench.is_file():
-        lines += ["", "## bench_vision.py (images/s; ratio = ViL / ViT, same run)", "", bench.read_text().strip()]
-    lines += ["", "## Parts", ""] + [f"- {k}: {v['status']} ({v.get('wall_s', 0)} s of a {v.get('time_box_s', 0)} s box): "
-                                     f"`{v['command']}`" for k, v in parts.items()]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps({"parts": parts, "results": {
-        m: {k: r[k] for k in ("test_accuracy", "best_test_accuracy", "num_parameters", "tokens_per_image",
-                              "steps_done", "train_images_per_s", "eval_images_per_s", "backend")}
-        for m, r in results.items()}}, indent=1))
+from flashxlstm.tasks.vision_augment import AugmentConfig  # noqa: E402
+from flashxlstm.tasks.vision_pair import PairConfig, summary_table, train_pair  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -113,43 +31,49 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits"])
-    p.add_argument("--total-s", type=float, default=148.0, help="hard wall cap of the whole command")
-    p.add_argument("--train-s", type=float, default=40.0, help="training + evaluation budget of each model")
-    p.add_argument("--vil-box-s", type=float, default=78.0, help="time box of the ViL part (start-up, data, "
-                   "backend probe, training, final evaluation)")
-    p.add_argument("--vit-box-s", type=float, default=56.0)
+    p.add_argument("--total-s", type=float, default=320.0, help="wall budget of the whole command")
+    p.add_argument("--reserve-s", type=float, default=15.0, help="kept for the final evaluation and the record")
+    p.add_argument("--eval-every-s", type=float, default=30.0)
     p.add_argument("--device", default="cuda")
     p.add_argument("--amp", default="bf16", choices=["none", "bf16"])
-    p.add_argument("--backend", default="fastest")
-    p.add_argument("--steps", type=int, default=20000, help="requested steps; the budget shrinks them")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--eval-batch-size", type=int, default=2500)
+    p.add_argument("--no-graph", action="store_true")
+    p.add_argument("--compile", default=None, help="torch.compile backend for the blocks (default: none)")
+    p.add_argument("--backend", default="chunkwise", help="mLSTM kernel of the ViL")
+    p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--ema-decay", type=float, default=0.999, help="negative: no EMA")
+    p.add_argument("--warmup-frac", type=float, default=0.05)
     p.add_argument("--patch-size", type=int, default=4)
     p.add_argument("--dim", type=int, default=192)
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--num-heads", type=int, default=3)
-    p.add_argument("--bench-batch-size", type=int, default=32)
-    p.add_argument("--tiny", action="store_true", help="CPU check: small model, few steps, tiny bench")
+    p.add_argument("--pad", type=int, default=2, help="augmentation: random-crop padding")
+    p.add_argument("--hflip", type=float, default=0.5)
+    p.add_argument("--erase", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="CPU check: small models, few steps")
     a = p.parse_args(argv)
+    cfg = PairConfig(dataset=a.dataset, data_dir=a.data_dir, device=a.device, amp=a.amp, graph=not a.no_graph,
+                     compile=a.compile, seed=a.seed, batch_size=a.batch_size, patch_size=a.patch_size, dim=a.dim,
+                     depth=a.depth, num_heads=a.num_heads, backend=a.backend, lr=a.lr, weight_decay=a.weight_decay,
+                     label_smoothing=a.label_smoothing, ema_decay=None if a.ema_decay < 0 else a.ema_decay,
+                     warmup_frac=a.warmup_frac, eval_every_s=a.eval_every_s,
+                     augment=AugmentConfig(pad=a.pad, hflip=a.hflip, erase=a.erase),
+                     train_s=max(a.total_s - (time.perf_counter() - T0) - a.reserve_s, 1.0))
     if a.tiny:
-        a.device, a.amp, a.steps, a.batch_size, a.dim, a.depth, a.num_heads = "cpu", "none", 20, 32, 32, 2, 2
-        a.eval_batch_size = 1000
-    start = time.perf_counter()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    parts: dict = {}
-
-    def left(box: float) -> float:
-        return min(box, a.total_s - (time.perf_counter() - start) - 2.0)
-
-    for model, box in (("vil", a.vil_box_s), ("vit", a.vit_box_s)):
-        run_part(model, train_command(model, a, out), left(box), out / f"{model}.log", parts)
-        write_summary(out, a, parts, argv)
-    run_part("bench", bench_command(a), left(a.total_s), out / "bench.log", parts)
-    write_summary(out, a, parts, argv)
-    print((out / "results.md").read_text())
-    return 0 if all(v["status"] == "ok" for v in parts.values()) else 1
+        cfg.device, cfg.amp, cfg.batch_size, cfg.dim, cfg.depth, cfg.num_heads = "cpu", "none", 32, 32, 2, 2
+        cfg.eval_batch_size, cfg.max_steps, cfg.train_s, cfg.eval_every_s = 100, 6, 60.0, 1e9
+    torch.set_num_threads(2) if a.tiny else None
+    res = train_pair(a.out, cfg, log=lambda s: print(f"[{time.perf_counter() - T0:6.1f} s] {s}", flush=True))
+    head = [f"Command: `python3 benchmarks/vision_gpu.py {shlex.join(argv)}`", "",
+            f"Machine: {res['device_name']}; torch {torch.__version__}; python {platform.python_version()}; "
+            f"wall {time.perf_counter() - T0:.0f} s of a {a.total_s:.0f} s cap", ""]
+    text = "\n".join(head) + summary_table(res)
+    (res_path := __import__("pathlib").Path(a.out) / "results.md").write_text(text)
+    print(text, flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,103 @@
+"""The vision training / inference steps (tasks/vision_step.py) against a plain eager reference, regional
+torch.compile of the vision blocks against eager (outputs and gradients), the lockstep ViL/ViT run's schedule
+and its kill-safe record. The CUDA-graph path is checked on the GPU by the benchmarks (a replay against an
+eager step, printed with the results): CI has no GPU."""
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flashxlstm.models.vision import ViL, ViLConfig
+from flashxlstm.tasks.vision_pair import PairConfig, lr_at_fraction, train_pair
+from flashxlstm.tasks.vision_step import InferStep, TrainStep, compile_blocks
+from flashxlstm.training.schedule import decay_groups
+
+
+def _tiny_vil(**kw):
+    torch.manual_seed(0)
+    return ViL(ViLConfig(image_size=8, patch_size=2, dim=16, depth=2, num_heads=2, backend="chunkwise", **kw))
+
+
+def test_train_step_matches_reference():
+    model = _tiny_vil()
+    ref = copy.deepcopy(model)
+    step = TrainStep(model, lr=1e-2, weight_decay=0.1, grad_clip=0.05, label_smoothing=0.1, ema_decay=0.9)
+    opt = torch.optim.AdamW(decay_groups(ref, 0.1), lr=1e-2, weight_decay=0.1)
+    ema = [p.detach().clone() for p in ref.parameters()]
+    g = torch.Generator().manual_seed(1)
+    for n, lr in enumerate((1e-2, 5e-3, 2e-3), start=1):
+        x, y = torch.randn(5, 1, 8, 8, generator=g), torch.randint(0, 10, (5,), generator=g)
+        loss = step(x, y, lr)
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        opt.zero_grad()
+        ref_loss = F.cross_entropy(ref(x), y, label_smoothing=0.1)
+        ref_loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+        opt.step()
+        d = min(0.9, (1 + n) / (10 + n))
+        ema = [d * e + (1 - d) * p.detach() for e, p in zip(ema, ref.parameters())]
+        torch.testing.assert_close(loss, ref_loss.detach())
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)
+    for e, q in zip(step.ema.parameters(), ema):
+        torch.testing.assert_close(e, q)
+    logits = InferStep(model)(x)
+    assert model.training and logits.dtype == torch.float32
+    torch.testing.assert_close(logits, ref.eval()(x))
+
+
+def test_step_bad_arguments():
+    model = _tiny_vil()
+    with pytest.raises(ValueError, match="CUDA"):
+        TrainStep(model, lr=1e-3, graph=True)
+    with pytest.raises(ValueError, match="CUDA"):
+        InferStep(model, graph=True)
+    with pytest.raises(ValueError, match="amp"):
+        TrainStep(model, lr=1e-3, amp="fp8")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TrainStep(model, lr=1e-3, label_smoothing=1.5)
+    with pytest.raises(RuntimeError, match="nothing captured"):
+        TrainStep(model, lr=1e-3).check_graph(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), 1e-3)
+    with pytest.raises(ValueError, match="blocks"):
+        compile_blocks(torch.nn.Linear(2, 2))
+
+
+def test_compiled_vil_blocks_equal_eager():
+    torch._dynamo.reset()
+    eager = _tiny_vil().double()
+    compiled = compile_blocks(copy.deepcopy(eager), "aot_eager", fullgraph=True)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([1, 4, 7])
+    outs = []
+    for m in (eager, compiled):
+        logits = m(x)
+        F.cross_entropy(logits, y).backward()
+        outs.append((logits.detach(), [p.grad for p in m.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_lr_at_fraction():
+    assert lr_at_fraction(0.0, 1.0, 0.1) == pytest.approx(1e-3)
+    assert lr_at_fraction(0.05, 1.0, 0.1) == pytest.approx(0.5)
+    assert lr_at_fraction(0.1, 1.0, 0.1) == pytest.approx(1.0)
+    assert lr_at_fraction(0.55, 1.0, 0.1) == pytest.approx(0.5)
+    assert lr_at_fraction(1.0, 1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at_fraction(2.0, 1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_pair_run_lockstep_record(tmp_path):
+    cfg = PairConfig(dataset="digits", device="cpu", batch_size=16, eval_batch_size=100, dim=16, depth=2,
+                     num_heads=2, train_s=60.0, max_steps=3, eval_every_s=0.0)
+    res = train_pair(tmp_path, cfg, log=lambda s: None)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["partial"] is False and saved["steps"] == 3 == res["steps"]
+    # an evaluation after every step (eval_every_s 0), each rewriting the record, plus the final one
+    assert [h["step"] for h in saved["history"]] == [1, 2, 3, 3]
+    last = saved["history"][-1]["test_accuracy"]
+    assert set(last) == {"vil", "vil_ema", "vit", "vit_ema"} and all(0.0 <= v <= 1.0 for v in last.values())
+    assert "| vil |" in (tmp_path / "results.md").read_text()
