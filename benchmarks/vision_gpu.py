@@ -12,17 +12,36 @@ machine and the versions at the end. The images/s comparison is benchmarks/bench
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 T0 = time.perf_counter()
 
 import torch  # noqa: E402
 
 from flashxlstm.tasks.vision_augment import AugmentConfig  # noqa: E402
-from flashxlstm.tasks.vision_pair import PairConfig, summary_table, train_pair  # noqa: E402
+from flashxlstm.tasks.vision_pair import PairConfig, pick_backend, summary_table, time_backends, train_pair  # noqa: E402
+
+
+def run_probe(argv: list[str], a: argparse.Namespace, log) -> dict | None:
+    """time_backends in a child process under `--probe-s`; None when it fails or runs out of time."""
+    path = Path(a.out) / "backend_probe.json"
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, __file__, *argv, "--probe-json", str(path)]
+    try:
+        proc = subprocess.run(cmd, timeout=a.probe_s, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        log(f"backend probe: no answer within {a.probe_s:.0f} s")
+        return None
+    if proc.returncode != 0 or not path.is_file():
+        log(f"backend probe failed (exit {proc.returncode}): {proc.stderr[-500:]}")
+        return None
+    return json.loads(path.read_text())
 
 
 def main(argv=None) -> int:
@@ -38,9 +57,13 @@ def main(argv=None) -> int:
     p.add_argument("--amp", default="bf16", choices=["none", "bf16"])
     p.add_argument("--no-graph", action="store_true")
     p.add_argument("--compile", default=None, help="torch.compile backend for the blocks (default: none)")
-    p.add_argument("--backend", default="chunkwise", help="mLSTM kernel of the ViL")
+    p.add_argument("--backend", default="chunkwise", help="mLSTM kernel of the ViL; 'fastest': time chunkwise "
+                   "and triton first in a child process (a crash there costs only the probe), train with the "
+                   "faster one whose logits agree with chunkwise's")
+    p.add_argument("--probe-s", type=float, default=45.0, help="time box of the backend probe")
+    p.add_argument("--probe-json", default=None, help=argparse.SUPPRESS)  # the probe's child process
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--ema-decay", type=float, default=0.999, help="negative: no EMA")
@@ -66,12 +89,24 @@ def main(argv=None) -> int:
         cfg.device, cfg.amp, cfg.batch_size, cfg.dim, cfg.depth, cfg.num_heads = "cpu", "none", 32, 32, 2, 2
         cfg.eval_batch_size, cfg.max_steps, cfg.train_s, cfg.eval_every_s = 100, 6, 60.0, 1e9
     torch.set_num_threads(2) if a.tiny else None
-    res = train_pair(a.out, cfg, log=lambda s: print(f"[{time.perf_counter() - T0:6.1f} s] {s}", flush=True))
+    log = lambda s: print(f"[{time.perf_counter() - T0:6.1f} s] {s}", flush=True)
+    if a.probe_json:  # the child: time the backends, write them, exit
+        Path(a.probe_json).write_text(json.dumps(time_backends(cfg)))
+        return 0
+    probe = None
+    if cfg.backend == "fastest":
+        probe = run_probe(argv, a, log)
+        cfg.backend = pick_backend(probe) if probe else "chunkwise"
+        log(f"backend probe: {probe}; training with {cfg.backend}")
+        if not a.tiny:
+            cfg.train_s = max(a.total_s - (time.perf_counter() - T0) - a.reserve_s, 1.0)
+    cfg.extra["backend_probe"] = probe
+    res = train_pair(a.out, cfg, log=log)
     head = [f"Command: `python3 benchmarks/vision_gpu.py {shlex.join(argv)}`", "",
             f"Machine: {res['device_name']}; torch {torch.__version__}; python {platform.python_version()}; "
             f"wall {time.perf_counter() - T0:.0f} s of a {a.total_s:.0f} s cap", ""]
     text = "\n".join(head) + summary_table(res)
-    (res_path := __import__("pathlib").Path(a.out) / "results.md").write_text(text)
+    (Path(a.out) / "results.md").write_text(text)
     print(text, flush=True)
     return 0
 

@@ -118,3 +118,44 @@ def test_idx_reader_and_missing_fashion_mnist(tmp_path):
     np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), arr)
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("K,bias,S", [(4, False, 7), (0, False, 5), (4, True, 2), (3, True, 9)])
+def test_vil_layer_equals_mlstm_layer(K, bias, S):
+    """The ViL's fused-glue layer against nn's mLSTMLayer in float64: outputs, final state and all gradients
+    (random weights; atol 1e-6 covers the normalizer's conditioning at random weights, agreement is ~1e-15
+    where it is well conditioned)."""
+    from flashxlstm.models.vision.vil_layer import ViLmLSTMLayer
+    from flashxlstm.nn.mlstm_layer import mLSTMLayer
+    torch.manual_seed(0)
+    kw = dict(num_heads=2, conv1d_kernel_size=K, qkv_proj_blocksize=4, bias=bias, backend="chunkwise",
+              chunk_size=4, round_proj_up_to_multiple_of=8)
+    ref, fast = mLSTMLayer(12, **kw).double(), ViLmLSTMLayer(12, **kw).double()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, S, 12, dtype=torch.float64, requires_grad=True)
+    (y_ref, st_ref), (y, st) = ref(x), fast(x)
+    tol = dict(atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(y, y_ref, **tol)
+    for a, b in zip(st, st_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+    g = torch.randn_like(y)
+    grads_ref = torch.autograd.grad(y_ref, [x, *ref.parameters()], g)
+    grads = torch.autograd.grad(y, [x, *fast.parameters()], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, **tol)
+    # a carried state or a single step takes mLSTMLayer's own path
+    torch.testing.assert_close(fast(x[:, :1])[0], ref(x[:, :1])[0])
+
+
+def test_vil_fused_glue_same_model():
+    torch.manual_seed(0)
+    cfg = dict(image_size=8, patch_size=2, dim=16, depth=2, num_heads=2, backend="chunkwise")
+    fused, plain = ViL(ViLConfig(**cfg)), ViL(ViLConfig(**cfg, fused_glue=False))
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)

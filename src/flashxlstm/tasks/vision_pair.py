@@ -85,6 +85,57 @@ def _accuracy(infer, batches) -> float:
     return correct / total
 
 
+def time_backends(cfg: PairConfig, candidates=("chunkwise", "triton"), steps: int = 5) -> dict[str, dict]:
+    """Per mLSTM backend available here: ms per ViL training step at `cfg`'s shapes (through TrainStep, so a
+    replayed CUDA graph on a GPU) and the largest |difference| of its float32 logits from the chunkwise
+    backend's on the same weights and images. A backend that fails gets {"error": ...}. Random images: the
+    timing needs shapes, not data."""
+    from flashxlstm.ops.mlstm_cell import BACKENDS
+    dev = torch.device(cfg.device)
+    graph = cfg.graph and dev.type == "cuda"
+    side = {"fashion-mnist": 28, "digits": 8}[cfg.dataset]
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    x = torch.rand(cfg.batch_size, 1, side, side, generator=g, device=dev)
+    y = torch.randint(0, 10, (cfg.batch_size,), generator=g, device=dev)
+    ref_logits, out = None, {}
+    for name in ("chunkwise",) + tuple(c for c in candidates if c != "chunkwise"):
+        if name not in BACKENDS:
+            out[name] = {"error": "not available here"}
+            continue
+        try:
+            torch.manual_seed(cfg.seed)
+            m = build_model("vil", image_size=(side, side), patch_size=cfg.patch_size, dim=cfg.dim,
+                            depth=cfg.depth, num_heads=cfg.num_heads, num_classes=10, backend=name,
+                            pooling=cfg.pooling).to(dev)
+            with torch.no_grad():
+                logits = m.eval()(x).float()
+            m.train()
+            ref_logits = logits if ref_logits is None else ref_logits
+            step = TrainStep(m, lr=1e-4, amp=cfg.amp, grad_clip=cfg.grad_clip, graph=graph)
+            for _ in range(step.warmup + 1):
+                step(x, y, 1e-4)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t = time.perf_counter()
+            for _ in range(steps):
+                step(x, y, 1e-4)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            out[name] = {"ms_per_step": 1000 * (time.perf_counter() - t) / steps,
+                         "max_abs_logit_diff_vs_chunkwise": float((logits - ref_logits).abs().max())}
+            del m, step
+        except Exception as e:  # noqa: BLE001  a kernel that cannot run this shape is no candidate
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    return out
+
+
+def pick_backend(times: dict[str, dict], tol: float = 1e-2) -> str:
+    """The fastest backend whose logits agree with chunkwise's within `tol` (chunkwise when none does)."""
+    ok = {n: r["ms_per_step"] for n, r in times.items()
+          if "ms_per_step" in r and r["max_abs_logit_diff_vs_chunkwise"] <= tol}
+    return min(ok, key=ok.get) if ok else "chunkwise"
+
+
 def train_pair(out: str | Path, cfg: PairConfig, log=print) -> dict:
     t_start = time.perf_counter()
     out = Path(out)

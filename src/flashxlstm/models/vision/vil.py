@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ...nn.blocks import mLSTMBlock
 from .patch import PatchEmbed
+from .vil_layer import ViLmLSTMLayer
 
 POOLINGS = ("bilateral_avg", "bilateral_concat", "mean")
 
@@ -34,6 +35,7 @@ class ViLConfig:
     pooling: str = "bilateral_concat"
     backend: str = "auto"
     chunk_size: int = 64
+    fused_glue: bool = True  # the layer's glue as fewer, larger ops (vil_layer.py); False: nn's mLSTMLayer as is
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -43,12 +45,15 @@ class ViLConfig:
 
 
 class ViLBlock(nn.Module):
-    """A pre-norm residual mLSTM block that scans the tokens forward or, with `reverse`, last to first."""
+    """A pre-norm residual mLSTM block that scans the tokens forward or, with `reverse`, last to first.
+    `fused_glue`: its mLSTM layer is the ViLmLSTMLayer (same parameters and function, fewer ops)."""
 
-    def __init__(self, dim: int, *, reverse: bool, **layer_kwargs):
+    def __init__(self, dim: int, *, reverse: bool, fused_glue: bool = False, **layer_kwargs):
         super().__init__()
         self.reverse = reverse
         self.block = mLSTMBlock(dim, **layer_kwargs)
+        if fused_glue:
+            self.block.layer = ViLmLSTMLayer(dim, **layer_kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.reverse:
@@ -64,7 +69,8 @@ class ViL(nn.Module):
         kw = dict(num_heads=cfg.num_heads, proj_factor=cfg.proj_factor, conv1d_kernel_size=cfg.conv_kernel_size,
                   qkv_proj_blocksize=cfg.qkv_proj_blocksize, num_blocks=cfg.depth, backend=cfg.backend,
                   chunk_size=cfg.chunk_size, round_proj_up_to_multiple_of=cfg.num_heads * cfg.qkv_proj_blocksize)
-        self.blocks = nn.ModuleList(ViLBlock(cfg.dim, reverse=bool(i % 2), **kw) for i in range(cfg.depth))
+        self.blocks = nn.ModuleList(ViLBlock(cfg.dim, reverse=bool(i % 2), fused_glue=cfg.fused_glue, **kw)
+                                    for i in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim * (2 if cfg.pooling == "bilateral_concat" else 1), cfg.num_classes)
 
