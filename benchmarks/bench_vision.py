@@ -5,7 +5,8 @@
     python benchmarks/bench_vision.py --device cpu --dim 32 --depth 2 --tokens 16 64 --tokens-per-batch 128
 
 Tokens per image T come from square images of side sqrt(T) * patch (patch 16: 196 tokens = 224 px, 1024
-tokens = 512 px, 3 channels). The batch holds about `--tokens-per-batch` tokens (the same work per step at
+tokens = 512 px, 3 channels). The ViL's chunkwise (torch) form runs at the largest chunk <= 64 that divides T
+(49 at 196 tokens, 64 at 1024), so no padding inflates either size; Triton at 64. The batch holds about `--tokens-per-batch` tokens (the same work per step at
 every T, large enough to keep the GPU busy). Each model runs its inference and its training step (AdamW,
 clipping, bf16 autocast) through tasks/vision_step.py: on CUDA as a replayed CUDA graph, checked against one
 eager step first (largest |difference| of the logits, the loss and the updated weights is printed); if
@@ -153,10 +154,13 @@ def main(argv=None) -> int:
             skipped.append(f"{name} ({backend}) at {t} tokens")
             continue
         torch.manual_seed(0)
-        model = (ViT(vit_cfg) if name == "vit" else ViL(replace(vil_cfg, backend=backend))).to(dev)
+        # the torch chunkwise form pads the sequence to whole chunks: take the largest chunk <= 64 that divides T
+        chunk = max(d for d in range(1, 65) if t % d == 0) if backend == "chunkwise" else 64
+        model = (ViT(vit_cfg) if name == "vit" else ViL(replace(vil_cfg, backend=backend, chunk_size=chunk))).to(dev)
         x = torch.randn(batch, 3, px, px, device=dev)
         y = torch.randint(0, 1000, (batch,), device=dev)
-        row = {"model": name, "backend": None if name == "vit" else backend, "tokens": t, "px": px,
+        row = {"model": name, "backend": None if name == "vit" else backend,
+               "chunk_size": None if name == "vit" else chunk, "tokens": t, "px": px,
                "batch": batch, "params": num_parameters(model), "depth": model.cfg.depth}
         for train in (False, True):
             key = "train" if train else "infer"
@@ -172,7 +176,7 @@ def main(argv=None) -> int:
         mem = lambda r: f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-"
         mode = "graph" if inf.get("graph") and tr.get("graph") else "eager" if not graph else "mixed"
         chk = lambda r: _fmt_check(r) if "error" not in r else "-"
-        print(f"| {name} | {row['backend'] or '-'} | {t} | {px} | {batch} | {row['params']:,} ({row['depth']} "
+        print(f"| {name} | {row['backend'] + f' (chunk {chunk})' if row['backend'] else '-'} | {t} | {px} | {batch} | {row['params']:,} ({row['depth']} "
               f"blocks) | {mode} | {ips(inf)} | {ips(tr)} | {mem(inf)} | {mem(tr)} | infer {chk(inf)}; "
               f"train {chk(tr)} |", flush=True)
         if a.json:
