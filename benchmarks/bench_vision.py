@@ -73,6 +73,8 @@ def measure(model, x, y, *, train: bool, amp: str, graph: bool, min_s: float, ma
     try:
         for _ in range(step.warmup + 1):  # warm-up, then (graphed) capture and the first replay
             call()
+        if graph and step.graph_error:
+            raise RuntimeError(step.graph_error)
         if graph:
             res["check"] = step.check_graph(x, y, 1e-4) if train else {"logits": step.check_graph(x)}
     except Exception as e:  # noqa: BLE001  a capture that fails is reported, and the row is timed eagerly

@@ -147,14 +147,27 @@ class TrainStep:
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 return loss
             self.optimizer.zero_grad(set_to_none=True)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._loss = self._run(*self._static)
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._loss = self._run(*self._static)
+                self._graph = graph
+            except Exception as e:  # noqa: BLE001  what cannot be captured still trains, eagerly
+                return self.fall_back(f"capture failed: {type(e).__name__}: {e}", x, y)
         else:
             self._static[0].copy_(x)
             self._static[1].copy_(y)
         self._graph.replay()  # capture records without running: this call's step happens here
         return self._loss
+
+    def fall_back(self, reason: str, x: Tensor | None = None, y: Tensor | None = None) -> Tensor | None:
+        """Run eagerly from now on (the capturable optimiser and its state carry on); `self.graph_error` keeps
+        the reason. With (x, y), takes this call's step eagerly."""
+        self.graph, self.graph_error, self._graph = False, reason, None
+        torch.cuda.synchronize(self.device)
+        return self._run(x, y) if x is not None else None
+
+    graph_error: str | None = None
 
     @property
     def captured(self) -> bool:
@@ -235,11 +248,19 @@ class InferStep:
                     out = self._run(self._x)
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 return out
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._out = self._run(self._x)
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._out = self._run(self._x)
+                self._graph = graph
+            except Exception as e:  # noqa: BLE001  eager from now on
+                self.graph, self.graph_error = False, f"capture failed: {type(e).__name__}: {e}"
+                torch.cuda.synchronize(self.device)
+                return self._run(x)
         self._graph.replay()
         return self._out
+
+    graph_error: str | None = None
 
     @property
     def captured(self) -> bool:
