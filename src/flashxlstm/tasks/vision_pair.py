@@ -186,7 +186,7 @@ def train_pair(out: str | Path, cfg: PairConfig, log=print) -> dict:
                             for n, m in models.items()},
            "tokens_per_image": models["vil"].patch.num_patches, "device": str(dev),
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-           "torch": torch.__version__, "graph": graph, "history": [], "partial": True,
+           "torch": torch.__version__, "graph": graph, "train_size": len(ytr), "history": [], "partial": True,
            "data_load_s": time.perf_counter() - t_start}
     log(f"vision pair: ViL {res['num_parameters']['vil']:,} / ViT {res['num_parameters']['vit']:,} parameters, "
         f"{res['tokens_per_image']} tokens per image, batch {cfg.batch_size}, graph {graph}, "
@@ -232,7 +232,7 @@ def train_pair(out: str | Path, cfg: PairConfig, log=print) -> dict:
 
 def _record(res, step, t0, losses, accs, cfg, checks, out, log) -> None:
     point = {"step": step, "elapsed_s": round(time.perf_counter() - t0, 1),
-             "images_seen": step * cfg.batch_size, "epochs": step * cfg.batch_size / 60000,
+             "images_seen": step * cfg.batch_size, "epochs": step * cfg.batch_size / res["train_size"],
              "train_loss": {n: (float(v) if v is not None else None) for n, v in losses.items()},
              "test_accuracy": accs}
     res["history"].append(point)
