@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--backends", nargs="+", default=["chunkwise", "triton"],
                    help="mLSTM kernels of the ViL, each its own rows (linear-cost ones: chunkwise, triton; "
                         "'parallel' is the quadratic form); one not available here is skipped")
+    p.add_argument("--also-unfused", action="store_true", help="also time the ViL (first backend) with nn's "
+                   "mLSTMLayer instead of the fused-glue layer, after the other rows")
     p.add_argument("--no-graph", action="store_true", help="time eager steps (the default on CPU)")
     p.add_argument("--max-s", type=float, default=None, help="wall deadline of the whole script, seconds")
     p.add_argument("--json", default=None, help="also write the measurements here")
@@ -147,21 +149,24 @@ def main(argv=None) -> int:
                                         dim=a.dim, num_heads=a.num_heads), num_parameters(ViL(vil_cfg)))
         setups[t] = (px, max(1, round(a.tokens_per_batch / t)), vil_cfg, vit_cfg)
     # the first backend and the ViT at every size first; further backends after, as the deadline allows
-    jobs = [(job, t) for i, backend in enumerate(a.backends) for t in a.tokens
+    jobs = [(job, t, True) for i, backend in enumerate(a.backends) for t in a.tokens
             for job in ([backend, "vit"] if i == 0 else [backend])]
-    for backend, t in jobs:
+    if a.also_unfused:  # the ViL with nn's mLSTMLayer as is: what the fused glue saves
+        jobs += [(a.backends[0], t, False) for t in a.tokens]
+    for backend, t, fused in jobs:
         name = "vit" if backend == "vit" else "vil"
         px, batch, vil_cfg, vit_cfg = setups[t]
         if a.max_s is not None and time.perf_counter() - T0 > a.max_s:
-            skipped.append(f"{name} ({backend}) at {t} tokens")
+            skipped.append(f"{name} ({backend}{'' if fused else ', unfused'}) at {t} tokens")
             continue
         torch.manual_seed(0)
         # the torch chunkwise form pads the sequence to whole chunks: take the largest chunk <= 64 that divides T
         chunk = max(d for d in range(1, 65) if t % d == 0) if backend == "chunkwise" else 64
-        model = (ViT(vit_cfg) if name == "vit" else ViL(replace(vil_cfg, backend=backend, chunk_size=chunk))).to(dev)
+        model = (ViT(vit_cfg) if name == "vit" else ViL(replace(vil_cfg, backend=backend, chunk_size=chunk,
+                                                                   fused_glue=fused))).to(dev)
         x = torch.randn(batch, 3, px, px, device=dev)
         y = torch.randint(0, 1000, (batch,), device=dev)
-        row = {"model": name, "backend": None if name == "vit" else backend,
+        row = {"model": name, "backend": None if name == "vit" else backend, "fused_glue": fused,
                "chunk_size": None if name == "vit" else chunk, "tokens": t, "px": px,
                "batch": batch, "params": num_parameters(model), "depth": model.cfg.depth}
         for train in (False, True):
@@ -178,7 +183,7 @@ def main(argv=None) -> int:
         mem = lambda r: f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-"
         mode = "graph" if inf.get("graph") and tr.get("graph") else "eager" if not graph else "mixed"
         chk = lambda r: _fmt_check(r) if "error" not in r else "-"
-        print(f"| {name} | {row['backend'] + f' (chunk {chunk})' if row['backend'] else '-'} | {t} | {px} | {batch} | {row['params']:,} ({row['depth']} "
+        print(f"| {name}{'' if fused else ' (unfused glue)'} | {row['backend'] + f' (chunk {chunk})' if row['backend'] else '-'} | {t} | {px} | {batch} | {row['params']:,} ({row['depth']} "
               f"blocks) | {mode} | {ips(inf)} | {ips(tr)} | {mem(inf)} | {mem(tr)} | infer {chk(inf)}; "
               f"train {chk(tr)} |", flush=True)
         if a.json:
@@ -192,7 +197,8 @@ def main(argv=None) -> int:
         print("| model | mLSTM backend | infer cost ratio | train cost ratio |")
         print("|---|---|---|---|")
         for name, backend in [("vil", b) for b in a.backends] + [("vit", None)]:
-            r = {row["tokens"]: row for row in rows if row["model"] == name and row["backend"] == backend}
+            r = {row["tokens"]: row for row in rows
+                 if row["model"] == name and row["backend"] == backend and row["fused_glue"]}
             if lo not in r or hi not in r:
                 continue
             ratio = lambda k: (f"{r[lo][k]['images_per_s'] / r[hi][k]['images_per_s']:.2f}"
