@@ -41,9 +41,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
-
 MODELS = ("xlstm71-125m", "large-125m", "llama")
 ROWS = "science_lm.{}.jsonl"
 
@@ -56,25 +53,29 @@ def _stop(signum, frame):
     raise Stopped(signal.Signals(signum).name)
 
 
-class LlamaLoss(nn.Module):
+def llama_loss(model, ce_chunk: int = 4096):
     """A transformers Llama behind the trainer's loss interface: (input_ids, targets, cu_seqlens, state) ->
     (loss sum, counted targets, None), through the same chunked cross-entropy as ours. cu_seqlens is ignored:
-    SDPA's causal attention has no document reset."""
+    SDPA's causal attention has no document reset. (torch is imported here, not at the top: a --concurrent
+    parent only starts processes and draws the report.)"""
+    from torch import nn
 
-    def __init__(self, model: nn.Module, ce_chunk: int = 4096):
-        super().__init__()
-        self.model = model
-        self.ce_chunk = ce_chunk
+    from flashxlstm.data.shards import IGNORE_INDEX
+    from flashxlstm.training.lm_loss import chunked_cross_entropy
 
-    def forward(self, input_ids, targets, cu_seqlens=None, state=None):
-        from flashxlstm.data.shards import IGNORE_INDEX
-        from flashxlstm.training.lm_loss import chunked_cross_entropy
+    class LlamaLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        hidden = self.model.model(input_ids=input_ids).last_hidden_state
-        B, S = input_ids.shape
-        loss = chunked_cross_entropy(hidden.reshape(B * S, -1), self.model.lm_head.weight, targets.reshape(-1),
-                                     chunk=self.ce_chunk)
-        return loss, (targets != IGNORE_INDEX).sum(), None
+        def forward(self, input_ids, targets, cu_seqlens=None, state=None):
+            hidden = self.model.model(input_ids=input_ids).last_hidden_state
+            B, S = input_ids.shape
+            loss = chunked_cross_entropy(hidden.reshape(B * S, -1), self.model.lm_head.weight, targets.reshape(-1),
+                                         chunk=ce_chunk)
+            return loss, (targets != IGNORE_INDEX).sum(), None
+
+    return LlamaLoss()
 
 
 def label_of(spec: str) -> str:
@@ -82,9 +83,11 @@ def label_of(spec: str) -> str:
     return Path(spec).stem if spec.endswith((".json", ".toml", ".yaml", ".yml")) else spec
 
 
-def build(spec: str, vocab: int, device: torch.device, llama_like: str) -> tuple[nn.Module, nn.Module, str, dict]:
+def build(spec: str, vocab: int, device, llama_like: str) -> tuple:
     """(the model, the loss module, a description, the recurrent kernels the backend rule picks here);
     `llama` is sized like `llama_like` (its width, and the depth that comes closest to its parameter count)."""
+    import torch
+
     from flashxlstm.training.lm_loss import CausalLMLoss
     from flashxlstm.training.presets import build_model, resolve_model
 
@@ -98,7 +101,7 @@ def build(spec: str, vocab: int, device: torch.device, llama_like: str) -> tuple
         width = fields["embedding_dim"]
         cfg = llama_config(width, target, vocab)
         model = build_llama(cfg, device, ac=False)
-        return model, LlamaLoss(model), f"Llama {cfg.num_hidden_layers} x {width} (SDPA)", {"attention": "sdpa"}
+        return model, llama_loss(model), f"Llama {cfg.num_hidden_layers} x {width} (SDPA)", {"attention": "sdpa"}
     family, fields = resolve_model(spec, vocab)
     model = build_model(family, fields).to(device)
     if family == "neurips":
@@ -108,8 +111,10 @@ def build(spec: str, vocab: int, device: torch.device, llama_like: str) -> tuple
     return model, CausalLMLoss(model), f"{label_of(spec)} ({family}, {shape})", kernels_used(family, device)
 
 
-def kernels_used(family: str, device: torch.device) -> dict:
+def kernels_used(family: str, device) -> dict:
     """What backend="auto" resolves to for the bf16 (CUDA) or fp32 (CPU) recurrent ops of a run on `device`."""
+    import torch
+
     from flashxlstm.ops import mlstm_cell, slstm_cell
     from flashxlstm.ops.choose import choose_backend
 
@@ -122,27 +127,31 @@ def kernels_used(family: str, device: torch.device) -> dict:
     return out
 
 
-@torch.no_grad()
 def validate(module, data, starts, args, device, amp) -> float:
+    import torch
+
     from flashxlstm.data.shards import pack_rows
     from flashxlstm.training.engine import autocast
 
     module.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    for k in range(0, len(starts), args.batch_size):
-        b = pack_rows(data, starts[k:k + args.batch_size], args.seq_len)
-        cu = b.cu_seqlens.to(device) if args.feed == "packed" else None
-        with autocast(device, amp):
-            s, c, _ = module(b.inputs.to(device), b.targets.to(device), cu)
-        total += s.double()
-        count += int(c)
+    with torch.no_grad():
+        for k in range(0, len(starts), args.batch_size):
+            b = pack_rows(data, starts[k:k + args.batch_size], args.seq_len)
+            cu = b.cu_seqlens.to(device) if args.feed == "packed" else None
+            with autocast(device, amp):
+                s, c, _ = module(b.inputs.to(device), b.targets.to(device), cu)
+            total += s.double()
+            count += int(c)
     module.train()
     return float(total) / max(count, 1)
 
 
 def run_model(spec: str, args, data, train_range, val_starts, device, emit) -> dict:
     """Train one model for args.steps steps (or until its time cap) and emit its evaluations."""
+    import torch
+
     from flashxlstm.data.shards import PackedBatches
     from flashxlstm.training.engine import autocast, optimizer_step, run_loop
     from flashxlstm.training.schedule import decay_groups, warmup_cosine_lr
@@ -419,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / ROWS.format(label_of(spec))).write_text("")
     if args.concurrent and len(specs) > 1:
         return run_concurrent(args, argv, out)
+
+    import torch
 
     from flashxlstm.data.shards import TokenData, validation_windows
     from flashxlstm.training.engine import resolve_device

@@ -87,7 +87,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from bench_train import build_llama, llama_config
-    from science_lm import LlamaLoss
+    from science_lm import llama_loss
 
     from flashxlstm.training.lm_loss import CausalLMLoss
     from flashxlstm.training.presets import build_model, resolve_model
@@ -102,7 +102,7 @@ def main() -> int:
     cfg = llama_config(args.width, sum(p.numel() for p in built["large"].parameters()), args.vocab)
     built["llama"] = build_llama(cfg, torch.device("cpu"), ac=False)
     for name, model in built.items():
-        module = LlamaLoss(model) if name == "llama" else CausalLMLoss(model)
+        module = llama_loss(model) if name == "llama" else CausalLMLoss(model)
         params = list(model.parameters())
         t_win = time_steps(module, params, inputs, targets, None, args.steps)
         t_pack = time_steps(module, params, inputs, targets, cu, args.steps) if name != "llama" else None
