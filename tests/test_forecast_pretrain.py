@@ -13,8 +13,8 @@ from flashxlstm.training.forecast import (PretrainConfig, WindowSampler, pinball
 
 
 def _cfg(**kw):
-    base = dict(seconds=0, max_steps=40, batch_size=16, context_length=64, prediction_length=32, lr=5e-3,
-                warmup_steps=5, synthetic_count=24, synthetic_length=160, eval_windows=32, eval_every=0,
+    base = dict(time_budget_s=None, steps=40, batch_size=16, context_length=64, prediction_length=32, lr=5e-3,
+                warmup_steps=5, synthetic_count=24, synthetic_length=160, eval_windows=32, eval_every=1000,
                 log_every=10, device="cpu", model=ForecastConfig(patch_size=16, dim=16, num_blocks=1, num_heads=2))
     base.update(kw)
     return PretrainConfig(**base)
@@ -100,10 +100,45 @@ def test_cli_tiny_run(tmp_path, capsys):
 
     out = tmp_path / "run"
     rc = main(["experiment", "forecast-pretrain", "--preset", "tiny", "--no-real", "--device", "cpu",
-               "--max-steps", "3", "--seconds", "60", "--save-dtype", "bfloat16", "--max-shard-mb", "0.01",
+               "--steps", "3", "--seconds", "60", "--save-dtype", "bfloat16", "--max-shard-mb", "0.01",
                "--out", str(out)])
     assert rc in (0, None)
     assert (out / "checkpoint" / "model.safetensors.index.json").is_file()
     model = xLSTMForecaster.from_pretrained(out / "checkpoint")
     assert model.forecast([np.arange(30.0), np.arange(50.0)], 5).quantiles.shape == (2, 5, 9)
     assert "3 steps" in capsys.readouterr().out
+
+
+def test_pretrain_config_is_loop_settings_with_a_step_cap_and_a_time_box():
+    from flashxlstm.training.settings import LoopSettings
+
+    cfg = _cfg(steps=100, time_budget_s=50.0, generator_weights={"seasonal_profile": 2.0, "random_walk": 1.0})
+    assert isinstance(cfg, LoopSettings)
+    back = PretrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and isinstance(back.model, ForecastConfig) and back.betas == cfg.betas
+    # the run ends at the cap or the time box, whichever comes first; the schedule follows the nearer end
+    assert cfg.progress(50, 10.0) == pytest.approx(0.5) and cfg.progress(10, 40.0) == pytest.approx(0.8)
+    assert _cfg(steps=100, time_budget_s=None).progress(99, 1e9) == pytest.approx(0.99)
+    for bad, match in ((dict(steps=0), "steps"), (dict(time_budget_s=0.0), "time_budget_s"),
+                       (dict(real_fraction=1.5), "real_fraction"), (dict(context_length=70), "multiples"),
+                       (dict(eval_every=0), "eval_every"), (dict(amp="fp8"), "amp"),
+                       (dict(generator_weights={"gp": 1.0}), "generator_weights"),
+                       (dict(real_weighting="rows"), "real_weighting")):
+        with pytest.raises(ValueError, match=match):
+            _cfg(**bad)
+    with pytest.raises(ValueError, match="unknown training setting"):
+        PretrainConfig.from_dict({**cfg.to_dict(), "max_steps": 3})
+
+
+def test_a_time_box_stops_the_loop_before_the_step_cap(tmp_path):
+    res = pretrain(_cfg(steps=10 ** 6, time_budget_s=0.5), real_series=None, print_fn=lambda *a: None)
+    assert 0 < res.steps < 10 ** 6 and res.seconds < 5
+
+
+def test_short_synthetic_batches_are_left_padded_stretches():
+    from flashxlstm.data.series_synth import synthetic_series
+
+    cfg = _cfg(short_fraction=1.0, real_fraction=0.0)
+    sampler = WindowSampler(synthetic_series(8, 160, seed=0), [], cfg, seed=0)
+    lead = [int(np.argmax(np.isfinite(sampler.sample(4, augment=False)[1][0].numpy()))) for _ in range(12)]
+    assert all(k % 16 == 0 for k in lead) and any(k > 0 for k in lead)  # whole masked patches in front

@@ -56,3 +56,24 @@ def test_synthetic_series_mix_is_seeded_finite_and_sized():
         synthetic_series(2, 10, kernel_synth_fraction=2.0)
     with pytest.raises(ValueError, match="length >= 2"):
         kernel_synth(2, 1)
+
+
+def test_seasonal_profile_repeats_its_period_and_weights_pick_generators():
+    from flashxlstm.data.series_synth import PROFILE_PERIODS, seasonal_profile
+
+    def twice_differenced(x, lag):  # removes a profile repeating at `lag` and a locally linear level
+        y = x[lag:] - x[:-lag]
+        return np.abs(y[lag:] - y[:-lag]).mean()
+
+    for seed in range(8):
+        x = seasonal_profile(np.random.default_rng(seed), 240)
+        assert x.shape == (240,) and np.isfinite(x).all()
+        # differencing at the profile's period leaves far less than at a lag that is no period (5)
+        best = min(twice_differenced(x, p) for p in set(PROFILE_PERIODS))
+        assert best < 0.4 * twice_differenced(x, 5)
+    only = synthetic_series(6, 64, seed=3, kernel_synth_fraction=0.0, generator_weights={"intermittent": 1.0})
+    assert all((s >= 0).all() and (s == np.round(s)).all() for s in only)
+    with pytest.raises(ValueError, match="generator_weights"):
+        synthetic_series(2, 64, generator_weights={"nope": 1.0})
+    with pytest.raises(ValueError, match="generator_weights"):
+        synthetic_series(2, 64, generator_weights={"intermittent": 0.0})

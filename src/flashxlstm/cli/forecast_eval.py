@@ -61,7 +61,7 @@ def _pretrain(args, log):
         raise ValueError(f"--pretrain-preset must be one of {', '.join(sorted(PRESETS))}, got {args.pretrain_preset!r}")
     preset = dict(PRESETS[args.pretrain_preset])
     model_cfg = ForecastConfig(**preset.pop("model"))
-    preset.update(seconds=args.pretrain_seconds, seed=args.seed)
+    preset.update(time_budget_s=args.pretrain_seconds, seed=args.seed)
     cfg = PretrainConfig(**preset, device="auto", model=model_cfg)
     t0 = time.perf_counter()
     res = pretrain(cfg, f"{args.out}/pretrain", real_series=pretrain_real_series(),

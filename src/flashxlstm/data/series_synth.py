@@ -21,6 +21,9 @@ Structural generators (vectorised NumPy, cheap):
     regime_switch     piecewise segments (a Markov chain of 2-4 regimes) each with its own level, slope, noise
     random_walk       a random walk with drift, optionally integrated once more (smooth trends)
     intermittent      sparse positive demand: Bernoulli occurrences times log-normal sizes, with a seasonal rate
+    seasonal_profile  a free-form seasonal profile (one random value per phase of a short period: 4, 7, 12, ...)
+                      repeated with little noise, additive or multiplicative on a positive trending level, so the
+                      amplitude grows with the level as in monthly and quarterly sales and production data
 
 `synthetic_series(n, length, seed)` mixes them (KernelSynth half of the time, by default) and returns a list
 of float64 arrays of the given length, all finite.
@@ -172,23 +175,56 @@ def intermittent(rng: np.random.Generator, length: int) -> np.ndarray:
     return (rng.random(length) < rate) * np.round(rng.lognormal(rng.uniform(0, 2), 0.5, length))
 
 
+# the seasonal periods of short business series (quarterly, weekly, monthly, hourly, half-hourly), the ones
+# a free-form profile is drawn for
+PROFILE_PERIODS = (4, 4, 7, 7, 12, 12, 12, 24, 48, 52)
+
+
+def seasonal_profile(rng: np.random.Generator, length: int) -> np.ndarray:
+    t = np.arange(length, dtype=np.float64)
+    period = int(rng.choice(PROFILE_PERIODS))
+    shape = rng.normal(0, 1, period)
+    if rng.random() < 0.5:  # a smooth profile: circular moving average over a few phases
+        k = int(rng.integers(2, max(3, period // 3 + 1)))
+        shape = np.convolve(np.concatenate([shape[-k:], shape, shape[:k]]), np.ones(k) / k, "same")[k:k + period]
+    shape = (shape - shape.mean()) / max(shape.std(), 1e-6)
+    phase = int(rng.integers(period))
+    season = shape[(t.astype(np.int64) + phase) % period]
+    drift = rng.normal(0, 0.05) * np.cumsum(rng.normal(0, 1, length)) / np.sqrt(period)  # slow profile wander
+    growth = rng.uniform(-0.5, 2.0) * t / length
+    level = np.exp(growth + 0.1 * _ar1(rng.normal(0, 0.05, length), 0.98))
+    amplitude = rng.uniform(0.05, 0.4)
+    noise = rng.normal(0, rng.uniform(0.0, 0.15) * amplitude, length)
+    if rng.random() < 0.6:  # multiplicative: the swing scales with the level
+        return rng.uniform(1, 100) * level * (1 + amplitude * (season + noise + drift / 10))
+    return rng.uniform(1, 100) * (level + amplitude * (season + noise + drift / 10))
+
+
 GENERATORS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "seasonal_trend": seasonal_trend, "regime_switch": regime_switch, "random_walk": random_walk,
-    "intermittent": intermittent,
+    "intermittent": intermittent, "seasonal_profile": seasonal_profile,
 }
 
 
 def synthetic_series(n: int, length: int = 1024, seed: int = 0, *, kernel_synth_fraction: float = 0.5,
-                     device=None) -> list[np.ndarray]:
-    """n series of `length` steps: round(n * kernel_synth_fraction) from KernelSynth, the rest spread evenly
-    (by a seeded draw) over GENERATORS; the order is shuffled by the same seed."""
+                     generator_weights: dict[str, float] | None = None, device=None) -> list[np.ndarray]:
+    """n series of `length` steps: round(n * kernel_synth_fraction) from KernelSynth, the rest drawn (seeded)
+    from GENERATORS with probabilities proportional to `generator_weights` (default: equal; a name left out
+    gets weight 0); the order is shuffled by the same seed."""
     if not 0 <= kernel_synth_fraction <= 1:
         raise ValueError(f"synthetic_series: kernel_synth_fraction must be in [0, 1], got {kernel_synth_fraction}")
+    weights = {name: 1.0 for name in GENERATORS} if generator_weights is None else dict(generator_weights)
+    unknown = sorted(set(weights) - set(GENERATORS))
+    if unknown or any(not (w >= 0) for w in weights.values()) or not sum(weights.values()) > 0:
+        raise ValueError(f"synthetic_series: generator_weights must map names of {sorted(GENERATORS)} to weights "
+                         f">= 0 with a positive sum, got {generator_weights}")
     rng = np.random.default_rng(seed)
     n_gp = round(n * kernel_synth_fraction)
     series = kernel_synth(n_gp, length, seed=int(rng.integers(2 ** 31)), device=device)
     names = list(GENERATORS)
+    p = np.array([weights.get(name, 0.0) for name in names], dtype=np.float64)
+    p /= p.sum()
     for _ in range(n - n_gp):
-        series.append(GENERATORS[names[int(rng.integers(len(names)))]](rng, length))
+        series.append(GENERATORS[names[int(rng.choice(len(names), p=p))]](rng, length))
     order = rng.permutation(n)
     return [np.asarray(series[i], dtype=np.float64) for i in order]

@@ -1,7 +1,7 @@
 """Pretraining the forecaster (flashxlstm.models.forecast) on synthetic and real series, time-boxed.
 
     from flashxlstm.training.forecast import PretrainConfig, pretrain
-    result = pretrain(PretrainConfig(seconds=120), out="runs/forecaster")   # writes OUT/checkpoint, OUT/loss_log.jsonl
+    result = pretrain(PretrainConfig(time_budget_s=120), out="runs/forecaster")   # writes OUT/checkpoint, OUT/loss_log.jsonl
 
 Data: `synthetic_series` (KernelSynth + structural generators, data/series_synth.py), generated once from the
 seed, and the real series of `flashxlstm.data.series.PRETRAIN` (never a HELD_OUT one: `pretrain_real_series`
@@ -14,9 +14,9 @@ pinball (quantile) loss over the observed target steps.
 
 Augmentations, applied to the input only (the targets stay the clean series): contiguous patch masking
 (TiRex's CPM: a run of 1..`cpm_max_patches` whole patches becomes missing, so the model learns to forecast
-through missing patches, which is how multi-patch horizons roll out), random missing spans, sign flips.
+through missing patches, which is how multi-patch horizons roll out), random missing spans, sign flips (flip_prob).
 
-Schedule: AdamW, linear warm-up, cosine decay over the time budget (or max_steps); bf16 autocast on CUDA;
+Schedule: AdamW, linear warm-up, cosine decay over the steps or the time box (PretrainConfig.progress); bf16 autocast on CUDA;
 gradient clipping. Validation: the loss on a fixed set of windows from series of another seed, before and
 after training and every `eval_every` steps.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,50 +34,89 @@ import torch
 from ..data.series_synth import synthetic_series
 from ..models.forecast import ForecastConfig, xLSTMForecaster
 from .engine import autocast as amp_context, optimizer_step, resolve_device
-from .schedule import decay_groups
+from .settings import LoopSettings
 
 
 @dataclass
-class PretrainConfig:
-    seconds: float = 60.0              # the time box of the training loop (data generation not included)
-    max_steps: int = 0                 # 0: until the time box ends
+class PretrainConfig(LoopSettings):
+    """The shared loop settings (`training.settings.LoopSettings`: steps, lr, warm-up, AdamW decay and betas,
+    clipping, evaluation cadence, seed, device) plus the forecaster's data, augmentations and model.
+
+    Run length: `steps` is the step cap, as in every LoopSettings run; `time_budget_s` (None: no limit) is an
+    optional time box of the training loop (data generation not included). The run ends at whichever comes
+    first, and the cosine schedule follows the one nearer its end (progress = max(step / steps, elapsed /
+    time_budget_s)), so a step-counted run is exactly reproducible and a time-boxed one still decays to
+    min_lr_factor * lr when its time is up."""
+
+    steps: int = 1_000_000
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    eval_every: int = 100
+    time_budget_s: float | None = 60.0
+    min_lr_factor: float = 0.1
     batch_size: int = 64
     context_length: int = 512
     prediction_length: int = 64
-    lr: float = 1e-3
-    min_lr_factor: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
     synthetic_count: int = 1024        # synthetic series in the pool
     synthetic_length: int = 1024
     kernel_synth_fraction: float = 0.5
+    generator_weights: dict | None = None   # synthetic_series' weights of the structural generators (None: equal)
+    short_fraction: float = 0.0        # probability that a synthetic batch is a short left-padded stretch, as real ones
     real_fraction: float = 0.3         # probability that a window comes from a PRETRAIN real series
+    real_weighting: str = "dataset"    # "dataset": each real dataset equally likely, then a series; "series"
     cpm_prob: float = 0.5              # probability of a contiguous masked run of patches in a window
     cpm_max_patches: int = 4
     missing_prob: float = 0.1          # probability of a random missing span in a window
+    flip_prob: float = 0.5             # probability of a sign flip of a window
     eval_windows: int = 128
-    eval_every: int = 100
     log_every: int = 10
     amp: str = "auto"                  # "auto": bf16 autocast on CUDA, none elsewhere; "bf16"; "none"
-    seed: int = 0
-    device: str = "auto"
     model: ForecastConfig = field(default_factory=ForecastConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ForecastConfig.from_dict(self.model)
-        if self.seconds <= 0 and self.max_steps <= 0:
-            raise ValueError("PretrainConfig: give a time box (seconds > 0) or max_steps > 0")
+        self.check()
+
+    def check(self) -> None:
+        super().check()
+        self.check_positive_ints("batch_size", "context_length", "prediction_length", "synthetic_count",
+                                 "synthetic_length", "eval_windows", "log_every", "cpm_max_patches")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0 seconds or None (no time box), got {self.time_budget_s}")
+        if self.generator_weights is not None:
+            from ..data.series_synth import GENERATORS
+            self.generator_weights = {str(k): float(v) for k, v in dict(self.generator_weights).items()}
+            unknown = sorted(set(self.generator_weights) - set(GENERATORS))
+            if unknown or any(not v >= 0 for v in self.generator_weights.values()) \
+                    or not sum(self.generator_weights.values()) > 0:
+                raise ValueError(f"generator_weights must map names of {sorted(GENERATORS)} to weights >= 0 with a "
+                                 f"positive sum, got {self.generator_weights}")
+        if self.real_weighting not in ("dataset", "series"):
+            raise ValueError(f"real_weighting must be 'dataset' or 'series', got {self.real_weighting!r}")
         if self.amp not in ("auto", "bf16", "none"):
-            raise ValueError(f"PretrainConfig: amp must be 'auto', 'bf16' or 'none', got {self.amp!r}")
+            raise ValueError(f"amp must be 'auto', 'bf16' or 'none', got {self.amp!r}")
+        if not 0 <= self.min_lr_factor <= 1:
+            raise ValueError(f"min_lr_factor must be in [0, 1], got {self.min_lr_factor}")
+        for name in ("kernel_synth_fraction", "short_fraction", "real_fraction", "cpm_prob", "missing_prob",
+                     "flip_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if not isinstance(self.model, ForecastConfig):
+            raise ValueError(f"model must be a ForecastConfig or its dict, got {type(self.model).__name__}")
         P = self.model.patch_size
         if self.context_length % P or self.prediction_length % P or self.context_length < P:
-            raise ValueError(f"PretrainConfig: context_length ({self.context_length}) and prediction_length "
+            raise ValueError(f"context_length ({self.context_length}) and prediction_length "
                              f"({self.prediction_length}) must be multiples of the patch size {P}")
 
+    def progress(self, step: int, elapsed: float) -> float:
+        """How far the run is, in [0, 1+): the larger of the step and the time fraction (the run ends at 1)."""
+        time_part = elapsed / self.time_budget_s if self.time_budget_s else 0.0
+        return max(step / self.steps, time_part)
+
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = super().to_dict()
         d["model"] = self.model.to_dict()
         return d
 
@@ -140,21 +179,30 @@ class WindowSampler:
     is drawn for the batch and every row is a random stretch of r patches of a real series, left-padded with
     missing steps (r = W / P: full windows). Every row of a batch then starts at the same patch, so the
     model's skipping of leading missing patches runs the batch as one group (one sLSTM pass, not one per
-    padding), and the augmentations never mask a row's first observed patch."""
+    padding), and the augmentations never mask a row's first observed patch.
+
+    real: a list of series, or {dataset: [series]}; with cfg.real_weighting "dataset" a real row draws a
+    dataset first (uniformly, among those with a series long enough), then one of its series, so a dataset of
+    200 short series weighs as much as one long series; "series" draws every series equally."""
 
     SIZES = (2, 4, 8, 16, 32)
 
-    def __init__(self, synthetic: list[np.ndarray], real: list[np.ndarray], cfg: PretrainConfig, seed: int):
+    def __init__(self, synthetic: list[np.ndarray], real, cfg: PretrainConfig, seed: int):
         self.cfg, self.rng = cfg, np.random.default_rng(seed)
         P = cfg.model.patch_size
         self.W = cfg.context_length + cfg.prediction_length
         self.N = self.W // P
         min_len = 2 * P
         self.synthetic = [s for s in synthetic if len(s) >= self.W] or [s for s in synthetic if len(s) >= min_len]
-        real = [s for s in real if np.isfinite(s).sum() >= min_len]
+        groups = list(real.values()) if isinstance(real, dict) else [[s] for s in real]
+        if cfg.real_weighting == "series":
+            groups = [[s] for g in groups for s in g]
+        groups = [[s for s in g if np.isfinite(s).sum() >= min_len] for g in groups]
         sizes = sorted({r for r in self.SIZES if r < self.N} | {self.N})
-        self.real_by_size = {r: [s for s in real if len(s) >= r * P] for r in sizes}
+        by_size = {r: [[s for s in g if len(s) >= r * P] for g in groups] for r in sizes}
+        self.real_by_size = {r: [g for g in v if g] for r, v in by_size.items()}
         self.real_by_size = {r: v for r, v in self.real_by_size.items() if v}
+        self.short_sizes = [r for r in sizes if r < self.N] or [self.N]
         if not self.synthetic and not self.real_by_size:
             raise ValueError(f"pretrain: no series of at least {min_len} steps to draw windows from")
 
@@ -174,18 +222,23 @@ class WindowSampler:
         if use_real:
             r = list(self.real_by_size)[int(rng.integers(len(self.real_by_size)))]
             pool = self.real_by_size[r]
+        elif cfg.short_fraction > 0 and rng.random() < cfg.short_fraction:
+            r, pool = self.short_sizes[int(rng.integers(len(self.short_sizes)))], self.synthetic
         else:
             r, pool = self.N, self.synthetic
         rows, inputs = [], []
         for _ in range(batch_size):
-            w, ctx_end = self._window(pool[int(rng.integers(len(pool)))], r)
+            series = pool[int(rng.integers(len(pool)))]
+            if use_real:  # a group (dataset) was drawn: now one of its series
+                series = series[int(rng.integers(len(series)))]
+            w, ctx_end = self._window(series, r)
             ctx = w[:ctx_end][np.isfinite(w[:ctx_end])]
             if ctx.size < 2:
                 ctx = w[np.isfinite(w)]
             loc, scale = ctx.mean(), ctx.std()
             scale = max(scale, 1e-3 * abs(loc), 1e-8)
             z = np.clip((w - loc) / scale, -1e3, 1e3)
-            if augment and rng.random() < 0.5:
+            if augment and cfg.flip_prob and rng.random() < cfg.flip_prob:
                 z = -z
             x = z.copy()
             lead = int(np.argmax(np.isfinite(w))) // P + 1   # the first patch after the first observed one
@@ -239,7 +292,7 @@ def synthetic_pool(cfg: PretrainConfig, device=None, deadline: float | None = No
         n = min(POOL_PIECE, cfg.synthetic_count - len(pool))
         seed = int(np.random.SeedSequence([cfg.seed, piece]).generate_state(1)[0])
         pool += synthetic_series(n, cfg.synthetic_length, seed=seed, kernel_synth_fraction=cfg.kernel_synth_fraction,
-                                 device=device)
+                                 generator_weights=cfg.generator_weights, device=device)
         piece += 1
         if deadline is not None and time.perf_counter() > deadline:
             break
@@ -257,10 +310,10 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
              model: xLSTMForecaster | None = None, save_dtype: torch.dtype | None = None,
              max_shard_bytes: int | None = None, deadline: float | None = None, data_deadline: float | None = None,
              print_fn=print) -> PretrainResult:
-    """Pretrain (a new model from cfg.model, or `model`) for cfg.seconds; write OUT/checkpoint (save_pretrained),
-    OUT/loss_log.jsonl and OUT/pretrain.json when `out` is given. real_series: {name: arrays} (default: none;
+    """Pretrain (a new model from cfg.model, or `model`) for cfg.steps or cfg.time_budget_s, whichever ends
+    first; write OUT/checkpoint (save_pretrained), OUT/loss_log.jsonl and OUT/pretrain.json when `out` is given. real_series: {name: arrays} (default: none;
     pass `pretrain_real_series()` for the PRETRAIN set). deadline: a time.perf_counter() value the training
-    loop never runs past, whatever cfg.seconds says (a hard time box for the whole job: data generation
+    loop never runs past, whatever cfg.time_budget_s says (a hard time box for the whole job: data generation
     comes out of it). data_deadline: a time.perf_counter() value after which the synthetic pool stops growing
     (it is generated in seeded pieces of POOL_PIECE series; at least one piece is always made)."""
     t_start = time.perf_counter()
@@ -270,10 +323,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     gen_device = device if device.type == "cuda" else None
     eval_pool = synthetic_series(max(16, cfg.eval_windows // 4), cfg.synthetic_length, seed=cfg.seed + 10_000,
-                                 kernel_synth_fraction=cfg.kernel_synth_fraction, device=gen_device)
+                                 kernel_synth_fraction=cfg.kernel_synth_fraction,
+                                 generator_weights=cfg.generator_weights, device=gen_device)
     synthetic = synthetic_pool(cfg, gen_device, data_deadline)
     real = [s for series in (real_series or {}).values() for s in series]
-    sampler = WindowSampler(synthetic, real, cfg, seed=cfg.seed + 1)
+    sampler = WindowSampler(synthetic, dict(real_series or {}), cfg, seed=cfg.seed + 1)
     eval_values, eval_inputs = WindowSampler(eval_pool, [], cfg, seed=cfg.seed + 2).sample(cfg.eval_windows,
                                                                                             augment=False)
     eval_values, eval_inputs = eval_values.to(device), eval_inputs.to(device)
@@ -290,23 +344,23 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
         model.train()
         return loss
 
-    opt = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
-                            fused=device.type == "cuda")
+    opt = cfg.optimizer(model)
     eval_before = evaluate()
     log: list[dict] = [{"step": 0, "seconds": 0.0, "eval_loss": eval_before}]
     print_fn(f"forecaster: {model.num_parameters() / 1e6:.2f}M parameters on {device} "
              f"({'bf16 autocast' if use_bf16 else 'float32'}); data {len(synthetic)} synthetic + {len(real)} real "
              f"series in {data_seconds:.1f} s; eval loss {eval_before:.4f}")
     t0 = time.perf_counter()
-    budget = cfg.seconds if cfg.seconds > 0 else float("inf")
-    if deadline is not None:
-        budget = max(0.0, min(budget, deadline - t0))
+    run_cfg = cfg
+    if deadline is not None:  # the hard deadline shortens the time box (the schedule decays in time)
+        left = deadline - t0
+        if left <= 0:
+            run_cfg = None
+        elif cfg.time_budget_s is None or left < cfg.time_budget_s:
+            run_cfg = replace(cfg, time_budget_s=left)
     step, first_loss, last_loss, running, fallback = 0, float("nan"), float("nan"), [], None
-    while True:
-        elapsed = time.perf_counter() - t0
-        time_progress = 1.0 if budget <= 0 else elapsed / budget  # inf budget: 0
-        progress = max(time_progress,
-                       step / cfg.max_steps if cfg.max_steps > 0 else 0.0)
+    while run_cfg is not None:
+        progress = run_cfg.progress(step, time.perf_counter() - t0)
         if progress >= 1.0:
             break
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
