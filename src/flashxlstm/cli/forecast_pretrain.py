@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.total_seconds:
         data_deadline = t_start + 0.25 * args.total_seconds  # the synthetic pool stops growing here
         # the loop stops early enough to evaluate and save (a few seconds at most)
-        deadline = t_start + args.total_seconds - max(3.0, 0.08 * args.total_seconds)
+        deadline = t_start + args.total_seconds - max(3.0, min(12.0, 0.08 * args.total_seconds))
         cfg = replace(cfg, time_budget_s=min(cfg.time_budget_s or args.total_seconds, args.total_seconds))
     pretrain(cfg, args.out, real_series=real, deadline=deadline, data_deadline=data_deadline,
              save_dtype=torch.bfloat16 if args.save_dtype == "bfloat16" else None,
