@@ -1,33 +1,41 @@
 """Training throughput and memory of flashxlstm's trainer vs a Llama of the same size (transformers
-LlamaForCausalLM, SDPA), one GPU, bf16 autocast, at equal tokens per step; plus where the step time goes.
+LlamaForCausalLM, SDPA) and the official xLSTMLarge (xlstm 2.0.6, train mode), one GPU, bf16 autocast, at equal
+tokens per step; plus where the step time goes.
 
 Each measurement is a full optimiser step per iteration (forward, backward, fused AdamW) on random tokens
 (throughput does not depend on the text). Ours runs the path `flashxlstm train --data` runs: CausalLMLoss
 (every row a document through cu_seqlens, chunked cross-entropy), fp32 master weights under bf16 autocast,
-optional per-block activation checkpointing and torch.compile. Llama runs `model(input_ids, labels=...)` with
-SDPA attention, its own best path, fp32 weights under the same autocast, with its gradient checkpointing where
-ours checkpoints. The Llama depth is the one whose parameter count is closest to ours at the same width
-(intermediate size 8/3 x width, 128-wide heads, untied head like ours).
+optional per-block activation checkpointing, and with --compile the same per-region torch.compile
+(training/compile.py: every block and the loss chunk). Llama runs `model(input_ids, labels=...)` with SDPA
+attention, its own best path, fp32 weights under the same autocast, with its gradient checkpointing where
+ours checkpoints; compiled the same way (every decoder layer and its loss function), so both sides compile the
+same regions. The Llama depth is the one whose parameter count is closest to ours at the same width
+(intermediate size 8/3 x width, 128-wide heads, untied head like ours). The official xLSTMLarge ("official"
+side, needs the `xlstm` and `mlstm_kernels` packages) runs in a child process, since a kernel that crashes its
+compiler ends the process: mode "train" with return_last_states=True (its train mode without it unpacks the
+kernel's h as (h, state) and fails on a shape check), each kernel of --official-kernels in turn until one runs,
+logits from its forward into a float32 cross-entropy (its user's path); eager only.
 
 Reported per (model, B x S, activation checkpointing, compile): median step time of `--iters` steps after
-`--warmup`, tokens/s, peak memory (torch.cuda.max_memory_allocated), and MFU = model FLOPs / (step time x the
-bf16 matmul rate this GPU reaches, measured at the start). Model FLOPs per token: 6 x (non-embedding
-parameters) + 6 x width x vocab (head), plus Llama's causal attention 6 x layers x width x S; the mLSTM's
-own chunkwise FLOPs (about 1 % of the total at 1.3B) are not counted, so our MFU is a lower bound.
-`--profile` adds, for the named grid points, one profiled step per side (torch.profiler): GPU kernel time by
-kind (mLSTM / sLSTM kernels, GEMMs, attention, cross-entropy, optimiser, everything else = norms and glue)
-and the head + loss (the chunked cross-entropy with its GEMMs, forward + backward) timed alone.
+`--warmup` (the first warm-up step includes the compile; its time is reported as "first step s"), tokens/s,
+peak memory (torch.cuda.max_memory_allocated), and MFU = model FLOPs / (step time x the bf16 matmul rate this
+GPU reaches, measured at the start). Model FLOPs per token: 6 x (non-embedding parameters) + 6 x width x vocab
+(head), plus Llama's causal attention 6 x layers x width x S; the mLSTM's own chunkwise FLOPs (about 1 % of the
+total at 1.3B) are not counted, so our MFU is a lower bound. `--profile` adds, for the named grid points, one
+profiled step per side in the modes of --profile-modes (torch.profiler): GPU kernel time by kind (mLSTM /
+sLSTM kernels, GEMMs, attention, cross-entropy, optimiser, everything else = norms and glue; the compiler's
+fused kernels count as glue unless they hold the cross-entropy) and the head + loss (the chunked
+cross-entropy with its GEMMs, forward + backward, eager) timed alone.
 
 The run is time-boxed: `--budget-s` is a hard cap (an alarm stops the measurement in progress); a grid point
 is skipped when less than `--min-left-s` remains. Rows are printed and appended to OUT/bench_train.md and
 OUT/bench_train.jsonl as they finish, so a stopped run leaves a partial table.
 
-    python benchmarks/bench_train.py --out $OUT/training --budget-s 125 \
-        --grid large-1.3b:2x8192,large-1.3b:1x32768,large-125m:4x8192,large-125m:1x32768 \
-        --ac off,on --profile large-1.3b:2x8192 --then large-1.3b:8x2048,large-125m:16x2048 \
-        --compile large-125m:4x8192
-    python benchmarks/bench_train.py --device cpu --grid recipes/models/tiny-large.toml:2x64 --vocab 256 \
-        --warmup 1 --iters 1 --profile recipes/models/tiny-large.toml:2x64 --out /tmp/bt   # a CPU smoke run
+    python benchmarks/bench_train.py --out $OUT/training --budget-s 200 --ac off --grid large-1.3b:2x8192 \
+        --modes compile,eager --compile large-1.3b:1x32768,large-125m:4x8192,large-125m:1x32768 \
+        --profile large-1.3b:2x8192 --profile-modes compile --sides ours,llama,official \
+        --official-points large-1.3b:2x8192 --official-reserve-s 40
+    python benchmarks/bench_train.py --tiny --out /tmp/bt     # the same passes on the CPU in seconds
 """
 from __future__ import annotations
 
@@ -77,7 +85,8 @@ def classify(name: str) -> str:
     return OTHER
 
 
-def build_ours(spec: str, vocab: int, device: torch.device, ac: bool):
+def build_ours(spec: str, vocab: int, device: torch.device, ac: bool, compile_options: dict | None = None):
+    from flashxlstm.training.compile import compile_regions
     from flashxlstm.training.lm_loss import CausalLMLoss, checkpoint_blocks
     from flashxlstm.training.presets import build_model, resolve_model
 
@@ -87,7 +96,10 @@ def build_ours(spec: str, vocab: int, device: torch.device, ac: bool):
     model = model.to(device)
     if ac:
         checkpoint_blocks(model)
-    return model, CausalLMLoss(model)
+    module = CausalLMLoss(model)
+    if compile_options is not None:
+        compile_regions(module, **compile_options)  # what `flashxlstm train --compile` does
+    return model, module
 
 
 def ours_loss_fn(module, device):
@@ -118,7 +130,7 @@ def llama_config(width: int, target_params: int, vocab: int):
     return best[0]
 
 
-def build_llama(cfg, device: torch.device, ac: bool):
+def build_llama(cfg, device: torch.device, ac: bool, compile_options: dict | None = None):
     from transformers import LlamaForCausalLM
 
     with device:
@@ -127,6 +139,10 @@ def build_llama(cfg, device: torch.device, ac: bool):
     model.train()
     if ac:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if compile_options is not None:  # the regions ours compiles: every layer and the loss
+        for layer in model.model.layers:
+            layer.forward = torch.compile(layer.forward, **compile_options)
+        model.loss_function = torch.compile(model.loss_function, **compile_options)
     return model
 
 
@@ -154,7 +170,8 @@ def one_step(params, opt, loss_fn, ids, targets, device) -> None:
 
 
 def time_steps(params, loss_fn, B: int, S: int, vocab: int, warmup: int, iters: int, device: torch.device):
-    """(median step seconds, peak memory GiB, the optimiser, inputs) for B x S random tokens."""
+    """(median step seconds, peak memory GiB, the optimiser, inputs, first step seconds) for B x S random
+    tokens."""
     opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
     g = torch.Generator(device="cpu").manual_seed(0)
     ids = torch.randint(0, vocab, (B, S), generator=g).to(device)
@@ -167,10 +184,9 @@ def time_steps(params, loss_fn, B: int, S: int, vocab: int, warmup: int, iters: 
         t0 = time.perf_counter()
         one_step(params, opt, loss_fn, ids, targets, device)
         sync(device)
-        if it >= warmup:
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return statistics.median(times), mem, opt, ids, targets
+    return statistics.median(times[warmup:]), mem, opt, ids, targets, times[0]
 
 
 def profile_step(params, opt, loss_fn, ids, targets, device) -> dict:
@@ -251,29 +267,66 @@ def parse_point(item: str) -> tuple[str, int, int]:
     return spec, B, S
 
 
+TINY_MODEL = {"family": "large", "embedding_dim": 64, "num_heads": 2, "num_blocks": 2, "chunk_size": 16}
+
+
+def tiny_settings(args) -> None:
+    """--tiny: every pass of the GPU run on the CPU in seconds (a 2-block model; aot_eager unless a compile
+    backend is given, since Inductor's C++ code generation takes minutes on a small CPU)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="bench_train_tiny_")) / "tiny.json"
+    path.write_text(json.dumps(TINY_MODEL))
+    args.device, args.vocab, args.warmup, args.iters = "cpu", 256, 1, 1
+    args.grid = f"{path}:2x64"
+    args.profile = f"{path}:2x64"
+    args.official_points = f"{path}:2x64" if "official" in args.sides else ""
+    args.official_kernels = "chunkwise--native_autograd"
+    args.compile_backend = args.compile_backend or "aot_eager"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", default="large-1.3b:2x8192,large-1.3b:1x32768,large-125m:4x8192,large-125m:1x32768",
                    help="MODEL:BxS points (a preset or a model config file), measured in this order")
     p.add_argument("--ac", default="off,on", help="activation checkpointing passes, in order: off, on or both")
-    p.add_argument("--then", default="", help="more MODEL:BxS points, activation checkpointing off, measured "
-                                              "after the --ac passes (e.g. the 2k contexts)")
-    p.add_argument("--compile", default="", help="grid points also measured with torch.compile (both sides), "
-                                                 "after the eager passes")
+    p.add_argument("--modes", default="eager", help="per grid point and side, in this order: eager, compile "
+                                                    "(torch.compile per region, both sides)")
+    p.add_argument("--compile", default="", help="more MODEL:BxS points measured compiled (both sides), after the "
+                                                 "--ac passes")
+    p.add_argument("--then", default="", help="more MODEL:BxS points, activation checkpointing off, eager, measured "
+                                              "after the --compile points (e.g. the 2k contexts)")
+    p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's default)")
     p.add_argument("--profile", default="", help="grid points (activation checkpointing off) to profile")
-    p.add_argument("--sides", default="ours,llama")
+    p.add_argument("--profile-modes", default="eager", help="the modes in which --profile points are profiled")
+    p.add_argument("--sides", default="ours,llama", help="ours, llama, official (the official xLSTMLarge)")
+    p.add_argument("--official-points", default="", help="grid points where the official side runs, eager, AC "
+                                                         "off, after everything else (default: every grid point)")
+    p.add_argument("--official-kernels", default="chunkwise--triton_xl_chunk:128,chunkwise--triton_limit_chunk:64",
+                   help="the official's chunkwise_kernel:chunk_size settings, tried in order until one runs")
+    p.add_argument("--official-timeout-s", type=float, default=60.0, help="cap per official child process")
+    p.add_argument("--official-reserve-s", type=float, default=0.0,
+                   help="seconds of the budget kept for the official side, measured last")
     p.add_argument("--vocab", type=int, default=50304)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=140.0, help="hard cap on the whole run (seconds)")
     p.add_argument("--min-left-s", type=float, default=6.0, help="skip a point when less than this remains")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true", help="a CPU smoke run of every pass with a 2-block model")
     p.add_argument("--out", default=None, help="directory for bench_train.md / bench_train.jsonl")
+    p.add_argument("--official-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.official_child:
+        return official_child(args)
+    if args.tiny:
+        tiny_settings(args)
+    args.compile_backend = args.compile_backend or "inductor"
     started = time.perf_counter()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_train.py: no CUDA device (pass --device cpu for a smoke run)", file=sys.stderr)
+        print("bench_train.py: no CUDA device (pass --device cpu or --tiny for a smoke run)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, args.budget_s)
@@ -289,42 +342,59 @@ def main() -> int:
     rec.line(f"machine: {machine}; torch {torch.__version__}, triton "
              f"{getattr(sys.modules.get('triton'), '__version__', '-')}, transformers {transformers.__version__}, "
              f"flashxlstm {getattr(flashxlstm, '__version__', '?')}, python {platform.python_version()}; "
+             f"compile: backend {args.compile_backend}, mode {args.compile_mode or 'default'}; "
              + (f"measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else "no MFU (no GPU peak)"))
     rec.line("")
-    rec.line("| model | side | params | B x S | act. ckpt | compile | step ms | tokens/s | peak GiB | MFU |")
-    rec.line("|---|---|---|---|---|---|---|---|---|---|")
+    rec.line("| model | side | params | B x S | act. ckpt | compile | step ms | tokens/s | peak GiB | MFU | "
+             "first step s |")
+    rec.line("|---|---|---|---|---|---|---|---|---|---|---|")
 
     points = [parse_point(x) for x in args.grid.split(",") if x]
     to_profile = {parse_point(x) for x in args.profile.split(",") if x}
+    profile_modes = {m == "compile" for m in args.profile_modes.split(",") if m}
+    modes = [m == "compile" for m in args.modes.split(",") if m]
+    sides = [x for x in args.sides.split(",") if x]
+    official_at = ([parse_point(x) for x in args.official_points.split(",") if x] if args.official_points
+                   else points)
+    passes = [(ac == "on", modes, points) for ac in args.ac.split(",") if ac]
     compiled = [parse_point(x) for x in args.compile.split(",") if x]
-    passes = [(ac == "on", False, points) for ac in args.ac.split(",") if ac]
+    if compiled:
+        passes.append((False, [True], compiled))
     later = [parse_point(x) for x in args.then.split(",") if x]
     if later:
-        passes.append((False, False, later))
-    if compiled:
-        passes.append((False, True, compiled))
+        passes.append((False, [False], later))
+    if "official" in sides:  # last, with its reserved time
+        passes.append((False, [False], official_at))
     ratios: dict = {}
     profiles: list = []
     status = "complete"
     try:
-        for ac, use_compile, pts in passes:
+        for index, (ac, pass_modes, pts) in enumerate(passes):
+            official_pass = "official" in sides and index == len(passes) - 1
             for spec, B, S in pts:
-                for side in args.sides.split(","):
-                    left = args.budget_s - (time.perf_counter() - started)
-                    if left < args.min_left_s:
-                        rec.line(f"| {spec} | {side} | | {B} x {S} | {'on' if ac else 'off'} | "
-                                 f"{'yes' if use_compile else 'no'} | skipped: {left:.0f} s of budget left | | | |")
-                        continue
-                    res = measure(side, spec, B, S, ac, use_compile, args, device, peak,
-                                  profile=(spec, B, S) in to_profile and not ac and not use_compile)
-                    rec.record(res)
-                    rec.line(row(res))
-                    ratios[(spec, B, S, ac, use_compile, side)] = res
-                    if "profile" in res:
-                        profiles.append(res)
+                for use_compile in pass_modes:
+                    for side in (["official"] if official_pass else [x for x in sides if x != "official"]):
+                        left = args.budget_s - (time.perf_counter() - started)
+                        usable = left if official_pass or "official" not in sides else left - args.official_reserve_s
+                        if usable < args.min_left_s:
+                            rec.line(f"| {spec} | {side} | | {B} x {S} | {'on' if ac else 'off'} | "
+                                     f"{'yes' if use_compile else 'no'} | skipped: {left:.0f} s of budget left "
+                                     f"| | | | |")
+                            continue
+                        if side == "official":
+                            res = measure_official(spec, B, S, args, left)
+                        else:
+                            res = measure(side, spec, B, S, ac, use_compile, args, device, peak,
+                                          profile=(spec, B, S) in to_profile and not ac
+                                          and use_compile in profile_modes)
+                        rec.record(res)
+                        rec.line(row(res))
+                        ratios[(spec, B, S, ac, use_compile, side)] = res
+                        if "profile" in res:
+                            profiles.append(res)
     except BudgetExceeded:
         status = f"stopped by the {args.budget_s:.0f} s budget"
-        rec.line(f"| (stopped: the {args.budget_s:.0f} s budget ran out during the next point) | | | | | | | | | |")
+        rec.line(f"| (stopped: the {args.budget_s:.0f} s budget ran out during the next point) | | | | | | | | | | |")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     summary(rec, ratios, profiles)
@@ -334,6 +404,8 @@ def main() -> int:
 
 
 def measure(side, spec, B, S, ac, use_compile, args, device, peak, profile=False) -> dict:
+    from torch._dynamo.utils import counters
+
     from flashxlstm.training.presets import resolve_model
 
     res = {"model": spec, "side": side, "B": B, "S": S, "ac": ac, "compile": use_compile}
@@ -341,24 +413,25 @@ def measure(side, spec, B, S, ac, use_compile, args, device, peak, profile=False
     if device.type == "cuda":
         torch.cuda.empty_cache()
     torch.manual_seed(0)
+    torch._dynamo.reset()  # each compiled point compiles afresh, as a new process would
+    counters.clear()
+    options = {"backend": args.compile_backend, "mode": args.compile_mode} if use_compile else None
     family, fields = resolve_model(spec, args.vocab)
     width = fields["embedding_dim"]
     model = module = None
     try:
         t_build = time.perf_counter()
         if side == "ours":
-            model, module = build_ours(spec, args.vocab, device, ac)
-            runner = torch.compile(module) if use_compile else module
-            loss_fn = ours_loss_fn(runner, device)
+            model, module = build_ours(spec, args.vocab, device, ac, options)
+            loss_fn = ours_loss_fn(module, device)
             attn_layers = 0
         else:
             with torch.device("meta"):
                 ours_meta, _ = build_ours(spec, args.vocab, torch.device("meta"), False)
             target = sum(q.numel() for q in ours_meta.parameters())
             cfg = llama_config(width, target, args.vocab)
-            model = build_llama(cfg, device, ac)
-            runner = torch.compile(model) if use_compile else model
-            loss_fn = llama_loss_fn(runner)
+            model = build_llama(cfg, device, ac, options)
+            loss_fn = llama_loss_fn(model)
             attn_layers = cfg.num_hidden_layers
             res["llama_layers"] = attn_layers
         res["build_s"] = time.perf_counter() - t_build
@@ -366,10 +439,13 @@ def measure(side, spec, B, S, ac, use_compile, args, device, peak, profile=False
         embed = 2 * width * args.vocab
         res["params"] = n
         t0 = time.perf_counter()
-        step_s, mem, opt, ids, targets = time_steps(list(model.parameters()), loss_fn, B, S, args.vocab,
-                                                    args.warmup, args.iters, device)
+        step_s, mem, opt, ids, targets, first_s = time_steps(list(model.parameters()), loss_fn, B, S, args.vocab,
+                                                             args.warmup, args.iters, device)
         res["wall_s"] = time.perf_counter() - t0
-        res.update(step_ms=1e3 * step_s, tokens_per_s=B * S / step_s, peak_gib=mem)
+        res.update(step_ms=1e3 * step_s, tokens_per_s=B * S / step_s, peak_gib=mem, first_step_s=first_s)
+        if use_compile:
+            res["graph_breaks"] = sum(counters["graph_break"].values())
+            res["graphs"] = counters["stats"].get("unique_graphs", 0)
         if peak:
             res["mfu"] = B * S / step_s * flops_per_token(n, width, args.vocab, attn_layers, S, embed) / (peak * 1e12)
         if profile:
@@ -389,47 +465,155 @@ def measure(side, spec, B, S, ac, use_compile, args, device, peak, profile=False
         res["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
     finally:
         del model, module
+        torch._dynamo.reset()  # compiled code holds the model's tensors
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return res
 
 
+def official_child(args) -> int:
+    """The official xLSTMLarge's measurement in this (child) process; prints one JSON line."""
+    spec, B, S = parse_point(args.official_child)
+    kernel, _, chunk = args.official_kernels.partition(":")
+    device = torch.device(args.device)
+    from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
+
+    from flashxlstm.training.presets import resolve_model
+
+    _, fields = resolve_model(spec, args.vocab)
+    cfg = xLSTMLargeConfig(embedding_dim=fields["embedding_dim"], num_heads=fields["num_heads"],
+                           num_blocks=fields["num_blocks"], vocab_size=args.vocab, mode="train",
+                           return_last_states=True, chunk_size=int(chunk or 64), chunkwise_kernel=kernel,
+                           sequence_kernel="native_sequence__native", step_kernel="native",
+                           autocast_kernel_dtype="bfloat16")
+    torch.manual_seed(0)
+    with device:
+        model = xLSTMLarge(cfg)
+    model = model.to(device=device, dtype=torch.float32).train()  # fp32 master weights, as the others
+
+    def loss_fn(ids, targets):
+        logits = model(ids)[0]
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    peak = None
+    if device.type == "cuda":
+        from flashxlstm.training.lm import measured_peak_tflops
+
+        peak = measured_peak_tflops(device)
+    step_s, mem, *_, first_s = time_steps(list(model.parameters()), loss_fn, B, S, args.vocab, args.warmup,
+                                          args.iters, device)
+    n = sum(q.numel() for q in model.parameters())
+    width = fields["embedding_dim"]
+    res = {"params": n, "step_ms": 1e3 * step_s, "tokens_per_s": B * S / step_s, "peak_gib": mem,
+           "first_step_s": first_s, "kernel": f"{kernel} (chunk {chunk or 64})"}
+    if peak:
+        res["mfu"] = B * S / step_s * flops_per_token(n, width, args.vocab, 0, S, 2 * width * args.vocab) / (peak * 1e12)
+    print("OFFICIAL_RESULT " + json.dumps(res), flush=True)
+    return 0
+
+
+def measure_official(spec, B, S, args, left: float) -> dict:
+    """The official side in child processes, one per kernel setting until one runs; the errors of those that
+    did not (the last lines of their output) are kept in the row."""
+    import subprocess
+
+    res = {"model": spec, "side": "official", "B": B, "S": S, "ac": False, "compile": False}
+    errors = []
+    started = time.perf_counter()
+    for kernel in [k for k in args.official_kernels.split(",") if k]:
+        budget = min(args.official_timeout_s, left - (time.perf_counter() - started) - 2)
+        if budget < args.min_left_s:
+            errors.append(f"{kernel}: not tried, {budget:.0f} s left")
+            break
+        cmd = [sys.executable, __file__, "--official-child", f"{spec}:{B}x{S}", "--official-kernels", kernel,
+               "--device", args.device, "--vocab", str(args.vocab), "--warmup", str(args.warmup),
+               "--iters", str(args.iters)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
+        except subprocess.TimeoutExpired:
+            errors.append(f"{kernel}: no result within {budget:.0f} s")
+            continue
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("OFFICIAL_RESULT ")]
+        if proc.returncode == 0 and lines:
+            res.update(json.loads(lines[-1].split(" ", 1)[1]))
+            break
+        tail = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-3:]
+        errors.append(f"{kernel}: exit {proc.returncode}: {' / '.join(tail)[:300]}")
+    if errors:
+        res["tried"] = errors
+    if "step_ms" not in res:
+        res["error"] = "did not run: " + "; ".join(errors)
+    return res
+
+
 def row(r: dict) -> str:
-    head = (f"| {r['model']} | {r['side']}" + (f" ({r['llama_layers']} layers)" if "llama_layers" in r else "")
-            + f" | {r.get('params', 0) / 1e6:.1f}M | {r['B']} x {r['S']} | {'on' if r['ac'] else 'off'} | "
-            f"{'yes' if r['compile'] else 'no'} | ")
+    side = r["side"] + (f" ({r['llama_layers']} layers)" if "llama_layers" in r else "")
+    if r["side"] == "official" and "kernel" in r:
+        side += f" ({r['kernel']})"
+    compiled = "yes" if r["compile"] else "no"
+    if r["compile"] and "graph_breaks" in r:
+        compiled += f" ({r['graphs']} graphs, {r['graph_breaks']} breaks)"
+    head = (f"| {r['model']} | {side} | {r.get('params', 0) / 1e6:.1f}M | {r['B']} x {r['S']} | "
+            f"{'on' if r['ac'] else 'off'} | {compiled} | ")
     if "error" in r:
-        return head + f"{r['error']} | | | |"
+        return head + f"{r['error'][:600]} | | | | |"
     mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
     mem = f"{r['peak_gib']:.1f}" if not math.isnan(r["peak_gib"]) else "-"
-    return head + f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mem} | {mfu} |"
+    return head + f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mem} | {mfu} | {r['first_step_s']:.1f} |"
 
 
 def summary(rec: Recorder, ratios: dict, profiles: list) -> None:
-    pairs = [(k, v, ratios.get(k[:5] + ("llama",))) for k, v in ratios.items() if k[5] == "ours"]
-    pairs = [(k, o, l) for k, o, l in pairs if l is not None and "error" not in o and "error" not in l]
+    ok = {k: v for k, v in ratios.items() if "error" not in v}
+    pairs = [(k, o, ok.get(k[:5] + ("llama",))) for k, o in ok.items() if k[5] == "ours"]
+    pairs = [(k, o, l) for k, o, l in pairs if l is not None]
+    mem_ratio = lambda a, b: f"{a['peak_gib'] / b['peak_gib']:.2f}" if not math.isnan(a["peak_gib"]) else "-"
     if pairs:
         rec.line("")
         rec.line("| model | B x S | act. ckpt | compile | ours / Llama tokens/s | ours / Llama peak memory |")
         rec.line("|---|---|---|---|---|---|")
         for (spec, B, S, ac, comp, _), o, l in pairs:
-            mem = (f"{o['peak_gib'] / l['peak_gib']:.2f}" if not math.isnan(o["peak_gib"]) else "-")
             rec.line(f"| {spec} | {B} x {S} | {'on' if ac else 'off'} | {'yes' if comp else 'no'} | "
-                     f"**{o['tokens_per_s'] / l['tokens_per_s']:.2f}x** | {mem} |")
+                     f"**{o['tokens_per_s'] / l['tokens_per_s']:.2f}x** | {mem_ratio(o, l)} |")
+    # each side on its best path: the faster of its eager and compiled rows at the same point
+    best: dict = {}
+    for (spec, B, S, ac, comp, side), r in ok.items():
+        key = (spec, B, S, ac, side)
+        if key not in best or r["tokens_per_s"] > best[key]["tokens_per_s"]:
+            best[key] = r
+    lines = []
+    for (spec, B, S, ac, side), o in best.items():
+        if side != "ours" or (spec, B, S, ac, "llama") not in best:
+            continue
+        l = best[(spec, B, S, ac, "llama")]
+        off = best.get((spec, B, S, ac, "official"))
+        path = lambda r: "compiled" if r["compile"] else "eager"
+        lines.append(f"| {spec} | {B} x {S} | {'on' if ac else 'off'} | {path(o)} / {path(l)} | "
+                     f"**{o['tokens_per_s'] / l['tokens_per_s']:.2f}x** | {mem_ratio(o, l)} | "
+                     + (f"{o.get('mfu', 0):.1%} / {l.get('mfu', 0):.1%}" if "mfu" in o and "mfu" in l else "-")
+                     + " | " + (f"{o['tokens_per_s'] / off['tokens_per_s']:.2f}x" if off else "-") + " |")
+    if lines:
+        rec.line("")
+        rec.line("Each side on its best path (the faster of eager and compiled):")
+        rec.line("")
+        rec.line("| model | B x S | act. ckpt | ours / Llama path | ours / Llama tokens/s | ours / Llama peak memory "
+                 "| MFU ours / Llama | ours / official tokens/s |")
+        rec.line("|---|---|---|---|---|---|---|---|")
+        for line in lines:
+            rec.line(line)
     for r in profiles:
         k = r["profile"]["kernel_ms"]
         total = sum(k.values())
         rec.line("")
-        rec.line(f"Where the time goes: {r['side']}, {r['model']}, {r['B']} x {r['S']} (one profiled step, "
-                 f"{r['profile']['unit']} time "
+        rec.line(f"Where the time goes: {r['side']}, {r['model']}, {r['B']} x {r['S']}, "
+                 f"{'compiled' if r['compile'] else 'eager'} (one profiled step, {r['profile']['unit']} time "
                  f"{total:.1f} ms; the timed step {r['step_ms']:.1f} ms)")
         rec.line("")
         rec.line("| kind | ms | share |")
         rec.line("|---|---|---|")
         for kind, ms in sorted(k.items(), key=lambda kv: -kv[1]):
             rec.line(f"| {kind} | {ms:.1f} | {ms / max(total, 1e-9):.0%} |")
-        rec.line(f"| head + loss alone (chunked CE, its GEMMs included; fw + bw) | "
+        rec.line(f"| head + loss alone (chunked CE, its GEMMs included; fw + bw, eager) | "
                  f"{r['profile']['head_loss_alone_ms']:.1f} | {r['profile']['head_loss_alone_ms'] / r['step_ms']:.0%}"
                  f" of the step |")
 

@@ -69,9 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--micro-batch-size", type=int, default=None,
                     help="rows per rank per forward; the rest of the global batch is gradient accumulation")
     lm.add_argument("--amp", choices=["none", "bf16"], default=None, help="bf16 autocast (fp32 master weights)")
-    lm.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
+    lm.add_argument("--compile", action="store_const", const=True, default=None,
+                    help="torch.compile every block and the loss (one compile serves all blocks)")
     lm.add_argument("--compile-backend", default=None,
                     help="torch.compile backend for --compile (default inductor; aot_eager traces without codegen)")
+    lm.add_argument("--compile-mode", default=None,
+                    help="torch.compile mode for --compile (default: torch's; e.g. max-autotune-no-cudagraphs)")
     lm.add_argument("--activation-checkpointing", action="store_const", const=True, default=None,
                     help="recompute each block in the backward")
     lm.add_argument("--ce-chunk", type=int, default=None, help="positions per cross-entropy chunk (default 4096)")
@@ -99,7 +102,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 # Byte-level options that mean the same for token-shard runs (same RunConfig field names).
 _SHARED = ("steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
            "eval_every", "log_every", "seed", "device", "threads", "max_minutes", "progress", "val_fraction")
-_LM_ONLY = ("model", "feed", "micro_batch_size", "amp", "compile", "compile_backend", "activation_checkpointing",
+_LM_ONLY = ("model", "feed", "micro_batch_size", "amp", "compile", "compile_backend", "compile_mode",
+            "activation_checkpointing",
             "ce_chunk", "parallel", "save_every", "eval_windows", "tensorboard", "peak_tflops")
 
 

@@ -28,6 +28,7 @@ from ..ops.fused.linear import linear_decode
 from ..ops.mlstm_cell import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
 from .large_norms import MultiHeadLayerNorm
 from .packing import check_cu_seqlens
+from .stacked import stacked_linear
 from .state import mLSTMCellState
 
 
@@ -88,7 +89,14 @@ class mLSTMLargeLayer(nn.Module):
     def projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """x (B, S, D) -> q, k, v, o (B, S, *) in x's dtype and gate pre-activations i, f (B, S, NH) float32."""
         cap = lambda t: soft_cap(t.float(), self.gate_soft_cap)
-        if self.weight_mode == "single":
+        if self.weight_mode == "single" and self.training and torch.is_grad_enabled():
+            # One matmul over the six stacked weights: x is cast to the autocast dtype and kept for the
+            # backward once instead of six times (five copies fewer: 20 KB per token and block at 1.3B), and its gradient
+            # accumulates inside one matmul instead of in six bf16 pieces.
+            q, k, v, o, i, f = stacked_linear(x, (self.q, self.k, self.v, self.ogate_preact, self.igate_preact,
+                                                  self.fgate_preact))
+            i, f = cap(i), cap(f)
+        elif self.weight_mode == "single":
             q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
             i, f = cap(self.igate_preact(x)), cap(self.fgate_preact(x))
         else:

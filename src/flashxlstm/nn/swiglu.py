@@ -7,11 +7,13 @@ for a single token inside the down projection's matrix-vector product (flashxlst
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.fused import silu_mul
 from ..ops.fused.linear import linear_decode
+from .stacked import stacked_linear
 
 
 def round_up(x: float, multiple: int) -> int:
@@ -34,7 +36,10 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor, fused_glue: bool = False) -> Tensor:
         lin = (lambda layer, t: linear_decode(t, layer.weight, layer.bias)) if fused_glue else (lambda layer, t: layer(t))
-        if self.weight_mode == "single":
+        if self.weight_mode == "single" and not fused_glue and self.training and torch.is_grad_enabled():
+            # one matmul for both: x is cast to the autocast dtype and kept for the backward once, not twice
+            gate, z = stacked_linear(x, (self.proj_up_gate, self.proj_up))
+        elif self.weight_mode == "single":
             gate, z = lin(self.proj_up_gate, x), lin(self.proj_up, x)
         else:
             gate, z = lin(self.proj_up_gate_z, x).split(self.hidden, dim=-1)

@@ -30,6 +30,7 @@ from ..data.shards import PackedBatches, StreamBatches, TokenData, pack_rows, va
 from ..nn.state import detach_state, map_state, state_to
 from . import distributed as D
 from .engine import autocast, optimizer_step, run_loop
+from .compile import compile_regions
 from .lm_loss import CausalLMLoss, checkpoint_blocks
 from .presets import build_model, resolve_model
 from .schedule import warmup_cosine_lr
@@ -39,6 +40,7 @@ RUN_CONFIG = "run_config.json"
 MODEL_CONFIG = "model_config.json"
 # Settings a resumed run may change: how it runs, not what it computes.
 RESUMABLE = ("steps", "out", "data", "parallel", "micro_batch_size", "device", "threads", "compile", "compile_backend",
+             "compile_mode",
              "activation_checkpointing",
              "log_every", "eval_every", "save_every", "progress", "tensorboard", "max_minutes", "peak_tflops",
              "eval_windows")
@@ -57,6 +59,7 @@ class RunConfig(LoopSettings):
     amp: str = "none"  # "none" (fp32) or "bf16" (autocast; fp32 master weights and recurrent states)
     compile: bool = False
     compile_backend: str = "inductor"  # torch.compile's backend ("aot_eager": the graphs without code generation)
+    compile_mode: str | None = None  # torch.compile's mode (None: default; "max-autotune-no-cudagraphs": tunes longer)
     activation_checkpointing: bool = False
     ce_chunk: int = 4096
     parallel: str = "none"  # "none", "ddp", "fsdp"
@@ -92,6 +95,10 @@ class RunConfig(LoopSettings):
             if self.compile_backend not in known:
                 raise ValueError(f"compile_backend {self.compile_backend!r} is not a torch.compile backend; "
                                  f"known: {', '.join(known)}")
+            modes = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+            if self.compile_mode not in modes:
+                raise ValueError(f"compile_mode {self.compile_mode!r} is not a torch.compile mode; known: "
+                                 f"{', '.join(m for m in modes if m)}")
 
 
 def _memory(device: torch.device) -> dict:
@@ -182,11 +189,14 @@ def _run(config: RunConfig, resume: bool, stop_after_step: int | None, log: Call
                                                else model.backbone.embeddings.weight.numel())
     if config.activation_checkpointing:
         checkpoint_blocks(model)
-    loss_module = D.parallelize(CausalLMLoss(model, config.ce_chunk), config.parallel, world, amp=config.amp)
+    loss_module = CausalLMLoss(model, config.ce_chunk)
+    if config.compile:  # per block and per loss chunk, before DDP / FSDP2 wrap it (training/compile.py)
+        compile_regions(loss_module, backend=config.compile_backend, mode=config.compile_mode)
+    loss_module = D.parallelize(loss_module, config.parallel, world, amp=config.amp)
     if config.parallel == "none" and world.size > 1:
         raise ValueError("a torchrun launch with several processes needs --parallel ddp or fsdp")
     optimizer = config.optimizer(model)
-    step_module = torch.compile(loss_module, backend=config.compile_backend) if config.compile else loss_module
+    step_module = loss_module
 
     rows_per_rank, rem = divmod(config.batch_size, world.size)
     if rem:

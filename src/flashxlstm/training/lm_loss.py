@@ -9,6 +9,7 @@ block in the backward instead of keeping its activations.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,8 @@ from .presets import blocks_of
 from ..data.shards import IGNORE_INDEX
 
 
-def _chunk_loss(h: Tensor, weight: Tensor, targets: Tensor, soft_cap: float | None) -> Tensor:
+def chunk_loss(h: Tensor, weight: Tensor, targets: Tensor, soft_cap: float | None) -> Tensor:
+    """sum of CE(soft_cap(h @ weight.T) in float32 at least, targets) over one chunk of positions."""
     logits = F.linear(h, weight)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least (fp64 stays)
     if soft_cap is not None:
@@ -29,16 +31,17 @@ def _chunk_loss(h: Tensor, weight: Tensor, targets: Tensor, soft_cap: float | No
 
 
 def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, *, chunk: int = 4096,
-                          soft_cap: float | None = None) -> Tensor:
+                          soft_cap: float | None = None, loss_fn: Callable = chunk_loss) -> Tensor:
     """sum over positions of CE(hidden @ weight.T, targets), `chunk` positions at a time (recomputed in the
-    backward); hidden (N, D), targets (N,) with IGNORE_INDEX where nothing is predicted."""
+    backward); hidden (N, D), targets (N,) with IGNORE_INDEX where nothing is predicted. loss_fn: the loss of
+    one chunk, `chunk_loss` or a compiled form of it."""
     total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
     for a in range(0, hidden.shape[0], chunk):
         h, t = hidden[a:a + chunk], targets[a:a + chunk]
         if torch.is_grad_enabled() and h.requires_grad:
-            total = total + checkpoint(_chunk_loss, h, weight, t, soft_cap, use_reentrant=False)
+            total = total + checkpoint(loss_fn, h, weight, t, soft_cap, use_reentrant=False)
         else:
-            total = total + _chunk_loss(h, weight, t, soft_cap)
+            total = total + loss_fn(h, weight, t, soft_cap)
     return total
 
 
@@ -47,6 +50,7 @@ class CausalLMLoss(nn.Module):
         super().__init__()
         self.model = model
         self.ce_chunk = ce_chunk
+        self.chunk_loss = chunk_loss  # training.compile.compile_regions puts a compiled form here
 
     def body(self, input_ids: Tensor, state=None, cu_seqlens: Tensor | None = None):
         m = self.model
@@ -62,7 +66,7 @@ class CausalLMLoss(nn.Module):
         hidden, state = self.body(input_ids, state, cu_seqlens)
         soft_cap = getattr(self.model.config, "output_logit_soft_cap", None)
         loss_sum = chunked_cross_entropy(hidden.reshape(B * S, -1), self.model.lm_head.weight, targets.reshape(-1),
-                                         chunk=self.ce_chunk, soft_cap=soft_cap)
+                                         chunk=self.ce_chunk, soft_cap=soft_cap, loss_fn=self.chunk_loss)
         return loss_sum, (targets != IGNORE_INDEX).sum(), state
 
 
