@@ -279,6 +279,8 @@ def tiny_settings(args) -> None:
     path.write_text(json.dumps(TINY_MODEL))
     args.device, args.vocab, args.warmup, args.iters = "cpu", 256, 1, 1
     args.grid = f"{path}:2x64"
+    args.compile = f"{path}:1x128" if args.compile else ""  # the passes the GPU command has, at tiny points
+    args.then = f"{path}:1x128" if args.then else ""
     args.profile = f"{path}:2x64"
     args.official_points = f"{path}:2x64" if "official" in args.sides else ""
     args.official_kernels = "chunkwise--native_autograd"
