@@ -111,3 +111,11 @@ def test_stacked_projections_equal_separate_layers_and_keep_less(gen):
     saved_stacked, saved_separate = _saved_bytes(lambda: forward(True)), _saved_bytes(lambda: forward(False))
     copies = 2 * 24 * 32 * 2  # one bf16 copy of the normed (2, 24, 32) input
     assert saved_separate - saved_stacked >= 6 * copies  # 5 fewer in the mLSTM projections, 1 in SwiGLU
+
+
+def test_run_config_names_a_bad_compile_mode():
+    from flashxlstm.training.lm import RunConfig
+
+    RunConfig(data="d", compile=True, compile_mode="max-autotune-no-cudagraphs").validated()
+    with pytest.raises(ValueError, match="not a torch.compile mode"):
+        RunConfig(data="d", compile=True, compile_mode="fastest").validated()
