@@ -142,3 +142,19 @@ def test_short_synthetic_batches_are_left_padded_stretches():
     sampler = WindowSampler(synthetic_series(8, 160, seed=0), [], cfg, seed=0)
     lead = [int(np.argmax(np.isfinite(sampler.sample(4, augment=False)[1][0].numpy()))) for _ in range(12)]
     assert all(k % 16 == 0 for k in lead) and any(k > 0 for k in lead)  # whole masked patches in front
+
+
+def test_real_windows_draw_each_dataset_equally_often():
+    """real_weighting="dataset": a dataset of 50 series weighs as much as one of a single series."""
+    many = [np.linspace(1.0, 2.0, 64) for _ in range(50)]
+    one = [np.linspace(5.0, 6.0, 64)]
+    share = {}
+    for weighting in ("dataset", "series"):
+        sampler = WindowSampler([], {"many": many, "one": one}, _cfg(real_weighting=weighting), seed=0)
+        seen = []
+        window = sampler._window
+        sampler._window = lambda s, r: (seen.append(s[0] == 5.0), window(s, r))[1]
+        for _ in range(25):
+            sampler.sample(16)
+        share[weighting] = np.mean(seen)
+    assert 0.4 < share["dataset"] < 0.6 and share["series"] < 0.06
