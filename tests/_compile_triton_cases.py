@@ -146,6 +146,27 @@ def large_triton(gen):
     return randomize(xLSTMLarge(cfg), gen)
 
 
+def neurips_packed() -> None:
+    """NeurIPS xLSTM[1:1] with packed documents: the mLSTM and sLSTM Triton kernels reset at document starts in
+    one launch each, traced whole."""
+    gen = torch.Generator().manual_seed(8)
+    m = neurips_triton(gen)
+    ids = torch.randint(0, 11, (1, 9), generator=gen)
+    cu = torch.tensor([0, 4, 5, 9], dtype=torch.int32)
+
+    def run(model):
+        logits, new_state = model(ids, cu_seqlens=cu)
+        flat = [s for s in tree_leaves(new_state) if isinstance(s, torch.Tensor)]
+        loss = (logits * torch.linspace(-1, 1, logits.shape[-1])).sum() + sum(s.float().sum() for s in flat)
+        return [logits.detach(), *(s.detach() for s in flat)], torch.autograd.grad(loss, list(model.parameters()))
+
+    eager = run(m)
+    compiled = run(torch.compile(m, fullgraph=True, backend=BACKEND))
+    pairs = [(f"out{j}", a, b) for j, (a, b) in enumerate(zip(compiled[0], eager[0]))]
+    pairs += [(f"grad{j}", a, b) for j, (a, b) in enumerate(zip(compiled[1], eager[1]))]
+    emit("neurips_cu_seqlens", pairs)
+
+
 def large_packed() -> None:
     """the 7B family with packed documents: cu_seqlens through the traced model, no graph break."""
     gen = torch.Generator().manual_seed(7)
@@ -175,6 +196,7 @@ def main() -> None:
     guarded("neurips_triton", lambda: model(neurips_triton))
     guarded("large_triton", lambda: model(large_triton))
     guarded("large_cu_seqlens", large_packed)
+    guarded("neurips_cu_seqlens", neurips_packed)
 
 
 if __name__ == "__main__":

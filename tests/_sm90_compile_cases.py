@@ -1,10 +1,14 @@
-"""Every mLSTM Triton launch setting compiles for sm_90 (Hopper), without a GPU.
+"""Every mLSTM and sLSTM Triton launch setting compiles for sm_90 (Hopper), without a GPU.
 
 The interpreter runs kernels as Python, so it accepts code that the compiler rejects (a global that is not a
 `tl.constexpr` value, say). Two modes, two processes:
     record OUT.json   under TRITON_INTERPRET=1: run a few interpreter cases (both gates, fp32 and bf16,
-                      cu_seqlens, tensor-descriptor loads, masked steps, the decode step) and write down each
-                      launch's kernel, argument types and constexprs;
+                      cu_seqlens, tensor-descriptor loads, masked steps, the decode step; the sLSTM forward
+                      and backward in the CUDA launch layouts, with and without packed documents) and write
+                      down each launch's kernel, argument types and constexprs. The sLSTM head barrier
+                      (programs of one head wait for each other) cannot run in the interpreter, which runs
+                      programs one by one: its settings are the recorded split-head ones with the barrier on;
+
     compile IN.json   without the interpreter: compile each distinct setting for sm_90 with Triton's own
                       ptxas and print one JSON line per setting.
 """
@@ -66,8 +70,35 @@ def record(out: str) -> None:
     cases.gate_rows_case("sm90_gate_rows", "exp")
     cases.step_case("sm90_step")
     cases.step_case("sm90_step_sigmoid", gate="sigmoid")
+    slstm_launches()
+    found = list(settings.values())
+    for s in list(found):  # the split-head layouts as the GPU runs them: one launch, a barrier per step
+        if s["name"].startswith("slstm_") and s["const"]["BJ"] < s["const"]["DH"]:
+            found.append(dict(s, const=dict(s["const"], USE_BARRIER=True, CTA_SYNC=False)))
     with open(out, "w") as fh:
-        json.dump(list(settings.values()), fh, default=str)
+        json.dump(found, fh, default=str)
+
+
+def slstm_launches() -> None:
+    """The sLSTM kernels in the layouts the GPU uses: R resident (bf16 dots), streamed (fp32 IEEE dots), a whole
+    head per program or split over programs, the no-grad forward with h in registers; plain and packed."""
+    from flashxlstm.ops.slstm_cell.triton import slstm_triton
+
+    g = torch.Generator().manual_seed(0)
+    cu = torch.tensor([0, 2, 3, 5])
+    runs = [(torch.bfloat16, 16, None, {"registers": False}, None), (torch.bfloat16, 16, None, {"registers": False}, cu),
+            (torch.bfloat16, 40, 16, {}, cu), (torch.float32, 20, 16, {"registers": False, "resident_limit": 0}, cu)]
+    for j, (dtype, DH, block_j, tune, cu) in enumerate(runs):
+        B, N = (2, 2) if cu is None else (1, 3)
+        x = (torch.randn(B, 5, 4, 1, DH, generator=g)).to(dtype).requires_grad_(True)
+        R = (torch.randn(4, 1, DH, DH, generator=g) / DH**0.5).to(dtype).requires_grad_(True)
+        b = torch.randn(4, 1, DH, generator=g).requires_grad_(True)
+        state = tuple(torch.rand(N, 1, DH, generator=g) + 0.5 for _ in range(4))
+        h, st = slstm_triton(x, R, b, state, block_j=block_j, tune=tune, cu_seqlens=cu)
+        (h.sum() + st[0].sum()).backward()
+        if j < 2:
+            with torch.no_grad():  # the inference forward: one state slot, h in registers (a head per program)
+                slstm_triton(x.detach(), R.detach(), b.detach(), state, cu_seqlens=cu)
 
 
 def compile_all(path: str) -> None:

@@ -1,7 +1,9 @@
 """torch.compile(model, fullgraph=True) on CPU: compiled == eager in outputs, states and every gradient.
 
 Both model families at the smallest configs that hold every block type: NeurIPS xLSTM[1:1] (one mLSTM and one
-sLSTM block, feed-forward after the sLSTM block) and a one-block 7B-family model, from a carried state.
+sLSTM block, feed-forward after the sLSTM block) and a one-block 7B-family model, from a carried state, and
+both with packed documents (cu_seqlens) on the torch backends of every cell (the cells reset at document
+starts in one pass: ops/documents.py).
 fullgraph=True fails on any graph break (a host sync such as `.item()` or a data-dependent branch in the
 traced path).
 
@@ -49,6 +51,41 @@ def run(model, ids, state):
     loss = (logits * torch.linspace(-1, 1, logits.shape[-1])).sum() + sum(s.float().sum() for s in flat)
     grads = torch.autograd.grad(loss, [p for p in model.parameters()])
     return [logits.detach(), *(s.detach() for s in flat)], grads
+
+
+def compare(model, run_fn):
+    eager_out, eager_grads = run_fn(model)
+    compiled = torch.compile(model, fullgraph=True, backend=os.environ.get("FLASHXLSTM_COMPILE_BACKEND", "aot_eager"))
+    out, grads = run_fn(compiled)
+    for a, b in zip(out, eager_out):
+        assert rel(a, b) < 1e-5
+    for a, b in zip(grads, eager_grads):
+        assert torch.isfinite(a).all() and rel(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("family, backends", [
+    ("neurips", dict(mlstm_backend="chunkwise", slstm_backend="fused")),
+    ("large", dict(backend="chunkwise"))])
+def test_compiled_model_with_packed_documents_equals_eager(gen, family, backends):
+    torch._dynamo.reset()
+    if family == "neurips":
+        cfg = xLSTMLMConfig(vocab_size=11, embedding_dim=8, num_blocks=2, slstm_at="xLSTM[1:1]", mlstm_num_heads=2,
+                            slstm_num_heads=2, round_proj_up_to_multiple_of=8, mlstm_chunk_size=2, **backends)
+        model = randomize(xLSTMLM(cfg), gen)
+    else:
+        model = randomize(xLSTMLarge(xLSTMLargeConfig(embedding_dim=8, num_heads=2, num_blocks=1, vocab_size=11,
+                                                      chunk_size=2, **backends)), gen)
+    ids = torch.randint(0, 11, (1, 9), generator=gen)
+    cu = torch.tensor([0, 4, 5, 9])
+
+    def run_packed(m):
+        out = m(ids, cu_seqlens=cu)
+        logits, new_state = out if isinstance(out, tuple) else (out.logits, out.state)
+        flat = [s for s in tree_leaves(new_state) if isinstance(s, torch.Tensor)]
+        loss = (logits * torch.linspace(-1, 1, logits.shape[-1])).sum() + sum(s.float().sum() for s in flat)
+        return [logits.detach(), *(s.detach() for s in flat)], torch.autograd.grad(loss, list(m.parameters()))
+
+    compare(model, run_packed)
 
 
 @pytest.mark.parametrize("family", [neurips, large])

@@ -7,7 +7,7 @@ traced path (cu_seqlens included: the offsets are checked inside the op). Under 
 shapes, in a child process (tests/_compile_triton_cases.py): compiled == eager in outputs, states and every
 gradient for the op alone (packed documents with initial states, fp16, the step, the sLSTM) and for both
 model families with every Triton backend (NeurIPS xLSTM[1:1] and a 7B-family block from a carried state, the
-7B family with packed documents). fullgraph=True turns any graph break into a failure. Compiler backend as in
+7B family and NeurIPS xLSTM[1:1] with packed documents). fullgraph=True turns any graph break into a failure. Compiler backend as in
 test_compile.py (aot_eager unless FLASHXLSTM_COMPILE_BACKEND names another).
 """
 from pathlib import Path
@@ -19,7 +19,7 @@ from conftest import require_triton, run_interpreter_cases
 require_triton()
 
 CASES = ["mlstm_cu_seqlens", "mlstm_fp16", "mlstm_step", "slstm", "neurips_triton", "large_triton",
-         "large_cu_seqlens"]
+         "large_cu_seqlens", "neurips_cu_seqlens"]
 
 
 @pytest.fixture(scope="module")

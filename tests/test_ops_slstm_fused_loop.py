@@ -156,4 +156,8 @@ def test_loop_custom_ops_pass_torch_opcheck(gen):
     m0 = L0 - 0.5
     args = [t.requires_grad_(True) for t in (x, R, b, c0, L0, h0, m0)]
     for exp_forget in (False, True):
-        torch.library.opcheck(_loop_forward, (*args, exp_forget))
+        torch.library.opcheck(_loop_forward, (*args, exp_forget, None))
+    # packed documents: B == 1, one initial state per document
+    x1 = make(gen, 1, 5, NH, DH)[0].requires_grad_(True)
+    inits = [torch.randn(NH, 3, DH, generator=gen).requires_grad_(True) for _ in range(4)]
+    torch.library.opcheck(_loop_forward, (x1, *args[1:3], *inits, False, torch.tensor([0, 2, 3, 5])))

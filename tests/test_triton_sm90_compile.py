@@ -1,4 +1,4 @@
-"""The mLSTM Triton kernels compile for sm_90 under the installed Triton, without a GPU (tests/_sm90_compile_cases.py
+"""The mLSTM and sLSTM Triton kernels compile for sm_90 under the installed Triton, without a GPU (tests/_sm90_compile_cases.py
 says why the interpreter tests alone do not show it)."""
 import json
 import os
@@ -30,7 +30,10 @@ def test_every_recorded_launch_setting_compiles_for_sm90(tmp_path):
     recorded = json.loads(settings.read_text())
     kernels = {s["name"] for s in recorded}
     assert {"mlstm_chunk_states_kernel", "mlstm_chunk_output_kernel", "mlstm_chunk_bwd_dqk_kernel",
-            "mlstm_gate_rows_kernel", "mlstm_step_kernel"} <= kernels
+            "mlstm_gate_rows_kernel", "mlstm_step_kernel", "slstm_fw_kernel", "slstm_bw_kernel"} <= kernels
+    slstm = [s["const"] for s in recorded if s["name"].startswith("slstm_")]
+    assert any(c["DOCS"] for c in slstm) and any(not c["DOCS"] for c in slstm)
+    assert any(c["USE_BARRIER"] for c in slstm) and any(c["REG"] for c in slstm)
     rows = [json.loads(line) for line in _run("compile", settings, interpret=False).splitlines()
             if line.startswith("{")]
     assert len(rows) == len(recorded)

@@ -6,8 +6,6 @@ None) and returns one final state per document (batch = N).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
@@ -34,43 +32,3 @@ def positions_in_document(cu_seqlens: Tensor, length: int) -> Tensor:
     c = cu_seqlens.long()
     starts[c[1:-1]] = c[1:-1] - c[:-2]  # at a document start, jump back by the previous document's length
     return torch.arange(length, device=cu_seqlens.device) - torch.cumsum(starts, 0)
-
-
-def segments(cu_seqlens: Tensor) -> list[tuple[int, int]]:
-    c = cu_seqlens.tolist()
-    return list(zip(c, c[1:]))
-
-
-def run_documents_batched(step: Callable, x: Tensor, cu_seqlens: Tensor) -> tuple[Tensor, tuple]:
-    """Run a recurrence over the documents of a packed (1, S, ...) input as one batch.
-
-    step(x_piece (N', L, ...), state or None) -> (h_piece (N', L, ...), state), with every state tensor
-    batch-first. Documents go longest first into a (N, L_max, ...) batch; the time axis is walked in pieces
-    that end at each distinct document length, and each piece runs only the documents still going (a prefix),
-    so every document runs from an empty state, no step is spent on padding, and each final state is taken
-    where its document ends. Returns h as (1, S, ...) and the final states in document order (batch = N).
-    """
-    bounds = segments(cu_seqlens)
-    lengths = [b - a for a, b in bounds]
-    order = sorted(range(len(bounds)), key=lambda d: -lengths[d])
-    longest = lengths[order[0]]
-    batch = x.new_zeros((len(bounds), longest, *x.shape[2:]))
-    for rank, d in enumerate(order):
-        a, b = bounds[d]
-        batch[rank, : b - a] = x[0, a:b]
-    pieces, finals, state, prev = [], [None] * len(bounds), None, 0
-    for cut in sorted(set(lengths)):
-        active = sum(1 for n in lengths if n >= cut)  # the documents still going: a prefix of `order`
-        if state is not None:
-            state = tuple(s[:active] for s in state)
-        h, state = step(batch[:active, prev:cut], state)
-        pieces.append((active, prev, h))
-        for rank in range(active):
-            if lengths[order[rank]] == cut:
-                finals[order[rank]] = tuple(s[rank : rank + 1] for s in state)
-        prev = cut
-    out = []
-    for d, (a, b) in enumerate(bounds):
-        rank = order.index(d)
-        out.append(torch.cat([h[rank] for active, p0, h in pieces if rank < active and p0 < lengths[d]], dim=0))
-    return torch.cat(out, dim=0)[None], tuple(torch.cat(parts, dim=0) for parts in zip(*finals))

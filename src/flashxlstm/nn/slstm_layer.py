@@ -23,7 +23,7 @@ from .conv import CausalConv1d
 from .init import linspace_, powerlaw_forget_bias
 from .linear_headwise import HeadwiseLinear
 from .norms import MultiHeadNorm
-from .packing import check_cu_seqlens, run_documents_batched
+from .packing import check_cu_seqlens
 from .state import sLSTMLayerState as SLSTMLayerState
 
 BIAS_INITS = ("powerlaw_blockdependent", "small_init", "standard", "zeros")
@@ -123,12 +123,8 @@ class sLSTMLayer(nn.Module):
             h, cell_state = ops.slstm_step(gates[:, 0], self.recurrent_kernel, self.bias, state=cell_state,
                                            forget_gate=self.forget_gate)
             h = h[:, None]
-        elif cu_seqlens is None:
+        else:  # packed documents: one pass, the cell state (h_prev included) reset at each document start
             h, cell_state = ops.slstm(gates, self.recurrent_kernel, self.bias, state=cell_state,
-                                      backend=self.backend, forget_gate=self.forget_gate)
-        else:  # the recurrence mixes h_{t-1} through R: the documents run as one batch, each from an empty state
-            h, cell_state = run_documents_batched(
-                lambda g, st: ops.slstm(g, self.recurrent_kernel, self.bias, state=st, backend=self.backend,
-                                        forget_gate=self.forget_gate), gates, cu_seqlens)
+                                      backend=self.backend, forget_gate=self.forget_gate, cu_seqlens=cu_seqlens)
         y = self.norm(self.dropout(h.to(x.dtype))).reshape(B, S, self.dim)
         return y, SLSTMLayerState(conv_state, *cell_state)

@@ -25,11 +25,12 @@ from torch import Tensor
 from ..choose import choose_backend
 from .checks import MLSTMState, check_devices, check_floating, check_mlstm_inputs, check_mlstm_state, check_sizes
 from .chunkwise import mlstm_chunkwise, mlstm_parallel
+from .packed import mlstm_chunkwise_packed, mlstm_recurrent_packed
 from .recurrent import compute_dtype, mlstm_recurrent, mlstm_step as _torch_step, zero_state
 
 __all__ = ["mlstm", "mlstm_step", "mlstm_reference", "zero_state", "register_backend", "BACKENDS", "MLSTMState"]
 
-# name -> fn(q, k, v, i, f, state, *, chunk_size, eps, input_gate, cu_seqlens) -> (h, state)
+# name -> fn(q, k, v, i, f, state, *, chunk_size, eps, input_gate, cu_seqlens) -> (h, state); state None: zeros
 BACKENDS: dict[str, Callable] = {}
 # name -> fn(q, k, v, i, f, state, *, eps, input_gate) -> (h, state); the decode step
 STEP_BACKENDS: dict[str, Callable] = {}
@@ -40,28 +41,27 @@ def register_backend(name: str, fn: Callable, *, step: bool = False) -> None:
     (STEP_BACKENDS if step else BACKENDS)[name] = fn
 
 
-def _per_document(fn: Callable) -> Callable:
-    """Lift a single-sequence form to packed documents by running each document alone."""
+def _torch_form(single: Callable, packed: Callable) -> Callable:
+    """One backend from a single-sequence form and its packed-documents form (packed.py: one pass, with the
+    state reset at every document start). state None means zeros."""
 
     def run(q, k, v, i, f, state, *, chunk_size, eps, input_gate, cu_seqlens=None):
-        if cu_seqlens is None:
-            return fn(q, k, v, i, f, state, chunk_size=chunk_size, eps=eps, input_gate=input_gate)
-        bounds = cu_seqlens.tolist()
-        hs, finals = [], []
-        for d, (a, b) in enumerate(zip(bounds, bounds[1:])):
-            st = tuple(s[d : d + 1] for s in state)
-            h, st = fn(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], i[:, :, a:b], f[:, :, a:b], st,
-                       chunk_size=chunk_size, eps=eps, input_gate=input_gate)
-            hs.append(h)
-            finals.append(st)
-        return torch.cat(hs, dim=2), tuple(torch.cat(parts, dim=0) for parts in zip(*finals))
+        if cu_seqlens is not None:
+            return packed(q, k, v, i, f, state, cu_seqlens=cu_seqlens, chunk_size=chunk_size, eps=eps,
+                          input_gate=input_gate)
+        if state is None:
+            state = zero_state(q.shape[0], q.shape[1], q.shape[3], v.shape[-1], q.device, compute_dtype(q))
+        return single(q, k, v, i, f, state, chunk_size=chunk_size, eps=eps, input_gate=input_gate)
 
     return run
 
 
-register_backend("recurrent", _per_document(lambda *a, chunk_size, **kw: mlstm_recurrent(*a, **kw)))
-register_backend("parallel", _per_document(lambda *a, chunk_size, **kw: mlstm_parallel(*a, **kw)))
-register_backend("chunkwise", _per_document(mlstm_chunkwise))
+register_backend("recurrent", _torch_form(lambda *a, chunk_size, **kw: mlstm_recurrent(*a, **kw),
+                                          lambda *a, chunk_size, **kw: mlstm_recurrent_packed(*a, **kw)))
+register_backend("parallel", _torch_form(lambda *a, chunk_size, **kw: mlstm_parallel(*a, **kw),
+                                         lambda *a, chunk_size, **kw: mlstm_chunkwise_packed(
+                                             *a, chunk_size=a[0].shape[2], **kw)))
+register_backend("chunkwise", _torch_form(mlstm_chunkwise, mlstm_chunkwise_packed))
 register_backend("torch", _torch_step, step=True)
 
 from .triton import triton_usable  # noqa: E402  (cheap: imports Triton only when it can run)
@@ -83,10 +83,6 @@ def mlstm(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"mlstm: chunk_size must be a positive int, got {chunk_size!r}")
     name = choose_backend("mlstm", backend, BACKENDS, fallback="chunkwise", device=q.device, dtype=q.dtype)
-    B, NH, S, DQK = q.shape
-    nseq = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    if state is None:
-        state = zero_state(nseq, NH, DQK, v.shape[-1], q.device, compute_dtype(q))
     h, state = BACKENDS[name](q, k, v, i, f, state, chunk_size=chunk_size, eps=eps, input_gate=input_gate,
                               cu_seqlens=cu_seqlens)
     return h.to(v.dtype), state

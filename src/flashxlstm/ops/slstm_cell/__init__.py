@@ -1,6 +1,6 @@
 """`slstm`: the sLSTM cell over a sequence, one signature for every backend.
 
-    h, state = slstm(x, R, b, state=None, backend="auto", forget_gate="sigmoid")
+    h, state = slstm(x, R, b, state=None, backend="auto", forget_gate="sigmoid", cu_seqlens=None)
 
 x: (B, S, 4, NH, DH) gate pre-activations in the order (i, f, z, o), already holding W x.
 R: (4, NH, DH, DH), block-diagonal recurrent weights: raw[g, h, j] += sum_p R[g, h, j, p] * h_prev[h, p].
@@ -9,6 +9,9 @@ float64 inputs); None means zeros. The returned state continues the sequence exa
 and carrying the state gives one pass); inputs are never modified in place. A state element with n == 0 is
 empty: the next step starts afresh from it (m = raw_i), which for the zero state is exactly the official
 xlstm behaviour. The math is in docs/cells.md (sLSTM); `forget_gate="exp"` uses raw_f directly as log f.
+With `cu_seqlens` (B == 1, FlashAttention convention: int offsets 0 < ... < S of N documents) every backend
+runs the packed row in one pass, the state reset at each document start (h_prev included); `state`, if
+given, then holds one initial state per document and the returned state one final state per document.
 
 Backends: "recurrent" (the stabilized step, plain loop, torch autograd), "fused" (a fused loop with a
 hand-written backward; runs on any device), "triton" (persistent GPU kernels, registered when Triton is
@@ -29,7 +32,7 @@ from .recurrent import slstm_cell_step, slstm_recurrent, zero_state
 
 __all__ = ["slstm", "slstm_step", "slstm_reference", "zero_state", "register_backend", "BACKENDS", "SLSTMState"]
 
-# name -> fn(x, R, b, state, *, forget_gate) -> (h (B, S, NH, DH), state)
+# name -> fn(x, R, b, state, *, forget_gate, cu_seqlens) -> (h (B, S, NH, DH), state)
 BACKENDS: dict[str, Callable] = {}
 
 
@@ -53,14 +56,17 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 def slstm(
     x: Tensor, R: Tensor, b: Tensor, *, state: SLSTMState | None = None, backend: str = "auto",
-    forget_gate: str = "sigmoid",
+    forget_gate: str = "sigmoid", cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, SLSTMState]:
-    check_slstm_inputs(x, R, b, state, forget_gate)
+    check_slstm_inputs(x, R, b, state, forget_gate, cu_seqlens)
     name = choose_backend("slstm", backend, BACKENDS, fallback="fused", device=x.device, dtype=x.dtype)
     B, _, _, NH, DH = x.shape
+    nseq = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.to(x.device)
     dt = compute_dtype(x)
-    state = zero_state(B, NH, DH, x.device, dt) if state is None else tuple(s.to(dt) for s in state)
-    h, state = BACKENDS[name](x, R, b, state, forget_gate=forget_gate)
+    state = zero_state(nseq, NH, DH, x.device, dt) if state is None else tuple(s.to(dt) for s in state)
+    h, state = BACKENDS[name](x, R, b, state, forget_gate=forget_gate, cu_seqlens=cu_seqlens)
     return h.to(x.dtype), state
 
 
@@ -87,8 +93,10 @@ def slstm_step(
 
 def slstm_reference(
     x: Tensor, R: Tensor, b: Tensor, *, state: SLSTMState | None = None, forget_gate: str = "sigmoid",
+    cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, SLSTMState]:
     """The yardstick: the stabilized step-by-step recurrence in float64 (outputs float64)."""
     to64 = lambda t: t.to(torch.float64)
     st = None if state is None else tuple(to64(s) for s in state)
-    return slstm(to64(x), to64(R), to64(b), state=st, backend="recurrent", forget_gate=forget_gate)
+    return slstm(to64(x), to64(R), to64(b), state=st, backend="recurrent", forget_gate=forget_gate,
+                 cu_seqlens=cu_seqlens)

@@ -31,7 +31,8 @@ def check_slstm_weights(op: str, R: Tensor, b: Tensor, NH: int, DH: int) -> None
         raise ValueError(f"{op}: b must have shape (4, NH, DH) = {(4, NH, DH)}, got {tuple(b.shape)}")
 
 
-def check_slstm_inputs(x: Tensor, R: Tensor, b: Tensor, state: SLSTMState | None, forget_gate: str) -> None:
+def check_slstm_inputs(x: Tensor, R: Tensor, b: Tensor, state: SLSTMState | None, forget_gate: str,
+                       cu_seqlens: Tensor | None = None) -> None:
     """Raise ValueError/TypeError with a clear message unless the inputs fit the sLSTM op's contract."""
     _check_tensor("slstm", "x", x)
     if x.dim() != 5 or x.shape[2] != 4:
@@ -44,8 +45,25 @@ def check_slstm_inputs(x: Tensor, R: Tensor, b: Tensor, state: SLSTMState | None
     check_slstm_weights("slstm", R, b, NH, DH)
     check_forget_gate("slstm", forget_gate)
     _check_devices("slstm", x, R, b)
+    nseq = B
+    if cu_seqlens is not None:
+        if B != 1:
+            raise ValueError(f"slstm: cu_seqlens needs packed inputs with B == 1, got B == {B}")
+        if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
+                or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError("slstm: cu_seqlens must be a 1-D int32/int64 tensor [0, ..., S] of document offsets")
+        if not torch.compiler.is_compiling():  # a host sync; traced, the op that reads cu_seqlens checks it
+            check_cu_seqlens_values("slstm", cu_seqlens, S)
+        nseq = cu_seqlens.numel() - 1
     if state is not None:
-        check_slstm_state("slstm", state, B, NH, DH, x.device)
+        check_slstm_state("slstm", state, nseq, NH, DH, x.device)
+
+
+def check_cu_seqlens_values(op: str, cu_seqlens: Tensor, S: int) -> None:
+    """The document offsets must rise strictly from 0 to S (reads the values: a host sync on a GPU)."""
+    cs = cu_seqlens.tolist()
+    if cs[0] != 0 or cs[-1] != S or any(b <= a for a, b in zip(cs, cs[1:])):
+        raise ValueError(f"{op}: cu_seqlens must rise strictly from 0 to S={S}, got {cs}")
 
 
 def check_forget_gate(op: str, forget_gate: str) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..documents import document_layout
 from .checks import SLSTMState, compute_dtype
 
 
@@ -43,11 +44,30 @@ def slstm_cell_step(
 
 
 def slstm_recurrent(
-    x: Tensor, R: Tensor, b: Tensor, state: SLSTMState, *, forget_gate: str = "sigmoid"
+    x: Tensor, R: Tensor, b: Tensor, state: SLSTMState, *, forget_gate: str = "sigmoid",
+    cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, SLSTMState]:
-    """`slstm_cell_step` over the sequence (plain loop, torch autograd). h: (B, S, NH, DH), compute dtype."""
+    """`slstm_cell_step` over the sequence (plain loop, torch autograd). h: (B, S, NH, DH), compute dtype.
+
+    With cu_seqlens (B == 1) `state` holds one initial state per document: at a document start the carried
+    state (h included) is replaced by that document's, and the final states are those after each document's
+    last step."""
+    if cu_seqlens is not None:
+        return _packed(x, R, b, state, forget_gate, cu_seqlens)
     hs = []
     for t in range(x.shape[1]):
         h, state = slstm_cell_step(x[:, t], R, b, state, forget_gate=forget_gate)
         hs.append(h)
     return torch.stack(hs, dim=1), state
+
+
+def _packed(x: Tensor, R: Tensor, b: Tensor, init: SLSTMState, forget_gate: str, cu_seqlens: Tensor):
+    lay = document_layout(cu_seqlens, x.shape[1], x.device)
+    hs, states, st = [], [], None
+    for t in range(x.shape[1]):
+        mine = tuple(s.index_select(0, lay.doc[t : t + 1]) for s in init)
+        st = mine if st is None else tuple(torch.where(lay.start[t], a, c) for a, c in zip(mine, st))
+        h, st = slstm_cell_step(x[:, t], R, b, st, forget_gate=forget_gate)
+        hs.append(h)
+        states.append(st)
+    return torch.stack(hs, dim=1), tuple(torch.cat(parts, 0).index_select(0, lay.ends) for parts in zip(*states))

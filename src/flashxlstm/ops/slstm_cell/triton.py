@@ -109,62 +109,86 @@ def _dot_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
-def _outputs(x: Tensor, train: bool) -> list[tuple[tuple, torch.dtype]]:
+def _outputs(x: Tensor, nseq: int, train: bool) -> list[tuple[tuple, torch.dtype]]:
     """Shapes of the forward op's outputs, from its arguments alone (its fake function and its implementation
-    allocate from them): H, c, n, m, then the residuals of the backward (raw pre-activations and the states
-    of every step; empty without gradients)."""
+    allocate from them): H, c, n, m (nseq = B, or the documents when packed), then the residuals of the
+    backward (raw pre-activations and the states of every step; empty without gradients)."""
     B, S, _, NH, DH = x.shape
     f32 = torch.float32
     res = ((B, S, 4, NH, DH), (B, S, NH, DH)) if train else ((0,), (0,))
-    return [((B, S, NH, DH), f32), ((B, NH, DH), f32), ((B, NH, DH), f32), ((B, NH, DH), f32),
+    return [((B, S, NH, DH), f32), ((nseq, NH, DH), f32), ((nseq, NH, DH), f32), ((nseq, NH, DH), f32),
             (res[0], f32), (res[1], f32), (res[1], f32), (res[1], f32)]
 
 
-def _forward(x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool, tune: dict) -> list[Tensor]:
+def _document_steps(cu_seqlens: Tensor, S: int) -> tuple[Tensor, Tensor]:
+    """RST (S + 1) int32: the document starting at each step, -1 elsewhere (and at S); FIN (S): the document
+    ending at each step. Built on the device (no host sync)."""
+    cu = cu_seqlens.long()
+    docs = torch.arange(cu.shape[0] - 1, device=cu.device, dtype=torch.int32)
+    rst = torch.full((S + 1,), -1, device=cu.device, dtype=torch.int32).index_copy(0, cu[:-1], docs)
+    fin = torch.full((S,), -1, device=cu.device, dtype=torch.int32).index_copy(0, cu[1:] - 1, docs)
+    return rst, fin
+
+
+def _forward(x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool, tune: dict, cu_seqlens=None) -> list[Tensor]:
     from .triton_kernels import slstm_fw_kernel
 
     B, S, _, NH, DH = x.shape
     dev = x.device
+    docs = cu_seqlens is not None
     f32 = dict(device=dev, dtype=torch.float32)
     x = x.contiguous()
     dot_dt = _dot_dtype(x)
     RT = R.to(dot_dt).permute(1, 0, 3, 2).contiguous()  # (NH, 4, k, j) = R[g, h, j, k]
     bias = b.to(torch.float32).contiguous()
     c0, n0, m0, h0 = (s.to(torch.float32).contiguous() for s in (c0, n0, m0, h0))
-    H, c, n, m, raw, C, N, M = (torch.empty(shape, dtype=dt, device=dev) for shape, dt in _outputs(x, train))
+    H, c, n, m, raw, C, N, M = (torch.empty(shape, dtype=dt, device=dev)
+                                for shape, dt in _outputs(x, c0.shape[0], train))
     slots = S if train else 1
     if not train:  # the kernel writes the state of the current step only: one slot
         C, N, M = (torch.empty(B, slots, NH, DH, **f32) for _ in range(3))
     HK = torch.empty(B, 2, NH, DH, device=dev, dtype=dot_dt)  # h_t in the dot dtype, slot t % 2
-    HK[:, 1] = h0  # "h_{-1}"
+    HK[:, 1] = h0[:B]  # "h_{-1}" (packed: the first document's h0)
+    rst, fin = _document_steps(cu_seqlens, S) if docs else (H, H)  # (unused without documents)
     p = plan(B, NH, DH, dev, dot_dtype=dot_dt, inference=not train, **tune)
     grid = (NH * p["NJ"], p["NBP"])
     cnt = torch.zeros(NH * p["NBP"], device=dev, dtype=torch.int32)
     common = dict(DH=DH, EXP_FORGET=exp_forget, STORE_RAW=train, STORE_STATES=train, USE_BARRIER=p["barrier"],
                   CTA_SYNC=p["cta_sync"], IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
-                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], num_warps=p["num_warps"])
-    args = (x, bias, RT, h0, c0, n0, m0, H, HK, C, N, M, raw if train else H, cnt, B, S, NH, slots, p["NBP"])
+                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], DOCS=docs, num_warps=p["num_warps"])
+    args = (x, bias, RT, h0, c0, n0, m0, H, HK, C, N, M, raw if train else H, cnt, rst, fin, c, n, m,
+            B, S, NH, slots, p["NBP"])
     for t0, t1 in ([(t, t + 1) for t in range(S)] if p["stepwise"] else [(0, S)]):
         slstm_fw_kernel[grid](*args, t0, t1, **common)
-    last = (S - 1) % slots
-    c.copy_(C[:, last])
-    n.copy_(N[:, last])
-    m.copy_(M[:, last])
+    if not docs:  # (packed: the kernel wrote each document's final state)
+        last = (S - 1) % slots
+        c.copy_(C[:, last])
+        n.copy_(N[:, last])
+        m.copy_(M[:, last])
     if not train:
         C, N, M = (torch.empty(0, **f32) for _ in range(3))
     return [H, c, n, m, raw, C, N, M]
 
 
 def _backward(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool,
-              tune: dict) -> list[Tensor]:
+              tune: dict, cu_seqlens=None) -> list[Tensor]:
     from .triton_kernels import slstm_bw_kernel
 
+    docs = cu_seqlens is not None
     dtypes = [t.dtype for t in (x, R, b, c0, n0, m0, h0)]
     dot_dt = _dot_dtype(x)
     c0, n0, m0, h0 = (s.to(torch.float32).contiguous() for s in (c0, n0, m0, h0))
     B, S, _, NH, DH = raw.shape
     gH = gH.to(torch.float32).contiguous()
-    DC, DN, DM = (g.to(torch.float32).clone().contiguous() for g in (gc, gn, gm))  # the kernel updates them
+    f32 = dict(device=raw.device, dtype=torch.float32)
+    if docs:  # carried gradients start at zero; each document's final-state gradients enter at its last step
+        GCF, GNF, GMF = (g.to(torch.float32).contiguous() for g in (gc, gn, gm))
+        DC, DN, DM = (torch.zeros(B, NH, DH, **f32) for _ in range(3))
+        DC0, DN0, DM0 = (torch.zeros(c0.shape, **f32) for _ in range(3))
+        rst, fin = _document_steps(cu_seqlens, S)
+    else:
+        DC, DN, DM = (g.to(torch.float32).clone().contiguous() for g in (gc, gn, gm))  # the kernel updates them
+        GCF = GNF = GMF = DC0 = DN0 = DM0 = rst = fin = DC  # (unused without documents)
     draw = torch.empty_like(raw)
     DK = torch.empty(B, 2, 4, NH, DH, device=raw.device, dtype=dot_dt)  # draw_t in the dot dtype, slot t % 2
     Rd = R.to(dot_dt).contiguous()
@@ -175,13 +199,20 @@ def _backward(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0,
     cnt = torch.zeros(NH * p["NBP"], device=raw.device, dtype=torch.int32)
     common = dict(DH=DH, EXP_FORGET=exp_forget, USE_BARRIER=p["barrier"], CTA_SYNC=p["cta_sync"],
                   IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
-                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], num_warps=p["num_warps"])
-    args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, DK, cnt, B, S, NH, p["NBP"])
+                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], DOCS=docs, num_warps=p["num_warps"])
+    args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, DK, cnt, rst, fin, GCF, GNF, GMF, DC0, DN0, DM0,
+            B, S, NH, p["NBP"])
     for t0, t1 in ([(t, t + 1) for t in range(S - 1, -1, -1)] if p["stepwise"] else [(0, S)]):
         slstm_bw_kernel[grid](*args, t0, t1, **common)
     Rf = R.to(torch.float32)
-    dh0 = torch.einsum("bghj,ghjp->bhp", draw[:, 0], Rf)
-    H_prev = torch.cat([h0[:, None], H[:, :-1]], dim=1)
+    if docs:  # h0 of each document feeds its first step
+        starts = cu_seqlens[:-1].long()
+        dh0 = torch.einsum("bghj,ghjp->bhp", draw[0].index_select(0, starts), Rf)
+        H_prev = torch.cat([h0[None, :1], H[:, :-1]], dim=1).index_copy(1, starts, h0[None])
+        DC, DN, DM = DC0, DN0, DM0
+    else:
+        dh0 = torch.einsum("bghj,ghjp->bhp", draw[:, 0], Rf)
+        H_prev = torch.cat([h0[:, None], H[:, :-1]], dim=1)
     dR = torch.einsum("bsghj,bshp->ghjp", draw, H_prev)
     db = draw.sum((0, 1))
     return [g.to(dt) for g, dt in zip((draw, dR, db, DC, DN, DM, dh0), dtypes)]
@@ -196,26 +227,28 @@ _Outs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 @torch.library.custom_op(f"{LIB}::slstm_triton_fwd", mutates_args=())
 def _forward_op(x: Tensor, R: Tensor, b: Tensor, c0: Tensor, n0: Tensor, m0: Tensor, h0: Tensor, exp_forget: bool,
-                train: bool, block_j: int | None, resident: bool | None, block_k: int | None, num_warps: int | None,
-                registers: bool | None, resident_limit: int | None) -> _Outs:
+                train: bool, cu_seqlens: Tensor | None, block_j: int | None, resident: bool | None,
+                block_k: int | None, num_warps: int | None, registers: bool | None,
+                resident_limit: int | None) -> _Outs:
     tune = dict(zip(TUNE, (block_j, resident, block_k, num_warps, registers, resident_limit)))
-    return tuple(_forward(x, R, b, c0, n0, m0, h0, exp_forget, train, tune))
+    return tuple(_forward(x, R, b, c0, n0, m0, h0, exp_forget, train, tune, cu_seqlens))
 
 
 @_forward_op.register_fake
-def _(x, R, b, c0, n0, m0, h0, exp_forget, train, *tune):
-    return tuple(torch.empty(shape, dtype=dt, device=x.device) for shape, dt in _outputs(x, train))
+def _(x, R, b, c0, n0, m0, h0, exp_forget, train, cu_seqlens, *tune):
+    return tuple(torch.empty(shape, dtype=dt, device=x.device) for shape, dt in _outputs(x, c0.shape[0], train))
 
 
 @torch.library.custom_op(f"{LIB}::slstm_triton_bwd", mutates_args=())
 def _backward_op(gH: Tensor, gc: Tensor, gn: Tensor, gm: Tensor, H: Tensor, c: Tensor, n: Tensor, m: Tensor,
                  raw: Tensor, C: Tensor, N: Tensor, M: Tensor, x: Tensor, R: Tensor, b: Tensor, c0: Tensor,
-                 n0: Tensor, m0: Tensor, h0: Tensor, exp_forget: bool, train: bool, block_j: int | None,
-                 resident: bool | None, block_k: int | None, num_warps: int | None, registers: bool | None,
-                 resident_limit: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 n0: Tensor, m0: Tensor, h0: Tensor, exp_forget: bool, train: bool, cu_seqlens: Tensor | None,
+                 block_j: int | None, resident: bool | None, block_k: int | None, num_warps: int | None,
+                 registers: bool | None, resident_limit: int | None
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     tune = dict(zip(TUNE, (block_j, resident, block_k, num_warps, registers, resident_limit)))
     return tuple(_backward(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0, exp_forget, train,
-                           tune))
+                           tune, cu_seqlens))
 
 
 @_backward_op.register_fake
@@ -228,12 +261,13 @@ link_backward(_forward_op, _backward_op, n_outputs=4, differentiable=range(7))
 
 def slstm_triton(
     x: Tensor, R: Tensor, b: Tensor, state: SLSTMState, *, forget_gate: str = "sigmoid", block_j: int | None = None,
-    tune: dict | None = None,
+    tune: dict | None = None, cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, SLSTMState]:
     """The persistent-kernel form. h: (B, S, NH, DH) float32 (the op casts it to x's dtype).
 
     block_j / tune (keywords of `plan`: block_j, resident, block_k, num_warps, registers, resident_limit)
-    override the launch choices."""
+    override the launch choices. cu_seqlens (B == 1): packed documents in the same single launch, the state
+    reset at each document start; `state` then holds one initial state per document."""
     if x.device.type != "cuda" and not _interpreting():
         raise ValueError("slstm: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for tests)")
     c0, n0, m0, h0 = state
@@ -245,6 +279,7 @@ def slstm_triton(
     unknown = set(tune) - set(TUNE)
     if unknown:
         raise ValueError(f"slstm(triton): unknown launch overrides {sorted(unknown)}; known: {', '.join(TUNE)}")
-    H, c, n, m = _forward_op(x, R, b, c0, n0, m0, h0, forget_gate == "exp", train, *(tune.get(k) for k in TUNE))[:4]
-    h_last = H[:, -1]
+    H, c, n, m = _forward_op(x, R, b, c0, n0, m0, h0, forget_gate == "exp", train, cu_seqlens,
+                             *(tune.get(k) for k in TUNE))[:4]
+    h_last = H[:, -1] if cu_seqlens is None else H[0].index_select(0, cu_seqlens[1:].long() - 1)
     return H.to(out_dt), tuple(s.to(out_dt) for s in (c, n, m, h_last))

@@ -425,6 +425,10 @@ def mlstm_triton_variant(q, k, v, i, f, state, *, chunk_size=64, eps=1e-6, input
     if int(chunk_size) < 1:
         raise ValueError(f"mlstm(triton): chunk_size must be a positive integer, got {chunk_size!r}")
     chunk = min(128, next_pow2(int(chunk_size)))
+    if state is None:  # zeros, one state per sequence or document
+        from ..recurrent import zero_state
+        nseq = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+        state = zero_state(nseq, q.shape[1], q.shape[3], v.shape[-1], q.device, torch.float32)
     C0, n0, m0 = state
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i, f, C0, n0, m0))
     h, C, n, m = _forward_op(q, k, v, i, f, C0, n0, m0, cu_seqlens, chunk, float(eps), input_gate, variant.to_json(),
