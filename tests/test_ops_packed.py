@@ -104,6 +104,21 @@ def test_slstm_packed_equals_documents_alone(gen, form, forget_gate, with_state)
         assert max(grads) < 1e-10, (lens, grads)
 
 
+@pytest.mark.parametrize("form", ["recurrent", "fused"])
+def test_slstm_rows_of_documents_equal_one_packed_row(gen, form):
+    """(B, S) rows with cu_seqlens over the flattened steps (every row starting a document) equal the same steps
+    as one packed row."""
+    x = torch.randn(3, 6, 4, 2, 3, generator=gen, dtype=torch.float64)
+    R = torch.randn(4, 2, 3, 3, generator=gen, dtype=torch.float64) / 2
+    b = torch.randn(4, 2, 3, generator=gen, dtype=torch.float64)
+    cu = torch.tensor([0, 2, 6, 12, 13, 18])
+    h, st = slstm(x, R, b, backend=form, cu_seqlens=cu)
+    h1, st1 = slstm(x.reshape(1, 18, 4, 2, 3), R, b, backend=form, cu_seqlens=cu)
+    torch.testing.assert_close(h, h1.view(3, 6, 2, 3), rtol=0, atol=0)
+    for a, c in zip(st, st1):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
 def test_slstm_fused_float32_packed_is_close(gen):
     """The fused loop in float32 (its hand-written backward) against the float64 documents alone."""
     lens = [6, 1, 4]
@@ -145,8 +160,8 @@ def test_packed_values_do_not_cross_documents(gen):
 def test_packed_errors_name_the_problem(gen):
     x = torch.randn(2, 4, 4, 1, 3, generator=gen)
     R, b = torch.zeros(4, 1, 3, 3), torch.zeros(4, 1, 3)
-    with pytest.raises(ValueError, match="B == 1"):
-        slstm(x, R, b, cu_seqlens=torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="every row must start a document"):
+        slstm(x, R, b, cu_seqlens=torch.tensor([0, 3, 8]))
     with pytest.raises(ValueError, match="rise strictly"):
         slstm(x[:1], R, b, cu_seqlens=torch.tensor([0, 2, 2, 4]))
     with pytest.raises(ValueError, match=r"state c must have shape"):

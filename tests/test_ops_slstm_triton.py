@@ -33,14 +33,17 @@ CASES = {
     # the same low-precision path here, and benchmarks/bench_slstm.py checks bf16 on the GPU.
     "float16_inputs": (2, 4, 2, 16, None, "sigmoid", True, "float16", 3e-3),
 }
-# packed documents in one launch (cu_seqlens, B == 1), each from its own initial state, against the float64
-# recurrence run on every document alone: lengths, NH, DH, block_j, forget_gate, launch overrides, tolerance
+# packed documents in one launch (cu_seqlens), each from its own initial state, against the float64
+# recurrence run on every document alone: documents per row (rows side by side, each starting a document),
+# NH, DH, block_j, forget_gate, launch overrides, tolerance
 PACKED = {
-    "packed_registers": ([3, 1, 4], 2, 5, None, "sigmoid", {}, 2e-5),
-    "packed_whole_head_cuda_config": ([3, 1, 4], 2, 16, None, "exp", {"registers": False}, 2e-5),
-    "packed_split_head": ([2, 1, 3], 1, 20, 16, "sigmoid", {}, 2e-5),
-    "packed_streamed_r": ([2, 3, 1], 2, 20, 16, "exp", {"resident_limit": 0, "registers": False}, 2e-5),
-    "packed_one_document_of_one_step": ([1], 1, 4, None, "sigmoid", {}, 2e-5),
+    "packed_registers": ([[3, 1, 4]], 2, 5, None, "sigmoid", {}, 2e-5),
+    "packed_whole_head_cuda_config": ([[3, 1, 4]], 2, 16, None, "exp", {"registers": False}, 2e-5),
+    "packed_split_head": ([[2, 1, 3]], 1, 20, 16, "sigmoid", {}, 2e-5),
+    "packed_streamed_r": ([[2, 3, 1]], 2, 20, 16, "exp", {"resident_limit": 0, "registers": False}, 2e-5),
+    "packed_one_document_of_one_step": ([[1]], 1, 4, None, "sigmoid", {}, 2e-5),
+    "packed_rows_registers": ([[3, 1, 2], [6], [2, 4]], 2, 5, None, "sigmoid", {}, 2e-5),
+    "packed_rows_split_head_cuda_config": ([[1, 4], [2, 3]], 1, 20, 16, "exp", {"registers": False}, 2e-5),
 }
 
 
@@ -98,13 +101,14 @@ def _child() -> None:
             "finite": bool(all(torch.isfinite(t).all() for t in (*out, *grads))),
         }), flush=True)
     tri._num_sms = lambda device: 1 << 30
-    for name, (lens, NH, DH, block_j, fg, tune, _) in PACKED.items():
+    for name, (rows, NH, DH, block_j, fg, tune, _) in PACKED.items():
         gen = torch.Generator().manual_seed(len(name))
-        S, N = sum(lens), len(lens)
+        lens = [n for row in rows for n in row]
+        B, S, N = len(rows), sum(rows[0]), len(lens)
         cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
-        x, R, b = make(gen, 1, S, NH, DH, scale=2.0)
+        x, R, b = make(gen, B, S, NH, DH, scale=2.0)
         state = list(rand_state(gen, N, NH, DH, dtype=torch.float64))
-        w = [torch.randn(1, S, NH, DH, generator=gen, dtype=torch.float64)]
+        w = [torch.randn(B, S, NH, DH, generator=gen, dtype=torch.float64)]
         w += [torch.randn(N, NH, DH, generator=gen, dtype=torch.float64) for _ in range(4)]
         loss = lambda outs: sum((o.double() * v).sum() for o, v in zip(outs, w))
         xs = [t.float().requires_grad_(True) for t in (x, R, b, *state)]
@@ -116,14 +120,16 @@ def _child() -> None:
             h_inf, st_inf = slstm_triton(*(t.detach() for t in xs[:3]), tuple(t.detach() for t in xs[3:]),
                                          forget_gate=fg, block_j=block_j, tune=tune, cu_seqlens=cu)
         ys = [t.detach().double().requires_grad_(True) for t in xs]
+        flat = ys[0].reshape(1, B * S, 4, NH, DH)
         pieces = []
         for d, (a, e) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
-            hd, sd = slstm_reference(ys[0][:, a:e], ys[1], ys[2], state=tuple(s[d : d + 1] for s in ys[3:]),
+            hd, sd = slstm_reference(flat[:, a:e], ys[1], ys[2], state=tuple(s[d : d + 1] for s in ys[3:]),
                                      forget_gate=fg)
             pieces.append([hd, *sd])
-        ref = [torch.cat([p[0] for p in pieces], 1)] + [torch.cat(parts) for parts in zip(*[p[1:] for p in pieces])]
+        ref = [torch.cat([p[0] for p in pieces], 1).view(B, S, NH, DH)]
+        ref += [torch.cat(parts) for parts in zip(*[p[1:] for p in pieces])]
         grads_ref = torch.autograd.grad(loss(ref), ys)
-        p = tri.plan(1, NH, DH, torch.device("cpu"), block_j, dot_dtype=torch.float32, **tune)
+        p = tri.plan(B, NH, DH, torch.device("cpu"), block_j, dot_dtype=torch.float32, **tune)
         print(json.dumps({
             "case": name,
             "plan": {k: p[k] for k in ("R_RESIDENT", "REG", "NJ", "stepwise")},
@@ -169,9 +175,9 @@ def test_packed_documents_in_one_launch_match_documents_alone(interpreted, case)
         assert err < tol, f"{case} (no grad): {name} relative error {err:.2e} >= {tol:.0e}"
     for name, err in zip(names + ["dx", "dR", "db", "dc0", "dn0", "dm0", "dh0"], r["outputs"] + r["grads"]):
         assert err < tol, f"{case}: {name} relative error {err:.2e} >= {tol:.0e}"
-    if case == "packed_split_head":  # two programs per head: the stepwise launches carry the resets across
+    if "split_head" in case:  # two programs per head: the stepwise launches carry the resets across
         assert r["plan"]["NJ"] == 2 and r["plan"]["stepwise"], r["plan"]
-    if case == "packed_registers":
+    if case.endswith("registers"):
         assert r["plan"]["REG"], r["plan"]
 
 

@@ -256,7 +256,8 @@ class xLSTMLarge(xLSTMPreTrainedModel):
         None entries; use_cache=False leaves the state out.
 
         attention_mask (B, S): 0 marks padding that must not touch the state (left padding for generation).
-        cu_seqlens: packed documents in a (1, S) input, each from an empty state (nn/packing.py).
+        cu_seqlens: packed documents in (B, S) rows (offsets over the flattened tokens, every row starting a
+        document), each from an empty state (nn/packing.py).
         state_out: for one token (S == 1) with a state, preallocated buffers shaped like the state that receive
         the new state (CUDA-graph decoding ping-pongs two such sets); they must not overlap `state`.
         """

@@ -230,7 +230,7 @@ class xLSTMBlockStack(nn.Module):
                             block.layer.state_shapes(batch_size))
 
     def forward(self, x: Tensor, state: tuple | None = None, cu_seqlens: Tensor | None = None) -> tuple[Tensor, tuple]:
-        """cu_seqlens: packed documents in a (1, S) input, each from an empty state (nn/packing.py)."""
+        """cu_seqlens: packed documents in (B, S) rows, each from an empty state (nn/packing.py)."""
         check_sequence_input("xLSTMBlockStack", x, self.config.embedding_dim)
         if state is None:
             state = (None,) * len(self.blocks)
@@ -284,7 +284,8 @@ class xLSTMLM(xLSTMPreTrainedModel):
         """input_ids (B, S) integer -> output with logits (B, S, V) (the last `logits_to_keep` positions if > 0),
         the state after the last token and, with labels, the loss (see flashxlstm.models.base).
         return_dict=False gives the tuple (loss, logits, state) without None entries; use_cache=False leaves
-        the state out. cu_seqlens: packed documents in a (1, S) input, each from an empty state (nn/packing.py)."""
+        the state out. cu_seqlens: packed documents in (B, S) rows (offsets over the flattened tokens, every row
+        starting a document), each from an empty state (nn/packing.py)."""
         check_input_ids("xLSTMLM", input_ids, self.config.vocab_size)
         check_token_type_ids("xLSTMLM", token_type_ids)
         mask = check_attention_mask("xLSTMLM", attention_mask, input_ids)

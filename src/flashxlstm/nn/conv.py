@@ -3,7 +3,7 @@
 y[t, d] = bias[d] + sum_k weight[d, k] * x[t - (K - 1) + k, d], where inputs before the sequence start come
 from the carried state (the last K - 1 inputs of the previous call), zeros when there is none. Splitting
 a sequence anywhere and carrying the state gives the same output as one pass. K == 0 is the identity.
-With `cu_seqlens` (packed documents, see packing.py) no input of one document reaches another: each
+With `cu_seqlens` (packed documents in (B, S) rows, see packing.py) no input of one document reaches another: each
 document sees zeros before its start, and the returned state holds each document's last K - 1 inputs.
 """
 from __future__ import annotations
@@ -64,6 +64,9 @@ class CausalConv1d(nn.Module):
     def _packed(self, x: Tensor, cu_seqlens: Tensor) -> tuple[Tensor, Tensor | None]:
         if not self.kernel_size:
             return x, None
+        if x.shape[0] > 1:  # rows of packed documents: the offsets count the flattened tokens
+            y, last = self._packed(x.reshape(1, -1, x.shape[-1]), cu_seqlens)
+            return y.view(x.shape), last
         K = self.kernel_size
         _, S, D = x.shape
         pos = positions_in_document(cu_seqlens, S)[None, :, None]  # (1, S, 1)

@@ -136,13 +136,16 @@ class mLSTMLargeLayer(nn.Module):
         self, x: Tensor, state: MLSTMState | None = None, attention_mask: Tensor | None = None,
         state_out: MLSTMState | None = None, cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, MLSTMState]:
-        """cu_seqlens: packed documents in a (1, S, D) input, each from an empty state (nn/packing.py); the
+        """cu_seqlens: packed documents in (B, S, D) rows, each from an empty state (nn/packing.py); the
         returned state then holds one (C, n, m) per document."""
         B, S, _ = x.shape
         if cu_seqlens is not None:
             check_cu_seqlens("mLSTM layer", x, cu_seqlens, state)
             if attention_mask is not None or state_out is not None:
                 raise ValueError("mLSTM layer: cu_seqlens does not combine with attention_mask or state_out")
+            if B > 1:  # chunk-parallel over the flattened rows: one (1, B * S) sequence costs the same
+                y, st = self.forward(x.reshape(1, B * S, -1), cu_seqlens=cu_seqlens)
+                return y.view(B, S, -1), st
         NH = self.num_heads
         q, k, v, o, i, f = self.projections(x)
         heads = lambda t: t.reshape(B, S, NH, -1).transpose(1, 2)  # (B, NH, S, DH)

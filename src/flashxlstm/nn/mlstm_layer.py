@@ -92,12 +92,15 @@ class mLSTMLayer(nn.Module):
 
     def forward(self, x: Tensor, state: MLSTMLayerState | None = None,
                 cu_seqlens: Tensor | None = None) -> tuple[Tensor, MLSTMLayerState]:
-        """cu_seqlens: packed documents in a (1, S, D) input, each from an empty state (see nn/packing.py);
+        """cu_seqlens: packed documents in (B, S, D) rows, each from an empty state (see nn/packing.py);
         the returned state then holds one entry per document."""
         check_sequence_input("mLSTMLayer", x, self.dim)
         B, S, _ = x.shape
         if cu_seqlens is not None:
             check_cu_seqlens("mLSTMLayer", x, cu_seqlens, state)
+            if B > 1:  # chunk-parallel over the flattened rows: one (1, B * S) sequence costs the same
+                y, st = self.forward(x.reshape(1, B * S, -1), None, cu_seqlens)
+                return y.view(B, S, -1), st
             # one empty state (m = -inf, as state=None means here) per document
             conv_state, cell_state = None, tuple(self.initial_state(cu_seqlens.numel() - 1, x.device, x.dtype)[1:])
         elif state is None:

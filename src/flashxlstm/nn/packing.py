@@ -1,8 +1,11 @@
 """Packed documents: several documents in one row, each starting from an empty state.
 
-`cu_seqlens` follows the FlashAttention convention: int (N + 1,) offsets 0 = c_0 < c_1 < ... < c_N = S of the
-N documents in a (1, S, ...) input. A layer given cu_seqlens computes every document as if it ran alone (state
-None) and returns one final state per document (batch = N).
+`cu_seqlens` follows the FlashAttention convention: int (N + 1,) offsets 0 = c_0 < c_1 < ... < c_N = B * S of
+the N documents in a (B, S, ...) input, counted over its flattened B * S tokens; with B > 1 every row starts a
+document (rows of packed documents, side by side). A layer given cu_seqlens computes every document as if it
+ran alone (state None) and returns one final state per document (batch = N). Token-wise work and the
+chunk-parallel mLSTM see the rows as one (1, B * S) sequence; the sLSTM recurrence runs the rows side by side,
+so B rows of S tokens take S sequential steps, not B * S.
 """
 from __future__ import annotations
 
@@ -11,17 +14,21 @@ from torch import Tensor
 
 
 def check_cu_seqlens(who: str, x: Tensor, cu_seqlens: Tensor, state) -> None:
-    """One-line errors for a packed input: B == 1, offsets from 0 to S, strictly increasing, no state."""
-    if x.shape[0] != 1:
-        raise ValueError(f"{who}: packed documents (cu_seqlens) need batch size 1, got {x.shape[0]}")
+    """One-line errors for a packed input: offsets from 0 to B * S, strictly increasing, every row starting a
+    document, no state."""
     if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
             or cu_seqlens.is_floating_point():
         raise ValueError(f"{who}: cu_seqlens must be a 1-D integer tensor of N + 1 >= 2 document offsets")
     if not torch.compiler.is_compiling():  # a host sync; traced, the op that reads the offsets checks them
         c = cu_seqlens.tolist()
-        if c[0] != 0 or c[-1] != x.shape[1] or any(b <= a for a, b in zip(c, c[1:])):
-            raise ValueError(f"{who}: cu_seqlens must rise strictly from 0 to the sequence length {x.shape[1]}, "
+        B, S = x.shape[0], x.shape[1]
+        if c[0] != 0 or c[-1] != B * S or any(b <= a for a, b in zip(c, c[1:])):
+            raise ValueError(f"{who}: cu_seqlens must rise strictly from 0 to the number of tokens B * S = {B * S}, "
                              f"got {c}")
+        missing = sorted(set(range(0, B * S, S)) - set(c))
+        if missing:
+            raise ValueError(f"{who}: with {B} rows of {S} tokens every row must start a document; cu_seqlens lacks "
+                             f"the row starts {missing[:8]}")
     if state is not None:
         raise ValueError(f"{who}: packed documents start from an empty state; pass state=None with cu_seqlens")
 

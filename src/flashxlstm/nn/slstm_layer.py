@@ -103,8 +103,8 @@ class sLSTMLayer(nn.Module):
 
     def forward(self, x: Tensor, state: SLSTMLayerState | None = None,
                 cu_seqlens: Tensor | None = None) -> tuple[Tensor, SLSTMLayerState]:
-        """cu_seqlens: packed documents in a (1, S, D) input, each from an empty state (see nn/packing.py);
-        the returned state then holds one entry per document."""
+        """cu_seqlens: packed documents in (B, S, D) rows, each from an empty state (see nn/packing.py);
+        the returned state then holds one entry per document. The rows run side by side."""
         check_sequence_input("sLSTMLayer", x, self.dim)
         B, S, _ = x.shape
         if cu_seqlens is not None:

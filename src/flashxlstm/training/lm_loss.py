@@ -61,8 +61,8 @@ class CausalLMLoss(nn.Module):
 
     def forward(self, input_ids: Tensor, targets: Tensor, cu_seqlens: Tensor | None = None, state=None):
         B, S = input_ids.shape
-        if cu_seqlens is not None:  # packed rows: one (1, B * S) sequence with every row and document a segment
-            input_ids = input_ids.reshape(1, B * S)
+        # packed rows: cu_seqlens counts the flattened B * S tokens, every row and document a segment; the
+        # layers take the rows as they are (the sLSTM runs them side by side: S sequential steps, not B * S)
         hidden, state = self.body(input_ids, state, cu_seqlens)
         soft_cap = getattr(self.model.config, "output_logit_soft_cap", None)
         loss_sum = chunked_cross_entropy(hidden.reshape(B * S, -1), self.model.lm_head.weight, targets.reshape(-1),

@@ -9,9 +9,11 @@ float64 inputs); None means zeros. The returned state continues the sequence exa
 and carrying the state gives one pass); inputs are never modified in place. A state element with n == 0 is
 empty: the next step starts afresh from it (m = raw_i), which for the zero state is exactly the official
 xlstm behaviour. The math is in docs/cells.md (sLSTM); `forget_gate="exp"` uses raw_f directly as log f.
-With `cu_seqlens` (B == 1, FlashAttention convention: int offsets 0 < ... < S of N documents) every backend
-runs the packed row in one pass, the state reset at each document start (h_prev included); `state`, if
-given, then holds one initial state per document and the returned state one final state per document.
+With `cu_seqlens` (FlashAttention convention: int offsets 0 < ... < B * S of N documents in the flattened
+B x S steps; with B > 1 every row starts a document) every backend runs the packed rows in one pass, the
+state reset at each document start (h_prev included); the Triton kernels run the rows side by side, so B
+rows of S steps take S sequential steps. `state`, if given, then holds one initial state per document and
+the returned state one final state per document.
 
 Backends: "recurrent" (the stabilized step, plain loop, torch autograd), "fused" (a fused loop with a
 hand-written backward; runs on any device), "triton" (persistent GPU kernels, registered when Triton is
@@ -66,6 +68,9 @@ def slstm(
         cu_seqlens = cu_seqlens.to(x.device)
     dt = compute_dtype(x)
     state = zero_state(nseq, NH, DH, x.device, dt) if state is None else tuple(s.to(dt) for s in state)
+    if cu_seqlens is not None and B > 1 and name != "triton":  # the torch loops walk the rows one after another
+        h, state = BACKENDS[name](x.flatten(0, 1)[None], R, b, state, forget_gate=forget_gate, cu_seqlens=cu_seqlens)
+        return h.view(B, -1, NH, DH).to(x.dtype), state
     h, state = BACKENDS[name](x, R, b, state, forget_gate=forget_gate, cu_seqlens=cu_seqlens)
     return h.to(x.dtype), state
 

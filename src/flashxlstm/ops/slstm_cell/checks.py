@@ -47,23 +47,26 @@ def check_slstm_inputs(x: Tensor, R: Tensor, b: Tensor, state: SLSTMState | None
     _check_devices("slstm", x, R, b)
     nseq = B
     if cu_seqlens is not None:
-        if B != 1:
-            raise ValueError(f"slstm: cu_seqlens needs packed inputs with B == 1, got B == {B}")
         if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
                 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError("slstm: cu_seqlens must be a 1-D int32/int64 tensor [0, ..., S] of document offsets")
+            raise ValueError("slstm: cu_seqlens must be a 1-D int32/int64 tensor [0, ..., B * S] of document offsets")
         if not torch.compiler.is_compiling():  # a host sync; traced, the op that reads cu_seqlens checks it
-            check_cu_seqlens_values("slstm", cu_seqlens, S)
+            check_cu_seqlens_values("slstm", cu_seqlens, S, B)
         nseq = cu_seqlens.numel() - 1
     if state is not None:
         check_slstm_state("slstm", state, nseq, NH, DH, x.device)
 
 
-def check_cu_seqlens_values(op: str, cu_seqlens: Tensor, S: int) -> None:
-    """The document offsets must rise strictly from 0 to S (reads the values: a host sync on a GPU)."""
+def check_cu_seqlens_values(op: str, cu_seqlens: Tensor, S: int, B: int = 1) -> None:
+    """The document offsets over the flattened B x S steps must rise strictly from 0 to B * S, and every row
+    must start a document (reads the values: a host sync on a GPU)."""
     cs = cu_seqlens.tolist()
-    if cs[0] != 0 or cs[-1] != S or any(b <= a for a, b in zip(cs, cs[1:])):
-        raise ValueError(f"{op}: cu_seqlens must rise strictly from 0 to S={S}, got {cs}")
+    if cs[0] != 0 or cs[-1] != B * S or any(b <= a for a, b in zip(cs, cs[1:])):
+        raise ValueError(f"{op}: cu_seqlens must rise strictly from 0 to B * S = {B * S}, got {cs}")
+    missing = sorted(set(range(0, B * S, S)) - set(cs))
+    if missing:
+        raise ValueError(f"{op}: with B = {B} rows of S = {S} steps every row must start a document: cu_seqlens "
+                         f"lacks the row starts {missing[:8]}")
 
 
 def check_forget_gate(op: str, forget_gate: str) -> None:

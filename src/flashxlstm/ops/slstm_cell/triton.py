@@ -120,13 +120,15 @@ def _outputs(x: Tensor, nseq: int, train: bool) -> list[tuple[tuple, torch.dtype
             (res[0], f32), (res[1], f32), (res[1], f32), (res[1], f32)]
 
 
-def _document_steps(cu_seqlens: Tensor, S: int) -> tuple[Tensor, Tensor]:
-    """RST (S + 1) int32: the document starting at each step, -1 elsewhere (and at S); FIN (S): the document
-    ending at each step. Built on the device (no host sync)."""
+def _document_steps(cu_seqlens: Tensor, B: int, S: int) -> tuple[Tensor, Tensor]:
+    """For B rows of S steps holding packed documents (cu_seqlens over the flattened B * S steps, every row
+    starting a document): RST (B, S + 1) int32, the document starting at each step, -1 elsewhere (and in
+    column S); FIN (B, S), the document ending at each step. Built on the device (no host sync)."""
     cu = cu_seqlens.long()
     docs = torch.arange(cu.shape[0] - 1, device=cu.device, dtype=torch.int32)
-    rst = torch.full((S + 1,), -1, device=cu.device, dtype=torch.int32).index_copy(0, cu[:-1], docs)
-    fin = torch.full((S,), -1, device=cu.device, dtype=torch.int32).index_copy(0, cu[1:] - 1, docs)
+    rst = torch.full((B * S,), -1, device=cu.device, dtype=torch.int32).index_copy(0, cu[:-1], docs).view(B, S)
+    rst = torch.cat([rst, rst.new_full((B, 1), -1)], dim=1)
+    fin = torch.full((B * S,), -1, device=cu.device, dtype=torch.int32).index_copy(0, cu[1:] - 1, docs).view(B, S)
     return rst, fin
 
 
@@ -148,8 +150,8 @@ def _forward(x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool, tune: dict,
     if not train:  # the kernel writes the state of the current step only: one slot
         C, N, M = (torch.empty(B, slots, NH, DH, **f32) for _ in range(3))
     HK = torch.empty(B, 2, NH, DH, device=dev, dtype=dot_dt)  # h_t in the dot dtype, slot t % 2
-    HK[:, 1] = h0[:B]  # "h_{-1}" (packed: the first document's h0)
-    rst, fin = _document_steps(cu_seqlens, S) if docs else (H, H)  # (unused without documents)
+    rst, fin = _document_steps(cu_seqlens, B, S) if docs else (H, H)  # (unused without documents)
+    HK[:, 1] = h0.index_select(0, rst[:, 0].long()) if docs else h0  # "h_{-1}" (packed: each row's first h0)
     p = plan(B, NH, DH, dev, dot_dtype=dot_dt, inference=not train, **tune)
     grid = (NH * p["NJ"], p["NBP"])
     cnt = torch.zeros(NH * p["NBP"], device=dev, dtype=torch.int32)
@@ -185,7 +187,7 @@ def _backward(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0,
         GCF, GNF, GMF = (g.to(torch.float32).contiguous() for g in (gc, gn, gm))
         DC, DN, DM = (torch.zeros(B, NH, DH, **f32) for _ in range(3))
         DC0, DN0, DM0 = (torch.zeros(c0.shape, **f32) for _ in range(3))
-        rst, fin = _document_steps(cu_seqlens, S)
+        rst, fin = _document_steps(cu_seqlens, B, S)
     else:
         DC, DN, DM = (g.to(torch.float32).clone().contiguous() for g in (gc, gn, gm))  # the kernel updates them
         GCF = GNF = GMF = DC0 = DN0 = DM0 = rst = fin = DC  # (unused without documents)
@@ -205,10 +207,11 @@ def _backward(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0,
     for t0, t1 in ([(t, t + 1) for t in range(S - 1, -1, -1)] if p["stepwise"] else [(0, S)]):
         slstm_bw_kernel[grid](*args, t0, t1, **common)
     Rf = R.to(torch.float32)
-    if docs:  # h0 of each document feeds its first step
+    if docs:  # h0 of each document feeds its first step (the rows flattened: every row starts a document)
         starts = cu_seqlens[:-1].long()
-        dh0 = torch.einsum("bghj,ghjp->bhp", draw[0].index_select(0, starts), Rf)
-        H_prev = torch.cat([h0[None, :1], H[:, :-1]], dim=1).index_copy(1, starts, h0[None])
+        dh0 = torch.einsum("bghj,ghjp->bhp", draw.reshape(B * S, 4, NH, DH).index_select(0, starts), Rf)
+        Hf = H.reshape(B * S, NH, DH)
+        H_prev = torch.cat([Hf[:1], Hf[:-1]]).index_copy(0, starts, h0).view(B, S, NH, DH)
         DC, DN, DM = DC0, DN0, DM0
     else:
         dh0 = torch.einsum("bghj,ghjp->bhp", draw[:, 0], Rf)
@@ -266,8 +269,9 @@ def slstm_triton(
     """The persistent-kernel form. h: (B, S, NH, DH) float32 (the op casts it to x's dtype).
 
     block_j / tune (keywords of `plan`: block_j, resident, block_k, num_warps, registers, resident_limit)
-    override the launch choices. cu_seqlens (B == 1): packed documents in the same single launch, the state
-    reset at each document start; `state` then holds one initial state per document."""
+    override the launch choices. cu_seqlens: packed documents in the same single launch, the state reset at
+    each document start; it indexes the flattened B * S steps, and with B > 1 every row starts a document
+    (the rows run side by side); `state` then holds one initial state per document."""
     if x.device.type != "cuda" and not _interpreting():
         raise ValueError("slstm: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for tests)")
     c0, n0, m0, h0 = state
@@ -281,5 +285,5 @@ def slstm_triton(
         raise ValueError(f"slstm(triton): unknown launch overrides {sorted(unknown)}; known: {', '.join(TUNE)}")
     H, c, n, m = _forward_op(x, R, b, c0, n0, m0, h0, forget_gate == "exp", train, cu_seqlens,
                              *(tune.get(k) for k in TUNE))[:4]
-    h_last = H[:, -1] if cu_seqlens is None else H[0].index_select(0, cu_seqlens[1:].long() - 1)
+    h_last = H[:, -1] if cu_seqlens is None else H.flatten(0, 1).index_select(0, cu_seqlens[1:].long() - 1)
     return H.to(out_dt), tuple(s.to(out_dt) for s in (c, n, m, h_last))

@@ -137,10 +137,11 @@ def slstm_fw_kernel(
     REG (needs BJ >= DH, KR0 == BJ, KR1 == 0, R_RESIDENT): a program holds a whole head and keeps h_prev in
     registers; CTA_SYNC: a whole head per program, h_prev through memory (a block-level barrier per step
     instead of the head barrier).
-    DOCS (packed documents, Bsz == 1): H0/C0/N0/M0 hold one initial state per document; RST (S + 1) int32 is
-    the document starting at each step (-1: none; RST[S] = -1), FIN (S) the document ending there; at a start
-    c, n, m come from that document's initial state, and the step before writes that document's h0 (not its
-    own h) as the next dot operand; at an end c, n, m go to the final states CF/NF/MF (documents, NH, DH)."""
+    DOCS (packed documents: rows of documents, every row starting one): H0/C0/N0/M0 hold one initial state
+    per document; RST (Bsz, S + 1) int32 is the document starting at each step of each row (-1: none; column S
+    is -1), FIN (Bsz, S) the document ending there; at a start c, n, m come from that document's initial
+    state, and the step before writes that document's h0 (not its own h) as the next dot operand; at an end
+    c, n, m go to the final states CF/NF/MF (documents, NH, DH)."""
     NJ: tl.constexpr = (DH + BJ - 1) // BJ
     NK: tl.constexpr = (DH + BK - 1) // BK
     pid = tl.program_id(0)
@@ -180,9 +181,9 @@ def slstm_fw_kernel(
                 hp_ptr = H + offs_b[:, None] * (S * HD) + (t_start - 1) * HD
             h_reg = tl.load(hp_ptr + h * DH + offs_j[None, :], mask=mask, other=0.0, cache_modifier=".cg")
             if DOCS:  # a document starts at t_start: its h0
-                rst0 = tl.load(RST + t_start)
-                h0_off = (offs_b[:, None] + rst0) * HD + h * DH + offs_j[None, :]
-                h_reg = tl.where(rst0 >= 0, tl.load(H0 + h0_off, mask=both(mask, rst0 >= 0), other=0.0), h_reg)
+                rst0 = tl.load(RST + offs_b * (S + 1) + t_start, mask=mb, other=-1)[:, None]
+                h0_off = rst0 * HD + h * DH + offs_j[None, :]
+                h_reg = tl.where(rst0 >= 0, tl.load(H0 + h0_off, mask=mask & (rst0 >= 0), other=0.0), h_reg)
         x_off = offs_b[:, None] * (S * GHD) + t_start * GHD + h * DH + offs_j[None, :]
         x_i, x_f, x_z, x_o = _load4(X, x_off, HD, mask)
         for t in range(t_start, t_end):
@@ -191,11 +192,11 @@ def slstm_fw_kernel(
             rz = x_z + b_z
             ro = x_o + b_o
             if DOCS:  # a document starts: its initial state replaces the carried one
-                rst = tl.load(RST + t)
-                i_off = (offs_b[:, None] + rst) * HD + h * DH + offs_j[None, :]
-                c = tl.where(rst >= 0, tl.load(C0 + i_off, mask=both(mask, rst >= 0), other=0.0), c)
-                n = tl.where(rst >= 0, tl.load(N0 + i_off, mask=both(mask, rst >= 0), other=0.0), n)
-                m = tl.where(rst >= 0, tl.load(M0 + i_off, mask=both(mask, rst >= 0), other=0.0), m)
+                rst = tl.load(RST + offs_b * (S + 1) + t, mask=mb, other=-1)[:, None]
+                i_off = rst * HD + h * DH + offs_j[None, :]
+                c = tl.where(rst >= 0, tl.load(C0 + i_off, mask=mask & (rst >= 0), other=0.0), c)
+                n = tl.where(rst >= 0, tl.load(N0 + i_off, mask=mask & (rst >= 0), other=0.0), n)
+                m = tl.where(rst >= 0, tl.load(M0 + i_off, mask=mask & (rst >= 0), other=0.0), m)
             x_off = offs_b[:, None] * (S * GHD) + (t + 1) * GHD + h * DH + offs_j[None, :]
             x_i, x_f, x_z, x_o = _load4(X, x_off, HD, both(mask, t + 1 < t_end))  # the next step's inputs
             if REG:
@@ -243,14 +244,15 @@ def slstm_fw_kernel(
             tl.store(H + offs_b[:, None] * (S * HD) + t * HD + h * DH + offs_j[None, :], h_new, mask=mask)
             h_next = h_new  # what the next step's dot reads as h_prev
             if DOCS:
-                fin = tl.load(FIN + t)
-                f_off = (offs_b[:, None] + fin) * HD + h * DH + offs_j[None, :]
-                tl.store(CF + f_off, c, mask=both(mask, fin >= 0))
-                tl.store(NF + f_off, n, mask=both(mask, fin >= 0))
-                tl.store(MF + f_off, m, mask=both(mask, fin >= 0))
-                nxt = tl.load(RST + t + 1)  # the next step starts a document: it reads that document's h0
-                n_off = (offs_b[:, None] + nxt) * HD + h * DH + offs_j[None, :]
-                h_next = tl.where(nxt >= 0, tl.load(H0 + n_off, mask=both(mask, nxt >= 0), other=0.0), h_new)
+                fin = tl.load(FIN + offs_b * S + t, mask=mb, other=-1)[:, None]
+                f_off = fin * HD + h * DH + offs_j[None, :]
+                tl.store(CF + f_off, c, mask=mask & (fin >= 0))
+                tl.store(NF + f_off, n, mask=mask & (fin >= 0))
+                tl.store(MF + f_off, m, mask=mask & (fin >= 0))
+                # the next step starts a document: it reads that document's h0
+                nxt = tl.load(RST + offs_b * (S + 1) + t + 1, mask=mb, other=-1)[:, None]
+                n_off = nxt * HD + h * DH + offs_j[None, :]
+                h_next = tl.where(nxt >= 0, tl.load(H0 + n_off, mask=mask & (nxt >= 0), other=0.0), h_new)
             if not REG:
                 tl.store(HK + offs_b[:, None] * (2 * HD) + (t % 2) * HD + h * DH + offs_j[None, :],
                          h_next.to(HK.dtype.element_ty), mask=mask)
@@ -274,7 +276,7 @@ def slstm_fw_kernel(
 
 @triton.jit
 def _load_bw_step(RAW, C0, N0, M0, C, N, M, GH, RST, offs_b, h, offs_j, t, S, HD, DH: tl.constexpr, mask,
-                  DOCS: tl.constexpr):
+                  DOCS: tl.constexpr, Bsz):
     """Everything step t's gradient needs that does not depend on the carried gradients."""
     x_off = offs_b[:, None] * (S * 4 * HD) + t * 4 * HD + h * DH + offs_j[None, :]
     ri, rf, rz, ro = _load4(RAW, x_off, HD, mask)
@@ -283,12 +285,15 @@ def _load_bw_step(RAW, C0, N0, M0, C, N, M, GH, RST, offs_b, h, offs_j, t, S, HD
     n_t = tl.load(N + c_off, mask=mask, other=1.0)
     gh = tl.load(GH + c_off, mask=mask, other=0.0)
     if DOCS:  # the state before a document's first step is that document's initial state
-        rst = tl.load(RST + t)
+        rst = tl.load(RST + offs_b * (S + 1) + t, mask=offs_b < Bsz, other=-1)[:, None]
         first = rst >= 0
-        p_off = tl.where(first, (offs_b[:, None] + rst) * HD + h * DH + offs_j[None, :], c_off - HD)
-    else:
-        first = t == 0
-        p_off = tl.where(first, offs_b[:, None] * HD + h * DH + offs_j[None, :], c_off - HD)
+        p_off = tl.where(first, rst * HD + h * DH + offs_j[None, :], c_off - HD)
+        c_p = tl.where(first, tl.load(C0 + p_off, mask=mask & first, other=0.0), tl.load(C + p_off, mask=both(mask, t > 0), other=0.0))
+        n_p = tl.where(first, tl.load(N0 + p_off, mask=mask & first, other=0.0), tl.load(N + p_off, mask=both(mask, t > 0), other=0.0))
+        m_p = tl.where(first, tl.load(M0 + p_off, mask=mask & first, other=0.0), tl.load(M + p_off, mask=both(mask, t > 0), other=0.0))
+        return ri, rf, rz, ro, c_t, n_t, gh, c_p, n_p, m_p
+    first = t == 0
+    p_off = tl.where(first, offs_b[:, None] * HD + h * DH + offs_j[None, :], c_off - HD)
     c_p = tl.where(first, tl.load(C0 + p_off, mask=both(mask, first), other=0.0), tl.load(C + p_off, mask=both(mask, t > 0), other=0.0))
     n_p = tl.where(first, tl.load(N0 + p_off, mask=both(mask, first), other=0.0), tl.load(N + p_off, mask=both(mask, t > 0), other=0.0))
     m_p = tl.where(first, tl.load(M0 + p_off, mask=both(mask, first), other=0.0), tl.load(M + p_off, mask=both(mask, t > 0), other=0.0))
@@ -309,7 +314,7 @@ def slstm_bw_kernel(
     carried state gradients (in: of the state after t_end - 1, out: of the state before t_start);
     DRAW (B, S, 4, NH, DH) f32 = dL/draw; DK (B, 2, 4, NH, DH) in the dot dtype: draw_t in slot t % 2, the
     copy the previous step's dot reads. R_RESIDENT, KR0, KR1, REG: as in the forward.
-    DOCS (packed documents, Bsz == 1): RST/FIN as in the forward; C0/N0/M0 hold the documents' initial states.
+    DOCS (rows of packed documents): RST/FIN as in the forward; C0/N0/M0 hold the documents' initial states.
     At a document's last step the carried gradients become those of its final state (GCF/GNF/GMF) and h gets
     no gradient from the next step (which starts from its own h0); after a document's first step they are
     the gradients of its initial state, stored to DC0/DN0/DM0 (documents, NH, DH)."""
@@ -342,23 +347,22 @@ def slstm_bw_kernel(
             d_off = offs_b[:, None] * (S * GHD) + t_end * GHD + h * DH + offs_j[None, :]
             d_i, d_f, d_z, d_o = _load4(DRAW, d_off, HD, both(mask, t_end < S))
         n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp = _load_bw_step(
-            RAW, C0, N0, M0, C, N, M, GH, RST, offs_b, h, offs_j, t_end - 1, S, HD, DH, mask, DOCS)
+            RAW, C0, N0, M0, C, N, M, GH, RST, offs_b, h, offs_j, t_end - 1, S, HD, DH, mask, DOCS, Bsz)
         for tt in range(t_start, t_end):
             t = t_end - 1 - (tt - t_start)
             ri, rf, rz, ro, c_t, n_t, dh, c_p, n_p, m_p = n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp
             # the previous step's inputs load while this step computes
             n_ri, n_rf, n_rz, n_ro, n_c, n_n, n_gh, n_cp, n_np, n_mp = _load_bw_step(
                 RAW, C0, N0, M0, C, N, M, GH, RST, offs_b, h, offs_j, tl.maximum(t - 1, 0), S, HD, DH,
-                both(mask, t > t_start), DOCS)
-            carried = t < S - 1  # h_t feeds step t + 1
-            if DOCS:  # ... unless t ends a document: then the carried gradients are its final state's
-                fin = tl.load(FIN + t)
-                f_off = (offs_b[:, None] + fin) * HD + h * DH + offs_j[None, :]
-                dc = tl.where(fin >= 0, tl.load(GCF + f_off, mask=both(mask, fin >= 0), other=0.0), dc)
-                dn = tl.where(fin >= 0, tl.load(GNF + f_off, mask=both(mask, fin >= 0), other=0.0), dn)
-                dm = tl.where(fin >= 0, tl.load(GMF + f_off, mask=both(mask, fin >= 0), other=0.0), dm)
-                carried = fin < 0
-            if carried:
+                both(mask, t > t_start), DOCS, Bsz)
+            gh_own = dh
+            if DOCS:  # t ends a document in this row: the carried gradients are its final state's
+                fin = tl.load(FIN + offs_b * S + t, mask=mb, other=-1)[:, None]
+                f_off = fin * HD + h * DH + offs_j[None, :]
+                dc = tl.where(fin >= 0, tl.load(GCF + f_off, mask=mask & (fin >= 0), other=0.0), dc)
+                dn = tl.where(fin >= 0, tl.load(GNF + f_off, mask=mask & (fin >= 0), other=0.0), dn)
+                dm = tl.where(fin >= 0, tl.load(GMF + f_off, mask=mask & (fin >= 0), other=0.0), dm)
+            if t < S - 1:  # h_t feeds step t + 1
                 if REG:
                     dt_ = R.dtype.element_ty
                     dh = _mm(dh, d_i.to(dt_), R_i, IEEE)
@@ -383,6 +387,8 @@ def slstm_bw_kernel(
                                 r = tl.load(r_base + g * RG + offs_k[:, None] * DH + offs_j[None, :],
                                             mask=mk[:, None] & mj[None, :], other=0.0)
                                 dh = _mm(dh, d, r, IEEE)
+            if DOCS:  # ... unless step t + 1 starts a document (from its own h0) in this row
+                dh = tl.where(fin >= 0, gh_own, dh)
             # recompute the step
             a = _log_forget(rf, EXP_FORGET) + tl.where(n_p == 0.0, float("-inf"), m_p)
             m_t = tl.maximum(ri, a)
@@ -415,11 +421,11 @@ def slstm_bw_kernel(
             dn = dn * fg
             dm = da
             if DOCS:  # t starts a document: these are the gradients of its initial state
-                rst = tl.load(RST + t)
-                r_off = (offs_b[:, None] + rst) * HD + h * DH + offs_j[None, :]
-                tl.store(DC0 + r_off, dc, mask=both(mask, rst >= 0))
-                tl.store(DN0 + r_off, dn, mask=both(mask, rst >= 0))
-                tl.store(DM0 + r_off, dm, mask=both(mask, rst >= 0))
+                rst = tl.load(RST + offs_b * (S + 1) + t, mask=mb, other=-1)[:, None]
+                r_off = rst * HD + h * DH + offs_j[None, :]
+                tl.store(DC0 + r_off, dc, mask=mask & (rst >= 0))
+                tl.store(DN0 + r_off, dn, mask=mask & (rst >= 0))
+                tl.store(DM0 + r_off, dm, mask=mask & (rst >= 0))
             if USE_BARRIER:
                 _head_barrier(CNT + h * NBP + pid_b, (((bblk - pid_b) // NBP) * nsteps + (tt - t_start) + 1) * NJ)
             if CTA_SYNC:
