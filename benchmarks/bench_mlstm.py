@@ -274,9 +274,11 @@ def warm_jobs(shapes, sweep_shapes=()):
     return jobs + [("warm_ours", (shape, cp)) for shape in sweep_shapes for cp in SWEEP_FW[1:]]
 
 
-def small_jobs():
-    """The (1, 2, 256, 64, 128) grid: chunk 32..256 x fp32 / bf16 / fp16."""
-    return [("check_against_f64", (SMALL_SHAPE, dt, chunk, 2, "small")) for dt in DTYPES for chunk in CHUNKS]
+def small_jobs(only: str | None = None):
+    """The (1, 2, 256, 64, 128) grid: chunk 32..256 x fp32 / bf16 / fp16 (only: "fp32:128,fp32:256" picks cases)."""
+    pick = None if not only else {tuple(c.split(":")) for c in only.split(",")}
+    return [("check_against_f64", (SMALL_SHAPE, dt, chunk, 2, "small")) for dt in DTYPES for chunk in CHUNKS
+            if pick is None or (dt, str(chunk)) in pick]
 
 
 def check_jobs(shapes, crash_budget_s):
@@ -499,6 +501,10 @@ def main():
     ap.add_argument("--checks-only", choices=("small", "all"), default=None,
                     help="run checks only (no peers, no warm-ups, no timings): 'small' = the (1, 2, 256, 64, 128) "
                          "grid, then the no-crash sweep within --crash-budget-s; 'all' = every check")
+    ap.add_argument("--small", default=None, help="with --checks-only small: only these DTYPE:CHUNK cases, "
+                                                   "e.g. fp32:128,fp32:256")
+    ap.add_argument("--no-crash-jobs", type=int, default=len(NO_CRASH_HEADS),
+                    help="with --checks-only small: how many head-dim jobs of the no-crash sweep to run")
     ap.add_argument("--warm-budget-s", type=float, default=150,
                     help="seconds for compiling the peers and sweep variants, after the checks")
     ap.add_argument("--sweep", action="store_true", help="also time launch variants of ours")
@@ -521,7 +527,8 @@ def main():
     shapes = SHAPES if not args.shapes else [SHAPES[int(j)] for j in args.shapes.split(",")]
     ok = "not run"
     if args.checks_only:
-        jobs = (small_jobs() + [("check_no_crash", (args.crash_budget_s, h)) for h in NO_CRASH_HEADS]
+        jobs = (small_jobs(args.small)
+                + [("check_no_crash", (args.crash_budget_s, h)) for h in NO_CRASH_HEADS[: args.no_crash_jobs]]
                 if args.checks_only == "small" else check_jobs(SHAPES, args.crash_budget_s))
         say(f"{len(jobs)} checks in {args.workers} processes, no timings")
         passed = run_checks(jobs, args.workers, args.check_budget_s, lambda: write_report(args.out, info, "running"))
