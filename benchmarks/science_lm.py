@@ -127,6 +127,30 @@ def kernels_used(family: str, device) -> dict:
     return out
 
 
+def causality_check(module, vocab: int, seq_len: int, device, amp) -> dict:
+    """The largest change of the last hidden states before position t, and from t on, when the tokens from t on
+    change (two rows, at initialisation, on the run's device and kernels): a model that sees the future fails."""
+    import torch
+
+    from flashxlstm.training.engine import autocast
+
+    g = torch.Generator().manual_seed(1)
+    t = seq_len // 2 + 1
+    a = torch.randint(0, vocab, (2, seq_len), generator=g)
+    b = a.clone()
+    b[:, t:] = torch.randint(0, vocab, (2, seq_len - t), generator=g)
+
+    def hidden(ids):
+        if hasattr(module, "body"):
+            return module.body(ids)[0]
+        return module.model.model(input_ids=ids).last_hidden_state
+
+    with torch.no_grad(), autocast(device, amp):
+        ha, hb = hidden(a.to(device)).float(), hidden(b.to(device)).float()
+    return {"prefix_max_diff": float((ha[:, :t] - hb[:, :t]).abs().max()),
+            "suffix_max_diff": float((ha[:, t:] - hb[:, t:]).abs().max())}
+
+
 def validate(module, data, starts, args, device, amp) -> float:
     import torch
 
@@ -165,8 +189,12 @@ def run_model(spec: str, args, data, train_range, val_starts, device, emit) -> d
                             **({"fused": True} if device.type == "cuda" else {}))
     batches = PackedBatches(data, train_range, args.seq_len, args.batch_size, args.seed)
     amp = "bf16" if device.type == "cuda" else "none"
+    try:
+        causal = causality_check(module, data.vocab_size, args.seq_len, device, amp)
+    except Exception as e:  # the check informs the table; training goes on
+        causal = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     emit({"model": name, "event": "start", "description": desc, "params": n_params, "kernels": kernels,
-          "feed": args.feed})
+          "feed": args.feed, "causal_check": causal})
     digest = hashlib.blake2b(digest_size=8)
     train_loss = torch.zeros((), device=device)
     state = {"since": 0, "failed": None}
@@ -256,14 +284,18 @@ def report_lines(s: dict) -> list[str]:
     h, order, curves = s["header"], s["order"], s["curves"]
     lines = [f"command: {h.get('command', '?')}", f"machine: {h.get('machine', '?')}",
              f"data: {h.get('data', '?')}", f"run: {h.get('run', '?')}", "",
-             "| model | parameters | recurrent kernels | steps done | end | wall s | peak GiB |", "|---|---|---|---|---|---|---|"]
+             "| model | parameters | recurrent kernels | causal check: max change before / after t | steps done | end | "
+             "wall s | peak GiB |", "|---|---|---|---|---|---|---|---|"]
     for m in order:
         i, e = s["info"][m], s["ends"][m]
         last = curves[m][max(curves[m])] if curves[m] else {}
         end = "running or killed" if e is None else e.get("reason") or e.get("error", "?")
         steps = e.get("steps") if e and e.get("steps") is not None else last.get("step", 0)
         kern = ", ".join(f"{k} {v}" for k, v in i.get("kernels", {}).items())
-        lines.append(f"| {i.get('description', m)} | {_count(i.get('params', 0))} | {kern} | {steps} | {end} | "
+        cc = i.get("causal_check", {})
+        causal = (f"{cc['prefix_max_diff']:.1e} / {cc['suffix_max_diff']:.1e}" if "prefix_max_diff" in cc
+                  else cc.get("error", ""))
+        lines.append(f"| {i.get('description', m)} | {_count(i.get('params', 0))} | {kern} | {causal} | {steps} | {end} | "
                      f"{e.get('wall_s', '') if e else last.get('wall_s', '')} | {last.get('peak_gib', '')} |")
     lines += ["", "Validation perplexity (loss) at equal training tokens:", "",
               "| step | tokens | " + " | ".join(order) + " | same data |", "|---|---|" + "---|" * len(order) + "---|"]

@@ -144,7 +144,7 @@ def main() -> int:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     from bench_train import build_llama, llama_config
-    from science_lm import llama_loss
+    from science_lm import causality_check, llama_loss
 
     from flashxlstm.training.lm_loss import CausalLMLoss
     from flashxlstm.training.presets import build_model, resolve_model
@@ -162,6 +162,9 @@ def main() -> int:
     for name, model in built.items():
         module = llama_loss(model) if name == "llama" else CausalLMLoss(model)
         params = list(model.parameters())
+        cc = causality_check(module, args.vocab, args.seq_len, device, "bf16" if device.type == "cuda" else "none")
+        print(f"{name}: causal check, max change before / after t: {cc['prefix_max_diff']:.1e} / "
+              f"{cc['suffix_max_diff']:.1e}", flush=True)
         t_win = time_steps(module, params, inputs, targets, None, args, device)
         t_pack = (time_steps(module, params, inputs, targets, cu, args, device)
                   if name != "llama" and not args.no_packed else None)
@@ -169,13 +172,13 @@ def main() -> int:
               + ("" if t_pack is None else f", {t_pack * 1e3:.1f} ms (packed)"), flush=True)
         depth = cfg.num_hidden_layers if name == "llama" else len(getattr(model, "stack", None).blocks
                                                                    if hasattr(model, "stack") else model.backbone.blocks)
-        rows.append((name, depth, sum(q.numel() for q in params), t_win, t_pack))
+        rows.append((name, depth, sum(q.numel() for q in params), t_win, t_pack, cc))
         if name == "xlstm71":
             blocks = time_blocks(model, inputs, args, device)
             if args.profile and device.type == "cuda":
                 profile_lines = kernel_profile(module, params, inputs, targets, device)
     tokens = args.batch_size * args.seq_len
-    ref = dict((r[0], r[3]) for r in rows)["llama"]
+    ref = {r[0]: r[3] for r in rows}["llama"]
     where = (f"{torch.cuda.get_device_name(device)}, bf16 autocast, wall time" if device.type == "cuda" else
              f"{platform.processor() or platform.machine()}, {args.threads} thread(s), CPU time")
     clock = "ms" if device.type == "cuda" else "CPU ms"
@@ -186,11 +189,12 @@ def main() -> int:
              f"width {args.width}, {args.batch_size} x {args.seq_len} tokens per step, vocab {args.vocab}; packed: "
              f"{len(cu) - 1} documents in the batch (cu_seqlens, mean length about {args.doc_len}, cut at rows)", "",
              f"| model | blocks | parameters | {clock} / step, windows | steps/s | tokens/s | x Llama's time | "
-             f"{clock} / step, packed |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, depth, n, t_win, t_pack in rows:
+             f"{clock} / step, packed | causal check: max change before / after t |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, depth, n, t_win, t_pack, cc in rows:
         lines.append(f"| {name} | {depth} | {n:,} | {t_win * 1e3:.0f} | {1 / t_win:.2f} | {tokens / t_win:,.0f} | "
-                     f"{t_win / ref:.2f} | {'-' if t_pack is None else f'{t_pack * 1e3:.0f}'} |")
+                     f"{t_win / ref:.2f} | {'-' if t_pack is None else f'{t_pack * 1e3:.0f}'} | "
+                     f"{cc['prefix_max_diff']:.1e} / {cc['suffix_max_diff']:.1e} |")
     lines += ["", "xLSTM[7:1], one block at a time (forward + backward, windows):", ""]
     for kind in ("mLSTMBlock", "sLSTMBlock"):
         if kind in blocks:

@@ -59,6 +59,8 @@ def test_three_models_on_equal_tokens(corpus):
         rows = _rows(out / f"science_lm.{name}.jsonl")
         start = next(r for r in rows if r["event"] == "start")
         assert start["params"] > 0 and start["feed"] == "windows"
+        causal = start["causal_check"]  # changing tokens from t on changes nothing before t, and something after
+        assert causal["prefix_max_diff"] == 0 and causal["suffix_max_diff"] > 1e-3
         assert next(r for r in rows if r["event"] == "end")["reason"] == "done"
         evals[name] = [r for r in rows if r["event"] == "eval"]
     assert "sLSTM at [1]" in next(r for r in _rows(out / "science_lm.xlstm71_tiny.jsonl") if r["event"] == "start")[
@@ -99,6 +101,7 @@ def test_a_time_cap_ends_the_model_cleanly_with_its_rows(corpus, tmp_path):
     assert _load().main(_args(corpus, out, str(corpus / "large_tiny.json"), "--time-cap-s", "0.001")) == 0
     rows = _rows(out / "science_lm.large_tiny.jsonl")
     assert [r["event"] for r in rows] == ["header", "start", "end"]
+    assert rows[1]["causal_check"]["prefix_max_diff"] == 0
     assert rows[-1]["reason"] == "time limit" and rows[-1]["steps"] == 1
     table = (out / "science_lm.md").read_text()
     assert "| time limit |" in table and "No token count was reached by every model yet." in table
