@@ -112,12 +112,17 @@ def mlstm_chunk_output_kernel(
     else:
         pv, pv_in = tile(v + rc * DV, 0, vb * BV, nr, DV, DV, 1, L, BV)
         bv = tl.load(pv, mask=pv_in, other=0.0)
-    # the product runs on v's finite part (0 * inf would reach earlier rows); a column whose v is not finite
-    # at step s is non-finite from s on, as in the recurrence
-    fin = finite_mask(bv)
-    first_bad = tl.min(tl.where(fin, L, ol[:, None]), 0)
-    num = tl.dot(s.to(bv.dtype), tl.where(fin, bv, 0.0).to(bv.dtype), qC * w_inter[:, None], input_precision=PREC)
-    num = tl.where(ol[:, None] >= first_bad[None, :], float("nan"), num)
+    # A tile whose v is all finite (the rule) takes the plain product: one uniform branch on a reduction, so
+    # the (L x BV) masks of the exact path hold no registers there. Otherwise the product runs on v's finite
+    # part (0 * inf would reach earlier rows), and a column whose v is not finite at step s is non-finite from
+    # s on, as in the recurrence.
+    if tl.min(finite_mask(bv).to(tl.int32)) == 1:
+        num = tl.dot(s.to(bv.dtype), bv, qC * w_inter[:, None], input_precision=PREC)
+    else:
+        fin = finite_mask(bv)
+        first_bad = tl.min(tl.where(fin, L, ol[:, None]), 0)
+        num = tl.dot(s.to(bv.dtype), tl.where(fin, bv, 0.0).to(bv.dtype), qC * w_inter[:, None], input_precision=PREC)
+        num = tl.where(ol[:, None] >= first_bad[None, :], float("nan"), num)
     den = tl.sum(s, 1) + qn * w_inter
     z = tl.maximum(tl.abs(den), tl.exp(-mrs)) + eps
     hv = num / z[:, None]
