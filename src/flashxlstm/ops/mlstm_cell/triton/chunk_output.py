@@ -22,6 +22,8 @@ and used after it, so their load latency overlaps the loop's and only the vector
 Values outside the math: a forget gate of -inf (or sums of gates that would overflow) is an exact reset
 (common.forget_sums: no pair weight across it, the running maximum restarts there), and a non-finite k or v
 at step s touches no output before s (weights selected with where; the product with v on its finite part).
+The v handling runs only for a tile whose v is not all finite (a uniform branch): its (L x BV) masks would
+otherwise push the pass past its 128-register cap into spills.
 """
 from __future__ import annotations
 
