@@ -1,7 +1,7 @@
 """Pretraining the forecaster (flashxlstm.models.forecast) on synthetic and real series, time-boxed.
 
     from flashxlstm.training.forecast import PretrainConfig, pretrain
-    result = pretrain(PretrainConfig(time_budget_s=120), out="runs/forecaster")   # writes OUT/checkpoint, OUT/loss_log.jsonl
+    result = pretrain(PretrainConfig(time_budget_s=120), out="runs/forecaster")  # OUT/checkpoint, OUT/loss_log.jsonl
 
 Data: `synthetic_series` (KernelSynth + structural generators, data/series_synth.py), generated once from the
 seed, and the real series of `flashxlstm.data.series.PRETRAIN` (never a HELD_OUT one: `pretrain_real_series`
@@ -16,9 +16,9 @@ Augmentations, applied to the input only (the targets stay the clean series): co
 (TiRex's CPM: a run of 1..`cpm_max_patches` whole patches becomes missing, so the model learns to forecast
 through missing patches, which is how multi-patch horizons roll out), random missing spans, sign flips (flip_prob).
 
-Schedule: AdamW, linear warm-up, cosine decay over the steps or the time box (PretrainConfig.progress); bf16 autocast on CUDA;
-gradient clipping. Validation: the loss on a fixed set of windows from series of another seed, before and
-after training and every `eval_every` steps.
+Schedule: AdamW, linear warm-up, cosine decay over the steps or the time box (PretrainConfig.progress);
+bf16 autocast on CUDA; gradient clipping. Validation: the loss on a fixed set of windows from series of another
+seed, before and after training and every `eval_every` steps.
 """
 from __future__ import annotations
 
@@ -311,11 +311,12 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
              max_shard_bytes: int | None = None, deadline: float | None = None, data_deadline: float | None = None,
              print_fn=print) -> PretrainResult:
     """Pretrain (a new model from cfg.model, or `model`) for cfg.steps or cfg.time_budget_s, whichever ends
-    first; write OUT/checkpoint (save_pretrained), OUT/loss_log.jsonl and OUT/pretrain.json when `out` is given. real_series: {name: arrays} (default: none;
-    pass `pretrain_real_series()` for the PRETRAIN set). deadline: a time.perf_counter() value the training
-    loop never runs past, whatever cfg.time_budget_s says (a hard time box for the whole job: data generation
-    comes out of it). data_deadline: a time.perf_counter() value after which the synthetic pool stops growing
-    (it is generated in seeded pieces of POOL_PIECE series; at least one piece is always made)."""
+    first; write OUT/checkpoint (save_pretrained), OUT/loss_log.jsonl and OUT/pretrain.json when `out` is given.
+    real_series: {name: arrays} (default: none; pass `pretrain_real_series()` for the PRETRAIN set).
+    deadline: a time.perf_counter() value the training loop never runs past, whatever cfg.time_budget_s says (a
+    hard time box for the whole job: data generation comes out of it). data_deadline: a time.perf_counter()
+    value after which the synthetic pool stops growing (it is generated in seeded pieces of POOL_PIECE series; at
+    least one piece is always made)."""
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)

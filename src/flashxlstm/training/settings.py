@@ -1,8 +1,9 @@
-"""The settings every trainer shares, as one dataclass the three run configurations extend: the byte-level job
-(`training.config.TrainConfig`), token-shard runs (`training.lm.RunConfig`) and the synthetic experiments
-(`tasks.harness.TrainConfig`). All three run the same loop (`training.engine`), so a setting they share has one
-name, one meaning, one check and one optimiser built from it; each configuration keeps its own defaults and adds
-only what is its own (data, model, schedule floor, parallelism).
+"""The settings every trainer shares, as one dataclass the four run configurations extend: the byte-level job
+(`training.config.TrainConfig`), token-shard runs (`training.lm.RunConfig`), the synthetic experiments
+(`tasks.harness.TrainConfig`) and the forecaster's pretraining (`training.forecast.PretrainConfig`, whose
+`steps` is the cap beside an optional time box). All run the same loop step (`training.engine`), so a setting
+they share has one name, one meaning, one check and one optimiser built from it; each configuration keeps its
+own defaults and adds only what is its own (data, model, schedule floor, parallelism).
 
 A configuration round-trips through JSON (`to_dict` / `from_dict`, unknown keys refused by name) and is
 resumed with `resume_settings`: the saved settings, with only the ones that do not change what the run
