@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -344,6 +345,7 @@ def attempt(name: str, fn) -> None:
     except Exception as e:  # one failed level (e.g. out of memory at 256 streams) does not lose the others
         NOTES.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
         traceback.print_exc()
+    gc.collect()  # the engine's graphs and state buffers go before the next level allocates its own
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
