@@ -290,15 +290,16 @@ def test_one_event_loop_wake_up_per_step_for_all_streams():
 
 
 def test_default_prefill_budget_costs_about_one_decode_step():
-    """The default budget: multiples of 64, larger when the batch's states outweigh the weights; an engine
-    without settings takes it, and one request's slice defaults to the whole budget."""
-    from flashxlstm.serving.engine import TOKENS_PER_WEIGHT_PASS, default_prefill_tokens
+    """The default budget: multiples of 64, larger when the batch's states outweigh the weights, never below
+    the floor an eager forward's launches set; an engine without settings takes it, and one request's slice
+    defaults to the whole budget."""
+    from flashxlstm.serving.engine import MIN_PREFILL_TOKENS, TOKENS_PER_WEIGHT_PASS, default_prefill_tokens
 
     seven_b = 2 * 6.9e9
-    assert default_prefill_tokens(seven_b, 64 * 2**20, 1) == 64
-    assert default_prefill_tokens(seven_b, 64 * 2**20, 64) == 64 * round(TOKENS_PER_WEIGHT_PASS * 1.31 / 64)
+    assert default_prefill_tokens(seven_b, 256 * 2**20, 1) == MIN_PREFILL_TOKENS
     big = default_prefill_tokens(1e6, 1e6, 64)
-    assert big % 64 == 0 and big == 64 * round(TOKENS_PER_WEIGHT_PASS * 65 / 64)
+    assert big % 64 == 0 and big == 64 * round(TOKENS_PER_WEIGHT_PASS * 65 / 64) > MIN_PREFILL_TOKENS
+    assert default_prefill_tokens(1e6, 1e6, 256) > big
     engine = Engine(large_model(10), None, EngineConfig(max_batch=3))
     want = default_prefill_tokens(engine.slots.weight_bytes(), engine.slots.row_bytes(), 3)
     assert engine.config.prefill_tokens == want and engine.config.prefill_chunk == want

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-tokens", type=int, default=None,
                         help="prompt tokens (padding counted) of one prefill forward, one forward between decode "
                              "steps: bounds how long a prefill delays decoding (default: derived from the model "
-                             "and --max-batch so that it costs about one decode step)")
+                             "and --max-batch to cost about one decode step, at least 1024)")
     parser.add_argument("--prefill-chunk", type=int, default=None,
                         help="prompt tokens of one request per prefill forward (default: --prefill-tokens)")
     parser.add_argument("--max-prompt-tokens", type=int, default=8192, help="longest prompt accepted (default %(default)s)")

@@ -13,8 +13,9 @@ Each scheduler iteration (`step`) does four things:
 3. prefill: queue one forward over the next slices of the oldest prefilling requests, at most
    `prefill_tokens` prompt tokens in all (padding counted; the oldest always gets a slice, at most
    `prefill_chunk` tokens of one request), left-padded into one batch (SlotStates.prefill_many). The budget
-   bounds how long one prefill delays the next decode step: by default about one decode step of a full batch
-   (`default_prefill_tokens`), so a long prompt is spread over many iterations. A request whose prompt is
+   bounds how long one prefill delays the next decode step (`default_prefill_tokens`: about one decode step
+   of a full batch, but not below what an eager forward costs in launches alone), so a long prompt is
+   spread over many iterations. A request whose prompt is
    done gets its first token chosen on the device and joins the running batch (SlotStates.put);
 4. results: wait for the tokens of the previous iteration (its decode step and first tokens) and do the host
    work on them (EOS, stop ids, detokenizing, stop strings, max_tokens, sending them out), while the device
@@ -74,10 +75,11 @@ class EngineConfig:
 
 
 TOKENS_PER_WEIGHT_PASS = 45  # prompt tokens whose forward costs what reading the weights once costs
+MIN_PREFILL_TOKENS = 1024  # below this an eager forward costs its kernel launches, whatever its length
 
 
 def default_prefill_tokens(weight_bytes: int, row_bytes: int, max_batch: int) -> int:
-    """The prefill budget whose forward costs about one decode step of a full batch, in multiples of 64.
+    """The prefill budget: about one decode step of a full batch, but never below MIN_PREFILL_TOKENS.
 
     A decode step moves the weights once and every row's state (read one buffer set, write the other):
     weight_bytes + max_batch * row_bytes. A prefill forward of T tokens does 2 * params * T flops, about
@@ -85,9 +87,13 @@ def default_prefill_tokens(weight_bytes: int, row_bytes: int, max_batch: int) ->
     (1 + max_batch * row_bytes / weight_bytes); the ratio is TOKENS_PER_WEIGHT_PASS, from the H200 serving
     benchmark at the 7B width with 8 of its 32 blocks in bf16: an 8192-token prefill forward held decoding for
     about 217 ms (about 150 TFLOP/s) and a batch-64 decode step moved 8.1 GB in 2.4 ms (about 3.4 TB/s).
+    The floor: a prefill forward runs eagerly, and its kernel launches cost the host a fixed time per block;
+    on the H200 the full 7B shape took about 60 ms for a 64-token forward and about 69 ms for a whole prompt
+    of 512-2048 tokens, so a budget below about a thousand tokens does not shorten the stall a forward puts
+    on decoding, it only slows the prefill down.
     """
     passes = 1 + max_batch * row_bytes / max(weight_bytes, 1)
-    return 64 * max(1, round(TOKENS_PER_WEIGHT_PASS * passes / 64))
+    return max(MIN_PREFILL_TOKENS, 64 * max(1, round(TOKENS_PER_WEIGHT_PASS * passes / 64)))
 
 
 class EngineError(RuntimeError):
