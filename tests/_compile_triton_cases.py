@@ -111,6 +111,23 @@ def slstm_alone() -> None:
     compare("slstm", lambda x, R, b, *s: slstm(x, R, b, state=tuple(s), backend="triton"), (x, R, b, *st))
 
 
+def compare_model(name: str, m, call) -> None:
+    """`call(model)` -> (logits, state) eager and compiled whole (fullgraph): outputs, states and every
+    parameter's gradient of one loss over both."""
+
+    def run(model):
+        logits, state = call(model)
+        flat = [s for s in tree_leaves(state) if isinstance(s, torch.Tensor)]
+        loss = (logits * torch.linspace(-1, 1, logits.shape[-1])).sum() + sum(s.float().sum() for s in flat)
+        return [logits.detach(), *(s.detach() for s in flat)], torch.autograd.grad(loss, list(model.parameters()))
+
+    eager = run(m)
+    compiled = run(torch.compile(m, fullgraph=True, backend=BACKEND))
+    pairs = [(f"out{j}", a, b) for j, (a, b) in enumerate(zip(compiled[0], eager[0]))]
+    pairs += [(f"grad{j}", a, b) for j, (a, b) in enumerate(zip(compiled[1], eager[1]))]
+    emit(name, pairs)
+
+
 def model(family) -> None:
     """The models of test_compile.py with every Triton backend, from a carried state."""
     torch._dynamo.reset()
@@ -119,18 +136,7 @@ def model(family) -> None:
     ids = torch.randint(0, 11, (2, 5), generator=gen)
     _, state = m(ids[:, :2])
     state = tree_map(lambda s: s.detach() if isinstance(s, torch.Tensor) else s, state)
-
-    def run(model):
-        logits, new_state = model(ids[:, 2:], state)
-        flat = [s for s in tree_leaves(new_state) if isinstance(s, torch.Tensor)]
-        loss = (logits * torch.linspace(-1, 1, logits.shape[-1])).sum() + sum(s.float().sum() for s in flat)
-        return [logits.detach(), *(s.detach() for s in flat)], torch.autograd.grad(loss, list(model.parameters()))
-
-    eager = run(m)
-    compiled = run(torch.compile(m, fullgraph=True, backend=BACKEND))
-    pairs = [(f"out{j}", a, b) for j, (a, b) in enumerate(zip(compiled[0], eager[0]))]
-    pairs += [(f"grad{j}", a, b) for j, (a, b) in enumerate(zip(compiled[1], eager[1]))]
-    emit(family.__name__, pairs)
+    compare_model(family.__name__, m, lambda model: model(ids[:, 2:], state))
 
 
 def neurips_triton(gen):
@@ -153,18 +159,7 @@ def neurips_packed() -> None:
     m = neurips_triton(gen)
     ids = torch.randint(0, 11, (1, 9), generator=gen)
     cu = torch.tensor([0, 4, 5, 9], dtype=torch.int32)
-
-    def run(model):
-        logits, new_state = model(ids, cu_seqlens=cu)
-        flat = [s for s in tree_leaves(new_state) if isinstance(s, torch.Tensor)]
-        loss = (logits * torch.linspace(-1, 1, logits.shape[-1])).sum() + sum(s.float().sum() for s in flat)
-        return [logits.detach(), *(s.detach() for s in flat)], torch.autograd.grad(loss, list(model.parameters()))
-
-    eager = run(m)
-    compiled = run(torch.compile(m, fullgraph=True, backend=BACKEND))
-    pairs = [(f"out{j}", a, b) for j, (a, b) in enumerate(zip(compiled[0], eager[0]))]
-    pairs += [(f"grad{j}", a, b) for j, (a, b) in enumerate(zip(compiled[1], eager[1]))]
-    emit("neurips_cu_seqlens", pairs)
+    compare_model("neurips_cu_seqlens", m, lambda model: model(ids, cu_seqlens=cu))
 
 
 def large_packed() -> None:
@@ -174,17 +169,11 @@ def large_packed() -> None:
     ids = torch.randint(0, 11, (1, 9), generator=gen)
     cu = torch.tensor([0, 3, 4, 9], dtype=torch.int32)
 
-    def run(model):
+    def call(model):
         out = model(ids, cu_seqlens=cu)
-        flat = [s for s in tree_leaves(out.state) if isinstance(s, torch.Tensor)]
-        loss = (out.logits * torch.linspace(-1, 1, out.logits.shape[-1])).sum() + sum(s.sum() for s in flat)
-        return [out.logits.detach(), *(s.detach() for s in flat)], torch.autograd.grad(loss, list(model.parameters()))
+        return out.logits, out.state
 
-    eager = run(m)
-    compiled = run(torch.compile(m, fullgraph=True, backend=BACKEND))
-    pairs = [(f"out{j}", a, b) for j, (a, b) in enumerate(zip(compiled[0], eager[0]))]
-    pairs += [(f"grad{j}", a, b) for j, (a, b) in enumerate(zip(compiled[1], eager[1]))]
-    emit("large_cu_seqlens", pairs)
+    compare_model("large_cu_seqlens", m, call)
 
 
 def main() -> None:
