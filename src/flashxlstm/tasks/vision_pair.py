@@ -13,9 +13,6 @@ their EMA weights, with `ema_decay`) are evaluated on the full test split, and O
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoints.atomic import write_json_atomic
+from ..training.schedule import cosine_decay
 from .vision import DATASET_AUGMENT, build_model, load_dataset, make_sampler
 from .vision_augment import AugmentConfig
 from .vision_step import InferStep, TrainStep, compile_blocks
@@ -68,13 +67,7 @@ def lr_at_fraction(frac: float, lr: float, warmup_frac: float) -> float:
     frac = min(max(frac, 0.0), 1.0)
     if frac < warmup_frac:
         return lr * max(frac / warmup_frac, 1e-3)
-    return 0.5 * lr * (1.0 + math.cos(math.pi * (frac - warmup_frac) / (1.0 - warmup_frac)))
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    return cosine_decay((frac - warmup_frac) / (1.0 - warmup_frac), lr=lr, min_lr=0.0)
 
 
 def _accuracy(infer, batches) -> float:
@@ -225,7 +218,7 @@ def train_pair(out: str | Path, cfg: PairConfig, log=print) -> dict:
     train_s = time.perf_counter() - t0
     _record(res, step, t0, losses, evaluate(), cfg, checks, out, log)
     res.update(partial=False, steps=step, train_loop_s=train_s, total_wall_s=time.perf_counter() - t_start)
-    _write_json(out / "results.json", res)
+    write_json_atomic(out / "results.json", res)
     (out / "results.md").write_text(summary_table(res))
     return res
 
@@ -238,7 +231,7 @@ def _record(res, step, t0, losses, accs, cfg, checks, out, log) -> None:
     res["history"].append(point)
     res["graph_check"] = checks
     res["steps"] = step
-    _write_json(out / "results.json", res)
+    write_json_atomic(out / "results.json", res)
     log(f"step {step} ({point['elapsed_s']:.0f} s, {point['epochs']:.2f} epochs): " +
         ", ".join(f"{k} {v:.4f}" for k, v in accs.items()))
 

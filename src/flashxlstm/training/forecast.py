@@ -23,7 +23,6 @@ seed, before and after training and every `eval_every` steps.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from ..data.series_synth import synthetic_series
 from ..models.forecast import ForecastConfig, xLSTMForecaster
 from .engine import autocast as amp_context, optimizer_step, resolve_device
+from .schedule import cosine_decay
 from .settings import LoopSettings
 
 
@@ -365,7 +365,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
         if progress >= 1.0:
             break
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        lr = cfg.lr * warm * (cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        lr = warm * cosine_decay(progress, lr=cfg.lr, min_lr=cfg.min_lr_factor * cfg.lr)
         values, inputs = sampler.sample(cfg.batch_size)
         values, inputs = values.to(device, non_blocking=True), inputs.to(device, non_blocking=True)
 

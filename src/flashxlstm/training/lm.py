@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from ..checkpoints.atomic import resolve_directory, write_json_atomic
+from ..checkpoints.atomic import atomic_file, resolve_directory
 from ..data.shards import PackedBatches, StreamBatches, TokenData, pack_rows, validation_windows
 from ..nn.state import detach_state, map_state, state_to
 from . import distributed as D
@@ -421,9 +421,7 @@ def _drop_records_after(path: Path, step: int) -> None:
         except json.JSONDecodeError:  # the last line of a killed run may be cut short
             continue
     if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, path)
+        atomic_file(path, lambda tmp: tmp.write_text("".join(k + "\n" for k in kept)))
 
 
 def _plot(history: dict, path: Path, log: Callable[[str], None]) -> None:

@@ -7,6 +7,12 @@ import torch
 from torch import nn
 
 
+def cosine_decay(progress: float, *, lr: float, min_lr: float) -> float:
+    """A half cosine from `lr` at progress 0 to `min_lr` at progress 1 (clamped to [0, 1])."""
+    progress = min(max(progress, 0.0), 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
 def warmup_cosine_lr(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:
     """The learning rate for optimiser step `step` (0-based).
 
@@ -16,8 +22,7 @@ def warmup_cosine_lr(step: int, *, lr: float, warmup_steps: int, total_steps: in
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     decay_steps = max(1, total_steps - warmup_steps - 1)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    return cosine_decay((step - warmup_steps) / decay_steps, lr=lr, min_lr=min_lr)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
