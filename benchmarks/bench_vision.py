@@ -1,18 +1,25 @@
 """Images/s of ViL and its parameter-matched ViT at several tokens per image: does the cost grow linearly
-(ViL) or quadratically (ViT's attention) from 196 to 1024 tokens?
+(ViL) or quadratically (ViT's attention) from 196 to 1024 and 4096 tokens?
 
-    python benchmarks/bench_vision.py --device cuda --amp bf16 --tokens 196 1024 --max-s 40 --json OUT.json
+    python benchmarks/bench_vision.py --device cuda --amp bf16 --tokens 196 1024 4096 --max-s 40 --json OUT.json
+    python benchmarks/bench_vision.py --device cuda --amp bf16 --tokens 49 --patch-size 4 --in-channels 1 \
+        --num-classes 10 --depth 8 --tokens-per-batch 25088 50176     # the Fashion-MNIST training shapes
     python benchmarks/bench_vision.py --device cpu --dim 32 --depth 2 --tokens 16 64 --tokens-per-batch 128
 
 Tokens per image T come from square images of side sqrt(T) * patch (patch 16: 196 tokens = 224 px, 1024
-tokens = 512 px, 3 channels). The ViL's chunkwise (torch) form runs at the largest chunk <= 64 that divides T
-(49 at 196 tokens, 64 at 1024), so no padding inflates either size; Triton at 64. The batch holds about `--tokens-per-batch` tokens (the same work per step at
-every T, large enough to keep the GPU busy). Each model runs its inference and its training step (AdamW,
+tokens = 512 px, 4096 tokens = 1024 px, 3 channels). The ViL's chunkwise (torch) form runs at
+tasks/vision.py's `default_chunk_size` (the whole sequence up to 64 tokens, else the largest divisor <= 64: 49 at
+196 tokens, 64 at 1024 and 4096), so no padding inflates any size; Triton at 64. The batch holds about
+`--tokens-per-batch` tokens (the same work per step at every T, large enough to keep the GPU busy; several
+values: rows for each). Each model runs its inference and its training step (AdamW,
 clipping, bf16 autocast) through tasks/vision_step.py: on CUDA as a replayed CUDA graph, checked against one
 eager step first (largest |difference| of the logits, the loss and the updated weights is printed); if
 capture fails the row says so and is timed eagerly. The table gives images/s, the peak GPU memory of each
 measurement, and per model the cost ratio (time per image at the largest T / at the smallest) next to the
-token ratio: a ratio near the token ratio is linear cost, well above it is super-linear.
+token ratio, for every T against the smallest: a ratio near the token ratio is linear cost, well above it is
+super-linear. For the ViT the table also gives attention's share of its matmul FLOPs at each size,
+T / (T + 6 d) per layer (scores and mixing 4 T d per token against 24 d^2 in the projections and the MLP), the
+part of its cost that grows with T.
 `--max-s` is a wall deadline for the whole script (start-up and captures included): measurements that would
 start after it are skipped and listed.
 """
@@ -31,6 +38,7 @@ T0 = time.perf_counter()
 import torch  # noqa: E402
 
 from flashxlstm.models.vision import ViL, ViLConfig, ViT, ViTConfig, matched_vit, num_parameters  # noqa: E402
+from flashxlstm.tasks.vision import default_chunk_size  # noqa: E402
 from flashxlstm.tasks.vision_step import InferStep, TrainStep  # noqa: E402
 
 
@@ -108,7 +116,10 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=192, help="width (default 192: ViL-T / DeiT-T)")
     p.add_argument("--depth", type=int, default=24, help="ViL blocks (default 24: ViL-T); the ViT is matched")
     p.add_argument("--num-heads", type=int, default=3)
-    p.add_argument("--tokens-per-batch", type=int, default=32768, help="batch = round(this / tokens per image)")
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--tokens-per-batch", type=int, nargs="+", default=[32768],
+                   help="batch = round(this / tokens per image); several values: rows for each")
     p.add_argument("--min-s", type=float, default=0.5, help="timed seconds per measurement (at least 2 steps)")
     p.add_argument("--max-iters", type=int, default=50)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -143,29 +154,30 @@ def main(argv=None) -> int:
     setups = {}
     for t in a.tokens:
         px = math.isqrt(t) * a.patch_size
-        vil_cfg = ViLConfig(image_size=px, patch_size=a.patch_size, in_channels=3, num_classes=1000, dim=a.dim,
-                            depth=a.depth, num_heads=a.num_heads)
-        vit_cfg = matched_vit(ViTConfig(image_size=px, patch_size=a.patch_size, in_channels=3, num_classes=1000,
-                                        dim=a.dim, num_heads=a.num_heads), num_parameters(ViL(vil_cfg)))
-        setups[t] = (px, max(1, round(a.tokens_per_batch / t)), vil_cfg, vit_cfg)
-    # the first backend and the ViT at every size first; further backends after, as the deadline allows
-    jobs = [(job, t, True) for i, backend in enumerate(a.backends) for t in a.tokens
-            for job in ([backend, "vit"] if i == 0 else [backend])]
+        kw = dict(image_size=px, patch_size=a.patch_size, in_channels=a.in_channels, num_classes=a.num_classes,
+                  dim=a.dim, num_heads=a.num_heads)
+        vil_cfg = ViLConfig(depth=a.depth, **kw)
+        vit_cfg = matched_vit(ViTConfig(**kw), num_parameters(ViL(vil_cfg)))
+        setups[t] = (px, vil_cfg, vit_cfg)
+    # the first backend and the ViT at every size (and batch) first; further backends after, as the deadline allows
+    jobs = [(job, t, tpb, True) for i, backend in enumerate(a.backends) for tpb in a.tokens_per_batch
+            for t in a.tokens for job in ([backend, "vit"] if i == 0 else [backend])]
     if a.also_unfused:  # the ViL with nn's mLSTMLayer as is: what the fused glue saves
-        jobs += [(a.backends[0], t, False) for t in a.tokens]
-    for backend, t, fused in jobs:
+        jobs += [(a.backends[0], t, a.tokens_per_batch[0], False) for t in a.tokens]
+    for backend, t, tpb, fused in jobs:
         name = "vit" if backend == "vit" else "vil"
-        px, batch, vil_cfg, vit_cfg = setups[t]
+        px, vil_cfg, vit_cfg = setups[t]
+        batch = max(1, round(tpb / t))
         if a.max_s is not None and time.perf_counter() - T0 > a.max_s:
-            skipped.append(f"{name} ({backend}{'' if fused else ', unfused'}) at {t} tokens")
+            skipped.append(f"{name} ({backend}{'' if fused else ', unfused'}) at {t} tokens, batch {batch}")
             continue
         torch.manual_seed(0)
-        # the torch chunkwise form pads the sequence to whole chunks: take the largest chunk <= 64 that divides T
-        chunk = max(d for d in range(1, 65) if t % d == 0) if backend == "chunkwise" else 64
+        # the torch chunkwise form pads the sequence to whole chunks: a chunk that divides T where one does
+        chunk = default_chunk_size(t) if backend == "chunkwise" else 64
         model = (ViT(vit_cfg) if name == "vit" else ViL(replace(vil_cfg, backend=backend, chunk_size=chunk,
                                                                    fused_glue=fused))).to(dev)
-        x = torch.randn(batch, 3, px, px, device=dev)
-        y = torch.randint(0, 1000, (batch,), device=dev)
+        x = torch.randn(batch, a.in_channels, px, px, device=dev)
+        y = torch.randint(0, a.num_classes, (batch,), device=dev)
         row = {"model": name, "backend": None if name == "vit" else backend, "fused_glue": fused,
                "chunk_size": None if name == "vit" else chunk, "tokens": t, "px": px,
                "batch": batch, "params": num_parameters(model), "depth": model.cfg.depth}
@@ -190,20 +202,27 @@ def main(argv=None) -> int:
             with open(a.json, "w") as f:
                 json.dump({"argv": sys.argv, "machine": machine, "torch": torch.__version__, "rows": rows,
                            "skipped": skipped}, f, indent=1)
-    lo, hi = min(a.tokens), max(a.tokens)
-    if lo != hi:
-        print(f"\nCost growth from {lo} to {hi} tokens per image (time per image at {hi} / at {lo}; "
-              f"token ratio {hi / lo:.2f}, attention's pair count ratio {(hi / lo) ** 2:.1f}):\n")
-        print("| model | mLSTM backend | infer cost ratio | train cost ratio |")
-        print("|---|---|---|---|")
+    lo = min(a.tokens)
+    tpb = a.tokens_per_batch[0]
+    his = sorted(t for t in set(a.tokens) if t != lo)
+    if his:
+        print(f"\nCost growth per image against {lo} tokens (time per image at T / at {lo}), at about {tpb} "
+              f"tokens per batch; ViT attention share = T / (T + 6 d) of its matmul FLOPs per layer:\n")
+        print("| model | mLSTM backend | T | token ratio | attention pair ratio | infer cost ratio | "
+              "train cost ratio | ViT attention share at T (at the smallest) |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, backend in [("vil", b) for b in a.backends] + [("vit", None)]:
-            r = {row["tokens"]: row for row in rows
-                 if row["model"] == name and row["backend"] == backend and row["fused_glue"]}
-            if lo not in r or hi not in r:
-                continue
-            ratio = lambda k: (f"{r[lo][k]['images_per_s'] / r[hi][k]['images_per_s']:.2f}"
-                               if "images_per_s" in r[lo][k] and "images_per_s" in r[hi][k] else "-")
-            print(f"| {name} | {backend or '-'} | {ratio('infer')} | {ratio('train')} |")
+            r = {row["tokens"]: row for row in rows if row["model"] == name and row["backend"] == backend
+                 and row["fused_glue"] and row["batch"] == max(1, round(tpb / row["tokens"]))}
+            for hi in his:
+                if lo not in r or hi not in r:
+                    continue
+                ratio = lambda k: (f"{r[lo][k]['images_per_s'] / r[hi][k]['images_per_s']:.2f}"
+                                   if "images_per_s" in r[lo][k] and "images_per_s" in r[hi][k] else "-")
+                share = lambda t: t / (t + 6 * a.dim)
+                shares = f"{share(hi):.2f} ({share(lo):.2f})" if name == "vit" else "-"
+                print(f"| {name} | {backend or '-'} | {hi} | {hi / lo:.2f} | {(hi / lo) ** 2:.1f} | "
+                      f"{ratio('infer')} | {ratio('train')} | {shares} |")
     if skipped:
         print(f"\nskipped at the --max-s {a.max_s} deadline: {', '.join(skipped)}")
     print(f"\nwall: {time.perf_counter() - T0:.1f} s", flush=True)

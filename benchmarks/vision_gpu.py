@@ -1,12 +1,13 @@
 """The vision accuracy run in one hard-capped command: ViL and the parameter-matched ViT trained in lockstep
 (equal steps on the same batches, tasks/vision_pair.py) on Fashion-MNIST, evaluated on the test split.
 
-    PYTHONPATH=$PWD/src python3 benchmarks/vision_gpu.py --out $OUT/vision --data-dir .gpu/vision/fashion-mnist --total-s 320
+    PYTHONPATH=$PWD/src python3 benchmarks/vision_gpu.py --out $OUT/vision --data-dir .gpu/vision/fashion-mnist --total-s 460
     PYTHONPATH=$PWD/src python benchmarks/vision_gpu.py --out /tmp/v --dataset digits --tiny    # CPU check
 
-`--total-s` is the wall budget of the whole command: the training loop gets what is left after start-up and
-data loading, less `--reserve-s` for the final evaluation. OUT/results.json is rewritten at every evaluation
-(`--eval-every-s`), so a kill keeps the numbers so far; OUT/results.md gets the table, the exact command, the
+`--total-s` is the wall budget of the whole command: the training loop's time box (`time_budget_s`) is what
+is left after start-up, less `--reserve-s` for data loading, the final evaluation and the record; `--steps`
+caps the steps (the schedule follows whichever cap is nearer). OUT/results.json is rewritten at every
+evaluation (`--eval-every` steps), so a kill keeps the numbers so far; OUT/results.md gets the table, the exact command, the
 machine and the versions at the end. The images/s comparison is benchmarks/bench_vision.py.
 """
 from __future__ import annotations
@@ -50,9 +51,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits"])
-    p.add_argument("--total-s", type=float, default=320.0, help="wall budget of the whole command")
-    p.add_argument("--reserve-s", type=float, default=15.0, help="kept for the final evaluation and the record")
-    p.add_argument("--eval-every-s", type=float, default=30.0)
+    p.add_argument("--total-s", type=float, default=460.0, help="wall budget of the whole command")
+    p.add_argument("--reserve-s", type=float, default=25.0, help="kept for data loading, the final evaluation "
+                   "and the record")
+    p.add_argument("--steps", type=int, default=1_000_000, help="step cap (default: the time box alone)")
+    p.add_argument("--eval-every", type=int, default=600, help="steps between evaluations")
+    p.add_argument("--warmup-steps", type=int, default=300)
     p.add_argument("--device", default="cuda")
     p.add_argument("--amp", default="bf16", choices=["none", "bf16"])
     p.add_argument("--no-graph", action="store_true")
@@ -67,27 +71,32 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--ema-decay", type=float, default=0.999, help="negative: no EMA")
-    p.add_argument("--warmup-frac", type=float, default=0.05)
     p.add_argument("--patch-size", type=int, default=4)
     p.add_argument("--dim", type=int, default=192)
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--num-heads", type=int, default=3)
+    p.add_argument("--chunk-size", type=int, default=None, help="the ViL's mLSTM chunk (default: the whole "
+                   "sequence up to 64 tokens, tasks/vision.py default_chunk_size)")
+    p.add_argument("--train-eval-size", type=int, default=5000, help="clean training images evaluated at every "
+                   "evaluation (the fit)")
     p.add_argument("--pad", type=int, default=2, help="augmentation: random-crop padding")
     p.add_argument("--hflip", type=float, default=0.5)
     p.add_argument("--erase", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="CPU check: small models, few steps")
     a = p.parse_args(argv)
+    budget = lambda: max(a.total_s - (time.perf_counter() - T0) - a.reserve_s, 1.0)
     cfg = PairConfig(dataset=a.dataset, data_dir=a.data_dir, device=a.device, amp=a.amp, graph=not a.no_graph,
                      compile=a.compile, seed=a.seed, batch_size=a.batch_size, patch_size=a.patch_size, dim=a.dim,
-                     depth=a.depth, num_heads=a.num_heads, backend=a.backend, lr=a.lr, weight_decay=a.weight_decay,
-                     label_smoothing=a.label_smoothing, ema_decay=None if a.ema_decay < 0 else a.ema_decay,
-                     warmup_frac=a.warmup_frac, eval_every_s=a.eval_every_s,
-                     augment=AugmentConfig(pad=a.pad, hflip=a.hflip, erase=a.erase),
-                     train_s=max(a.total_s - (time.perf_counter() - T0) - a.reserve_s, 1.0))
+                     depth=a.depth, num_heads=a.num_heads, backend=a.backend, chunk_size=a.chunk_size, lr=a.lr,
+                     weight_decay=a.weight_decay, label_smoothing=a.label_smoothing,
+                     ema_decay=None if a.ema_decay < 0 else a.ema_decay, warmup_steps=a.warmup_steps,
+                     steps=a.steps, eval_every=a.eval_every, train_eval_size=a.train_eval_size,
+                     augment=AugmentConfig(pad=a.pad, hflip=a.hflip, erase=a.erase), time_budget_s=budget())
     if a.tiny:
         cfg.device, cfg.amp, cfg.batch_size, cfg.dim, cfg.depth, cfg.num_heads = "cpu", "none", 32, 32, 2, 2
-        cfg.eval_batch_size, cfg.max_steps, cfg.train_s, cfg.eval_every_s = 100, 6, 60.0, 1e9
+        cfg.eval_batch_size, cfg.steps, cfg.time_budget_s, cfg.eval_every = 100, 6, 60.0, 3
+        cfg.warmup_steps, cfg.train_eval_size, cfg.time_every = 2, 200, 2
     torch.set_num_threads(2) if a.tiny else None
     log = lambda s: print(f"[{time.perf_counter() - T0:6.1f} s] {s}", flush=True)
     if a.probe_json:  # the child: time the backends, write them, exit
@@ -99,7 +108,7 @@ def main(argv=None) -> int:
         cfg.backend = pick_backend(probe) if probe else "chunkwise"
         log(f"backend probe: {probe}; training with {cfg.backend}")
         if not a.tiny:
-            cfg.train_s = max(a.total_s - (time.perf_counter() - T0) - a.reserve_s, 1.0)
+            cfg.time_budget_s = budget()
     cfg.extra["backend_probe"] = probe
     res = train_pair(a.out, cfg, log=log)
     head = [f"Command: `python3 benchmarks/vision_gpu.py {shlex.join(argv)}`", "",

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from flashxlstm.models.vision import ViL, ViLConfig
-from flashxlstm.tasks.vision_pair import PairConfig, lr_at_fraction, train_pair
+from flashxlstm.tasks.vision_pair import PairConfig, train_pair
 from flashxlstm.tasks.vision_step import InferStep, TrainStep, compile_blocks
+from flashxlstm.tasks.vision_augment import AugmentConfig
 from flashxlstm.training.schedule import decay_groups
+from flashxlstm.training.settings import LoopSettings
 
 
 def _tiny_vil(**kw):
@@ -81,23 +83,55 @@ def test_compiled_vil_blocks_equal_eager():
         torch.testing.assert_close(a, b)
 
 
-def test_lr_at_fraction():
-    assert lr_at_fraction(0.0, 1.0, 0.1) == pytest.approx(1e-3)
-    assert lr_at_fraction(0.05, 1.0, 0.1) == pytest.approx(0.5)
-    assert lr_at_fraction(0.1, 1.0, 0.1) == pytest.approx(1.0)
-    assert lr_at_fraction(0.55, 1.0, 0.1) == pytest.approx(0.5)
-    assert lr_at_fraction(1.0, 1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
-    assert lr_at_fraction(2.0, 1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
+def test_pair_config_is_loop_settings():
+    """Run length and schedule are LoopSettings' (steps the cap, time_budget_s the time box, whichever is
+    nearer its end drives the cosine); the config round-trips through JSON and names a bad setting."""
+    cfg = PairConfig(steps=100, time_budget_s=50.0, warmup_steps=10, lr=1.0, device="cpu")
+    assert isinstance(cfg, LoopSettings)
+    assert cfg.progress(50, 10.0) == pytest.approx(0.5) and cfg.progress(10, 40.0) == pytest.approx(0.8)
+    assert PairConfig(steps=100, time_budget_s=None).progress(99, 1e9) == pytest.approx(0.99)
+    assert cfg.lr_at(0, 0.0) == pytest.approx(0.1) and cfg.lr_at(4, 0.0) == pytest.approx(0.5)
+    assert cfg.lr_at(20, 0.5) == pytest.approx(0.5) and cfg.lr_at(99, 1.0) == pytest.approx(0.0, abs=1e-12)
+    back = PairConfig.from_dict(json.loads(json.dumps(
+        PairConfig(augment=AugmentConfig(pad=1, hflip=0.5), chunk_size=7).to_dict())))
+    assert back.augment == AugmentConfig(pad=1, hflip=0.5) and back.chunk_size == 7 and back.betas == (0.9, 0.999)
+    for bad, match in ((dict(steps=0), "steps"), (dict(time_budget_s=0.0), "time_budget_s"),
+                       (dict(dataset="cifar"), "dataset"), (dict(label_smoothing=1.0), "label_smoothing"),
+                       (dict(train_eval_size=-1), "train_eval_size"), (dict(batch_size=0), "batch_size")):
+        with pytest.raises(ValueError, match=match):
+            PairConfig(**bad)
+    with pytest.raises(ValueError, match="unknown training setting"):
+        PairConfig.from_dict({"train_s": 60.0})
 
 
 def test_pair_run_lockstep_record(tmp_path):
     cfg = PairConfig(dataset="digits", device="cpu", batch_size=16, eval_batch_size=100, dim=16, depth=2,
-                     num_heads=2, train_s=60.0, max_steps=3, eval_every_s=0.0)
+                     patch_size=2, num_heads=2, steps=3, time_budget_s=60.0, eval_every=1, warmup_steps=1,
+                     train_eval_size=150, time_every=1)
     res = train_pair(tmp_path, cfg, log=lambda s: None)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["partial"] is False and saved["steps"] == 3 == res["steps"]
-    # an evaluation after every step (eval_every_s 0), each rewriting the record, plus the final one
+    # an evaluation after every step (eval_every 1), each rewriting the record, plus the final one
     assert [h["step"] for h in saved["history"]] == [1, 2, 3, 3]
-    last = saved["history"][-1]["test_accuracy"]
-    assert set(last) == {"vil", "vil_ema", "vit", "vit_ema"} and all(0.0 <= v <= 1.0 for v in last.values())
+    last = saved["history"][-1]
+    assert set(last["test_accuracy"]) == {"vil", "vil_ema", "vit", "vit_ema"}
+    assert set(last["train_clean"]) == {"vil", "vit"}
+    assert "test_flip_tta" not in last  # digits are not flipped in training, so not at test time either
+    assert all(0.0 <= v <= 1.0 for d in (last["test_accuracy"], last["train_clean"]) for v in d.values())
+    # steps 0..9 are never timed (warm-up / capture); with 3 steps nothing is: no device time claimed
+    assert saved["device_ms_per_step"] == {"vil": None, "vit": None}
+    assert saved["model_config"]["vil"]["chunk_size"] == 16  # 8x8 digits at patch 2: one chunk of all 16 tokens
     assert "| vil |" in (tmp_path / "results.md").read_text()
+
+
+def test_flip_tta_accuracy_is_the_mean_of_both_views():
+    """The flip test-time augmentation adds the logits of each image and its mirror before the argmax."""
+    from flashxlstm.tasks.vision_pair import _accuracy
+    x = torch.zeros(4, 1, 2, 2)
+    x[:, 0, 0, 0] = torch.tensor([1.0, 0.0, 3.0, 0.0])  # left pixel
+    x[:, 0, 0, 1] = torch.tensor([0.0, 2.0, 0.0, 5.0])  # right pixel
+    infer = lambda b: torch.stack([b[:, 0, 0, 0] * 2, b[:, 0, 0, 1]], dim=1)  # class 0: 2 x left; class 1: right
+    y = torch.tensor([0, 1, 0, 1])
+    # plain: logits [2, 0], [0, 2], [6, 0], [0, 5] -> all right; flipped views add [0, 1], [4, 0], [0, 3], [10, 0]
+    assert _accuracy(infer, [(x, y)]) == 1.0
+    assert _accuracy(infer, [(x, y)], flip=True) == 0.5  # sums [2, 1], [4, 2], [6, 3], [10, 5]: class 0 each

@@ -72,12 +72,26 @@ def load_dataset(name: str, data_dir: str | None = None) -> dict[str, tuple[torc
             for s, (x, y) in raw.items()}
 
 
+def default_chunk_size(tokens: int, largest: int = 64) -> int:
+    """The mLSTM chunk for `tokens` tokens per image: the whole sequence up to `largest` tokens (one chunk, no
+    padding), else the largest divisor <= `largest` when it is at least `largest` / 4 (no padding), else
+    `largest` (the torch form pads the tail)."""
+    if tokens <= largest:
+        return max(tokens, 1)
+    best = max(d for d in range(1, largest + 1) if tokens % d == 0)
+    return best if best >= largest // 4 else largest
+
+
 def build_model(name: str, *, image_size, patch_size: int, dim: int, depth: int, num_heads: int,
-                num_classes: int, backend: str = "auto", pooling: str = "bilateral_concat"):
-    """ViL of `depth` blocks, or the ViT of the same width whose depth matches the ViL's parameter count."""
-    from flashxlstm.models.vision import ViL, ViLConfig, ViT, ViTConfig, matched_vit, num_parameters
+                num_classes: int, backend: str = "auto", pooling: str = "bilateral_concat",
+                chunk_size: int | None = None):
+    """ViL of `depth` blocks, or the ViT of the same width whose depth matches the ViL's parameter count.
+    `chunk_size` None: `default_chunk_size` of the tokens per image."""
+    from flashxlstm.models.vision import PatchEmbed, ViL, ViLConfig, ViT, ViTConfig, matched_vit, num_parameters
+    if chunk_size is None:
+        chunk_size = default_chunk_size(PatchEmbed(image_size, patch_size, 1, 1).num_patches)
     vil = ViL(ViLConfig(image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim,
-                        depth=depth, num_heads=num_heads, backend=backend, pooling=pooling))
+                        depth=depth, num_heads=num_heads, backend=backend, pooling=pooling, chunk_size=chunk_size))
     if name == "vil":
         return vil
     if name == "vit":

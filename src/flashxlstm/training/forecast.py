@@ -33,7 +33,7 @@ import torch
 from ..data.series_synth import synthetic_series
 from ..models.forecast import ForecastConfig, xLSTMForecaster
 from .engine import autocast as amp_context, optimizer_step, resolve_device
-from .schedule import cosine_decay
+from .schedule import run_progress, warmup_cosine_at
 from .settings import LoopSettings
 
 
@@ -112,8 +112,7 @@ class PretrainConfig(LoopSettings):
 
     def progress(self, step: int, elapsed: float) -> float:
         """How far the run is, in [0, 1+): the larger of the step and the time fraction (the run ends at 1)."""
-        time_part = elapsed / self.time_budget_s if self.time_budget_s else 0.0
-        return max(step / self.steps, time_part)
+        return run_progress(step, elapsed, steps=self.steps, time_budget_s=self.time_budget_s)
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -364,8 +363,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, real_series:
         progress = run_cfg.progress(step, time.perf_counter() - t0)
         if progress >= 1.0:
             break
-        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        lr = warm * cosine_decay(progress, lr=cfg.lr, min_lr=cfg.min_lr_factor * cfg.lr)
+        lr = warmup_cosine_at(step, progress, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                              min_lr=cfg.min_lr_factor * cfg.lr)
         values, inputs = sampler.sample(cfg.batch_size)
         values, inputs = values.to(device, non_blocking=True), inputs.to(device, non_blocking=True)
 

@@ -13,6 +13,20 @@ def cosine_decay(progress: float, *, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def run_progress(step: int, elapsed_s: float, *, steps: int, time_budget_s: float | None) -> float:
+    """How far a run capped at `steps` optimiser steps and, optionally, `time_budget_s` seconds is, in [0, 1+):
+    the larger of the step and the time fraction (the run ends at 1, whichever cap comes first)."""
+    time_part = elapsed_s / time_budget_s if time_budget_s else 0.0
+    return max(step / steps, time_part)
+
+
+def warmup_cosine_at(step: int, progress: float, *, lr: float, warmup_steps: int, min_lr: float) -> float:
+    """A run's learning rate at optimiser step `step` (0-based) and `progress` (`run_progress`): a linear
+    warm-up over the first `warmup_steps` steps times a half cosine from `lr` to `min_lr` over the progress."""
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    return warm * cosine_decay(progress, lr=lr, min_lr=min_lr)
+
+
 def warmup_cosine_lr(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:
     """The learning rate for optimiser step `step` (0-based).
 
