@@ -118,6 +118,18 @@ def test_idx_reader_and_missing_fashion_mnist(tmp_path):
     np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), arr)
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path)
+    # a split written as idx files loads as (N, 1, H, W) float32 pixels / 255 and int64 labels
+    from flashxlstm.tasks.vision import FASHION_FILES, load_dataset
+    labels = np.array([3, 9], dtype=np.uint8)
+    for img, lab in FASHION_FILES.values():
+        for name, a in ((img, arr), (lab, labels)):
+            with gzip.open(tmp_path / name, "wb") as f:
+                f.write(bytes([0, 0, 8, a.ndim]) + b"".join(n.to_bytes(4, "big") for n in a.shape) + a.tobytes())
+    data = load_dataset("fashion-mnist", str(tmp_path))
+    x, y = data["test"]
+    assert x.dtype == torch.float32 and x.shape == (2, 1, 3, 5) and y.dtype == torch.int64
+    torch.testing.assert_close(x[:, 0], torch.from_numpy(arr.astype(np.float32)) / 255.0)
+    assert y.tolist() == [3, 9]
 
 
 @pytest.mark.parametrize("K,bias,S", [(4, False, 7), (0, False, 5), (4, True, 2), (3, True, 9)])

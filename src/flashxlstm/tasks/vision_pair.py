@@ -204,8 +204,8 @@ def train_pair(out: str | Path, cfg: PairConfig, log=print) -> dict:
     graph = cfg.graph and dev.type == "cuda"
     aug = cfg.augment or DATASET_AUGMENT.get(cfg.dataset, AugmentConfig())
     flip_tta = aug.hflip > 0
-    data = load_dataset(cfg.dataset, cfg.data_dir)
-    (xtr, ytr), (xte, yte) = ((x.to(dev), y.to(dev)) for x, y in (data["train"], data["test"]))
+    data = load_dataset(cfg.dataset, cfg.data_dir, device=dev)
+    (xtr, ytr), (xte, yte) = data["train"], data["test"]
 
     def whole_batches(x, y):  # whole batches (one captured shape); the rest is one eager batch
         bs = min(cfg.eval_batch_size, len(y))
