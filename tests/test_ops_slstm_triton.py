@@ -45,6 +45,18 @@ PACKED = {
     "packed_rows_registers": ([[3, 1, 2], [6], [2, 4]], 2, 5, None, "sigmoid", {}, 2e-5),
     "packed_rows_split_head_cuda_config": ([[1, 4], [2, 3]], 1, 20, 16, "exp", {"registers": False}, 2e-5),
 }
+# 16-bit x and R (b and the states float32): the recurrent products take h and the gate gradients as hi + lo
+# 16-bit pairs, so everything the kernels return in float32 (h, final states, db, initial-state gradients)
+# is within float32-level error of float64; dx and dR come back in fp16 (one rounding, <= 2^-11 relative).
+# One rounded product alone gives ~6e-5 in h and ~1e-4 in the state gradients here. Same fields as PACKED
+# (one row of one document: no packing).
+SPLIT16 = {
+    "fp16_split_head_resident_two_pieces": ([[12]], 1, 40, 16, "sigmoid", {"registers": False}, 2e-5),
+    "fp16_streamed_r": ([[9]], 2, 20, 16, "exp", {"resident_limit": 0, "registers": False}, 2e-5),
+    "fp16_registers": ([[10]], 2, 16, None, "sigmoid", {}, 2e-5),
+    "fp16_packed_rows_split_head": ([[2, 4], [1, 5]], 1, 20, 16, "sigmoid", {"registers": False}, 2e-5),
+}
+FP16_ROUNDING = 2.0**-11
 
 
 def _child() -> None:
@@ -101,17 +113,19 @@ def _child() -> None:
             "finite": bool(all(torch.isfinite(t).all() for t in (*out, *grads))),
         }), flush=True)
     tri._num_sms = lambda device: 1 << 30
-    for name, (rows, NH, DH, block_j, fg, tune, _) in PACKED.items():
+    cases = [(name, case, torch.float32) for name, case in PACKED.items()]
+    cases += [(name, case, torch.float16) for name, case in SPLIT16.items()]
+    for name, (rows, NH, DH, block_j, fg, tune, _), dtype in cases:
         gen = torch.Generator().manual_seed(len(name))
         lens = [n for row in rows for n in row]
         B, S, N = len(rows), sum(rows[0]), len(lens)
-        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()]) if N > 1 else None
         x, R, b = make(gen, B, S, NH, DH, scale=2.0)
         state = list(rand_state(gen, N, NH, DH, dtype=torch.float64))
         w = [torch.randn(B, S, NH, DH, generator=gen, dtype=torch.float64)]
         w += [torch.randn(N, NH, DH, generator=gen, dtype=torch.float64) for _ in range(4)]
         loss = lambda outs: sum((o.double() * v).sum() for o, v in zip(outs, w))
-        xs = [t.float().requires_grad_(True) for t in (x, R, b, *state)]
+        xs = [t.to(dtype if j < 2 else torch.float32).requires_grad_(True) for j, t in enumerate((x, R, b, *state))]
         h, st = slstm_triton(xs[0], xs[1], xs[2], tuple(xs[3:]), forget_gate=fg, block_j=block_j, tune=tune,
                              cu_seqlens=cu)
         out = [h, *st]
@@ -122,17 +136,17 @@ def _child() -> None:
         ys = [t.detach().double().requires_grad_(True) for t in xs]
         flat = ys[0].reshape(1, B * S, 4, NH, DH)
         pieces = []
-        for d, (a, e) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
+        for d, (a, e) in enumerate(zip([0, *torch.tensor(lens).cumsum(0).tolist()], torch.tensor(lens).cumsum(0).tolist())):
             hd, sd = slstm_reference(flat[:, a:e], ys[1], ys[2], state=tuple(s[d : d + 1] for s in ys[3:]),
                                      forget_gate=fg)
             pieces.append([hd, *sd])
         ref = [torch.cat([p[0] for p in pieces], 1).view(B, S, NH, DH)]
         ref += [torch.cat(parts) for parts in zip(*[p[1:] for p in pieces])]
         grads_ref = torch.autograd.grad(loss(ref), ys)
-        p = tri.plan(B, NH, DH, torch.device("cpu"), block_j, dot_dtype=torch.float32, **tune)
+        p = tri.plan(B, NH, DH, torch.device("cpu"), block_j, dot_dtype=dtype, **tune)
         print(json.dumps({
             "case": name,
-            "plan": {k: p[k] for k in ("R_RESIDENT", "REG", "NJ", "stepwise")},
+            "plan": {k: p[k] for k in ("R_RESIDENT", "REG", "NJ", "stepwise", "KR1")},
             "inference": [rel(a, c) for a, c in zip([h_inf, *st_inf], ref)],
             "outputs": [rel(a, c) for a, c in zip(out, ref)],
             "grads": [rel(a, c) for a, c in zip(grads, grads_ref)],
@@ -179,6 +193,29 @@ def test_packed_documents_in_one_launch_match_documents_alone(interpreted, case)
         assert r["plan"]["NJ"] == 2 and r["plan"]["stepwise"], r["plan"]
     if case.endswith("registers"):
         assert r["plan"]["REG"], r["plan"]
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT16))
+def test_16bit_dots_keep_float32_accuracy(interpreted, case):
+    tol = SPLIT16[case][-1]
+    r = interpreted[case]
+    assert r["finite"]
+    names = ["h", "c", "n", "m", "h_last", "dx", "dR", "db", "dc0", "dn0", "dm0", "dh0"]
+    for name, err in zip(names, r["outputs"] + r["grads"]):
+        limit = FP16_ROUNDING + tol if name in ("dx", "dR") else tol
+        assert err < limit, f"{case}: {name} relative error {err:.2e} >= {limit:.1e}"
+    # without gradients one 16-bit product per step: each step's raw is off by <= 2^-11 of its recurrent part
+    for name, err in zip(names[:5], r["inference"]):
+        assert err < FP16_ROUNDING, f"{case} (no grad): {name} relative error {err:.2e}"
+    p = r["plan"]
+    if "split_head" in case:
+        assert p["NJ"] >= 2 and not p["REG"], p
+    if "two_pieces" in case:
+        assert p["R_RESIDENT"] and p["KR1"] > 0, p
+    if "streamed" in case:
+        assert not p["R_RESIDENT"], p
+    if case.endswith("registers"):
+        assert p["REG"], p
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Block sizes: BB = 16 batch rows per dot (tensor cores need 16), BJ output units 
 all programs must fit on the GPU at once, since a barrier across programs needs them resident); R either
 stays on chip (R_RESIDENT, two K pieces KR0 + KR1 >= DH) or is streamed in chunks of BK rows per step.
 Inputs of any float dtype; the dot runs in x's dtype (bf16/fp16 as the official kernels do, fp32 in IEEE
-precision for fp32 and fp64 inputs) with fp32 accumulation; gates, states and gradients are fp32.
+precision for fp32 and fp64 inputs) with fp32 accumulation; gates, states and gradients are fp32. With
+gradients, the recurrent products multiply R by h (forward) and by the gate gradients (backward) split
+into two 16-bit parts (hi + lo), so those operands keep about 16 significant bits (docs/kernels.md,
+"Precision"); R is used as given in the dot dtype.
 
 Under TRITON_INTERPRET=1 (CPU tests) the programs run one after another, so a barrier would wait forever:
 there heads split over several programs are launched once per step ("stepwise", the launch boundary is the
@@ -149,16 +152,25 @@ def _forward(x, R, b, c0, n0, m0, h0, exp_forget: bool, train: bool, tune: dict,
     slots = S if train else 1
     if not train:  # the kernel writes the state of the current step only: one slot
         C, N, M = (torch.empty(B, slots, NH, DH, **f32) for _ in range(3))
-    HK = torch.empty(B, 2, NH, DH, device=dev, dtype=dot_dt)  # h_t in the dot dtype, slot t % 2
+    # h_t in the dot dtype, slot t % 2. With gradients and 16-bit dots also its rounding residual (HKL):
+    # the gradients of the final m (and so of c, n) switch where the stabilizer's max nearly ties, so raw
+    # must match the exact recurrence much more closely than one bf16 rounding of h allows. Without
+    # gradients one product suffices: the outputs are rounded to the 16-bit dtype anyway.
+    split = train and dot_dt != torch.float32
+    HK = torch.empty(B, 2, NH, DH, device=dev, dtype=dot_dt)
+    HKL = torch.empty_like(HK) if split else HK
     rst, fin = _document_steps(cu_seqlens, B, S) if docs else (H, H)  # (unused without documents)
     HK[:, 1] = h0.index_select(0, rst[:, 0].long()) if docs else h0  # "h_{-1}" (packed: each row's first h0)
+    if split:
+        HKL[:, 1] = (h0.index_select(0, rst[:, 0].long()) if docs else h0) - HK[:, 1].float()
     p = plan(B, NH, DH, dev, dot_dtype=dot_dt, inference=not train, **tune)
     grid = (NH * p["NJ"], p["NBP"])
     cnt = torch.zeros(NH * p["NBP"], device=dev, dtype=torch.int32)
     common = dict(DH=DH, EXP_FORGET=exp_forget, STORE_RAW=train, STORE_STATES=train, USE_BARRIER=p["barrier"],
                   CTA_SYNC=p["cta_sync"], IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
-                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], DOCS=docs, num_warps=p["num_warps"])
-    args = (x, bias, RT, h0, c0, n0, m0, H, HK, C, N, M, raw if train else H, cnt, rst, fin, c, n, m,
+                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], DOCS=docs, SPLIT=split,
+                  num_warps=p["num_warps"])
+    args = (x, bias, RT, h0, c0, n0, m0, H, HK, HKL, C, N, M, raw if train else H, cnt, rst, fin, c, n, m,
             B, S, NH, slots, p["NBP"])
     for t0, t1 in ([(t, t + 1) for t in range(S)] if p["stepwise"] else [(0, S)]):
         slstm_fw_kernel[grid](*args, t0, t1, **common)
@@ -192,7 +204,10 @@ def _backward(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0,
         DC, DN, DM = (g.to(torch.float32).clone().contiguous() for g in (gc, gn, gm))  # the kernel updates them
         GCF = GNF = GMF = DC0 = DN0 = DM0 = rst = fin = DC  # (unused without documents)
     draw = torch.empty_like(raw)
-    DK = torch.empty(B, 2, 4, NH, DH, device=raw.device, dtype=dot_dt)  # draw_t in the dot dtype, slot t % 2
+    # draw_t in the dot dtype, slot t % 2; 16-bit dots get its rounding residual too (DKL): see the kernel
+    split = dot_dt != torch.float32
+    DK = torch.empty(B, 2, 4, NH, DH, device=raw.device, dtype=dot_dt)
+    DKL = torch.empty_like(DK) if split else DK
     Rd = R.to(dot_dt).contiguous()
     if raw.device.type == "cuda":  # the REG backward does not compile with Triton 3.6 (bf16 and fp32)
         tune = dict(tune, registers=False)
@@ -201,8 +216,9 @@ def _backward(gH, gc, gn, gm, H, c, n, m, raw, C, N, M, x, R, b, c0, n0, m0, h0,
     cnt = torch.zeros(NH * p["NBP"], device=raw.device, dtype=torch.int32)
     common = dict(DH=DH, EXP_FORGET=exp_forget, USE_BARRIER=p["barrier"], CTA_SYNC=p["cta_sync"],
                   IEEE=dot_dt == torch.float32, R_RESIDENT=p["R_RESIDENT"], REG=p["REG"],
-                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], DOCS=docs, num_warps=p["num_warps"])
-    args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, DK, cnt, rst, fin, GCF, GNF, GMF, DC0, DN0, DM0,
+                  BB=BB, BJ=p["BJ"], BK=p["BK"], KR0=p["KR0"], KR1=p["KR1"], DOCS=docs, SPLIT=split,
+                  num_warps=p["num_warps"])
+    args = (raw, Rd, c0, n0, m0, C, N, M, gH, DC, DN, DM, draw, DK, DKL, cnt, rst, fin, GCF, GNF, GMF, DC0, DN0, DM0,
             B, S, NH, p["NBP"])
     for t0, t1 in ([(t, t + 1) for t in range(S - 1, -1, -1)] if p["stepwise"] else [(0, S)]):
         slstm_bw_kernel[grid](*args, t0, t1, **common)

@@ -21,7 +21,10 @@ is the barrier: used under TRITON_INTERPRET=1, which runs programs one after ano
 The backward runs the same loop in reverse: dh_t = dH_t + sum_g draw_{t+1,g} @ R_g for the program's units,
 then the hand-derived gradient of the stabilized step, including the path through the stabilizer m (the
 max routes it to raw_i or to log f and m_{t-1}); draw (= dx) is written per step in float32 (the output)
-and in the dot dtype to a two-slot ring (DK) that the other programs of the head read after the barrier. dR, db and dh_0 are plain matmuls/sums over the saved tensors.
+and, for the other programs of the head to read after the barrier, to a two-slot ring (DK) in the dot
+dtype; with 16-bit dots as hi + lo (the value rounded, and its rounding residual rounded), multiplied by R
+in two dots: draw rounded to 8 bits alone makes the gradients drift by several percent over a few hundred
+steps. dR, db and dh_0 are plain float32 matmuls/sums over the saved float32 tensors.
 """
 from __future__ import annotations
 
@@ -47,6 +50,17 @@ def _mm(acc, a, b, IEEE: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _mm_split(acc, a, b, IEEE: tl.constexpr, SPLIT: tl.constexpr):
+    """acc + a @ b for float32 a and b in the dot dtype: a rounded to b's dtype, plus (SPLIT) its rounding
+    residual as a second dot, which keeps a to about twice the dtype's significant bits."""
+    hi = a.to(b.dtype)
+    acc = _mm(acc, hi, b, IEEE)
+    if SPLIT:
+        acc = _mm(acc, (a - hi.to(tl.float32)).to(b.dtype), b, IEEE)
+    return acc
 
 
 @triton.jit
@@ -120,18 +134,20 @@ def _load_k_piece(row_ptr, k0, KP: tl.constexpr, DH: tl.constexpr, mb):
 @triton.jit
 def slstm_fw_kernel(
     X, BIAS, RT, H0, C0, N0, M0,
-    H, HK, C, N, M, RAW, CNT, RST, FIN, CF, NF, MF,
+    H, HK, HKL, C, N, M, RAW, CNT, RST, FIN, CF, NF, MF,
     Bsz, S, NH, SLOTS, NBP, t_start, t_end,
     DH: tl.constexpr, EXP_FORGET: tl.constexpr, STORE_RAW: tl.constexpr, STORE_STATES: tl.constexpr,
     USE_BARRIER: tl.constexpr, CTA_SYNC: tl.constexpr, IEEE: tl.constexpr, R_RESIDENT: tl.constexpr,
     REG: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, KR0: tl.constexpr, KR1: tl.constexpr,
-    DOCS: tl.constexpr,
+    DOCS: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """X (B, S, 4, NH, DH) any float; BIAS (4, NH, DH) f32; RT (NH, 4, DH_k, DH_j) = R^T in the dot dtype;
     H0/C0/N0/M0 (B, NH, DH) f32; H (B, S, NH, DH) f32; C/N/M (B, SLOTS, NH, DH) f32: the state after step t
     in slot t % SLOTS (every step when STORE_STATES, else the last of the launch); RAW (B, S, 4, NH, DH) f32
     (when STORE_RAW); CNT int32 (NH * NBP) barrier counters. HK (B, 2, NH, DH) in the dot dtype: h_t in slot
-    t % 2, the copy the next step's dot reads (slot 1 holds h0 on entry). R_RESIDENT: this program's slice of
+    t % 2, the copy the next step's dot reads (slot 1 holds h0 on entry). SPLIT (16-bit dots): HKL (same
+    shape) holds h's rounding residual round(h - round(h)) and each product runs twice (hi and lo, fp32
+    accumulation), so raw sees h to about 16 significant bits. R_RESIDENT: this program's slice of
     R is loaded once, in two K pieces of KR0 and KR1 (0: none) rows, and stays on chip for all steps (the
     compiler keeps a loop-invariant dot operand in shared memory); else it is streamed in BK chunks per step.
     REG (needs BJ >= DH, KR0 == BJ, KR1 == 0, R_RESIDENT): a program holds a whole head and keeps h_prev in
@@ -200,37 +216,44 @@ def slstm_fw_kernel(
             x_off = offs_b[:, None] * (S * GHD) + (t + 1) * GHD + h * DH + offs_j[None, :]
             x_i, x_f, x_z, x_o = _load4(X, x_off, HD, both(mask, t + 1 < t_end))  # the next step's inputs
             if REG:
-                hk = h_reg.to(RT.dtype.element_ty)
-                ri = _mm(ri, hk, R_i, IEEE)
-                rf = _mm(rf, hk, R_f, IEEE)
-                rz = _mm(rz, hk, R_z, IEEE)
-                ro = _mm(ro, hk, R_o, IEEE)
+                ri = _mm_split(ri, h_reg, R_i, IEEE, SPLIT)
+                rf = _mm_split(rf, h_reg, R_f, IEEE, SPLIT)
+                rz = _mm_split(rz, h_reg, R_z, IEEE, SPLIT)
+                ro = _mm_split(ro, h_reg, R_o, IEEE, SPLIT)
             else:
-                hp_ptr = HK + offs_b[:, None] * (2 * HD) + ((t + 1) % 2) * HD + h * DH  # h_{t-1}
+                k_off = offs_b[:, None] * (2 * HD) + ((t + 1) % 2) * HD + h * DH  # h_{t-1}
+                hp_ptr = HK + k_off
+                lp_ptr = HKL + k_off
                 if R_RESIDENT:
-                    hk = _load_k_piece(hp_ptr, 0, KR0, DH, mb)
-                    ri = _mm(ri, hk, R_i, IEEE)
-                    rf = _mm(rf, hk, R_f, IEEE)
-                    rz = _mm(rz, hk, R_z, IEEE)
-                    ro = _mm(ro, hk, R_o, IEEE)
-                    if KR1 > 0:
-                        hk = _load_k_piece(hp_ptr, KR0, KR1, DH, mb)
-                        ri = _mm(ri, hk, R_i1, IEEE)
-                        rf = _mm(rf, hk, R_f1, IEEE)
-                        rz = _mm(rz, hk, R_z1, IEEE)
-                        ro = _mm(ro, hk, R_o1, IEEE)
+                    for part in tl.static_range(1 + SPLIT):  # hi, then (SPLIT) lo
+                        hk = _load_k_piece(hp_ptr if part == 0 else lp_ptr, 0, KR0, DH, mb)
+                        ri = _mm(ri, hk, R_i, IEEE)
+                        rf = _mm(rf, hk, R_f, IEEE)
+                        rz = _mm(rz, hk, R_z, IEEE)
+                        ro = _mm(ro, hk, R_o, IEEE)
+                        if KR1 > 0:
+                            hk = _load_k_piece(hp_ptr if part == 0 else lp_ptr, KR0, KR1, DH, mb)
+                            ri = _mm(ri, hk, R_i1, IEEE)
+                            rf = _mm(rf, hk, R_f1, IEEE)
+                            rz = _mm(rz, hk, R_z1, IEEE)
+                            ro = _mm(ro, hk, R_o1, IEEE)
                 else:
                     for kc in tl.static_range(NK):
                         offs_k = kc * BK + tl.arange(0, BK)
                         mk = offs_k < DH
-                        hk = tl.load(hp_ptr + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
-                                     cache_modifier=".cg")
                         r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
                         rmask = mk[:, None] & mj[None, :]
-                        ri = _mm(ri, hk, tl.load(r_ptr, mask=rmask, other=0.0), IEEE)
-                        rf = _mm(rf, hk, tl.load(r_ptr + RG, mask=rmask, other=0.0), IEEE)
-                        rz = _mm(rz, hk, tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0), IEEE)
-                        ro = _mm(ro, hk, tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0), IEEE)
+                        r_i = tl.load(r_ptr, mask=rmask, other=0.0)
+                        r_f = tl.load(r_ptr + RG, mask=rmask, other=0.0)
+                        r_z = tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0)
+                        r_o = tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0)
+                        for part in tl.static_range(1 + SPLIT):
+                            hk = tl.load((hp_ptr if part == 0 else lp_ptr) + offs_k[None, :],
+                                         mask=mb[:, None] & mk[None, :], other=0.0, cache_modifier=".cg")
+                            ri = _mm(ri, hk, r_i, IEEE)
+                            rf = _mm(rf, hk, r_f, IEEE)
+                            rz = _mm(rz, hk, r_z, IEEE)
+                            ro = _mm(ro, hk, r_o, IEEE)
             if STORE_RAW:
                 _store4(RAW, offs_b[:, None] * (S * GHD) + t * GHD + h * DH + offs_j[None, :], HD, ri, rf, rz, ro, mask)
             # the stabilized step; n == 0 marks an empty state (m_t = raw_i, f' = 0)
@@ -254,8 +277,11 @@ def slstm_fw_kernel(
                 n_off = nxt * HD + h * DH + offs_j[None, :]
                 h_next = tl.where(nxt >= 0, tl.load(H0 + n_off, mask=mask & (nxt >= 0), other=0.0), h_new)
             if not REG:
-                tl.store(HK + offs_b[:, None] * (2 * HD) + (t % 2) * HD + h * DH + offs_j[None, :],
-                         h_next.to(HK.dtype.element_ty), mask=mask)
+                k_off = offs_b[:, None] * (2 * HD) + (t % 2) * HD + h * DH + offs_j[None, :]
+                h_hi = h_next.to(HK.dtype.element_ty)
+                tl.store(HK + k_off, h_hi, mask=mask)
+                if SPLIT:
+                    tl.store(HKL + k_off, (h_next - h_hi.to(tl.float32)).to(HK.dtype.element_ty), mask=mask)
             st_off = offs_b[:, None] * (SLOTS * HD) + (t % SLOTS) * HD + h * DH + offs_j[None, :]
             if STORE_STATES:
                 tl.store(C + st_off, c, mask=mask)
@@ -302,18 +328,21 @@ def _load_bw_step(RAW, C0, N0, M0, C, N, M, GH, RST, offs_b, h, offs_j, t, S, HD
 
 @triton.jit
 def slstm_bw_kernel(
-    RAW, R, C0, N0, M0, C, N, M, GH, DC, DN, DM, DRAW, DK, CNT, RST, FIN, GCF, GNF, GMF, DC0, DN0, DM0,
+    RAW, R, C0, N0, M0, C, N, M, GH, DC, DN, DM, DRAW, DK, DKL, CNT, RST, FIN, GCF, GNF, GMF, DC0, DN0, DM0,
     Bsz, S, NH, NBP, t_start, t_end,
     DH: tl.constexpr, EXP_FORGET: tl.constexpr, USE_BARRIER: tl.constexpr, CTA_SYNC: tl.constexpr,
     IEEE: tl.constexpr, R_RESIDENT: tl.constexpr, REG: tl.constexpr,
     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, KR0: tl.constexpr, KR1: tl.constexpr,
-    DOCS: tl.constexpr,
+    DOCS: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Reverse loop over t in [t_start, t_end). RAW (B, S, 4, NH, DH) f32; R (4, NH, DH, DH) in the dot dtype;
     C/N/M (B, S, NH, DH) f32 states after each step; GH (B, S, NH, DH) f32 = dL/dh; DC/DN/DM (B, NH, DH) f32
     carried state gradients (in: of the state after t_end - 1, out: of the state before t_start);
     DRAW (B, S, 4, NH, DH) f32 = dL/draw; DK (B, 2, 4, NH, DH) in the dot dtype: draw_t in slot t % 2, the
-    copy the previous step's dot reads. R_RESIDENT, KR0, KR1, REG: as in the forward.
+    copy the previous step's dot reads. SPLIT (16-bit dots): DK holds hi = round(draw) and DKL (same shape)
+    lo = round(draw - hi), and each product runs twice (hi and lo, fp32 accumulation), so the recurrent
+    product sees draw to about 16 significant bits instead of 8 (R itself is exact when it is a 16-bit
+    parameter). R_RESIDENT, KR0, KR1, REG: as in the forward.
     DOCS (rows of packed documents): RST/FIN as in the forward; C0/N0/M0 hold the documents' initial states.
     At a document's last step the carried gradients become those of its final state (GCF/GNF/GMF) and h gets
     no gradient from the next step (which starts from its own h0); after a document's first step they are
@@ -364,29 +393,39 @@ def slstm_bw_kernel(
                 dm = tl.where(fin >= 0, tl.load(GMF + f_off, mask=mask & (fin >= 0), other=0.0), dm)
             if t < S - 1:  # h_t feeds step t + 1
                 if REG:
-                    dt_ = R.dtype.element_ty
-                    dh = _mm(dh, d_i.to(dt_), R_i, IEEE)
-                    dh = _mm(dh, d_f.to(dt_), R_f, IEEE)
-                    dh = _mm(dh, d_z.to(dt_), R_z, IEEE)
-                    dh = _mm(dh, d_o.to(dt_), R_o, IEEE)
+                    dh = _mm_split(dh, d_i, R_i, IEEE, SPLIT)
+                    dh = _mm_split(dh, d_f, R_f, IEEE, SPLIT)
+                    dh = _mm_split(dh, d_z, R_z, IEEE, SPLIT)
+                    dh = _mm_split(dh, d_o, R_o, IEEE, SPLIT)
                 else:
-                    d_row = DK + offs_b[:, None] * (2 * GHD) + ((t + 1) % 2) * GHD + h * DH  # draw_{t+1}
+                    d_off = offs_b[:, None] * (2 * GHD) + ((t + 1) % 2) * GHD + h * DH  # draw_{t+1}
+                    d_row = DK + d_off
+                    l_row = DKL + d_off
                     for g in tl.static_range(4):
                         if R_RESIDENT:
-                            d = _load_k_piece(d_row + g * HD, 0, KR0, DH, mb)
-                            dh = _mm(dh, d, _gate_piece(g, R_i, R_f, R_z, R_o), IEEE)
+                            r = _gate_piece(g, R_i, R_f, R_z, R_o)
+                            dh = _mm(dh, _load_k_piece(d_row + g * HD, 0, KR0, DH, mb), r, IEEE)
+                            if SPLIT:
+                                dh = _mm(dh, _load_k_piece(l_row + g * HD, 0, KR0, DH, mb), r, IEEE)
                             if KR1 > 0:
-                                d = _load_k_piece(d_row + g * HD, KR0, KR1, DH, mb)
-                                dh = _mm(dh, d, _gate_piece(g, R_i1, R_f1, R_z1, R_o1), IEEE)
+                                r = _gate_piece(g, R_i1, R_f1, R_z1, R_o1)
+                                dh = _mm(dh, _load_k_piece(d_row + g * HD, KR0, KR1, DH, mb), r, IEEE)
+                                if SPLIT:
+                                    dh = _mm(dh, _load_k_piece(l_row + g * HD, KR0, KR1, DH, mb), r, IEEE)
                         else:
                             for kc in tl.static_range(NK):
                                 offs_k = kc * BK + tl.arange(0, BK)
                                 mk = offs_k < DH
-                                d = tl.load(d_row + g * HD + offs_k[None, :], mask=mb[:, None] & mk[None, :],
-                                            other=0.0, cache_modifier=".cg")
+                                dmask = mb[:, None] & mk[None, :]
                                 r = tl.load(r_base + g * RG + offs_k[:, None] * DH + offs_j[None, :],
                                             mask=mk[:, None] & mj[None, :], other=0.0)
+                                d = tl.load(d_row + g * HD + offs_k[None, :], mask=dmask, other=0.0,
+                                            cache_modifier=".cg")
                                 dh = _mm(dh, d, r, IEEE)
+                                if SPLIT:
+                                    d = tl.load(l_row + g * HD + offs_k[None, :], mask=dmask, other=0.0,
+                                                cache_modifier=".cg")
+                                    dh = _mm(dh, d, r, IEEE)
             if DOCS:  # ... unless step t + 1 starts a document (from its own h0) in this row
                 dh = tl.where(fin >= 0, gh_own, dh)
             # recompute the step
@@ -415,8 +454,12 @@ def slstm_bw_kernel(
             _store4(DRAW, offs_b[:, None] * (S * GHD) + t * GHD + h * DH + offs_j[None, :], HD, d_i, d_f, d_z, d_o, mask)
             if not REG:
                 dk = R.dtype.element_ty
-                _store4(DK, offs_b[:, None] * (2 * GHD) + (t % 2) * GHD + h * DH + offs_j[None, :], HD,
-                        d_i.to(dk), d_f.to(dk), d_z.to(dk), d_o.to(dk), mask)
+                k_off = offs_b[:, None] * (2 * GHD) + (t % 2) * GHD + h * DH + offs_j[None, :]
+                hi_i, hi_f, hi_z, hi_o = d_i.to(dk), d_f.to(dk), d_z.to(dk), d_o.to(dk)
+                _store4(DK, k_off, HD, hi_i, hi_f, hi_z, hi_o, mask)
+                if SPLIT:
+                    _store4(DKL, k_off, HD, (d_i - hi_i.to(tl.float32)).to(dk), (d_f - hi_f.to(tl.float32)).to(dk),
+                            (d_z - hi_z.to(tl.float32)).to(dk), (d_o - hi_o.to(tl.float32)).to(dk), mask)
             dc = dc * fg
             dn = dn * fg
             dm = da
