@@ -1,36 +1,43 @@
 """Serving: the continuous-batching engine vs a static-batch loop of our own `generate`, same model, same run.
 
-Workload per concurrency level N (closed loop): N streams, each sending --rounds requests one after the
-other (the next when the previous has finished); prompt lengths uniform in [--prompt-min, --prompt-max]
-random tokens, output lengths uniform in [--tokens-min, --tokens-max] (greedy, EOS ignored, so every
-request generates exactly its length). Measured:
-- engine (flashxlstm.serving.Engine on its thread, max batch N, CUDA graph per batch bucket on CUDA, tokens
-  chosen on the device, the host one iteration behind; the clients are coroutines on one event loop, as
-  behind the HTTP server, without HTTP): generated tokens / s over the whole run; decode throughput (rows
-  per second of step period, the engine's own record of back-to-back steps) over all steps and over the
-  steps with all N rows running and no prefill forward before them (`full_batch_tok_s`, the number the
-  goal compares with the peer); time to first token (submit -> first token); inter-token latency p50/p99
-  over every gap, over the gaps without a prefill forward (`steady`) and over those with one (`prefill`);
+Workload per concurrency level N (closed loop): N streams, each sending first a short request (a
+--fill-prompt-token prompt, an output in the upper half of the range: the batch fills within a few slices)
+and then --rounds requests (--rounds-one at 1 stream) one after the other, each when the previous has
+finished; prompt lengths log-uniform in [--prompt-min, --prompt-max] random tokens (as many prompts of
+512-1024 as of 4096-8192), output lengths uniform in [--tokens-min, --tokens-max] (greedy, EOS ignored, so
+every request generates exactly its length). Phases, in this order (each level's static baseline right after
+its engine level, the largest level last so the time box cuts the least):
+- peer (the model alone, every level first): our best static decode step at batch N
+  (generation.StaticDecodeStep, one CUDA-graph replay + argmax per token, no host sync), the ceiling for the
+  engine's decode throughput; and the memory floor of a decode step: the bytes it must move (the weights
+  once, every row's fp32 state read from one buffer set and written to the other) over the device's copy
+  bandwidth measured here, which says how much of the step at N streams the state traffic is;
+- engine (flashxlstm.serving.Engine on its thread, one engine with max batch = the largest level for every
+  level: CUDA graph per decode bucket and per prefill slice shape, tokens chosen on the device; clients are
+  coroutines on one event loop, as behind the HTTP server, without HTTP): generated tokens / s over the
+  level; decode throughput (rows per second of step period, the engine's own record of back-to-back steps)
+  over all steps and over the steps with all N rows running and no slice before them (`full_batch_tok_s`,
+  the number the goal compares with the peer); time to first token (submit -> first token); inter-token
+  latency p50/p99 over every gap, over the gaps without a prefill slice (`steady`) and over those with one
+  (`slice`); state memory per stream;
 - static (the baseline without the engine): requests batched N at a time in arrival order, left-padded,
   one `model.generate(..., attention_mask)` call per batch (CUDA-graph decode on CUDA) that runs until the
-  batch's longest output is done; tokens past a request's own length are not counted;
-- peer: our best static decode step at batch N (generation.StaticDecodeStep, one CUDA-graph replay + argmax
-  per token, no host sync), the ceiling for the engine's decode throughput;
-- state memory per stream (its state, times 2 for the 7B family's ping-pong buffers);
-- greedy check (bf16): the first --check requests of a level, each forwarded alone (batch 1) over its
+  batch's longest output is done; tokens past a request's own length are not counted (up to --static-max);
+- greedy check (bf16): the last requests of the first --check streams, each forwarded alone (batch 1) over its
   prompt and the engine's output: how many of its tokens are that forward's argmax, and the logit gap where
   one is not (rounding flips near-ties by a gap of bf16 size; a fault disagrees widely and by large gaps).
 
-Checks (after the 64-stream level, on CUDA): `model.generate` uses the CUDA-graph step by default and gives
-the eager step's greedy tokens, and the engine at 16 rows (mixed prompt lengths, several prompts per prefill
-forward, every bucket) gives each request exactly eager `generate`'s tokens alone: tiny random float32
-xLSTMLarge, where batch shape does not flip a choice, so a mismatch there would be a fault, not rounding.
+Checks (after the first level with at least --checks-after streams, on CUDA): `model.generate` uses the
+CUDA-graph step by default and gives the eager step's greedy tokens, and the engine at 16 rows (mixed prompt
+lengths, several prompts per slice, every bucket, captured slices) gives each request exactly eager
+`generate`'s tokens alone: tiny random float32 xLSTMLarge, where batch shape does not flip a choice, so a
+mismatch there would be a fault, not rounding.
 
     python benchmarks/bench_serving.py                    # H200: the 7B shape (32 blocks), random bf16 weights
     python benchmarks/bench_serving.py --layers 8 --time-box 80   # 7B width, 8 of its 32 blocks, 80 s cap
     python benchmarks/bench_serving.py --tiny             # CPU smoke test of the script (tiny model)
 
---time-box: a hard cap on the whole run; levels that would start after it are skipped, and a watchdog writes
+--time-box: a hard cap on the whole run; phases that would start after it are skipped, and a watchdog writes
 the table and exits at the cap. bench_serving.md / .json go into --out (default $OUT or .) after every row.
 """
 from __future__ import annotations
@@ -39,6 +46,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import platform
 import random
@@ -89,16 +97,16 @@ def build_model(args, device: str):
 def workload(n: int, args, vocab: int, seed: int, rounds: int) -> list[list[tuple[list[int], int]]]:
     """Per stream, its requests in order: (prompt ids, output length). With --fill-prompt P, each stream's
     first request has a P-token prompt and an output in the upper half of the range: the batch fills within a
-    few prefill forwards and stays full (the full-batch decode the goal compares), and the streams' next
-    requests, prompts of the range, arrive staggered while the others still decode (the prefill stalls)."""
+    few slices and stays full (the full-batch decode the goal compares), and the streams' next requests,
+    prompts of the range, arrive staggered while the others still decode (the slices interleave)."""
     rng = random.Random(seed)
 
     def request(first: bool) -> tuple[list[int], int]:
         if first and args.fill_prompt:
             return ([rng.randrange(vocab) for _ in range(args.fill_prompt)],
                     rng.randint((args.tokens_min + args.tokens_max) // 2, args.tokens_max))
-        return ([rng.randrange(vocab) for _ in range(rng.randint(args.prompt_min, args.prompt_max))],
-                rng.randint(args.tokens_min, args.tokens_max))
+        length = round(math.exp(rng.uniform(math.log(args.prompt_min), math.log(args.prompt_max))))
+        return [rng.randrange(vocab) for _ in range(length)], rng.randint(args.tokens_min, args.tokens_max)
 
     return [[request(r == 0) for r in range(rounds + (1 if args.fill_prompt else 0))] for _ in range(n)]
 
@@ -116,27 +124,41 @@ def summarise(mode: str, n: int, wall: float, tokens: int, ttft: list[float], it
     return row
 
 
-def run_engine(model, work, args) -> None:
-    from flashxlstm.serving import Engine, EngineConfig, SamplingParams
+class EngineRun:
+    """One engine for every level (max batch = the largest level), built once: its graphs are captured once."""
 
-    n = len(work)
-    config = EngineConfig(max_batch=n, prefill_chunk=args.prefill_chunk, prefill_tokens=args.prefill_tokens,
-                          max_prompt_tokens=args.prompt_max, max_tokens_limit=args.tokens_max, eos_token_id=[],
-                          max_queue=max(4096, n * len(work[0])))
-    t0 = time.perf_counter()
-    engine = Engine(model, None, config)
-    setup = time.perf_counter() - t0
-    graphs = graph_report(engine)
-    engine.generate([[1, 2, 3], [4, 5]], SamplingParams(max_tokens=4, temperature=0))  # first-use kernel timing
-    steps: list[tuple[int, float | None, bool]] = []
-    record = engine.stats.record_step
+    def __init__(self, model, args, capacity: int):
+        from flashxlstm.serving import Engine, EngineConfig, SamplingParams
 
-    def record_step(rows: int, seconds: float | None, after_prefill: bool = False) -> None:  # keep every step
-        steps.append((rows, seconds, after_prefill))
-        record(rows, seconds, after_prefill)
+        config = EngineConfig(max_batch=capacity, prefill_tokens=args.prefill_tokens, prefill_rows=args.prefill_rows,
+                              max_prompt_tokens=max(args.prompt_max, args.fill_prompt or 1),
+                              max_tokens_limit=args.tokens_max, eos_token_id=[], max_queue=max(4096, 4 * capacity))
+        t0 = time.perf_counter()
+        self.engine = Engine(model, None, config)
+        self.engine.generate([[1, 2, 3], [4, 5]], SamplingParams(max_tokens=4, temperature=0))  # first-use timing
+        self.setup_s = round(time.perf_counter() - t0, 1)
+        self.steps: list[tuple[int, float | None, bool]] = []
+        record = self.engine.stats.record_step
 
-    engine.stats.record_step = record_step
-    engine.start()
+        def record_step(rows: int, seconds: float | None, after_prefill: bool = False) -> None:  # keep every step
+            self.steps.append((rows, seconds, after_prefill))
+            record(rows, seconds, after_prefill)
+
+        self.engine.stats.record_step = record_step
+        self.engine.start()
+        print(json.dumps(dict(engine_setup_s=self.setup_s, graphs=graph_report(self.engine))), flush=True)
+
+    def close(self) -> None:
+        self.engine.stop()
+        del self.engine
+
+
+def run_engine(model, run: EngineRun, work, args) -> None:
+    from flashxlstm.serving import SamplingParams
+
+    engine, n = run.engine, len(work)
+    run.steps.clear()
+    slices_before = engine.stats.prefill_forwards
     ttft: list[float] = []
     itl: list[float] = []
     steady: list[float] = []
@@ -152,7 +174,7 @@ def run_engine(model, work, args) -> None:
             outs = [out async for out in handle]
             outputs[id(prompt)] = [t for out in outs for t in out.token_ids]
             ttft.append(outs[0].time - sent)
-            for a, b in zip(outs, outs[1:]):
+            for a, b in zip(outs, outs[1:]):  # b.after_prefill: a slice ran on the device inside this gap
                 itl.append(b.time - a.time)
                 (stalled if b.after_prefill else steady).append(b.time - a.time)
 
@@ -162,27 +184,33 @@ def run_engine(model, work, args) -> None:
     t0 = time.perf_counter()
     asyncio.run(clients())
     wall = time.perf_counter() - t0
-    engine.stop()
     tokens = sum(length for w in work for _, length in w)
-    timed = [(r, s_) for r, s_, _ in steps if s_ is not None]
-    full = [(r, s_) for r, s_, after in steps if s_ is not None and r == n and not after]
+    timed = [(r, s_) for r, s_, _ in run.steps if s_ is not None]
+    full = [(r, s_) for r, s_, after in run.steps if s_ is not None and r == n and not after]
+    state = engine.slots.row_bytes()
     summarise("engine", n, wall, tokens, ttft, itl,
               itl_steady_p50_ms=ms(pct(steady, 50)), itl_steady_p99_ms=ms(pct(steady, 99)),
-              itl_prefill_p50_ms=ms(pct(stalled, 50)), itl_prefill_p99_ms=ms(pct(stalled, 99)),
-              prefill_forwards=engine.stats.prefill_forwards, prefill_tokens=engine.config.prefill_tokens,
+              itl_slice_p50_ms=ms(pct(stalled, 50)), itl_slice_p99_ms=ms(pct(stalled, 99)),
+              gaps_steady=len(steady), gaps_slice=len(stalled),
+              slices=engine.stats.prefill_forwards - slices_before, slice_tokens=engine.config.prefill_tokens,
+              prompt_tokens=sum(len(p) for w in work for p, _ in w),
               decode_step_tok_s=round(sum(r for r, _ in timed) / max(sum(s_ for _, s_ in timed), 1e-9), 1),
               full_batch_tok_s=round(sum(r for r, _ in full) / sum(s_ for _, s_ in full), 1) if full else None,
-              full_batch_steps=len(full), state_MB_per_stream=round(engine.slots.row_bytes() / 2**20, 2),
-              setup_s=round(setup, 1), cuda_graphs=graphs,
+              full_batch_steps=len(full), state_MB_per_stream=round(state / len(engine.slots._sets) / 2**20, 2),
+              slot_MB_per_stream=round(state / 2**20, 2), setup_s=run.setup_s, cuda_graphs=graph_report(engine),
               greedy_check=agreement(model, work, outputs, args))
-    del engine
 
 
 def graph_report(engine) -> str:
-    """'captured k/k buckets' when every bucket's decode step holds captured CUDA graphs, else what it holds."""
+    """'k/k buckets captured, j/j slice shapes captured' when every decode bucket and slice shape is a graph."""
     runners = engine.slots._runners
     captured = sum(1 for r in runners.values() if r._graphs)
-    return f"{captured}/{len(runners)} buckets captured" if engine.slots.cuda_graph else "eager (no CUDA)"
+    if not engine.slots.cuda_graph:
+        return "eager (no CUDA)"
+    out = f"{captured}/{len(runners)} buckets captured, {engine.slices.report()}"
+    if engine.slices.capture_errors:
+        out += f" (failed: {'; '.join(engine.slices.capture_errors)[:300]})"
+    return out
 
 
 def agreement(model, work, outputs: dict[int, list[int]], args) -> str:
@@ -260,7 +288,7 @@ def check_family(model, device: str, spy, init, made: list) -> dict:
         cuda_graph.StaticDecodeStep.__init__ = init
     eager = model.generate(prompts, 24, eos_token_id=None, use_cuda_graph=False)
     used = bool(made) and all(r._graphs for r in made)
-    engine = Engine(model, None, EngineConfig(max_batch=16, prefill_chunk=32, prefill_tokens=64, eos_token_id=[]))
+    engine = Engine(model, None, EngineConfig(max_batch=16, prefill_tokens=64, prefill_rows=4, eos_token_id=[]))
     rng = random.Random(1)
     lists = [[rng.randrange(256) for _ in range(rng.choice([1, 7, 30, 64, 90, 150]))] for _ in range(24)]
     lengths = [rng.randint(4, 24) for _ in lists]
@@ -333,10 +361,44 @@ def run_peer(model, n: int, args, device: str) -> None:
         t0 = time.perf_counter()
         run()
         sync()
-        rate = n * steps / (time.perf_counter() - t0)
-    ROWS.append(dict(mode="peer: static graph step", streams=n, decode_step_tok_s=round(rate, 1)))
+        seconds = (time.perf_counter() - t0) / steps
+    row = dict(mode="peer: static graph step", streams=n, decode_step_tok_s=round(n / seconds, 1),
+               step_ms=round(seconds * 1e3, 3))
+    if "bytes_per_s" in FLOOR:  # the bytes a step must move at least, at the copy bandwidth measured in this run
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        states = n * 2 * FLOOR["state_bytes"]  # read one buffer set, write the other
+        row.update(floor_ms=round((weights + states) / FLOOR["bytes_per_s"] * 1e3, 3),
+                   state_share=round(states / (weights + states), 3))
+    ROWS.append(row)
     print(json.dumps(ROWS[-1]), flush=True)
     del runner
+
+
+FLOOR: dict = {}
+
+
+def measure_floor(model, device: str) -> None:
+    """The device's copy bandwidth (bytes read + written per second, a 2 GiB device-to-device copy) and the
+    bytes of one sequence's state (the state itself, one buffer set), for the decode step's memory floor."""
+    from flashxlstm.generation.cuda_graph import state_leaves
+
+    with torch.no_grad():
+        _, state = model(torch.zeros(1, 1, dtype=torch.long, device=device))
+    FLOOR["state_bytes"] = sum(t.numel() * t.element_size() for t in state_leaves(state))
+    if device != "cuda":
+        return
+    a = torch.empty(2**30, dtype=torch.int16, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    sync()
+    FLOOR["bytes_per_s"] = 10 * 2 * a.numel() * a.element_size() / (time.perf_counter() - t0)
+    NOTES.append(f"copy bandwidth measured here: {FLOOR['bytes_per_s'] / 1e12:.2f} TB/s (read + write); one "
+                 f"sequence's fp32 state {FLOOR['state_bytes'] / 2**20:.1f} MiB")
+    del a, b
 
 
 def attempt(name: str, fn) -> None:
@@ -364,19 +426,19 @@ def versions() -> dict:
 
 def write(args, device: str, shape: str) -> None:
     machine = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
-    cols = ["mode", "streams", "wall_s", "tok_s", "decode_step_tok_s", "full_batch_tok_s", "ttft_p50_ms",
-            "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "itl_steady_p50_ms", "itl_steady_p99_ms", "itl_prefill_p50_ms",
-            "itl_prefill_p99_ms", "prefill_forwards", "prefill_tokens", "state_MB_per_stream", "cuda_graphs",
-            "greedy_check"]
+    cols = ["mode", "streams", "wall_s", "tok_s", "decode_step_tok_s", "full_batch_tok_s", "step_ms", "floor_ms",
+            "state_share", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "itl_steady_p50_ms",
+            "itl_steady_p99_ms", "itl_slice_p50_ms", "itl_slice_p99_ms", "gaps_steady", "gaps_slice", "slices",
+            "prompt_tokens", "state_MB_per_stream", "slot_MB_per_stream", "cuda_graphs", "greedy_check"]
     lines = ["# Serving: continuous batching vs static-batch generate (same model, same run)", "",
              f"Command: `python benchmarks/{os.path.basename(__file__)} {' '.join(sys.argv[1:])}`  ",
              f"Machine: {machine}; {platform.platform()}; torch threads {torch.get_num_threads()}  ",
              f"Versions: {json.dumps(versions())}  ", f"Model: {shape}  ",
              f"Workload: {'first a request with a ' + str(args.fill_prompt) + '-token prompt and an output in the upper half of the range (fills the batch), then ' if args.fill_prompt else ''}"
-             f"{args.rounds} request(s) per stream ({args.rounds_one} at 1 stream), prompts "
+             f"{args.rounds} request(s) per stream ({args.rounds_one} at 1 stream), prompts log-uniform in "
              f"{args.prompt_min}-{args.prompt_max} tokens, outputs {args.tokens_min}-{args.tokens_max} tokens, "
-             f"greedy; engine prefill budget {args.prefill_tokens or 'the engine default (column prefill_tokens)'} "
-             f"padded tokens per forward, {args.prefill_chunk or 'the same'} per request; static generate up to "
+             f"greedy; engine: one for every level (max batch {max(args.streams)}), prefill slices of "
+             f"{args.prefill_tokens} positions (up to {args.prefill_rows} prompts each); static generate up to "
              f"{args.static_max} streams, prefill chunks of {args.static_chunk}; time box {args.time_box} s", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in list(ROWS):
@@ -387,24 +449,29 @@ def write(args, device: str, shape: str) -> None:
                   "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(str(c.get(k)) for k in keys) + " |" for c in CHECKS]
     ratios = []
-    one = next((r for r in ROWS if r["mode"] == "engine" and r["streams"] == 1), None)
+    find = lambda mode, n: next((r for r in ROWS if r["mode"].startswith(mode) and r["streams"] == n), None)
+    one, peer_one = find("engine", 1), find("peer", 1)
     for n in args.streams:
-        eng = next((r for r in ROWS if r["mode"] == "engine" and r["streams"] == n), None)
-        peer = next((r for r in ROWS if r["mode"].startswith("peer") and r["streams"] == n), None)
-        stat = next((r for r in ROWS if r["mode"] == "static generate" and r["streams"] == n), None)
+        eng, peer, stat = find("engine", n), find("peer", n), find("static", n)
         if eng and peer and eng.get("full_batch_tok_s"):
             ratios.append(f"- {n} streams: engine decode step at full batch / peer graph step = "
                           f"{eng['full_batch_tok_s'] / peer['decode_step_tok_s']:.2f}")
         if eng and stat:
             ratios.append(f"- {n} streams: engine / static generate tokens per second = {eng['tok_s'] / stat['tok_s']:.2f}")
-        if eng and one and one.get("itl_p50_ms"):
-            for key, what in (("itl_p99_ms", "ITL p99, prefill counted"), ("itl_steady_p99_ms", "ITL p99 without prefill")):
+        if eng and one and one.get("itl_steady_p50_ms"):
+            for key, what in (("itl_p99_ms", "ITL p99, slices counted"), ("itl_steady_p99_ms", "ITL p99 of gaps without a slice")):
                 if eng.get(key):
                     ratios.append(f"- {n} streams: engine {what} / single-stream ITL p50 = "
-                                  f"{eng[key] / one['itl_p50_ms']:.2f}")
-        if eng and eng.get("itl_prefill_p50_ms") and eng.get("itl_steady_p50_ms"):
-            ratios.append(f"- {n} streams: ITL p50 of a gap with a prefill forward / without = "
-                          f"{eng['itl_prefill_p50_ms'] / eng['itl_steady_p50_ms']:.2f}")
+                                  f"{eng[key] / one['itl_steady_p50_ms']:.2f}")
+        if eng and eng.get("itl_slice_p50_ms") and eng.get("itl_steady_p50_ms"):
+            ratios.append(f"- {n} streams: ITL p50 of a gap with a slice / without = "
+                          f"{eng['itl_slice_p50_ms'] / eng['itl_steady_p50_ms']:.2f}")
+        if peer and peer_one and peer.get("step_ms"):
+            ratios.append(f"- {n} streams: peer graph step / its single-stream step = "
+                          f"{peer['step_ms'] / peer_one['step_ms']:.2f}"
+                          + (f"; memory floor of the step / single-stream floor = "
+                             f"{peer['floor_ms'] / peer_one['floor_ms']:.2f} (fp32 state {100 * peer['state_share']:.0f} % "
+                             f"of the bytes)" if peer.get("floor_ms") and peer_one.get("floor_ms") else ""))
     lines += ["", *ratios]
     if NOTES:
         lines += ["", "Notes and failures:", *[f"- {x}" for x in NOTES]]
@@ -421,17 +488,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model and workload (CPU smoke test)")
     parser.add_argument("--layers", type=int, default=None, help="blocks of the 7B shape (default all 32)")
-    parser.add_argument("--streams", default=None, help="comma-separated concurrency levels (default 1,16,64,256)")
-    parser.add_argument("--rounds", type=int, default=1, help="requests per stream (default %(default)s)")
-    parser.add_argument("--rounds-one", type=int, default=3, help="requests of the single stream (default %(default)s)")
+    parser.add_argument("--streams", default=None, help="comma-separated concurrency levels, run in this order "
+                        "(default 1,16,64,256; the largest is the engine's max batch)")
+    parser.add_argument("--rounds", type=int, default=1, help="requests per stream after the first (default %(default)s)")
+    parser.add_argument("--rounds-one", type=int, default=3, help="the same at 1 stream (default %(default)s)")
     parser.add_argument("--prompt-min", type=int, default=None)
     parser.add_argument("--prompt-max", type=int, default=None)
     parser.add_argument("--tokens-min", type=int, default=None)
     parser.add_argument("--tokens-max", type=int, default=None)
-    parser.add_argument("--prefill-chunk", type=int, default=None,
-                        help="engine: prompt tokens of one request per forward (default: the engine's)")
-    parser.add_argument("--prefill-tokens", type=int, default=None,
-                        help="engine: padded prompt tokens per prefill forward (default: the engine's, ~ one decode step)")
+    parser.add_argument("--prefill-tokens", type=int, default=512,
+                        help="engine: positions of one prefill slice (default %(default)s)")
+    parser.add_argument("--prefill-rows", type=int, default=4, help="engine: prompts per slice at most (default %(default)s)")
     parser.add_argument("--static-chunk", type=int, default=2048,
                         help="static generate: prefill_chunk_size (default %(default)s)")
     parser.add_argument("--fill-prompt", type=int, default=None,
@@ -450,7 +517,7 @@ def main() -> int:
     defaults = (dict(streams="1,4,8", prompt_min=8, prompt_max=64, tokens_min=4, tokens_max=16, peer_steps=8,
                      fill_prompt=4)
                 if args.tiny else
-                dict(streams="1,64,16,256", prompt_min=512, prompt_max=8192, tokens_min=64, tokens_max=256,
+                dict(streams="1,16,64,256", prompt_min=512, prompt_max=8192, tokens_min=64, tokens_max=256,
                      peer_steps=64, fill_prompt=32))
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -471,6 +538,10 @@ def main() -> int:
         timer = threading.Timer(max(args.time_box - (time.perf_counter() - start), 1.0), expire)
         timer.daemon = True
         timer.start()
+
+    def phase(name: str) -> None:
+        NOTES.append(f"+{time.perf_counter() - start:.0f} s: {name}")
+
     model = build_model(args, device)
     c = model.config
     shape = (f"xLSTMLarge D={c.embedding_dim} NH={c.num_heads} L={c.num_blocks} V={c.vocab_size}"
@@ -478,17 +549,30 @@ def main() -> int:
              f"{sum(p.numel() for p in model.parameters()):,} parameters, random "
              f"{str(next(model.parameters()).dtype).removeprefix('torch.')} weights, {c.weight_mode} weights")
     print(shape, flush=True)
+    phase("model built")
     write(args, device, shape)
-    for n in args.streams:
+    attempt("memory floor", lambda: measure_floor(model, device))
+    for n in sorted(set(args.streams)):  # before the engine's state buffers take their memory
+        attempt(f"peer at {n}", lambda: run_peer(model, n, args, device))
+    phase("peers done")
+    write(args, device, shape)
+    holder: list = []
+    attempt("engine setup", lambda: holder.append(EngineRun(model, args, max(args.streams))))
+    phase("engine built")
+    for i, n in enumerate(args.streams):
         rounds = args.rounds_one if n == 1 else args.rounds
         work = workload(n, args, c.vocab_size, seed=n, rounds=rounds)
-        attempt(f"peer at {n}", lambda: run_peer(model, n, args, device))
-        attempt(f"engine at {n}", lambda: run_engine(model, work, args))
-        if not args.no_checks and not CHECKS and (n >= args.checks_after or n == args.streams[-1]):
+        if holder:
+            attempt(f"engine at {n}", lambda: run_engine(model, holder[0], work, args))
+            phase(f"engine at {n} done")
+        if not args.no_checks and not CHECKS and (n >= args.checks_after or i == len(args.streams) - 1):
             attempt("graph checks", lambda: check_graph_decode(device))  # point 3: fault or rounding
-            write(args, device, shape)
+        if i == len(args.streams) - 1 and holder:  # the static run at the last level gets the engine's memory
+            holder.pop().close()
+            attempt("free", lambda: None)
         if n <= args.static_max:
             attempt(f"static generate at {n}", lambda: run_static(model, work, args, device))
+            phase(f"static at {n} done")
         else:
             NOTES.append(f"static generate at {n} streams: not run (--static-max {args.static_max})")
         write(args, device, shape)

@@ -1,5 +1,6 @@
 """The serving engine without HTTP: continuous batching equals `generate` per request, for both families."""
 import queue
+import time
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from flashxlstm.generation import generate
 from flashxlstm.serving import (ByteTokenizer, Engine, EngineConfig, SamplingParams, ServingTokenizer, SlotStates,
                                 TextStream)
 from flashxlstm.generation.cuda_graph import state_leaves
+from flashxlstm.serving.slices import PrefillSlices, slice_shapes
 from flashxlstm.serving.states import default_buckets
 
 BYTES = ServingTokenizer(ByteTokenizer())
@@ -40,10 +42,11 @@ def reference(model, prompt, max_tokens, eos=None, **kw) -> list[int]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_batch_equals_generate_each(family, gen):
-    """16 requests, prompts of 1..70 tokens (chunked prefill), different max_tokens, max batch 6: requests
-    join and leave the running batch at different steps; each output equals its own generate."""
+    """16 requests, prompts of 1..70 tokens (prefilled in slices of 16 positions: 1 x 16, 2 x 8, 4 x 4),
+    different max_tokens, max batch 6: requests join and leave the running batch at different steps; each
+    output equals its own generate."""
     model = FAMILIES[family]()
-    engine = Engine(model, BYTES, EngineConfig(max_batch=6, prefill_chunk=16))
+    engine = Engine(model, BYTES, EngineConfig(max_batch=6, prefill_tokens=16))
     lengths = [1, 70, 3, 17, 33, 5, 64, 2, 9, 48, 16, 31, 1, 12, 27, 55]
     prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in lengths]
     params = [SamplingParams(max_tokens=4 + (i * 5) % 13, temperature=0) for i in range(len(prompts))]
@@ -60,7 +63,7 @@ def test_seeded_sampling_is_reproducible_whatever_else_runs(gen):
     """A seeded request draws the same tokens alone and in a batch (other rows, another row index, joining at
     another step); a greedy row beside sampling rows still equals generate; another seed draws differently."""
     model = neurips_model(1)
-    engine = Engine(model, BYTES, EngineConfig(max_batch=4, prefill_chunk=8))
+    engine = Engine(model, BYTES, EngineConfig(max_batch=4, prefill_tokens=8))
     prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (7, 20, 3)]
     params = [SamplingParams(max_tokens=12, temperature=0.7, top_k=30, seed=11),
               SamplingParams(max_tokens=12, temperature=0),
@@ -78,7 +81,7 @@ def test_seeded_sampling_is_reproducible_whatever_else_runs(gen):
 
 def test_long_prompt_prefills_in_chunks_while_others_decode(gen):
     model = neurips_model(2)
-    engine = Engine(model, BYTES, EngineConfig(max_batch=4, prefill_chunk=8))
+    engine = Engine(model, BYTES, EngineConfig(max_batch=4, prefill_tokens=8))
     short = engine.submit([5, 6, 7], SamplingParams(max_tokens=40, temperature=0))
     engine.step()  # prefilled, first token out, now in the batch
     assert engine.num_running == 1
@@ -112,10 +115,11 @@ def test_abort_frees_the_slot_and_leaves_others_alone(gen):
     assert engine.num_running == 2 and engine.num_waiting == 0
     engine.run_until_done()
     ra = a.result()
-    # the tokens that reached the host before the abort: the first (prefill) token and two decode steps' (the
-    # host works one iteration behind the device; the step queued in the fourth iteration is discarded)
-    assert ra.finish_reason == "abort" and len(ra.token_ids) == 3
-    assert ra.token_ids == reference(model, prompts[0], 30)[:3]
+    # the tokens that reached the host before the abort: the first (the slice that ended both prompts) and one
+    # per decode step of the four iterations (joined rows decode in the iteration of their last slice, and on
+    # the CPU the host takes a step's tokens in the iteration that queued it)
+    assert ra.finish_reason == "abort" and len(ra.token_ids) == 5
+    assert ra.token_ids == reference(model, prompts[0], 30)[:5]
     assert b.result().token_ids == reference(model, prompts[1], 30)
     assert c.result().token_ids == reference(model, prompts[2], 10)
     assert engine.stats.finished == {"abort": 1, "length": 2}
@@ -213,50 +217,106 @@ def test_a_failing_step_ends_its_requests_and_the_engine_keeps_serving():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prefill_many_rows_equal_each_prefill_alone(family, gen):
-    """Chunks of 6, 1, 13, 4 tokens in one left-padded forward, two rows from empty states and two carrying
-    the state of an earlier chunk: each row's logits and state equal its own unpadded prefill."""
+def test_slice_lanes_equal_each_prefill_alone(family, gen):
+    """A 4 x 4 slice over chunks of 3, 1, 4, 2 tokens (left-padded), two lanes from the empty state and two
+    carrying an earlier chunk's state: each lane's logits and new state equal its own unpadded eager prefill;
+    a 2 x 8 slice then leaves lanes 2 and 3 exactly as they were; a lane moves with its state."""
     model = FAMILIES[family](7)
     slots = SlotStates(model, capacity=2)
-    chunks = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (6, 1, 13, 4)]
-    earlier = [None, slots.prefill(torch.randint(0, 256, (1, 9), generator=gen))[1], None,
-               slots.prefill(torch.randint(0, 256, (1, 3), generator=gen))[1]]
-    logits, states = slots.prefill_many(chunks, earlier)
-    assert logits.shape == (4, 256) and len(states) == 4
-    for i, (chunk, state) in enumerate(zip(chunks, earlier)):
-        want_logits, want_state = slots.prefill(torch.tensor([chunk]), state)
-        torch.testing.assert_close(logits[i:i + 1], want_logits, rtol=1e-5, atol=1e-5)
-        for got, want in zip(state_leaves(states[i]), state_leaves(want_state)):
+    slices = PrefillSlices(model, tokens=16, rows=4, empty=slots.empty_state())
+    assert slices.shapes == [(1, 16), (2, 8), (4, 4)]
+    chunks = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (3, 1, 4, 2)]
+    earlier = [torch.randint(0, 256, (1, n), generator=gen) for n in (5, 8)]
+    for lane in range(4):
+        slices.reset(lane)
+    slices.run([e[0].tolist() for e in earlier], (2, 8))  # lanes 0 and 1 take the earlier chunks ...
+    slices.move(1, 3)
+    slices.move(0, 1)  # ... and move to lanes 1 and 3
+    slices.reset(0)
+    starts = [None, slots.prefill(earlier[0])[1], None, slots.prefill(earlier[1])[1]]
+    wants = [slots.prefill(torch.tensor([chunk]), state) for chunk, state in zip(chunks, starts)]
+    logits = slices.run(chunks, (4, 4)).clone()
+    assert logits.shape == (4, 256)
+    for lane, (want_logits, want_state) in enumerate(wants):
+        torch.testing.assert_close(logits[lane:lane + 1], want_logits, rtol=1e-5, atol=1e-5)
+        for got, want in zip(state_leaves(slices.lane(lane)), state_leaves(want_state)):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="non-empty chunk"):
-        slots.prefill_many([[1], []], [None, None])
+    kept = [t.clone() for lane in (2, 3) for t in state_leaves(slices.lane(lane))]
+    slices.run([[5, 6], [7]], (2, 8))
+    assert all(torch.equal(a, b) for a, b in zip(kept, [t for lane in (2, 3) for t in state_leaves(slices.lane(lane))]))
+    slices.move(3, 1)
+    for got, want in zip(state_leaves(slices.lane(1)), state_leaves(wants[3][1])):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        slices.run([[1] * 5, [2]], (2, 4))
+    with pytest.raises(ValueError, match="do not fit"):
+        slices.run([[1], [], [3]], (4, 4))
+
+
+def test_slice_shapes_and_the_shape_chosen():
+    assert slice_shapes(512, 4) == [(1, 512), (2, 256), (4, 128)] and slice_shapes(3, 8) == [(1, 3), (2, 1)]
+    with pytest.raises(ValueError, match="positive"):
+        slice_shapes(0, 2)
+    slices = PrefillSlices(large_model(8), tokens=16, rows=4, empty=SlotStates(large_model(8), 1).empty_state())
+    assert slices.shape_for([40]) == (1, 16)  # one long prompt: the widest slice
+    assert slices.shape_for([3, 2]) == (2, 8)  # 5 tokens as 2 x 8 or 4 x 4: fewer rows
+    assert slices.shape_for([3, 2, 4, 1]) == (4, 4)  # short prompts share a slice
+    assert slices.shape_for([30, 30]) == (1, 16)  # ties (16 tokens either way) go to fewer rows
+    assert slices.shape_for([9, 8]) == (2, 8)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prefill_forwards_hold_several_requests_and_outputs_equal_generate(family, gen):
-    """Ten requests with prompts of 1..37 tokens, chunk 8, 32 padded tokens per prefill forward: forwards mix
-    first chunks with continued ones and short tails with full chunks; every greedy output equals its own
-    `generate`, and far fewer prefill forwards run than chunks."""
+def test_every_iteration_runs_at_most_one_fixed_shape_slice_and_outputs_equal_generate(family, gen):
+    """Ten requests with prompts of 1..37 tokens, slices of 16 positions (1 x 16, 2 x 8, 4 x 4) while others
+    decode: every slice has one of those shapes, at most one runs per iteration (so a decode step waits for
+    at most one), slices mix first chunks with continued ones, and every greedy output equals its own
+    `generate`."""
     model = FAMILIES[family](8)
-    engine = Engine(model, BYTES, EngineConfig(max_batch=10, prefill_chunk=8, prefill_tokens=32, eos_token_id=[]))
+    engine = Engine(model, BYTES, EngineConfig(max_batch=10, prefill_tokens=16, prefill_rows=4, eos_token_id=[]))
     calls = []
-    prefill_many = engine.slots.prefill_many
+    run = engine.slices.run
 
-    def spy(chunks, states):
-        calls.append(([len(c) for c in chunks], [s is None for s in states]))
-        return prefill_many(chunks, states)
+    def spy(chunks, shape):
+        calls.append((engine._iteration, shape, [len(c) for c in chunks]))
+        return run(chunks, shape)
 
-    engine.slots.prefill_many = spy
+    engine.slices.run = spy
     lengths = [37, 3, 20, 1, 9, 16, 30, 5, 12, 24]
     prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in lengths]
     params = [SamplingParams(max_tokens=3 + i % 5, temperature=0) for i in range(len(prompts))]
     outs = engine.generate(prompts, params)
     for prompt, p, out in zip(prompts, params, outs):
         assert out.token_ids == reference(model, prompt, p.max_tokens)
-    chunks = sum(-(-n // 8) for n in lengths)
-    assert engine.stats.prefill_forwards == len(calls) and len(calls) <= chunks // 2
-    assert all(len(sizes) * max(sizes) <= 32 for sizes, _ in calls)
-    assert any(len(set(sizes)) > 1 and len(set(fresh)) > 1 for sizes, fresh in calls)  # mixed in one forward
+    assert engine.stats.prefill_forwards == len(calls) and sum(n for *_, sizes in calls for n in sizes) == sum(lengths)
+    assert len({it for it, *_ in calls}) == len(calls)  # one slice per iteration at most
+    assert all(shape in [(1, 16), (2, 8), (4, 4)] and len(sizes) <= shape[0] and max(sizes) <= shape[1]
+               for _, shape, sizes in calls)
+    assert {shape for _, shape, _ in calls} >= {(1, 16), (4, 4)}
+
+
+def test_inter_token_gaps_with_a_slice_are_flagged_on_the_gap_they_lengthen(gen):
+    """A slow slice (50 ms) while a request decodes: exactly the gaps flagged after_prefill hold a slice (the
+    CPU runs synchronously, as the device does when it is the bottleneck); the others are short."""
+    engine = Engine(large_model(11), BYTES, EngineConfig(max_batch=2, prefill_tokens=8, eos_token_id=[]))
+    run = engine.slices.run
+
+    def slow(chunks, shape):
+        time.sleep(0.05)
+        return run(chunks, shape)
+
+    short = engine.submit([5, 6, 7], SamplingParams(max_tokens=24, temperature=0))
+    engine.step()
+    engine.slices.run = slow
+    for _ in range(3):
+        engine.step()
+    long = engine.submit(torch.randint(0, 256, (40,), generator=gen).tolist(), SamplingParams(max_tokens=2))
+    engine.run_until_done()
+    outs = list(short)
+    flagged = [b.after_prefill for b in outs[1:]]
+    gaps = [b.time - a.time for a, b in zip(outs, outs[1:])]
+    assert sum(flagged) == 5  # 40 tokens in slices of 8
+    assert all((gap > 0.045) == f for gap, f in zip(gaps, flagged)), list(zip(gaps, flagged))
+    assert long.result().finish_reason == "length"
 
 
 def test_one_event_loop_wake_up_per_step_for_all_streams():
@@ -273,7 +333,7 @@ def test_one_event_loop_wake_up_per_step_for_all_streams():
                 fn(*args)
 
     loop = Loop()
-    engine = Engine(neurips_model(9), BYTES, EngineConfig(max_batch=4, eos_token_id=[]))
+    engine = Engine(neurips_model(9), BYTES, EngineConfig(max_batch=4, prefill_tokens=8, eos_token_id=[]))
     handles = [engine.submit([1 + i, 2], SamplingParams(max_tokens=3, temperature=0), loop=loop) for i in range(3)]
     for h in handles:  # read back without an event loop: a plain queue takes put_nowait alike
         h._queue = queue.SimpleQueue()
@@ -281,25 +341,9 @@ def test_one_event_loop_wake_up_per_step_for_all_streams():
     while engine.has_work():
         engine.step()
         steps += 1
-    # three steps brought tokens (the first, two decode steps'), each one wake-up carrying all three streams';
-    # the first step only queued work, the last only collected a step queued before the end was known
-    assert [len(args[0]) for _, args in loop.calls] == [3, 3, 3] and steps == 5
+    # two steps: the first prefilled all three prompts in one slice and decoded them (their first and second
+    # tokens), the second decoded their third; each step one wake-up carrying all three streams' tokens
+    assert [len(args[0]) for _, args in loop.calls] == [6, 3] and steps == 2
     loop.run()
     for i, h in enumerate(handles):
         assert [t for out in h for t in out.token_ids] == reference(engine.model, [1 + i, 2], 3)
-
-
-def test_default_prefill_budget_costs_about_one_decode_step():
-    """The default budget: multiples of 64, larger when the batch's states outweigh the weights, never below
-    the floor an eager forward's launches set; an engine without settings takes it, and one request's slice
-    defaults to the whole budget."""
-    from flashxlstm.serving.engine import MIN_PREFILL_TOKENS, TOKENS_PER_WEIGHT_PASS, default_prefill_tokens
-
-    seven_b = 2 * 6.9e9
-    assert default_prefill_tokens(seven_b, 256 * 2**20, 1) == MIN_PREFILL_TOKENS
-    big = default_prefill_tokens(1e6, 1e6, 64)
-    assert big % 64 == 0 and big == 64 * round(TOKENS_PER_WEIGHT_PASS * 65 / 64) > MIN_PREFILL_TOKENS
-    assert default_prefill_tokens(1e6, 1e6, 256) > big
-    engine = Engine(large_model(10), None, EngineConfig(max_batch=3))
-    want = default_prefill_tokens(engine.slots.weight_bytes(), engine.slots.row_bytes(), 3)
-    assert engine.config.prefill_tokens == want and engine.config.prefill_chunk == want

@@ -54,7 +54,7 @@ def byte_model() -> torch.nn.Module:
 def server():
     model = byte_model()
     engine = Engine(model, ServingTokenizer(ByteTokenizer()),
-                    EngineConfig(max_batch=8, prefill_chunk=16, max_prompt_tokens=100, max_tokens_limit=5000))
+                    EngineConfig(max_batch=8, prefill_tokens=16, max_prompt_tokens=100, max_tokens_limit=5000))
     with serve(engine, "tiny") as url:
         yield url, engine, model
 

@@ -87,3 +87,65 @@ def test_request_seed_is_the_given_one_or_random():
     assert RowSampler.request_seed(SamplingParams(seed=5)) == 5
     assert RowSampler.request_seed(SamplingParams(seed=-1)) == 2**63 - 1
     assert RowSampler.request_seed(SamplingParams()) != RowSampler.request_seed(SamplingParams())
+
+
+def slow_filter(row: list[float], top_k: int, top_p: float) -> list[bool]:
+    """Which logits of one row survive top-k (ties with the k-th kept) then top-p, in plain Python floats."""
+    import math
+
+    keep = [True] * len(row)
+    if top_k > 0:
+        kth = sorted(row, reverse=True)[min(top_k, len(row)) - 1]
+        keep = [x >= kth for x in row]
+    if top_p < 1:
+        kept = [x for x, k in zip(row, keep) if k]
+        top = max(kept)
+        total = sum(math.exp(x - top) for x in kept)
+        before = 0.0
+        for i in sorted(range(len(row)), key=lambda i: -row[i]):
+            if keep[i]:
+                keep[i] = before < top_p
+                before += math.exp(row[i] - top) / total
+    return keep
+
+
+def test_filter_logits_per_row_settings_equal_one_call_per_row_and_the_slow_reference(gen):
+    """One call with (B,) top_k / top_p tensors (off rows included, a tie at the k-th logit) equals B calls with
+    each row's own values, and both keep exactly what the plain-Python reference keeps."""
+    B, V = 7, 40
+    logits = torch.randn(B, V, generator=gen, dtype=torch.float64) * 2
+    logits[3, 5] = logits[3, 6] = logits[3].max() + 1  # a tie at the top
+    logits[2, 9] = logits[2].sort(descending=True).values[2]  # a tie at the 3rd largest
+    top_k = torch.tensor([0, 5, 3, 1, 40, 0, 12])
+    top_p = torch.tensor([1.0, 0.7, 1.0, 0.5, 0.9, 0.3, 1.0], dtype=torch.float64)
+    batched = filter_logits(logits, top_k, top_p)
+    for b in range(B):
+        k, p = int(top_k[b]), float(top_p[b])
+        alone = filter_logits(logits[b:b + 1], k or None, p)
+        assert torch.equal(batched[b:b + 1], alone)
+        want = slow_filter(logits[b].tolist(), k, p)
+        assert batched[b].isfinite().tolist() == want
+        assert torch.equal(batched[b][batched[b].isfinite()], logits[b][torch.tensor(want)])
+    assert filter_logits(logits, None, None) is logits
+    with pytest.raises(ValueError, match=r"shape \(7,\)"):
+        filter_logits(logits, torch.tensor([1, 2]))
+
+
+def test_draw_with_different_settings_per_row_inverts_each_rows_own_filter(gen):
+    """Rows with their own temperature / top-k / top-p and u: each token is where u falls in the CDF (in
+    descending logit order) of softmax(filter_logits(row / temperature, k, p)), computed row by row in float64."""
+    N, V = 64, 300
+    logits = torch.randn(N, V, generator=gen) * 3
+    temperature = torch.rand(N, generator=gen) * 1.5 + 0.2
+    top_k = torch.randint(0, 60, (N,), generator=gen)
+    top_p = torch.where(torch.rand(N, generator=gen) < 0.3, 1.0, torch.rand(N, generator=gen) * 0.9 + 0.05)
+    u = torch.rand(N, generator=gen, dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
+    tokens = draw(logits, temperature, top_k, top_p, u)
+    for b in range(N):
+        row = filter_logits(logits[b:b + 1].double() / float(temperature[b]), int(top_k[b]) or None,
+                            float(top_p[b]))[0]
+        probs = torch.softmax(row, dim=-1)
+        order = torch.argsort(logits[b].double(), descending=True)
+        cdf = torch.cumsum(probs[order], dim=0)
+        want = order[int((cdf <= u[b] * cdf[-1]).sum())]
+        assert tokens[b].item() == want.item(), b

@@ -24,12 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="parameter dtype (default: as stored); recurrent states stay float32")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--prefill-tokens", type=int, default=None,
-                        help="prompt tokens (padding counted) of one prefill forward, one forward between decode "
-                             "steps: bounds how long a prefill delays decoding (default: derived from the model "
-                             "and --max-batch to cost about one decode step, at least 1024)")
-    parser.add_argument("--prefill-chunk", type=int, default=None,
-                        help="prompt tokens of one request per prefill forward (default: --prefill-tokens)")
+    parser.add_argument("--prefill-tokens", type=int, default=512,
+                        help="positions of one prefill slice: a long prompt is prefilled a slice per decode step, so "
+                             "a decode step waits for at most one slice (default %(default)s)")
+    parser.add_argument("--prefill-rows", type=int, default=4,
+                        help="prompts one slice holds at most (shapes 1 x T, 2 x T/2, ...; default %(default)s)")
     parser.add_argument("--max-prompt-tokens", type=int, default=8192, help="longest prompt accepted (default %(default)s)")
     parser.add_argument("--max-tokens-limit", type=int, default=4096,
                         help="largest max_tokens a request may ask for (default %(default)s)")
@@ -44,14 +43,14 @@ def build(args: argparse.Namespace):
     from ..serving import Engine, EngineConfig
     from ..serving.loading import load_for_serving
 
-    for name in ("max_batch", "prefill_chunk", "prefill_tokens", "max_prompt_tokens", "max_tokens_limit"):
+    for name in ("max_batch", "prefill_tokens", "prefill_rows", "max_prompt_tokens", "max_tokens_limit"):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = None if args.dtype == "auto" else args.dtype
     model, tokenizer, directory = load_for_serving(args.model, dtype=dtype, device=device)
-    config = EngineConfig(max_batch=args.max_batch, prefill_chunk=args.prefill_chunk,
-                          prefill_tokens=getattr(args, "prefill_tokens", None),
+    config = EngineConfig(max_batch=args.max_batch, prefill_tokens=getattr(args, "prefill_tokens", 512),
+                          prefill_rows=getattr(args, "prefill_rows", 4),
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit,
                           cuda_graph=False if args.no_cuda_graph else None)
     from pathlib import Path

@@ -36,22 +36,53 @@ def process_logits(logits: Tensor, *, seen: Tensor | None = None, repetition_pen
     return logits
 
 
-def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+def _per_row(value: int | float | Tensor | None, off: float, rows: int, like: Tensor) -> Tensor | None:
+    """A setting as a (B, 1) tensor on the logits' device, or None when it is one value that changes nothing
+    (top_k <= 0, top_p >= 1: off = 0 or 1). A tensor setting is (B,) per row and is never read on the host."""
+    if value is None:
+        return None
+    if not isinstance(value, Tensor):
+        if (value <= 0) if off == 0 else (value >= off):
+            return None
+        return torch.full((rows, 1), value, device=like.device)
+    if value.shape != (rows,):
+        raise ValueError(f"filter_logits: a per-row setting must have shape ({rows},), got {tuple(value.shape)}")
+    return value.to(like.device)[:, None]
+
+
+def sorted_filtered(logits: Tensor, top_k: int | Tensor | None = None,
+                    top_p: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """logits (B, V) -> (the logits sorted in descending order with every one outside the row's top-k and
+    outside the smallest set whose probability reaches its top-p set to -inf, the order: sorted = logits
+    gathered at it). top_k and top_p are one value for all rows or a (B,) tensor per row; top_k <= 0 or None
+    and top_p >= 1 or None leave a row alone. Top-k keeps every logit equal to the k-th largest (transformers'
+    TopKLogitsWarper); top-p then works on the probabilities of what top-k kept. The most likely token always
+    survives. Only tensor ops, no host reads for tensor settings: it runs inside batched decoding as is."""
+    B, V = logits.shape
+    ordered, order = torch.sort(logits, dim=-1, descending=True)
+    k = _per_row(top_k, 0, B, logits)
+    if k is not None:
+        on = k > 0
+        kth = ordered.gather(1, (torch.where(on, k, V).clamp(max=V) - 1).long())
+        ordered = ordered.masked_fill(on & (ordered < kth), float("-inf"))
+    p = _per_row(top_p, 1.0, B, logits)
+    if p is not None:
+        probs = torch.softmax(ordered, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # probability of the strictly more likely tokens
+        ordered = ordered.masked_fill((p < 1) & (before >= p), float("-inf"))
+    return ordered, order
+
+
+def filter_logits(logits: Tensor, top_k: int | Tensor | None = None, top_p: float | Tensor | None = None) -> Tensor:
     """Set to -inf every logit outside the top-k and outside the smallest set whose probability reaches top_p.
 
-    logits: (B, V). The most likely token always survives.
+    logits: (B, V); top_k, top_p: one value or a (B,) tensor per row (sorted_filtered says how).
+    The most likely token always survives.
     """
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of strictly more likely tokens
-        drop_sorted = mass_before >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    if _per_row(top_k, 0, logits.shape[0], logits) is None and _per_row(top_p, 1.0, logits.shape[0], logits) is None:
+        return logits
+    ordered, order = sorted_filtered(logits, top_k, top_p)
+    return torch.empty_like(ordered).scatter_(-1, order, ordered)
 
 
 def sampling_scores(

@@ -5,29 +5,31 @@
     handle = engine.submit("Once upon", SamplingParams(max_tokens=64))   # engine.start() runs a thread
     for out in handle: print(out.text, end="")                           # RequestOutput deltas
 
-Each scheduler iteration (`step`) does four things:
+Each scheduler iteration (`step`) does four things, in this order on the device:
 1. admit waiting requests while fewer than max_batch are in flight (prefilling or decoding);
-2. decode: queue one step of every running sequence on the device, its next token chosen there too
+2. prefill: one slice of fixed shape (slices.py: `prefill_tokens` positions as 1 x T, 2 x T/2, 4 x T/4, ...,
+   up to `prefill_rows` prompts, a captured graph per shape on CUDA) over the oldest prefilling requests,
+   the shape that covers the most of their prompt tokens. A long prompt is spread over many iterations, and
+   every decode step waits for at most one slice of T positions, whatever the prompts. A request whose prompt
+   the slice ends gets its first token chosen on the device and joins the running batch (SlotStates.put);
+3. decode: queue one step of every running sequence on the device, its next token chosen there too
    (RowSampler: greedy argmax or each request's own temperature / top-k / top-p / seed as batched tensor
    ops) and written straight into the next step's input, then an asynchronous copy of the tokens to the host;
-3. prefill: queue one forward over the next slices of the oldest prefilling requests, at most
-   `prefill_tokens` prompt tokens in all (padding counted; the oldest always gets a slice, at most
-   `prefill_chunk` tokens of one request), left-padded into one batch (SlotStates.prefill_many). The budget
-   bounds how long one prefill delays the next decode step (`default_prefill_tokens`: about one decode step
-   of a full batch, but not below what an eager forward costs in launches alone), so a long prompt is
-   spread over many iterations. A request whose prompt is
-   done gets its first token chosen on the device and joins the running batch (SlotStates.put);
-4. results: wait for the tokens of the previous iteration (its decode step and first tokens) and do the host
-   work on them (EOS, stop ids, detokenizing, stop strings, max_tokens, sending them out), while the device
-   already runs this iteration's step and prefill. A sequence that finished leaves the batch (the last row
-   moves into its place); the one step it was queued for after it finished is discarded.
+4. results: the host work (EOS, stop ids, detokenizing, stop strings, max_tokens, sending them out) on every
+   earlier iteration's tokens, waiting for them, and on this iteration's when the device already has them
+   (always on the CPU). On CUDA the device then runs this iteration's slice and step while the host works on
+   the previous one's. A sequence that finished leaves the batch (the last row moves into its place); a step
+   it was queued for after it finished is discarded.
 
-The host therefore never waits for the device inside a step: it runs one iteration behind, and a request's
-tokens go out one iteration after the device chose them. A sequence is computed as `generate` computes it
-alone (first prompt chunk from the empty state, padding kept out of the state by the attention mask); rows
-of a batch are independent, so greedy outputs equal `generate`'s whatever else runs (exactly in float32; in
-bf16 a different batch shape can round a near-tie the other way). Seeded sampling is reproducible whatever
-else runs (sampler.py says how it draws). Constant memory per sequence: the state, never a growing cache.
+Inter-token gaps: the gap before a decode step's tokens holds that step and the slice queued just before it
+(`RequestOutput.after_prefill` says whether there was one), which is what a client sees when the device is
+the bottleneck (on CUDA, with captured slices) and when it is synchronous (CPU).
+
+A sequence is computed as `generate` computes it alone (its first slice from the empty state, padding kept
+out of the state by the attention mask); rows of a batch are independent, so greedy outputs equal
+`generate`'s whatever else runs (exactly in float32; in bf16 a different batch shape can round a near-tie
+the other way). Seeded sampling is reproducible whatever else runs (sampler.py says how it draws). Constant
+memory per sequence: the state, never a growing cache.
 
 Thread safety: `submit` and `abort` may be called from any thread; everything else runs on the engine
 thread (or the caller's, for `step`/`generate` without `start`).
@@ -47,6 +49,7 @@ from torch import Tensor
 
 from .params import SamplingParams
 from .sampler import RowSampler
+from .slices import PrefillSlices
 from .states import SlotStates
 from .text import ServingTokenizer, TextStream
 
@@ -54,9 +57,8 @@ from .text import ServingTokenizer, TextStream
 @dataclass
 class EngineConfig:
     max_batch: int = 16  # sequences decoded together (and in flight at most)
-    prefill_tokens: int | None = None  # prompt tokens (padding counted) of one prefill forward, one forward per
-    # iteration between decode steps; default: default_prefill_tokens, about one decode step's cost
-    prefill_chunk: int | None = None  # prompt tokens of one request per prefill forward (default: prefill_tokens)
+    prefill_tokens: int = 512  # positions of one prefill slice (one slice per iteration, before the decode step)
+    prefill_rows: int = 4  # prompts one slice can hold at most (shapes 1 x T, 2 x T/2, ..., rows x T/rows)
     max_prompt_tokens: int = 8192
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
     max_queue: int = 4096  # waiting requests beyond this are refused
@@ -65,35 +67,11 @@ class EngineConfig:
     eos_token_id: int | list[int] | None = None  # default: the model config's
 
     def check(self) -> None:
-        for name in ("max_batch", "prefill_chunk", "prefill_tokens", "max_prompt_tokens", "max_tokens_limit",
+        for name in ("max_batch", "prefill_tokens", "prefill_rows", "max_prompt_tokens", "max_tokens_limit",
                      "max_queue"):
             v = getattr(self, name)
-            if v is None and name in ("prefill_chunk", "prefill_tokens"):
-                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"EngineConfig: {name} must be a positive int, got {v!r}")
-
-
-TOKENS_PER_WEIGHT_PASS = 45  # prompt tokens whose forward costs what reading the weights once costs
-MIN_PREFILL_TOKENS = 1024  # below this an eager forward costs its kernel launches, whatever its length
-
-
-def default_prefill_tokens(weight_bytes: int, row_bytes: int, max_batch: int) -> int:
-    """The prefill budget: about one decode step of a full batch, but never below MIN_PREFILL_TOKENS.
-
-    A decode step moves the weights once and every row's state (read one buffer set, write the other):
-    weight_bytes + max_batch * row_bytes. A prefill forward of T tokens does 2 * params * T flops, about
-    weight_bytes * T in bf16. They cost the same at T = (flops / bytes the device sustains) *
-    (1 + max_batch * row_bytes / weight_bytes); the ratio is TOKENS_PER_WEIGHT_PASS, from the H200 serving
-    benchmark at the 7B width with 8 of its 32 blocks in bf16: an 8192-token prefill forward held decoding for
-    about 217 ms (about 150 TFLOP/s) and a batch-64 decode step moved 8.1 GB in 2.4 ms (about 3.4 TB/s).
-    The floor: a prefill forward runs eagerly, and its kernel launches cost the host a fixed time per block;
-    on the H200 the full 7B shape took about 60 ms for a 64-token forward and about 69 ms for a whole prompt
-    of 512-2048 tokens, so a budget below about a thousand tokens does not shorten the stall a forward puts
-    on decoding, it only slows the prefill down.
-    """
-    passes = 1 + max_batch * row_bytes / max(weight_bytes, 1)
-    return max(MIN_PREFILL_TOKENS, 64 * max(1, round(TOKENS_PER_WEIGHT_PASS * passes / 64)))
 
 
 class EngineError(RuntimeError):
@@ -112,7 +90,7 @@ class RequestOutput:
     completion_tokens: int = 0
     error: str | None = None
     time: float = 0.0  # time.perf_counter() when the engine produced it
-    after_prefill: bool = False  # a prefill forward ran on the device between this token's step and the last
+    after_prefill: bool = False  # a prefill slice ran on the device between this token's step and the last
 
 
 class RequestHandle:
@@ -182,7 +160,7 @@ class _Request:
     arrival: float
     seed: int = 0
     prefilled: int = 0
-    state: Any = None  # during prefill
+    lane: int = -1  # during prefill: the slice lane holding its state
     output: list[int] = field(default_factory=list)
     done: bool = False  # finished (its tokens still on their way from the device are discarded)
     joined: int = -1  # the iteration in which it joined the running batch
@@ -197,7 +175,7 @@ class _Launched:
     ready: Any  # a torch.cuda.Event recorded after the copy, or None on the CPU
     decode: bool
     iteration: int
-    after_prefill: bool = False  # decode: a prefill forward ran between the previous decode step and this one
+    after_prefill: bool = False  # decode: a prefill slice ran between the previous decode step and this one
 
 
 class Engine:
@@ -216,16 +194,13 @@ class Engine:
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else list(eos or []))
         self.slots = SlotStates(model, self.config.max_batch, self.config.buckets, self.config.cuda_graph)
         self.device = self.slots.device
-        if self.config.prefill_tokens is None:
-            self.config.prefill_tokens = default_prefill_tokens(self.slots.weight_bytes(), self.slots.row_bytes(),
-                                                                self.config.max_batch)
-        if self.config.prefill_chunk is None:
-            self.config.prefill_chunk = self.config.prefill_tokens
+        self.slices = PrefillSlices(model, self.config.prefill_tokens, self.config.prefill_rows,
+                                    self.slots.empty_state(), graph=self.slots.cuda_graph)
         self.sampler = RowSampler(self.config.max_batch, self.device)
         self._next = torch.zeros(self.config.max_batch, dtype=torch.long, device=self.device)  # rows' next input
         self._launched: deque[_Launched] = deque()
         self._iteration = 0
-        self._prefill_since_decode = False
+        self._sliced = False  # a prefill slice was queued in this iteration (before its decode step)
         self._last_decode: tuple[int, float] | None = None  # (iteration, time) of the last decode result
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._aborts: queue.SimpleQueue = queue.SimpleQueue()
@@ -326,12 +301,13 @@ class Engine:
         self._apply_aborts()
         while self._waiting and len(self._rows) + len(self._prefilling) < self.config.max_batch:
             self._prefilling.append(self._waiting.popleft())
-        earlier = len(self._launched)  # what the device chose in earlier iterations
+        self._sliced = False
+        self._prefill()
         if self._rows:
             self._decode()
-        self._prefill()
-        for _ in range(earlier):  # the host work, while the device runs what was just queued
-            self._collect(self._launched.popleft())
+        while self._launched and (self._launched[0].iteration < self._iteration or self._launched[0].ready is None
+                                  or self._launched[0].ready.query()):
+            self._collect(self._launched.popleft())  # earlier iterations' tokens, and this one's if already there
         self._retire([i for i, r in enumerate(self._rows) if r.done])
         self.stats.queue_length = len(self._waiting) + len(self._prefilling)
         self.stats.running = len(self._rows)
@@ -362,48 +338,42 @@ class Engine:
         return host, event
 
     def _prefill(self) -> None:
-        """Queue one prefill forward over the oldest prefilling requests: each gets its next slice of at most
-        prefill_chunk tokens, as many requests as fit prefill_tokens (counted with padding: requests x the
-        longest slice; the oldest always gets one). Requests whose prompt is done get their first token
-        chosen on the device and join the running batch."""
-        cfg = self.config
-        budget = cfg.prefill_tokens
-        picked: list[tuple[_Request, int]] = []
-        longest = 0
-        for req in self._prefilling:
-            n = min(cfg.prefill_chunk, len(req.prompt) - req.prefilled, budget)
-            if picked and (len(picked) + 1) * max(longest, n) > budget:
-                break
-            picked.append((req, n))
-            longest = max(longest, n)
-        if not picked:
+        """Queue one slice over the oldest prefilling requests, lane j holding the j-th oldest (a request only
+        ever moves to a lower lane, as older ones finish). Requests whose prompt it ends get their first
+        token chosen on the device and join the running batch."""
+        if not self._prefilling:
             return
-        chunks = [req.prompt[req.prefilled:req.prefilled + n] for req, n in picked]
-        logits, states = self.slots.prefill_many(chunks, [req.state for req, _ in picked])
+        oldest = list(itertools.islice(self._prefilling, self.slices.rows))
+        rows, width = self.slices.shape_for([len(r.prompt) - r.prefilled for r in oldest])
+        picked = oldest[:rows]
+        for lane, req in enumerate(picked):
+            if req.prefilled == 0:
+                self.slices.reset(lane)
+            elif req.lane != lane:
+                self.slices.move(req.lane, lane)
+            req.lane = lane
+        chunks = [req.prompt[req.prefilled:req.prefilled + width] for req in picked]
+        logits = self.slices.run(chunks, (rows, width))
         self.stats.prefill_forwards += 1
-        self._prefill_since_decode = True
-        done = []
-        for row, ((req, n), state) in enumerate(zip(picked, states)):
-            req.state = state
-            req.prefilled += n
-            if req.prefilled == len(req.prompt):
-                done.append(row)
+        self._sliced = True
+        for req, chunk in zip(picked, chunks):
+            req.prefilled += len(chunk)
+        done = [j for j, req in enumerate(picked) if req.prefilled == len(req.prompt)]
         if not done:
             return
-        reqs = [picked[row][0] for row in done]
+        reqs = [picked[j] for j in done]
         if len(done) < len(picked):
             logits = logits.index_select(0, torch.tensor(done).to(self.device, non_blocking=True))
         first = self.sampler.choose_for(logits, [r.params for r in reqs], [r.seed for r in reqs], [0] * len(reqs))
-        for j, req in enumerate(reqs):
+        for i, (j, req) in enumerate(zip(done, reqs)):
             self._prefilling.remove(req)
             self.stats.prefills += 1
             row = len(self._rows)
-            self.slots.put(row, req.state)
-            self._next[row:row + 1].copy_(first[j:j + 1])
+            self.slots.put(row, self.slices.lane(j))
+            self._next[row:row + 1].copy_(first[i:i + 1])
             self.sampler.set_row(row, req.params, req.seed, 1)
             self._rows.append(req)
             req.joined = self._iteration
-            req.state = None
         self._launched.append(_Launched(reqs, *self._to_host(first), decode=False, iteration=self._iteration))
 
     def _decode(self) -> None:
@@ -412,8 +382,7 @@ class Engine:
         chosen = self.sampler.choose(logits)
         self._next[:n].copy_(chosen)
         self._launched.append(_Launched(list(self._rows), *self._to_host(chosen), decode=True,
-                                        iteration=self._iteration, after_prefill=self._prefill_since_decode))
-        self._prefill_since_decode = False
+                                        iteration=self._iteration, after_prefill=self._sliced))
 
     def _collect(self, launched: _Launched) -> None:
         """The host work on one iteration's tokens (waiting for their copy first)."""
@@ -426,8 +395,8 @@ class Engine:
             seconds = now - last[1] if last is not None and last[0] == launched.iteration - 1 else None
             self.stats.record_step(len(tokens), seconds, launched.after_prefill)
         for req, token in zip(launched.requests, tokens):
-            if not req.done:  # a request's first step follows its own prefill forward, not another's
-                self._accept(req, token, launched.after_prefill and req.joined != launched.iteration - 1)
+            if not req.done:  # a request's first step follows its own last slice, not another's
+                self._accept(req, token, launched.after_prefill and req.joined != launched.iteration)
 
     def _accept(self, req: _Request, token: int, after_prefill: bool = False) -> None:
         """Append a chosen token to a request and send it out (finishing the request when it ends there)."""
@@ -460,7 +429,6 @@ class Engine:
                 after_prefill: bool = False) -> None:
         self._emit(req, ids or [], reason, error, after_prefill)
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
-        req.state = None
         req.done = True
 
     def _retire(self, rows: list[int]) -> None:
@@ -483,7 +451,6 @@ class Engine:
         self._prefilling.clear()
         self._waiting.clear()
         self._launched.clear()
-        self._prefill_since_decode = False
         self._last_decode = None
 
     # ---- running ------------------------------------------------------------------------------------

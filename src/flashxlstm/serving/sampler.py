@@ -10,7 +10,8 @@ waiting for each other, and the host learns the tokens later (engine.py copies t
 
 Greedy rows (temperature 0) take `logits.float().argmax(-1)`, the choice `generate(do_sample=False)` makes.
 Sampling rows scale by their temperature, keep their top-k, then the smallest set whose probability reaches
-their top-p (transformers' order), and draw by inverting the cumulative distribution with one uniform number.
+their top-p (generate's filter, generation.sampling.sorted_filtered, with per-row settings), and draw by
+inverting the cumulative distribution with one uniform number.
 That number is a hash of (the request's seed, how many tokens the request has drawn), computed with integer
 arithmetic that is exact on every device: a request's draws depend on its seed and its own logits only, not
 on which rows share its batch or in which order, so a seeded request is reproducible. It is not the
@@ -24,6 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..generation.sampling import sorted_filtered
 from .params import SamplingParams
 
 MASK32 = 0xFFFFFFFF
@@ -54,18 +56,13 @@ def uniform(seed: Tensor, position: Tensor) -> Tensor:
 
 def draw(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, u: Tensor) -> Tensor:
     """logits (n, V); per row temperature (> 0 to sample; <= 0 greedy), top_k (<= 0: off), top_p (1: off) and a
-    uniform number u in (0, 1) -> token ids (n,) int64. Only batched tensor ops, no host reads."""
+    uniform number u in (0, 1) -> token ids (n,) int64. Only batched tensor ops, no host reads. The filter is
+    generate's own (generation.sampling.sorted_filtered), per row."""
     logits = logits.float()
     greedy = logits.argmax(dim=-1)
-    V = logits.shape[-1]
     scaled = logits / torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
-    ordered, order = torch.sort(scaled, dim=-1, descending=True)
-    rank = torch.arange(V, device=logits.device)
-    k = torch.where(top_k > 0, top_k.clamp(max=V), torch.full_like(top_k, V))
-    ordered = ordered.masked_fill(rank[None, :] >= k[:, None], float("-inf"))
+    ordered, order = sorted_filtered(scaled, top_k, top_p)
     probs = torch.softmax(ordered, dim=-1)
-    before = torch.cumsum(probs, dim=-1) - probs  # probability of the strictly more likely tokens
-    probs = probs.masked_fill(before >= top_p[:, None], 0.0)  # the most likely token always stays (before = 0)
     cdf = torch.cumsum(probs, dim=-1)
     target = (u.to(cdf.dtype) * cdf[:, -1])[:, None]
     index = torch.searchsorted(cdf, target, right=True)  # the first token whose cdf passes u

@@ -3,8 +3,8 @@
 Everything the engine knows about a model's state lives here, so a change of state type is a local change:
 
     slots = SlotStates(model, capacity=64)              # buffers for 64 rows, decode runners per bucket
-    logits, state = slots.prefill(ids (1, S), state)    # one prompt chunk of one request (state None at first)
-    logits, states = slots.prefill_many(chunks, states)  # one chunk each of k requests in one forward
+    logits, state = slots.prefill(ids (1, S), state)    # one prompt chunk of one request, eagerly (None at first)
+    slots.empty_state()                                 # a batch-1 state equal to what state=None means
     slots.put(row, state)                               # a prefilled sequence joins the batch at `row`
     logits = slots.decode(tokens (n,))                  # one step of rows 0..n-1 -> logits (n, V)
     slots.move(src, dst)                                # compaction when a row retires
@@ -17,10 +17,8 @@ captured graph per bucket, on the CPU the same step run eagerly. Models whose fo
 (the 7B family) ping-pong between two buffer sets; `self._live` says which set holds the current states.
 The state is any nested tuple of tensors with the batch in dim 0 (both families).
 
-`prefill_many` runs chunks of different lengths in one forward: left-padded to the longest, with an
-attention_mask that keeps the padding out of every row's state (both families support it exactly: padded
-steps leave the state unchanged), each row from its own state (an empty state for a first chunk, the one
-`state=None` means), and the last position (real in every row, because of the left padding) gives the logits.
+The engine prefills prompts in fixed-shape slices (slices.py) from `empty_state()` and hands each finished
+prompt's state to `put`.
 
 Nothing here reads a device value on the host: the engine queues a prefill forward behind a decode step and
 does its own bookkeeping while the device runs both. Token ids reach the model checked (the engine checks
@@ -34,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..generation.cuda_graph import StaticDecodeStep, accepts_state_out, state_leaves, with_leaves
+from ..generation.cuda_graph import StaticDecodeStep, accepts_state_out, state_leaves
 from ..generation.generate import _accepts, _forward_params, logits_and_state
 from ..models.base import inputs_checked
 from ..nn.state import map_state
@@ -71,7 +69,6 @@ class SlotStates:
         self.model, self.capacity, self.buckets = model, capacity, buckets
         params = _forward_params(model)
         self._keep_last = {"logits_to_keep": 1} if _accepts(params, "logits_to_keep") else {}
-        self._masks = _accepts(params, "attention_mask")
         self.device = _device_of(model)
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
         with torch.no_grad():
@@ -95,41 +92,14 @@ class SlotStates:
     @torch.no_grad()
     def prefill(self, input_ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """One chunk of one prompt (1, S) from `state` (None: nothing seen) -> last logits (1, V), new state."""
-        return self._forward(input_ids, None, state)
-
-    def _forward(self, ids: Tensor, mask: Tensor | None, state: Any) -> tuple[Tensor, Any]:
-        kwargs = dict(self._keep_last)
-        if mask is not None:
-            if not self._masks:
-                raise ValueError(f"SlotStates: {type(self.model).__name__} does not accept attention_mask, so "
-                                 "several prompt chunks of different lengths cannot share a forward")
-            kwargs["attention_mask"] = mask.to(self.device, non_blocking=True)
         with inputs_checked():
-            logits, state = logits_and_state(self.model(ids.to(self.device, non_blocking=True), state=state,
-                                                        **kwargs))
+            logits, state = logits_and_state(self.model(input_ids.to(self.device, non_blocking=True), state=state,
+                                                        **self._keep_last))
         return logits[:, -1], state
 
-    @torch.no_grad()
-    def prefill_many(self, chunks: list[list[int]], states: list[Any]) -> tuple[Tensor, list[Any]]:
-        """One chunk each of k prompts in one forward (see the module doc): chunks k lists of >= 1 token ids,
-        states k states (None: nothing seen yet) -> the last logits (k, V) and the k new batch-1 states."""
-        if len(chunks) != len(states) or not chunks or not all(chunks):
-            raise ValueError("SlotStates.prefill_many: give one non-empty chunk and one state (or None) per request")
-        if len(chunks) == 1:  # no padding, no stacking: what generate's chunked prefill does
-            logits, state = self.prefill(torch.tensor(chunks, dtype=torch.long), states[0])
-            return logits, [state]
-        k, longest = len(chunks), max(len(c) for c in chunks)
-        ids = torch.zeros(k, longest, dtype=torch.long)
-        mask = torch.zeros(k, longest, dtype=torch.long)
-        for i, c in enumerate(chunks):
-            ids[i, longest - len(c):] = torch.tensor(c)
-            mask[i, longest - len(c):] = 1
-        stacked = None
-        if any(s is not None for s in states):
-            per_row = [state_leaves(self._empty if s is None else s) for s in states]
-            stacked = with_leaves(self._empty, [torch.cat(ts) for ts in zip(*per_row)])
-        logits, state = self._forward(ids, None if all(len(c) == longest for c in chunks) else mask, stacked)
-        return logits, [map_state(lambda t, i=i: t[i:i + 1], state) for i in range(k)]
+    def empty_state(self) -> Any:
+        """A batch-1 state equal to what state=None means (a prompt's first slice starts from it)."""
+        return self._empty
 
     def _empty_state(self, probe: Any) -> Any:
         """A batch-1 state equal to what state=None means: the model's initial_state, else zeros (7B family)."""
