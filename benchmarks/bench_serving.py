@@ -164,6 +164,7 @@ def run_engine(model, run: EngineRun, work, args) -> None:
     steady: list[float] = []
     stalled: list[float] = []
     outputs: dict[int, list[int]] = {}
+    received = [0]
 
     async def stream(requests) -> None:  # one closed-loop client, on the event loop as in the HTTP server
         loop = asyncio.get_running_loop()
@@ -171,34 +172,49 @@ def run_engine(model, run: EngineRun, work, args) -> None:
             sent = time.perf_counter()
             handle = engine.submit(prompt, SamplingParams(max_tokens=length, temperature=0, ignore_eos=True),
                                    loop=loop)
-            outs = [out async for out in handle]
-            outputs[id(prompt)] = [t for out in outs for t in out.token_ids]
-            ttft.append(outs[0].time - sent)
-            for a, b in zip(outs, outs[1:]):  # b.after_prefill: a slice ran on the device inside this gap
-                itl.append(b.time - a.time)
-                (stalled if b.after_prefill else steady).append(b.time - a.time)
+            got, last = [], None
+            async for out in handle:
+                if last is None:
+                    ttft.append(out.time - sent)
+                else:  # out.after_prefill: a slice ran on the device inside this gap
+                    itl.append(out.time - last)
+                    (stalled if out.after_prefill else steady).append(out.time - last)
+                got += out.token_ids
+                received[0] += len(out.token_ids)
+                last = out.time
+            outputs[id(prompt)] = got
 
     async def clients() -> None:
         await asyncio.gather(*(stream(w) for w in work))
 
+    def row(cut: bool = False) -> dict:
+        timed = [(r, s_) for r, s_, _ in run.steps if s_ is not None]
+        full = [(r, s_) for r, s_, after in run.steps if s_ is not None and r == n and not after]
+        state = engine.slots.row_bytes()
+        return summarise("engine (cut by the time box)" if cut else "engine", n, time.perf_counter() - t0,
+                         received[0], ttft, itl,
+                         itl_steady_p50_ms=ms(pct(steady, 50)), itl_steady_p99_ms=ms(pct(steady, 99)),
+                         itl_slice_p50_ms=ms(pct(stalled, 50)), itl_slice_p99_ms=ms(pct(stalled, 99)),
+                         gaps_steady=len(steady), gaps_slice=len(stalled),
+                         slices=engine.stats.prefill_forwards - slices_before, slice_tokens=engine.config.prefill_tokens,
+                         prompt_tokens=sum(len(p) for w in work for p, _ in w),
+                         decode_step_tok_s=round(sum(r for r, _ in timed) / max(sum(s_ for _, s_ in timed), 1e-9), 1),
+                         full_batch_tok_s=round(sum(r for r, _ in full) / sum(s_ for _, s_ in full), 1) if full else None,
+                         full_batch_steps=len(full), state_MB_per_stream=round(state / len(engine.slots._sets) / 2**20, 2),
+                         slot_MB_per_stream=round(state / 2**20, 2), setup_s=run.setup_s,
+                         cuda_graphs=graph_report(engine),
+                         greedy_check=None if cut else agreement(model, work, outputs, args))
+
     t0 = time.perf_counter()
-    asyncio.run(clients())
-    wall = time.perf_counter() - t0
-    tokens = sum(length for w in work for _, length in w)
-    timed = [(r, s_) for r, s_, _ in run.steps if s_ is not None]
-    full = [(r, s_) for r, s_, after in run.steps if s_ is not None and r == n and not after]
-    state = engine.slots.row_bytes()
-    summarise("engine", n, wall, tokens, ttft, itl,
-              itl_steady_p50_ms=ms(pct(steady, 50)), itl_steady_p99_ms=ms(pct(steady, 99)),
-              itl_slice_p50_ms=ms(pct(stalled, 50)), itl_slice_p99_ms=ms(pct(stalled, 99)),
-              gaps_steady=len(steady), gaps_slice=len(stalled),
-              slices=engine.stats.prefill_forwards - slices_before, slice_tokens=engine.config.prefill_tokens,
-              prompt_tokens=sum(len(p) for w in work for p, _ in w),
-              decode_step_tok_s=round(sum(r for r, _ in timed) / max(sum(s_ for _, s_ in timed), 1e-9), 1),
-              full_batch_tok_s=round(sum(r for r, _ in full) / sum(s_ for _, s_ in full), 1) if full else None,
-              full_batch_steps=len(full), state_MB_per_stream=round(state / len(engine.slots._sets) / 2**20, 2),
-              slot_MB_per_stream=round(state / 2**20, 2), setup_s=run.setup_s, cuda_graphs=graph_report(engine),
-              greedy_check=agreement(model, work, outputs, args))
+    LIVE.append(lambda: row(cut=True))  # what the watchdog records if the time box ends this level
+    try:
+        asyncio.run(clients())
+    finally:
+        LIVE.clear()
+    row()
+
+
+LIVE: list = []
 
 
 def graph_report(engine) -> str:
@@ -531,6 +547,8 @@ def main() -> int:
         def expire() -> None:
             NOTES.append(f"time box of {args.time_box} s reached: the run was cut here")
             try:
+                for partial in list(LIVE):
+                    partial()
                 write(args, device, shape)
             finally:
                 os._exit(3)

@@ -1,6 +1,5 @@
 """The serving engine without HTTP: continuous batching equals `generate` per request, for both families."""
 import queue
-import time
 
 import pytest
 import torch
@@ -294,19 +293,24 @@ def test_every_iteration_runs_at_most_one_fixed_shape_slice_and_outputs_equal_ge
     assert {shape for _, shape, _ in calls} >= {(1, 16), (4, 4)}
 
 
-def test_inter_token_gaps_with_a_slice_are_flagged_on_the_gap_they_lengthen(gen):
-    """A slow slice (50 ms) while a request decodes: exactly the gaps flagged after_prefill hold a slice (the
-    CPU runs synchronously, as the device does when it is the bottleneck); the others are short."""
+def test_inter_token_gaps_with_a_slice_are_flagged_on_the_gap_they_lengthen(gen, monkeypatch):
+    """A slice that takes a second (on a clock that only slices move) while a request decodes: exactly the gaps
+    flagged after_prefill hold a slice (the CPU runs synchronously, as the device does when it is the
+    bottleneck); the others hold none."""
+    import flashxlstm.serving.engine as engine_module
+
+    clock = [0.0]
+    monkeypatch.setattr(engine_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0]),
+                                                                  "monotonic": staticmethod(lambda: clock[0])}))
     engine = Engine(large_model(11), BYTES, EngineConfig(max_batch=2, prefill_tokens=8, eos_token_id=[]))
     run = engine.slices.run
 
     def slow(chunks, shape):
-        time.sleep(0.05)
+        clock[0] += 1.0
         return run(chunks, shape)
 
-    short = engine.submit([5, 6, 7], SamplingParams(max_tokens=24, temperature=0))
-    engine.step()
     engine.slices.run = slow
+    short = engine.submit([5, 6, 7], SamplingParams(max_tokens=24, temperature=0))
     for _ in range(3):
         engine.step()
     long = engine.submit(torch.randint(0, 256, (40,), generator=gen).tolist(), SamplingParams(max_tokens=2))
@@ -315,7 +319,7 @@ def test_inter_token_gaps_with_a_slice_are_flagged_on_the_gap_they_lengthen(gen)
     flagged = [b.after_prefill for b in outs[1:]]
     gaps = [b.time - a.time for a, b in zip(outs, outs[1:])]
     assert sum(flagged) == 5  # 40 tokens in slices of 8
-    assert all((gap > 0.045) == f for gap, f in zip(gaps, flagged)), list(zip(gaps, flagged))
+    assert [gap == 1.0 for gap in gaps] == flagged and all(gap == 0.0 for gap, f in zip(gaps, flagged) if not f)
     assert long.result().finish_reason == "length"
 
 

@@ -280,8 +280,8 @@ class Engine:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One scheduler iteration: admit, queue a decode step and a prefill forward, then the host work on the
-        previous iteration's tokens; the outputs go out at the end."""
+        """One scheduler iteration: admit, queue a prefill slice and a decode step, then the host work on the
+        tokens that reached the host; the outputs go out at the end."""
         try:
             self._step()
         finally:
@@ -529,7 +529,7 @@ class EngineStats:
 
     def record_step(self, rows: int, seconds: float | None, after_prefill: bool = False) -> None:
         """A decode step's tokens reached the host. seconds: since the previous step's did, when that step ran
-        in the iteration before (the step's period: the device time of the step and of a prefill forward
+        in the iteration before (the step's period: the device time of the step and of a prefill slice
         queued between them, or the host's time if the host is the slower); None otherwise."""
         self.decode_steps += 1
         if seconds is not None:

@@ -39,6 +39,6 @@ def render(engine: "Engine", rejected: dict[int, int]) -> str:
     _metric(lines, "queue_length", "gauge", "Requests waiting for a slot or prefilling.",
             engine.num_waiting + engine.num_prefilling)
     _metric(lines, "decode_steps_total", "counter", "Batched decode steps.", s.decode_steps)
-    _metric(lines, "decode_seconds_total", "counter", "Seconds between the results of decode steps that ran back to back (prefill forwards between them included).", s.decode_seconds)
+    _metric(lines, "decode_seconds_total", "counter", "Seconds between the results of decode steps that ran back to back (prefill slices between them included).", s.decode_seconds)
     _metric(lines, "engine_errors_total", "counter", "Scheduler steps that failed (their requests ended).", s.errors)
     return "\n".join(lines) + "\n"

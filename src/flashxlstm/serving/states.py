@@ -20,7 +20,7 @@ The state is any nested tuple of tensors with the batch in dim 0 (both families)
 The engine prefills prompts in fixed-shape slices (slices.py) from `empty_state()` and hands each finished
 prompt's state to `put`.
 
-Nothing here reads a device value on the host: the engine queues a prefill forward behind a decode step and
+Nothing here reads a device value on the host: the engine queues a decode step behind a prefill slice and
 does its own bookkeeping while the device runs both. Token ids reach the model checked (the engine checks
 every prompt on arrival), so the forward runs inside `inputs_checked()`, which skips the model's own
 host-side value checks, and host tensors move with non_blocking copies.
