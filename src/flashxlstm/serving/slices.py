@@ -77,9 +77,8 @@ class PrefillSlices:
         return logits[:, -1]
 
     def _capture_all(self) -> None:
-        """One graph per shape, sharing one memory pool (slices never run at the same time). A shape whose
-        capture fails runs eagerly (capture_errors says why); its output is then a fresh tensor each time."""
-        pool = torch.cuda.graph_pool_handle()
+        """One graph per shape, each with its own memory pool (so shapes may replay in any order). A shape
+        whose capture fails runs eagerly (capture_errors says why); its output is then a fresh tensor each time."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
@@ -89,7 +88,7 @@ class PrefillSlices:
         for r, w in self.shapes:
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph, pool=pool), torch.no_grad():
+                with torch.cuda.graph(graph), torch.no_grad():
                     self._logits[r] = self._run(r)
                 self._graphs[r] = graph
             except Exception as e:  # e.g. a kernel that reads a value on the host: eager for this shape
