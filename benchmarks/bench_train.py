@@ -85,12 +85,19 @@ def classify(name: str) -> str:
     return OTHER
 
 
-def build_ours(spec: str, vocab: int, device: torch.device, ac: bool, compile_options: dict | None = None):
+# the sides that run flashxlstm, with the model config fields they change
+OURS = {"ours": {}, "ours-unfused": {"norm_gate_backend": "torch"}}
+
+
+def build_ours(spec: str, vocab: int, device: torch.device, ac: bool, compile_options: dict | None = None,
+               overrides: dict | None = None):
     from flashxlstm.training.compile import compile_regions
     from flashxlstm.training.lm_loss import CausalLMLoss, checkpoint_blocks
     from flashxlstm.training.presets import build_model, resolve_model
 
     family, fields = resolve_model(spec, vocab)
+    if family == "large":
+        fields = {**fields, **(overrides or {})}
     with device:
         model = build_model(family, fields)
     model = model.to(device)
@@ -189,8 +196,9 @@ def time_steps(params, loss_fn, B: int, S: int, vocab: int, warmup: int, iters: 
     return statistics.median(times[warmup:]), mem, opt, ids, targets, times[0]
 
 
-def profile_step(params, opt, loss_fn, ids, targets, device) -> dict:
-    """GPU kernel time (CPU op self time on a CPU) of one step, by kind, in ms."""
+def profile_step(params, opt, loss_fn, ids, targets, device) -> tuple[dict, dict]:
+    """GPU kernel time (CPU op self time on a CPU) of one step, by kind, in ms; and the glue kind by kernel name
+    ({name: [ms, launches]})."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -199,19 +207,28 @@ def profile_step(params, opt, loss_fn, ids, targets, device) -> dict:
         one_step(params, opt, loss_fn, ids, targets, device)
         sync(device)
     by_kind: dict[str, float] = {}
+    glue: dict[str, list] = {}
+
+    def add(name: str, ms: float, n: int = 1) -> None:
+        kind = classify(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + ms
+        if kind == OTHER:
+            entry = glue.setdefault(name, [0.0, 0])
+            entry[0] += ms
+            entry[1] += n
+
     if device.type == "cuda":
         for e in prof.events():
             if e.device_type != torch.autograd.DeviceType.CUDA or getattr(e, "is_user_annotation", False):
                 continue
             if e.name.startswith(("Optimizer.", "ProfilerStep", "## ")) or "autograd::" in e.name:
                 continue
-            by_kind[classify(e.name)] = by_kind.get(classify(e.name), 0.0) + e.time_range.elapsed_us() / 1e3
+            add(e.name, e.time_range.elapsed_us() / 1e3)
     else:
         for e in prof.key_averages():
             if e.key.startswith("aten::") and e.self_cpu_time_total > 0:
-                k = classify(e.key)
-                by_kind[k] = by_kind.get(k, 0.0) + e.self_cpu_time_total / 1e3
-    return by_kind
+                add(e.key, e.self_cpu_time_total / 1e3, e.count)
+    return by_kind, glue
 
 
 def time_head_loss(width: int, vocab: int, B: int, S: int, soft_cap, device, iters: int = 3) -> float:
@@ -302,7 +319,13 @@ def main() -> int:
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's default)")
     p.add_argument("--profile", default="", help="grid points (activation checkpointing off) to profile")
     p.add_argument("--profile-modes", default="eager", help="the modes in which --profile points are profiled")
-    p.add_argument("--sides", default="ours,llama", help="ours, llama, official (the official xLSTMLarge)")
+    p.add_argument("--profile-sides", default="", help="the sides profiled at --profile points (default: all)")
+    p.add_argument("--glue-top", type=int, default=15, help="the slowest glue kernels listed per profile")
+    p.add_argument("--fallback-unfused", action="store_true",
+                   help="when an 'ours' row fails (not out of memory), measure 'ours-unfused' (the norm and output "
+                        "gate unfused) at the same point right after")
+    p.add_argument("--sides", default="ours,llama", help="ours, ours-unfused (the norm and output gate as separate "
+                                                        "modules), llama, official (the official xLSTMLarge)")
     p.add_argument("--official-points", default="", help="grid points where the official side runs, eager, AC "
                                                          "off, after everything else (default: every grid point)")
     p.add_argument("--official-kernels", default="chunkwise--triton_xl_chunk:128,chunkwise--triton_limit_chunk:64",
@@ -354,6 +377,7 @@ def main() -> int:
     points = [parse_point(x) for x in args.grid.split(",") if x]
     to_profile = {parse_point(x) for x in args.profile.split(",") if x}
     profile_modes = {m == "compile" for m in args.profile_modes.split(",") if m}
+    profile_sides = {x for x in args.profile_sides.split(",") if x}
     modes = [m == "compile" for m in args.modes.split(",") if m]
     sides = [x for x in args.sides.split(",") if x]
     official_at = ([parse_point(x) for x in args.official_points.split(",") if x] if args.official_points
@@ -384,16 +408,23 @@ def main() -> int:
                                      f"| | | | |")
                             continue
                         if side == "official":
-                            res = measure_official(spec, B, S, args, left)
+                            results = [measure_official(spec, B, S, args, left)]
                         else:
-                            res = measure(side, spec, B, S, ac, use_compile, args, device, peak,
-                                          profile=(spec, B, S) in to_profile and not ac
-                                          and use_compile in profile_modes)
-                        rec.record(res)
-                        rec.line(row(res))
-                        ratios[(spec, B, S, ac, use_compile, side)] = res
-                        if "profile" in res:
-                            profiles.append(res)
+                            profiled = ((spec, B, S) in to_profile and not ac and use_compile in profile_modes
+                                        and (not profile_sides or side in profile_sides))
+                            results = [measure(side, spec, B, S, ac, use_compile, args, device, peak, profiled)]
+                            if (side == "ours" and args.fallback_unfused and "error" in results[0]
+                                    and results[0]["error"] != "out of memory" and "ours-unfused" not in sides):
+                                rec.line(row(results[0]))
+                                rec.record(results[0])
+                                results = [measure("ours-unfused", spec, B, S, ac, use_compile, args, device, peak,
+                                                   profiled)]
+                        for res in results:
+                            rec.record(res)
+                            rec.line(row(res))
+                            ratios[(spec, B, S, ac, use_compile, res["side"])] = res
+                            if "profile" in res:
+                                profiles.append(res)
     except BudgetExceeded:
         status = f"stopped by the {args.budget_s:.0f} s budget"
         rec.line(f"| (stopped: the {args.budget_s:.0f} s budget ran out during the next point) | | | | | | | | | | |")
@@ -423,8 +454,8 @@ def measure(side, spec, B, S, ac, use_compile, args, device, peak, profile=False
     model = module = None
     try:
         t_build = time.perf_counter()
-        if side == "ours":
-            model, module = build_ours(spec, args.vocab, device, ac, options)
+        if side in OURS:
+            model, module = build_ours(spec, args.vocab, device, ac, options, OURS[side])
             loss_fn = ours_loss_fn(module, device)
             attn_layers = 0
         else:
@@ -451,10 +482,12 @@ def measure(side, spec, B, S, ac, use_compile, args, device, peak, profile=False
         if peak:
             res["mfu"] = B * S / step_s * flops_per_token(n, width, args.vocab, attn_layers, S, embed) / (peak * 1e12)
         if profile:
-            kinds = profile_step(list(model.parameters()), opt, loss_fn, ids, targets, device)
-            soft_cap = getattr(getattr(model, "config", None), "output_logit_soft_cap", None) if side == "ours" \
+            kinds, glue = profile_step(list(model.parameters()), opt, loss_fn, ids, targets, device)
+            soft_cap = getattr(getattr(model, "config", None), "output_logit_soft_cap", None) if side in OURS \
                 else None
+            top = sorted(glue.items(), key=lambda kv: -kv[1][0])[:args.glue_top]
             res["profile"] = {"unit": "GPU kernel" if device.type == "cuda" else "CPU op", "kernel_ms": kinds,
+                              "glue_top": [[name, ms, n] for name, (ms, n) in top],
                               "head_loss_alone_ms":
                               time_head_loss(width, args.vocab, B, S, soft_cap, device)}
     except torch.cuda.OutOfMemoryError:
@@ -567,15 +600,15 @@ def row(r: dict) -> str:
 
 def summary(rec: Recorder, ratios: dict, profiles: list) -> None:
     ok = {k: v for k, v in ratios.items() if "error" not in v}
-    pairs = [(k, o, ok.get(k[:5] + ("llama",))) for k, o in ok.items() if k[5] == "ours"]
+    pairs = [(k, o, ok.get(k[:5] + ("llama",))) for k, o in ok.items() if k[5] in OURS]
     pairs = [(k, o, l) for k, o, l in pairs if l is not None]
     mem_ratio = lambda a, b: f"{a['peak_gib'] / b['peak_gib']:.2f}" if not math.isnan(a["peak_gib"]) else "-"
     if pairs:
         rec.line("")
-        rec.line("| model | B x S | act. ckpt | compile | ours / Llama tokens/s | ours / Llama peak memory |")
-        rec.line("|---|---|---|---|---|---|")
-        for (spec, B, S, ac, comp, _), o, l in pairs:
-            rec.line(f"| {spec} | {B} x {S} | {'on' if ac else 'off'} | {'yes' if comp else 'no'} | "
+        rec.line("| model | B x S | act. ckpt | compile | side | ours / Llama tokens/s | ours / Llama peak memory |")
+        rec.line("|---|---|---|---|---|---|---|")
+        for (spec, B, S, ac, comp, side), o, l in pairs:
+            rec.line(f"| {spec} | {B} x {S} | {'on' if ac else 'off'} | {'yes' if comp else 'no'} | {side} | "
                      f"**{o['tokens_per_s'] / l['tokens_per_s']:.2f}x** | {mem_ratio(o, l)} |")
     # each side on its best path: the faster of its eager and compiled rows at the same point
     best: dict = {}
@@ -585,12 +618,12 @@ def summary(rec: Recorder, ratios: dict, profiles: list) -> None:
             best[key] = r
     lines = []
     for (spec, B, S, ac, side), o in best.items():
-        if side != "ours" or (spec, B, S, ac, "llama") not in best:
+        if side not in OURS or (spec, B, S, ac, "llama") not in best:
             continue
         l = best[(spec, B, S, ac, "llama")]
         off = best.get((spec, B, S, ac, "official"))
         path = lambda r: "compiled" if r["compile"] else "eager"
-        lines.append(f"| {spec} | {B} x {S} | {'on' if ac else 'off'} | {path(o)} / {path(l)} | "
+        lines.append(f"| {spec} | {B} x {S} | {'on' if ac else 'off'} | {side} | {path(o)} / {path(l)} | "
                      f"**{o['tokens_per_s'] / l['tokens_per_s']:.2f}x** | {mem_ratio(o, l)} | "
                      + (f"{o.get('mfu', 0):.1%} / {l.get('mfu', 0):.1%}" if "mfu" in o and "mfu" in l else "-")
                      + " | " + (f"{o['tokens_per_s'] / off['tokens_per_s']:.2f}x" if off else "-") + " |")
@@ -598,9 +631,9 @@ def summary(rec: Recorder, ratios: dict, profiles: list) -> None:
         rec.line("")
         rec.line("Each side on its best path (the faster of eager and compiled):")
         rec.line("")
-        rec.line("| model | B x S | act. ckpt | ours / Llama path | ours / Llama tokens/s | ours / Llama peak memory "
-                 "| MFU ours / Llama | ours / official tokens/s |")
-        rec.line("|---|---|---|---|---|---|---|---|")
+        rec.line("| model | B x S | act. ckpt | side | ours / Llama path | ours / Llama tokens/s | ours / Llama peak "
+                 "memory | MFU ours / Llama | ours / official tokens/s |")
+        rec.line("|---|---|---|---|---|---|---|---|---|")
         for line in lines:
             rec.line(line)
     for r in profiles:
@@ -618,6 +651,15 @@ def summary(rec: Recorder, ratios: dict, profiles: list) -> None:
         rec.line(f"| head + loss alone (chunked CE, its GEMMs included; fw + bw, eager) | "
                  f"{r['profile']['head_loss_alone_ms']:.1f} | {r['profile']['head_loss_alone_ms'] / r['step_ms']:.0%}"
                  f" of the step |")
+        if r["profile"].get("glue_top"):
+            rec.line("")
+            rec.line(f"The slowest kernels of '{OTHER}' ({r['side']}, {r['model']}, {r['B']} x {r['S']}; "
+                     f"names cut to 110 characters):")
+            rec.line("")
+            rec.line("| kernel | ms | launches |")
+            rec.line("|---|---|---|")
+            for name, ms, n in r["profile"]["glue_top"]:
+                rec.line(f"| `{name[:110]}` | {ms:.2f} | {n} |")
 
 
 if __name__ == "__main__":

@@ -71,9 +71,10 @@ def test_compile_regions_keeps_the_state_dict_keys():
 
 
 def _saved_bytes(fn) -> int:
-    storages = {}
+    storages, alive = {}, []
 
-    def pack(t):
+    def pack(t):  # kept alive until counted: a freed storage's address may be reused by another saved tensor
+        alive.append(t)
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 

@@ -34,7 +34,7 @@ FLASHXLSTM_LARGE_TYPE = "flashxlstm-large"
 SHARD_PATTERN = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 # flashxlstm-only fields that transformers' config must not see (sizes are carried by the tensors)
-_NOT_FOR_HUB = ("backend", "step_backend", "qk_dim", "v_dim", "ffn_dim")
+_NOT_FOR_HUB = ("backend", "step_backend", "norm_gate_backend", "qk_dim", "v_dim", "ffn_dim")
 # fused parameter -> its single parts, in row order
 FUSED_PARTS = {
     "mlstm_layer.qkv_opreact": ("mlstm_layer.q", "mlstm_layer.k", "mlstm_layer.v", "mlstm_layer.ogate_preact"),

@@ -3,7 +3,7 @@
     q, k = Linear(D, qk_dim)(x), v, o = Linear(D, v_dim)(x)        (no conv, no skip)
     i~, f~ = 15 * tanh(Linear(D, NH, bias)(x) / 15)                 soft-capped gate pre-activations
     h = mLSTM(q, k, v, i~, f~; state)                                per head, state (C, n, m) in float32
-    y = out_proj(sigmoid(o) * MultiHeadLayerNorm(h))
+    y = out_proj(sigmoid(o) * MultiHeadLayerNorm(h))                 (one fused op in training on CUDA: norm_gate_out)
 
 Sequences of any length go through `flashxlstm.ops.mlstm` (chunkwise, or the Triton kernels on CUDA);
 a single token goes through `flashxlstm.ops.mlstm_step`. `attention_mask` (B, S), 0 at padding, sets the
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..ops.choose import choose_backend
 from ..ops.fused import mlstm_layer_step
+from ..ops.fused.head_norm_gate_seq import head_norm_gate_linear
 from ..ops.fused.linear import linear_decode
 from ..ops.mlstm_cell import STEP_BACKENDS, MLSTMState, mlstm, mlstm_step
 from .large_norms import MultiHeadLayerNorm
@@ -63,7 +64,7 @@ class mLSTMLargeLayer(nn.Module):
     def __init__(
         self, dim: int, num_heads: int, *, qk_dim: int, v_dim: int, bias: bool = False, norm_eps: float = 1e-6,
         gate_soft_cap: float | None = 15.0, weight_mode: str = "single", chunk_size: int = 64, eps: float = 1e-6,
-        backend: str = "auto", step_backend: str = "auto",
+        backend: str = "auto", step_backend: str = "auto", norm_gate_backend: str = "auto",
     ):
         super().__init__()
         if qk_dim % num_heads or v_dim % num_heads:
@@ -71,6 +72,9 @@ class mLSTMLargeLayer(nn.Module):
         self.num_heads, self.qk_dim, self.v_dim = num_heads, qk_dim, v_dim
         self.gate_soft_cap, self.weight_mode = gate_soft_cap, weight_mode
         self.chunk_size, self.eps, self.backend, self.step_backend = chunk_size, eps, backend, step_backend
+        if norm_gate_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"mLSTM layer: norm_gate_backend must be 'auto', 'torch' or 'triton', got {norm_gate_backend!r}")
+        self.norm_gate_backend = norm_gate_backend
         if weight_mode == "single":
             self.q = nn.Linear(dim, qk_dim, bias=bias)
             self.k = nn.Linear(dim, qk_dim, bias=bias)
@@ -166,5 +170,20 @@ class mLSTMLargeLayer(nn.Module):
             if state_out is not None:
                 raise ValueError("mLSTM layer: state_out is for single-token steps (S == 1)")
             h, state = mlstm(q, k, v, i, f, state=state, backend=self.backend, chunk_size=self.chunk_size, eps=self.eps)
-        h = self.multihead_norm(h.transpose(1, 2))  # (B, S, v_dim)
-        return self.out_proj(torch.sigmoid(o) * h), mLSTMCellState(*state)
+        return self.norm_gate_out(h, o), mLSTMCellState(*state)
+
+    def norm_gate_out(self, h: Tensor, o: Tensor) -> Tensor:
+        """h (B, NH, S, DH) from the op, o (B, S, v_dim) -> out_proj(sigmoid(o) * MultiHeadLayerNorm(h)).
+
+        With gradients, on a device where norm_gate_backend resolves to Triton: one fused op
+        (ops/fused/head_norm_gate_seq.py, head_norm_gate_linear) that reads h in the op's layout, writes its
+        gradient back in that layout, sums the norm weight's gradient in the same pass, and recomputes the
+        out-projection's input in the backward instead of keeping it. Otherwise (and for inference, whose
+        rounding the decode kernels reproduce) the modules as written."""
+        norm, proj = self.multihead_norm, self.out_proj
+        if torch.is_grad_enabled() and self.norm_gate_backend != "torch" and (
+                self.norm_gate_backend == "triton" or h.device.type == "cuda"):
+            dt = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else None
+            return head_norm_gate_linear(h, o, norm.weight, norm.bias, proj.weight, proj.bias, norm.eps,
+                                         compute_dtype=dt, backend=self.norm_gate_backend)
+        return proj(torch.sigmoid(o) * norm(h.transpose(1, 2)))
