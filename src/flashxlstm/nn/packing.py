@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops.mlstm_cell.checks import checked_before, remember_checked
+
 
 def check_cu_seqlens(who: str, x: Tensor, cu_seqlens: Tensor, state) -> None:
     """One-line errors for a packed input: offsets from 0 to B * S, strictly increasing, every row starting a
@@ -19,9 +21,11 @@ def check_cu_seqlens(who: str, x: Tensor, cu_seqlens: Tensor, state) -> None:
     if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
             or cu_seqlens.is_floating_point():
         raise ValueError(f"{who}: cu_seqlens must be a 1-D integer tensor of N + 1 >= 2 document offsets")
-    if not torch.compiler.is_compiling():  # a host sync; traced, the op that reads the offsets checks them
+    B, S = x.shape[0], x.shape[1]
+    # a host sync, once per offsets tensor (every layer of a model gets the same one); traced, the op that reads
+    # the offsets checks them
+    if not torch.compiler.is_compiling() and not checked_before(cu_seqlens, ("rows", B, S)):
         c = cu_seqlens.tolist()
-        B, S = x.shape[0], x.shape[1]
         if c[0] != 0 or c[-1] != B * S or any(b <= a for a, b in zip(c, c[1:])):
             raise ValueError(f"{who}: cu_seqlens must rise strictly from 0 to the number of tokens B * S = {B * S}, "
                              f"got {c}")
@@ -29,6 +33,7 @@ def check_cu_seqlens(who: str, x: Tensor, cu_seqlens: Tensor, state) -> None:
         if missing:
             raise ValueError(f"{who}: with {B} rows of {S} tokens every row must start a document; cu_seqlens lacks "
                              f"the row starts {missing[:8]}")
+        remember_checked(cu_seqlens, ("rows", B, S))
     if state is not None:
         raise ValueError(f"{who}: packed documents start from an empty state; pass state=None with cu_seqlens")
 

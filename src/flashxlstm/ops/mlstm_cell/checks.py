@@ -1,6 +1,9 @@
 """Input validation for the mLSTM op: one place that names what was wrong and what was expected."""
 from __future__ import annotations
 
+import weakref
+from collections.abc import Hashable
+
 import torch
 from torch import Tensor
 
@@ -45,10 +48,41 @@ def check_mlstm_inputs(
 
 
 def check_cu_seqlens_values(cu_seqlens: Tensor, S: int) -> None:
-    """The document offsets must rise strictly from 0 to S (reads the values: a host sync on a GPU)."""
+    """The document offsets must rise strictly from 0 to S. Reads the values, a host sync on a GPU, once per
+    offsets tensor: the layers of a model share one cu_seqlens, and a sync per layer drains the GPU's queue
+    every time (see checked_before)."""
+    if checked_before(cu_seqlens, ("mlstm", S)):
+        return
     cs = cu_seqlens.tolist()
     if cs[0] != 0 or cs[-1] != S or any(b <= a for a, b in zip(cs, cs[1:])):
         raise ValueError(f"mlstm: cu_seqlens must rise strictly from 0 to S={S}, got {cs}")
+    remember_checked(cu_seqlens, ("mlstm", S))
+
+
+# id(tensor) -> (weak reference, version counter, the checks it passed): a tensor that is still alive and was not
+# written since (same version counter) holds the values it had when a check passed
+_CHECKED: dict[int, tuple] = {}
+
+
+def checked_before(t: Tensor, check: Hashable) -> bool:
+    """Whether `check` already passed on this very tensor, unmodified since (never for inference tensors, which
+    have no version counter)."""
+    if t.is_inference():
+        return False
+    entry = _CHECKED.get(id(t))
+    return entry is not None and entry[0]() is t and entry[1] == t._version and check in entry[2]
+
+
+def remember_checked(t: Tensor, check: Hashable) -> None:
+    """Record that `check` passed on t as it is now (forgotten when t is freed or written)."""
+    if t.is_inference():
+        return
+    entry = _CHECKED.get(id(t))
+    if entry is not None and entry[0]() is t and entry[1] == t._version:
+        entry[2].add(check)
+        return
+    key = id(t)
+    _CHECKED[key] = (weakref.ref(t, lambda _ref, key=key: _CHECKED.pop(key, None)), t._version, {check})
 
 
 def check_floating(op: str, **tensors) -> None:
