@@ -7,8 +7,8 @@
 `--total-s` is the wall budget of the whole command: the training loop's time box (`time_budget_s`) is what
 is left after start-up, less `--reserve-s` for data loading, the final evaluation and the record; `--steps`
 caps the steps (the schedule follows whichever cap is nearer). OUT/results.json is rewritten at every
-evaluation (`--eval-every` steps), so a kill keeps the numbers so far; OUT/results.md gets the table, the exact command, the
-machine and the versions at the end. The images/s comparison is benchmarks/bench_vision.py.
+evaluation (`--eval-every` steps), so a kill keeps the numbers so far; OUT/results.md gets the table, the exact
+command, the machine and the versions at the end. The images/s comparison is benchmarks/bench_vision.py.
 """
 from __future__ import annotations
 

@@ -135,3 +135,14 @@ def test_flip_tta_accuracy_is_the_mean_of_both_views():
     # plain: logits [2, 0], [0, 2], [6, 0], [0, 5] -> all right; flipped views add [0, 1], [4, 0], [0, 3], [10, 0]
     assert _accuracy(infer, [(x, y)]) == 1.0
     assert _accuracy(infer, [(x, y)], flip=True) == 0.5  # sums [2, 1], [4, 2], [6, 3], [10, 5]: class 0 each
+
+
+def test_step_timer_on_cpu():
+    from flashxlstm.tasks.vision_pair import StepTimer
+    timer = StepTimer(torch.device("cpu"))
+    assert timer.mean_ms() is None  # nothing timed: no number
+    for _ in range(2):
+        started = timer.start()
+        torch.randn(64, 64) @ torch.randn(64, 64)
+        timer.stop(started)
+    assert len(timer.ms) == 2 and timer.mean_ms() > 0
