@@ -101,6 +101,45 @@ def measure(model, x, y, *, train: bool, amp: str, graph: bool, min_s: float, ma
     return res
 
 
+VIEW_OPS = {"aten::view", "aten::_unsafe_view", "aten::reshape", "aten::transpose", "aten::t", "aten::permute",
+            "aten::expand", "aten::as_strided", "aten::unsqueeze", "aten::squeeze", "aten::slice", "aten::select",
+            "aten::split", "aten::split_with_sizes", "aten::unflatten", "aten::flatten", "aten::detach",
+            "aten::alias", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::unbind", "aten::narrow",
+            "aten::lift_fresh", "aten::result_type", "aten::contiguous"}
+
+
+def count_kernels(model, x, y, top: int = 8) -> dict:
+    """One eager training step (forward, cross-entropy, backward) under torch.profiler: on CUDA the GPU kernels
+    it launches, their summed time and the `top` kernels by time; on CPU the aten ops that are not views or
+    allocations (each a kernel on a GPU). A model whose step is thousands of small kernels is bound by their
+    count, not by its FLOPs."""
+    from torch.profiler import ProfilerActivity, profile
+    import torch.nn.functional as F
+    dev = x.device
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x).float(), y).backward()
+
+    step()  # warm-up: lazy initialisation and autotuning are not the step
+    _sync(dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        _sync(dev)
+    if dev.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                   and not e.name.startswith(("Memcpy", "Memset"))]
+        by_name: dict[str, list[float]] = {}
+        for e in kernels:
+            by_name.setdefault(e.name, []).append(e.time_range.elapsed_us())
+        tops = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+        return {"kernels": len(kernels), "kernel_ms": sum(sum(v) for v in by_name.values()) / 1000,
+                "top": [{"name": k[:80], "calls": len(v), "ms": sum(v) / 1000} for k, v in tops]}
+    ops = [e for e in prof.key_averages() if e.key.startswith("aten::") and e.key not in VIEW_OPS]
+    return {"aten_ops": sum(e.count for e in ops)}
+
+
 def _fmt_check(r: dict) -> str:
     if "graph_error" in r:
         return "eager (capture failed: " + r["graph_error"][:60] + ")"
@@ -132,6 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-graph", action="store_true", help="time eager steps (the default on CPU)")
     p.add_argument("--max-s", type=float, default=None, help="wall deadline of the whole script, seconds")
     p.add_argument("--json", default=None, help="also write the measurements here")
+    p.add_argument("--count-kernels", action="store_true", help="after the timings, per model at the first --tokens "
+                   "size and batch: the kernels one eager training step launches (CUDA) or its non-view aten ops (CPU)")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
     graph = dev.type == "cuda" and not a.no_graph
@@ -159,6 +200,7 @@ def main(argv=None) -> int:
         vil_cfg = ViLConfig(depth=a.depth, **kw)
         vit_cfg = matched_vit(ViTConfig(**kw), num_parameters(ViL(vil_cfg)))
         setups[t] = (px, vil_cfg, vit_cfg)
+    counts = {}
     # the first backend and the ViT at every size (and batch) first; further backends after, as the deadline allows
     jobs = [(job, t, tpb, True) for i, backend in enumerate(a.backends) for tpb in a.tokens_per_batch
             for t in a.tokens for job in ([backend, "vit"] if i == 0 else [backend])]
@@ -201,7 +243,32 @@ def main(argv=None) -> int:
         if a.json:
             with open(a.json, "w") as f:
                 json.dump({"argv": sys.argv, "machine": machine, "torch": torch.__version__, "rows": rows,
-                           "skipped": skipped}, f, indent=1)
+                           "skipped": skipped, "kernel_counts": counts}, f, indent=1)
+    if a.count_kernels:  # after the timings: they come first under the deadline
+        t = a.tokens[0]
+        px, vil_cfg, vit_cfg = setups[t]
+        batch = max(1, round(a.tokens_per_batch[0] / t))
+        for name, backend in [("vil", a.backends[0]), ("vit", None)]:
+            if a.max_s is not None and time.perf_counter() - T0 > a.max_s:
+                skipped.append(f"kernel count of {name}")
+                continue
+            torch.manual_seed(0)
+            model = (ViT(vit_cfg) if name == "vit" else ViL(replace(
+                vil_cfg, backend=backend, chunk_size=default_chunk_size(t) if backend == "chunkwise" else 64))).to(dev)
+            x = torch.randn(batch, a.in_channels, px, px, device=dev)
+            y = torch.randint(0, a.num_classes, (batch,), device=dev)
+            try:
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.amp == "bf16"):
+                    counts[name] = count_kernels(model, x, y)
+            except Exception as e:  # noqa: BLE001  a profile that fails is reported, not a crash
+                counts[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            del model
+            print(f"kernels of one eager training step, {name}{f' ({backend})' if backend else ''}, {t} tokens, "
+                  f"batch {batch}: {json.dumps(counts[name])}", flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"argv": sys.argv, "machine": machine, "torch": torch.__version__, "rows": rows,
+                           "skipped": skipped, "kernel_counts": counts}, f, indent=1)
     lo = min(a.tokens)
     tpb = a.tokens_per_batch[0]
     his = sorted(t for t in set(a.tokens) if t != lo)
