@@ -175,6 +175,7 @@ def main() -> None:
     ap.add_argument("--heads", default="4x192,1x768,8x64")
     ap.add_argument("--dtypes", default="bf16,fp32", help="dtypes of the checks")
     ap.add_argument("--check-T", type=int, default=97, help="steps of the one-row check (the rows check: 4 x 40)")
+    ap.add_argument("--skip-timings", action="store_true", help="checks only (e.g. several runs side by side)")
     args = ap.parse_args()
     if DEV == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_slstm_packed.py needs a CUDA GPU")
@@ -202,7 +203,7 @@ def main() -> None:
     checks = f"{ran} ran, {'all passed' if good else 'SOME FAILED'} ({time.time() - t0:.0f} s)"
     say(f"checks: {checks}")
     write(args.out, info, checks)
-    for NH, DH in heads[:2] if DEV == "cuda" else []:
+    for NH, DH in heads[:2] if DEV == "cuda" and not args.skip_timings else []:
         timings(NH, DH, args.T, args.rows, deadline)
         write(args.out, info, checks)
     say(f"done in {time.time() - t0:.0f} s")
