@@ -171,6 +171,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-graph", action="store_true", help="time eager steps (the default on CPU)")
     p.add_argument("--max-s", type=float, default=None, help="wall deadline of the whole script, seconds")
     p.add_argument("--json", default=None, help="also write the measurements here")
+    p.add_argument("--max-chunks", type=int, default=None, help="the chunkwise ViL's chunk grows to ceil(T / this) "
+                   "where the default chunk would need more chunks (the torch form's chunk loop is ~10 kernels per "
+                   "chunk and block: at 4096 tokens and chunk 64 an eager step is ~300k kernels, too slow to capture)")
     p.add_argument("--count-kernels", action="store_true", help="after the timings, per model at the first --tokens "
                    "size and batch: the kernels one eager training step launches (CUDA) or its non-view aten ops (CPU)")
     a = p.parse_args(argv)
@@ -192,6 +195,12 @@ def main(argv=None) -> int:
     print("| model | mLSTM backend | tokens | px | batch | params | mode | infer img/s | train img/s | "
           "infer peak GiB | train peak GiB | graph check (max abs diff) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    def chunk_for(t: int, backend: str) -> int:
+        if backend != "chunkwise":
+            return 64
+        chunk = default_chunk_size(t)
+        return max(chunk, -(-t // a.max_chunks)) if a.max_chunks else chunk
+
     setups = {}
     for t in a.tokens:
         px = math.isqrt(t) * a.patch_size
@@ -215,7 +224,7 @@ def main(argv=None) -> int:
             continue
         torch.manual_seed(0)
         # the torch chunkwise form pads the sequence to whole chunks: a chunk that divides T where one does
-        chunk = default_chunk_size(t) if backend == "chunkwise" else 64
+        chunk = chunk_for(t, backend)
         model = (ViT(vit_cfg) if name == "vit" else ViL(replace(vil_cfg, backend=backend, chunk_size=chunk,
                                                                    fused_glue=fused))).to(dev)
         x = torch.randn(batch, a.in_channels, px, px, device=dev)
@@ -254,7 +263,7 @@ def main(argv=None) -> int:
                 continue
             torch.manual_seed(0)
             model = (ViT(vit_cfg) if name == "vit" else ViL(replace(
-                vil_cfg, backend=backend, chunk_size=default_chunk_size(t) if backend == "chunkwise" else 64))).to(dev)
+                vil_cfg, backend=backend, chunk_size=chunk_for(t, backend)))).to(dev)
             x = torch.randn(batch, a.in_channels, px, px, device=dev)
             y = torch.randint(0, a.num_classes, (batch,), device=dev)
             try:
