@@ -83,10 +83,19 @@ def check(NH: int, DH: int, dtype: torch.dtype, lens: list[int], rows: int = 1) 
     cu = offsets(lens, dev)
     xs = [t.to(dtype) if j < 3 else t for j, t in enumerate([x, R, b, *st])]
     xs = [t.detach().requires_grad_(True) for t in xs]
+    name = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    t0 = time.time()  # progress lines with times: a first call's time is mostly Triton compiling the kernels
     h, fin = slstm(xs[0], xs[1], xs[2], state=tuple(xs[3:]), backend="triton", cu_seqlens=cu)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    say(f"  {NH}x{DH} {name} rows {rows}: forward returned after {time.time() - t0:.1f} s")
     w = [torch.randn(t.shape, device=dev, generator=g, dtype=torch.float64) for t in (h, *fin)]
     loss = lambda outs: sum((o.double() * v).sum() for o, v in zip(outs, w))
+    t0 = time.time()
     grads = torch.autograd.grad(loss([h, *fin]), xs)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    say(f"  {NH}x{DH} {name} rows {rows}: backward returned after {time.time() - t0:.1f} s")
     ys = [t.detach().double().requires_grad_(True) for t in xs]
     flat = ys[0].reshape(1, S, 4, NH, DH)
     pieces = []
@@ -101,7 +110,6 @@ def check(NH: int, DH: int, dtype: torch.dtype, lens: list[int], rows: int = 1) 
     tol = TOL[dtype]
     finite = all(bool(torch.isfinite(t).all()) for t in (h, *fin, *grads))
     ok = finite and max(errs.values()) <= tol
-    name = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     return ok, (f"check {NH}x{DH} {name} rows {rows} docs {len(lens)} (T {S}): worst {max(errs.values()):.2e} "
                 f"(tol {tol:g}) finite={finite} {'OK' if ok else 'FAIL'}  "
                 + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))

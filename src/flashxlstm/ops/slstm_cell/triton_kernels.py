@@ -64,6 +64,15 @@ def _mm_split(acc, a, b, IEEE: tl.constexpr, SPLIT: tl.constexpr):
 
 
 @triton.jit
+def _mm2(acc, hi, lo, b, IEEE: tl.constexpr, SPLIT: tl.constexpr):
+    """acc + (hi + lo) @ b as two dots with fp32 accumulation (SPLIT), else acc + hi @ b."""
+    acc = _mm(acc, hi, b, IEEE)
+    if SPLIT:
+        acc = _mm(acc, lo, b, IEEE)
+    return acc
+
+
+@triton.jit
 def _log_forget(rf, EXP_FORGET: tl.constexpr):
     if EXP_FORGET:
         return rf
@@ -238,22 +247,20 @@ def slstm_fw_kernel(
                             rz = _mm(rz, hk, R_z1, IEEE)
                             ro = _mm(ro, hk, R_o1, IEEE)
                 else:
-                    for kc in tl.static_range(NK):
+                    for kc in tl.static_range(NK):  # one R tile live at a time: it is the large operand
                         offs_k = kc * BK + tl.arange(0, BK)
                         mk = offs_k < DH
                         r_ptr = r_base + offs_k[:, None] * DH + offs_j[None, :]
                         rmask = mk[:, None] & mj[None, :]
-                        r_i = tl.load(r_ptr, mask=rmask, other=0.0)
-                        r_f = tl.load(r_ptr + RG, mask=rmask, other=0.0)
-                        r_z = tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0)
-                        r_o = tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0)
-                        for part in tl.static_range(1 + SPLIT):
-                            hk = tl.load((hp_ptr if part == 0 else lp_ptr) + offs_k[None, :],
-                                         mask=mb[:, None] & mk[None, :], other=0.0, cache_modifier=".cg")
-                            ri = _mm(ri, hk, r_i, IEEE)
-                            rf = _mm(rf, hk, r_f, IEEE)
-                            rz = _mm(rz, hk, r_z, IEEE)
-                            ro = _mm(ro, hk, r_o, IEEE)
+                        hmask = mb[:, None] & mk[None, :]
+                        hk = tl.load(hp_ptr + offs_k[None, :], mask=hmask, other=0.0, cache_modifier=".cg")
+                        hl = hk
+                        if SPLIT:
+                            hl = tl.load(lp_ptr + offs_k[None, :], mask=hmask, other=0.0, cache_modifier=".cg")
+                        ri = _mm2(ri, hk, hl, tl.load(r_ptr, mask=rmask, other=0.0), IEEE, SPLIT)
+                        rf = _mm2(rf, hk, hl, tl.load(r_ptr + RG, mask=rmask, other=0.0), IEEE, SPLIT)
+                        rz = _mm2(rz, hk, hl, tl.load(r_ptr + 2 * RG, mask=rmask, other=0.0), IEEE, SPLIT)
+                        ro = _mm2(ro, hk, hl, tl.load(r_ptr + 3 * RG, mask=rmask, other=0.0), IEEE, SPLIT)
             if STORE_RAW:
                 _store4(RAW, offs_b[:, None] * (S * GHD) + t * GHD + h * DH + offs_j[None, :], HD, ri, rf, rz, ro, mask)
             # the stabilized step; n == 0 marks an empty state (m_t = raw_i, f' = 0)
