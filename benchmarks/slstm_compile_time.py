@@ -15,13 +15,16 @@ import subprocess
 import tempfile
 import time
 
-import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+# a fresh Triton cache, so the seconds are a cold compile (as on a fresh machine), not a cache hit
+os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="slstm_compile_time_")
 
-from flashxlstm.ops.slstm_cell import triton as tri
-from flashxlstm.ops.slstm_cell import triton_kernels as kernels
+import torch  # noqa: E402 (after the cache directory is set)
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from flashxlstm.ops.slstm_cell import triton as tri  # noqa: E402
+from flashxlstm.ops.slstm_cell import triton_kernels as kernels  # noqa: E402
 
 INTS = {"Bsz", "S", "NH", "SLOTS", "NBP", "t_start", "t_end"}
 INT_POINTERS = {"CNT", "RST", "FIN"}
