@@ -3,9 +3,9 @@ out-projection's input recomputed in the backward) against the unfused expressio
 layer shapes of large-1.3b and large-125m, bf16 activations, fp32 weights, compute in bf16 (what autocast does).
 
 Per shape: the error of each output and gradient against the float64 expression, for the fused op and for
-the unfused expression in the same dtypes; forward + backward time (median of CUDA-event timings); and the
-bytes kept between forward and backward (memory allocated after the forward minus before, the inputs
-excluded).
+the unfused expression in the same dtypes; forward + backward wall time per call (median, with a sync per call,
+so host work counts in full), the GPU kernel time of one call (torch.profiler); and the bytes kept between
+forward and backward (memory allocated after the forward minus before and minus the output).
 
     python benchmarks/bench_norm_gate.py --out $OUT/trainspeed
     TRITON_INTERPRET=1 python benchmarks/bench_norm_gate.py --tiny     # the same passes on the CPU, small
@@ -81,6 +81,21 @@ def timed(fn, t, compute, iters):
     return statistics.median(times), kept
 
 
+def kernel_ms(fn, t, compute) -> float:
+    """GPU kernel time of one forward + backward call (torch.profiler, summed over kernels): the GPU's share of
+    the wall time above, without host work."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = leaves(t, torch.bfloat16)
+    dout = t["dout"].to(torch.bfloat16)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(x["h"], x["o"], x["w"], None, x["pw"], None, 1e-6, compute).backward(dout)
+        torch.cuda.synchronize()
+    return sum(e.time_range.elapsed_us() for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=None)
@@ -99,8 +114,9 @@ def main() -> int:
     lines = [f"command: python {' '.join(sys.argv)}",
              f"machine: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}, triton {triton.__version__}, "
              f"python {platform.python_version()}", "",
-             "| shape (B, S, NH, DH -> P) | path | y | dh | do | dnorm_w | dproj_w | fw+bw ms | kept for bw MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| shape (B, S, NH, DH -> P) | path | y | dh | do | dnorm_w | dproj_w | fw+bw ms | GPU kernel ms | "
+             "kept for bw MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     compiled = torch.compile(head_norm_gate_linear_reference, backend=backend)
     for name, (B, S, NH, DH, P) in shapes.items():
@@ -109,10 +125,15 @@ def main() -> int:
         for label, fn in (("fused (Triton op)", fused), ("unfused, Inductor", compiled)):
             got = run(fn, t, torch.bfloat16, torch.bfloat16)
             ms, kept = timed(fn, t, torch.bfloat16, args.iters)
+            gpu = f"{kernel_ms(fn, t, torch.bfloat16):.3f}" if device.type == "cuda" else "-"
             errs = " | ".join(f"{rel(a, b):.1e}" for a, b in zip(got, want))
-            line = f"| {name}: {B}, {S}, {NH}, {DH} -> {P} | {label} | {errs} | {ms:.3f} | {kept / 2**20:.2f} |"
+            line = (f"| {name}: {B}, {S}, {NH}, {DH} -> {P} | {label} | {errs} | {ms:.3f} | {gpu} | "
+                    f"{kept / 2**20:.2f} |")
             lines.append(line)
             print(line, flush=True)
+            if args.out:  # row by row, so a run stopped by its time box keeps what it measured
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / "bench_norm_gate.md").write_text("\n".join(lines) + "\n")
         del t, want
         if device.type == "cuda":
             torch.cuda.empty_cache()
