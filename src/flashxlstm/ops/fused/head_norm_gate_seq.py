@@ -75,6 +75,24 @@ def _use_triton(h: Tensor, backend: str) -> bool:
                           dtype=h.dtype) == "triton"
 
 
+def _promoted(*tensors: Tensor | None) -> torch.dtype:
+    """The dtype torch's type promotion gives the tensors that are present (the unfused form's result dtype)."""
+    dtype = None
+    for t in tensors:
+        if t is not None:
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _kernel_layout(h: Tensor, o: Tensor) -> tuple[Tensor, Tensor]:
+    """h with unit stride in its last dim; o as (B, S, F) rows the kernels index with one stride per dim."""
+    if h.stride(-1) != 1:
+        h = h.contiguous()
+    if o.stride(-1) != 1 or o.stride(0) != o.shape[1] * o.stride(1):
+        o = o.contiguous()
+    return h, o
+
+
 def head_norm_gate_seq(h: Tensor, o: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-6,
                        out_dtype: torch.dtype | None = None, backend: str = "auto") -> Tensor:
     """See the module docstring."""
@@ -82,13 +100,8 @@ def head_norm_gate_seq(h: Tensor, o: Tensor, weight: Tensor, bias: Tensor | None
     if not _use_triton(h, backend):
         return head_norm_gate_seq_reference(h, o, weight, bias, eps, out_dtype)
     if out_dtype is None:
-        out_dtype = torch.promote_types(torch.promote_types(h.dtype, o.dtype), weight.dtype)
-        if bias is not None:
-            out_dtype = torch.promote_types(out_dtype, bias.dtype)
-    if h.stride(-1) != 1:
-        h = h.contiguous()
-    if o.stride(-1) != 1 or o.stride(0) != o.shape[1] * o.stride(1):
-        o = o.contiguous()
+        out_dtype = _promoted(h, o, weight, bias)
+    h, o = _kernel_layout(h, o)
     b = weight.new_zeros(0) if bias is None else bias
     return _forward_op(h, o, weight, b, bias is not None, float(eps), out_dtype)[0]
 
@@ -224,14 +237,8 @@ def head_norm_gate_linear(h: Tensor, o: Tensor, weight: Tensor, bias: Tensor | N
     if not _use_triton(h, backend):
         return head_norm_gate_linear_reference(h, o, weight, bias, proj_weight, proj_bias, eps, compute_dtype)
     if compute_dtype is None:
-        compute_dtype = torch.promote_types(torch.promote_types(h.dtype, o.dtype), weight.dtype)
-        for t in (bias, proj_weight, proj_bias):
-            if t is not None:
-                compute_dtype = torch.promote_types(compute_dtype, t.dtype)
-    if h.stride(-1) != 1:
-        h = h.contiguous()
-    if o.stride(-1) != 1 or o.stride(0) != o.shape[1] * o.stride(1):
-        o = o.contiguous()
+        compute_dtype = _promoted(h, o, weight, bias, proj_weight, proj_bias)
+    h, o = _kernel_layout(h, o)
     b = weight.new_zeros(0) if bias is None else bias
     pb = proj_weight.new_zeros(0) if proj_bias is None else proj_bias
     return _linear_forward_op(h, o, weight, b, proj_weight, pb, bias is not None, proj_bias is not None, float(eps),
