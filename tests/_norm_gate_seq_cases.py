@@ -85,6 +85,32 @@ def op_case(kind: str, dtype_name: str, B, NH, S, DH, bias: bool, extreme: bool,
          finite=all(bool(torch.isfinite(t).all()) for t in fused))
 
 
+def layout_cases() -> None:
+    """One token per row (S == 1) with o and the upstream gradient laid out batch-minor, so their stride along
+    S is not the row stride; and zero tokens (S == 0), where no program runs and the parameter gradients are 0."""
+    B, NH, DH = 3, 2, 8
+    F = NH * DH
+    h = torch.randn(B, NH, 1, DH, dtype=torch.float64)
+    o = torch.randn(1, B, F, dtype=torch.float64).transpose(0, 1)  # strides (F, B * F, 1)
+    g = torch.randn(1, B, F, dtype=torch.float64).transpose(0, 1)
+    w, b = torch.randn(F, dtype=torch.float64), torch.randn(F, dtype=torch.float64)
+
+    def grads(fn, dtype):
+        leaves = [t.detach().to(dtype, copy=True).requires_grad_() for t in (h, o, w, b)]  # o keeps its strides
+        y = fn(*leaves)
+        y.backward(g.to(y.dtype))
+        return [y.detach()] + [t.grad for t in leaves]
+
+    want = grads(lambda *a: head_norm_gate_seq_reference(*a, eps=1e-5), torch.float64)
+    got = grads(lambda *a: head_norm_gate_seq(*a, eps=1e-5, backend="triton"), torch.float32)
+    emit("layout_s1_strided", errs={n: rel(a, r) for n, a, r in zip(("y", "dh", "do", "dw", "db"), got, want)})
+    he = torch.randn(2, NH, 0, DH, requires_grad=True)
+    oe = torch.randn(2, 0, F, requires_grad=True)
+    we, be = torch.randn(F, requires_grad=True), torch.randn(F, requires_grad=True)
+    head_norm_gate_seq(he, oe, we, be, backend="triton").sum().backward()
+    emit("empty_tokens", dw_max=float(we.grad.abs().max()), db_max=float(be.grad.abs().max()))
+
+
 def tiny_model(backend: str) -> xLSTMLarge:
     torch.manual_seed(7)
     cfg = xLSTMLargeConfig(embedding_dim=48, num_heads=3, num_blocks=1, vocab_size=97, chunk_size=16,
@@ -152,6 +178,7 @@ if __name__ == "__main__":
         op_case(kind, "float32", 1, 2, 5, 20, bias=False, extreme=False, out_bf16=True)
         op_case(kind, "bfloat16", 2, 3, 37, 24, bias=True, extreme=True, out_bf16=False)
         op_case(kind, "bfloat16", 2, 3, 37, 24, bias=False, extreme=False, out_bf16=True)
+    layout_cases()
     t1 = time.perf_counter()
     model_cases()
     emit("timing", ops_s=t1 - t0, model_s=time.perf_counter() - t1)

@@ -62,3 +62,14 @@ def test_model_trains_the_same_through_the_fused_op(results, case):
 def test_fused_op_keeps_fewer_bytes_for_the_backward(results):
     r = results["saved_bytes_bf16_autocast"]
     assert r["fused"] < r["torch_path"], r
+
+
+def test_one_token_rows_with_strided_o_and_gradient(results):
+    errs = results["layout_s1_strided"]["errs"]
+    assert set(errs) == {"y", "dh", "do", "dw", "db"}
+    assert max(errs.values()) < FP32, errs
+
+
+def test_zero_tokens_give_zero_parameter_gradients(results):
+    r = results["empty_tokens"]
+    assert r["dw_max"] == 0.0 and r["db_max"] == 0.0, r

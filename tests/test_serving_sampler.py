@@ -149,3 +149,11 @@ def test_draw_with_different_settings_per_row_inverts_each_rows_own_filter(gen):
         cdf = torch.cumsum(probs[order], dim=0)
         want = order[int((cdf <= u[b] * cdf[-1]).sum())]
         assert tokens[b].item() == want.item(), b
+
+
+def test_top_p_at_or_below_zero_keeps_only_the_most_likely_token():
+    logits = torch.tensor([[0.3, 2.0, -1.0, 1.5], [1.0, -2.0, 0.5, 0.0]])
+    for top_p in (0.0, -0.5, torch.tensor([0.0, 1e-9])):
+        out = filter_logits(logits, top_p=top_p)
+        assert torch.isfinite(out).sum(1).tolist() == [1, 1]
+        assert out.argmax(1).tolist() == logits.argmax(1).tolist()

@@ -69,7 +69,9 @@ def sorted_filtered(logits: Tensor, top_k: int | Tensor | None = None,
     if p is not None:
         probs = torch.softmax(ordered, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs  # probability of the strictly more likely tokens
-        ordered = ordered.masked_fill((p < 1) & (before >= p), float("-inf"))
+        drop = (p < 1) & (before >= p)
+        drop[:, 0] = False  # the most likely token stays, also for top_p <= 0
+        ordered = ordered.masked_fill(drop, float("-inf"))
     return ordered, order
 
 

@@ -85,12 +85,25 @@ def _promoted(*tensors: Tensor | None) -> torch.dtype:
 
 
 def _kernel_layout(h: Tensor, o: Tensor) -> tuple[Tensor, Tensor]:
-    """h with unit stride in its last dim; o as (B, S, F) rows the kernels index with one stride per dim."""
+    """h with unit stride in its last dim; o as rows the kernels reach with one token stride (_token_rows)."""
     if h.stride(-1) != 1:
         h = h.contiguous()
-    if o.stride(-1) != 1 or o.stride(0) != o.shape[1] * o.stride(1):
-        o = o.contiguous()
-    return h, o
+    return h, _token_rows(o)[0]
+
+
+def _token_rows(x: Tensor) -> tuple[Tensor, int]:
+    """x (B, S, F) and the stride r such that token t = b * S + s starts at t * r (unit stride along F).
+
+    With S == 1 the rows are x.stride(0) apart; `contiguous()` does not normalise the stride of a size-1 dim,
+    so x.stride(1) can be anything there. With B == 1 only x.stride(1) matters."""
+    B, S = x.shape[0], x.shape[1]
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if S == 1:
+        return x, x.stride(0)
+    if B > 1 and x.stride(0) != S * x.stride(1):
+        x = x.contiguous()
+    return x, x.stride(1)
 
 
 def head_norm_gate_seq(h: Tensor, o: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-6,
@@ -144,9 +157,10 @@ def _fwd_impl(h, o, weight, b, has_bias, eps, out_dtype):
     if T:
         import triton
 
+        o, o_rows = _token_rows(o)
         head_norm_gate_seq_fwd_kernel[(triton.cdiv(T, BT), NH)](
             h, o, weight, b, out, mean, rstd, T, S, NH, DH, h.stride(0), h.stride(1), h.stride(2),
-            o.stride(1), eps, BT=BT, BD=BD, HAS_BIAS=has_bias, num_warps=4)
+            o_rows, eps, BT=BT, BD=BD, HAS_BIAS=has_bias, num_warps=4)
     return out, mean, rstd
 
 
@@ -155,18 +169,19 @@ def _bwd_impl(dout, out, mean, rstd, h, o, weight, b, has_bias):
 
     B, NH, S, DH, BD, BT = _layout(h)
     T = B * S
-    if dout.stride(-1) != 1 or dout.stride(0) != S * dout.stride(1):
-        dout = dout.contiguous()
+    dout, dout_rows = _token_rows(dout)
+    o, o_rows = _token_rows(o)
     dh = torch.empty((B, NH, S, DH), dtype=h.dtype, device=h.device)
     do = torch.empty((B, S, NH * DH), dtype=o.dtype, device=o.device)
     NP = _token_blocks(T, NH, BT, h.device)
     # every program writes its whole row of partial sums (zeros where it had no tokens)
-    dw_part = torch.empty((NP, NH * DH), dtype=torch.float32, device=h.device)
-    db_part = torch.empty_like(dw_part) if has_bias else dw_part
+    alloc = torch.empty if T else torch.zeros  # with no tokens no program runs: the sums are zero
+    dw_part = alloc((NP, NH * DH), dtype=torch.float32, device=h.device)
+    db_part = alloc((NP, NH * DH), dtype=torch.float32, device=h.device) if has_bias else dw_part
     if T:
         head_norm_gate_seq_bwd_kernel[(NP, NH)](
             dout, h, o, weight, b, mean, rstd, dh, do, dw_part, db_part, T, S, NH, DH, NP,
-            h.stride(0), h.stride(1), h.stride(2), o.stride(1), dout.stride(1),
+            h.stride(0), h.stride(1), h.stride(2), o_rows, dout_rows,
             BT=BT, BD=BD, HAS_BIAS=has_bias, num_warps=8)
     dw = dw_part.sum(0).to(weight.dtype)
     db = db_part.sum(0).to(b.dtype) if has_bias else torch.zeros_like(b)
@@ -234,6 +249,11 @@ def head_norm_gate_linear(h: Tensor, o: Tensor, weight: Tensor, bias: Tensor | N
     if proj_bias is not None and tuple(proj_bias.shape) != (proj_weight.shape[0],):
         raise ValueError(f"head_norm_gate_linear: proj_bias must be ({proj_weight.shape[0]},), got "
                          f"{tuple(proj_bias.shape)}")
+    for name, t in (("proj_weight", proj_weight), ("proj_bias", proj_bias)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"head_norm_gate_linear: {name} must be floating point, got {t.dtype}")
+        if t is not None and t.device != h.device:
+            raise ValueError(f"head_norm_gate_linear: {name} is on {t.device}, h on {h.device}; expected one device")
     if not _use_triton(h, backend):
         return head_norm_gate_linear_reference(h, o, weight, bias, proj_weight, proj_bias, eps, compute_dtype)
     if compute_dtype is None:
