@@ -6,9 +6,9 @@ the largest differences; the test file holds the tolerances.
 """
 from __future__ import annotations
 
-import json
 
 import torch
+from _case_output import emit, rel
 
 from flashxlstm import xLSTMLarge, xLSTMLargeConfig
 from flashxlstm.generation import generate
@@ -16,16 +16,6 @@ from flashxlstm.ops.fused import add_rms_norm, head_norm_gate, mlstm_layer_step,
 from flashxlstm.ops.mlstm_cell import STEP_BACKENDS, mlstm_step
 
 torch.manual_seed(1234)
-
-
-def emit(name: str, **values) -> None:
-    print(json.dumps(dict(case=name, **values)), flush=True)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b| in float64."""
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 def glue(dtype: torch.dtype) -> None:

@@ -10,10 +10,10 @@ fullgraph=True (aot_eager, so no C++ compiler) against eager, and count the byte
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
+from _case_output import emit, rel
 
 from flashxlstm import xLSTMLarge, xLSTMLargeConfig
 from flashxlstm.ops.fused.head_norm_gate_seq import (head_norm_gate_linear, head_norm_gate_linear_reference,
@@ -21,15 +21,6 @@ from flashxlstm.ops.fused.head_norm_gate_seq import (head_norm_gate_linear, head
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 torch.manual_seed(20261203)
-
-
-def emit(name: str, **values) -> None:
-    print(json.dumps(dict(case=name, **values)), flush=True)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 def inputs(B, NH, S, DH, dtype, bias, extreme):
