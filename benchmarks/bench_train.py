@@ -86,7 +86,9 @@ def classify(name: str) -> str:
 
 
 # the sides that run flashxlstm, with the model config fields they change
-OURS = {"ours": {}, "ours-unfused": {"norm_gate_backend": "torch"}}
+OURS = {"ours": {}, "ours-unfused": {"norm_gate_backend": "torch"},
+        # the mLSTM op's rounding residual of h (B x S x v_dim 16-bit values per block) kept for the backward, or not
+        "ours-h-lo": {"keep_h_lo": True}, "ours-no-h-lo": {"keep_h_lo": False}}
 
 
 def build_ours(spec: str, vocab: int, device: torch.device, ac: bool, compile_options: dict | None = None,
@@ -325,7 +327,9 @@ def main() -> int:
                    help="when an 'ours' row fails (not out of memory), measure 'ours-unfused' (the norm and output "
                         "gate unfused) at the same point right after")
     p.add_argument("--sides", default="ours,llama", help="ours, ours-unfused (the norm and output gate as separate "
-                                                        "modules), llama, official (the official xLSTMLarge)")
+                                                        "modules), ours-h-lo / ours-no-h-lo (the model config's "
+                                                        "keep_h_lo set to true / false), llama, official (the "
+                                                        "official xLSTMLarge)")
     p.add_argument("--official-points", default="", help="grid points where the official side runs, eager, AC "
                                                          "off, after everything else (default: every grid point)")
     p.add_argument("--official-kernels", default="chunkwise--triton_xl_chunk:128,chunkwise--triton_limit_chunk:64",

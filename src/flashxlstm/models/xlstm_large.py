@@ -76,6 +76,7 @@ class xLSTMLargeConfig:
     backend: str = "auto"  # flashxlstm.ops.mlstm backend for sequences
     step_backend: str = "auto"  # flashxlstm.ops.mlstm_step backend for single tokens
     norm_gate_backend: str = "auto"  # the training path's fused head norm x output gate (mLSTMLargeLayer.norm_gate)
+    keep_h_lo: bool = True  # flashxlstm.ops.mlstm's keep_h_lo in training: h's rounding residual kept for the backward
 
     def __post_init__(self):
         for name in ("embedding_dim", "num_heads", "num_blocks", "vocab_size", "chunk_size"):
@@ -134,6 +135,7 @@ class mLSTMLargeBlock(nn.Module):
             c.embedding_dim, c.num_heads, qk_dim=c.qk_head_dim_total, v_dim=c.v_head_dim_total, bias=c.use_bias,
             norm_eps=c.norm_eps, gate_soft_cap=c.gate_soft_cap, weight_mode=c.weight_mode, chunk_size=c.chunk_size,
             eps=c.eps, backend=c.backend, step_backend=c.step_backend, norm_gate_backend=c.norm_gate_backend,
+            keep_h_lo=c.keep_h_lo,
         )
         self.norm_ffn = RMSNorm(c.embedding_dim, eps=c.norm_eps, bias=c.use_bias)
         self.ffn = SwiGLU(c.embedding_dim, c.ffn_hidden_dim, bias=c.use_bias, weight_mode=c.weight_mode)

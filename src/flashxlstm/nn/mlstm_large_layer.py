@@ -64,7 +64,7 @@ class mLSTMLargeLayer(nn.Module):
     def __init__(
         self, dim: int, num_heads: int, *, qk_dim: int, v_dim: int, bias: bool = False, norm_eps: float = 1e-6,
         gate_soft_cap: float | None = 15.0, weight_mode: str = "single", chunk_size: int = 64, eps: float = 1e-6,
-        backend: str = "auto", step_backend: str = "auto", norm_gate_backend: str = "auto",
+        backend: str = "auto", step_backend: str = "auto", norm_gate_backend: str = "auto", keep_h_lo: bool = True,
     ):
         super().__init__()
         if qk_dim % num_heads or v_dim % num_heads:
@@ -75,6 +75,9 @@ class mLSTMLargeLayer(nn.Module):
         if norm_gate_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"mLSTM layer: norm_gate_backend must be 'auto', 'torch' or 'triton', got {norm_gate_backend!r}")
         self.norm_gate_backend = norm_gate_backend
+        if not isinstance(keep_h_lo, bool):
+            raise TypeError(f"mLSTM layer: keep_h_lo must be a bool, got {keep_h_lo!r}")
+        self.keep_h_lo = keep_h_lo  # flashxlstm.ops.mlstm's option: h's rounding residual kept for the backward
         if weight_mode == "single":
             self.q = nn.Linear(dim, qk_dim, bias=bias)
             self.k = nn.Linear(dim, qk_dim, bias=bias)
@@ -157,7 +160,7 @@ class mLSTMLargeLayer(nn.Module):
         i, f = mask_gates(i.transpose(1, 2), f.transpose(1, 2), attention_mask)
         if cu_seqlens is not None:
             h, state = mlstm(q, k, v, i, f, state=None, backend=self.backend, chunk_size=self.chunk_size, eps=self.eps,
-                             cu_seqlens=cu_seqlens)
+                             cu_seqlens=cu_seqlens, keep_h_lo=self.keep_h_lo)
         elif S == 1 and state_out is not None:
             h, state = step_into(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, state_out,
                                  backend=self.step_backend, eps=self.eps)
@@ -169,7 +172,8 @@ class mLSTMLargeLayer(nn.Module):
         else:
             if state_out is not None:
                 raise ValueError("mLSTM layer: state_out is for single-token steps (S == 1)")
-            h, state = mlstm(q, k, v, i, f, state=state, backend=self.backend, chunk_size=self.chunk_size, eps=self.eps)
+            h, state = mlstm(q, k, v, i, f, state=state, backend=self.backend, chunk_size=self.chunk_size, eps=self.eps,
+                             keep_h_lo=self.keep_h_lo)
         return self.norm_gate_out(h, o), mLSTMCellState(*state)
 
     def norm_gate_out(self, h: Tensor, o: Tensor) -> Tensor:

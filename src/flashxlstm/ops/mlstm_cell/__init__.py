@@ -1,7 +1,7 @@
 """`mlstm`: the mLSTM cell over a sequence, one signature for every backend.
 
     h, state = mlstm(q, k, v, i, f, state=None, backend="auto", chunk_size=64, eps=1e-6,
-                     input_gate="exp", cu_seqlens=None)
+                     input_gate="exp", cu_seqlens=None, keep_h_lo=True)
 
 q, k: (B, NH, S, DQK); v: (B, NH, S, DV); i, f: (B, NH, S) gate pre-activations. h: (B, NH, S, DV) in
 v's dtype. state = (C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH)) in float32 (float64 for float64
@@ -14,6 +14,10 @@ Backends: "recurrent" (step by step), "parallel" (quadratic), "chunkwise" (torch
 chunkwise otherwise; for mlstm_step triton or "torch").
 The math is in docs/cells.md (mLSTM); `input_gate="sigmoid"` is mLSTMsig, computed as the
 exponential gate applied to logsigmoid(i~).
+`keep_h_lo` (the triton backend, 16-bit inputs, with gradients): whether the forward keeps h's rounding
+residual (as many bytes as h) for the backward's per-step sums, which then run at more than 16-bit precision;
+False saves that memory at some gradient accuracy (docs/kernels.md has the measured errors). The torch
+backends keep no such residual; they ignore it.
 """
 from __future__ import annotations
 
@@ -77,14 +81,17 @@ if triton_usable():
 def mlstm(
     q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     state: MLSTMState | None = None, backend: str = "auto", chunk_size: int = 64, eps: float = 1e-6,
-    input_gate: str = "exp", cu_seqlens: Tensor | None = None,
+    input_gate: str = "exp", cu_seqlens: Tensor | None = None, keep_h_lo: bool = True,
 ) -> tuple[Tensor, MLSTMState]:
     check_mlstm_inputs(q, k, v, i, f, state, input_gate, cu_seqlens)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"mlstm: chunk_size must be a positive int, got {chunk_size!r}")
+    if not isinstance(keep_h_lo, bool):
+        raise TypeError(f"mlstm: keep_h_lo must be a bool, got {keep_h_lo!r}")
     name = choose_backend("mlstm", backend, BACKENDS, fallback="chunkwise", device=q.device, dtype=q.dtype)
+    options = {"keep_h_lo": keep_h_lo} if name == "triton" else {}  # the one backend that keeps the residual
     h, state = BACKENDS[name](q, k, v, i, f, state, chunk_size=chunk_size, eps=eps, input_gate=input_gate,
-                              cu_seqlens=cu_seqlens)
+                              cu_seqlens=cu_seqlens, **options)
     return h.to(v.dtype), state
 
 

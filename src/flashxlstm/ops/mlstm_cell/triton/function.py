@@ -64,13 +64,20 @@ class Variant:
     (bf16, 7B heads) 2048-step windows cost 0.2 ms over 4096 and keep (8, 16, 4096, 128, 128) at TFLA's
     activation memory or below.
     cp: overrides of the launch plan (keys of launch_plan's plans), e.g. (("stages_o", 2),).
+    keep_h_lo: with 16-bit inputs and gradients, the forward also stores h's rounding residual h - round(h)
+    (B, NH, S, DV in the input dtype: as many bytes as h) and the backward's prep kernel sums dh . h from
+    h + h_lo; False keeps only h (the residual's memory saved; the prep sums from the rounded h: the accuracy
+    each way is in docs/kernels.md). No effect without gradients or with fp32 inputs.
     """
     window_steps: int = 2048
     cp: tuple = field(default=())
+    keep_h_lo: bool = True
 
     def __post_init__(self):
         if self.window_steps < 16:
             raise ValueError(f"mlstm(triton): Variant.window_steps must be >= 16, got {self.window_steps}")
+        if not isinstance(self.keep_h_lo, bool):
+            raise TypeError(f"mlstm(triton): Variant.keep_h_lo must be a bool, got {self.keep_h_lo!r}")
 
         # the op's argument (custom op arguments are plain types), made once: torch.compile reads it as a constant
         object.__setattr__(self, "_json", json.dumps(dataclasses.asdict(self), sort_keys=True))
@@ -87,6 +94,7 @@ class Variant:
 
 
 DEFAULT_VARIANT = Variant()
+_NO_H_LO = Variant(keep_h_lo=False)  # DEFAULT_VARIANT without h's rounding residual
 
 # The shared-memory budget each (device, dtype size, head dims, chunk) plans with: the device's limit,
 # lowered for good when a compiled kernel asks for more than its estimate (see _planned).
@@ -202,12 +210,12 @@ def _default_chunk(q: Tensor, chunk: int) -> int:
 def _outputs(q: Tensor, v: Tensor, cu: Tensor | None, chunk: int, variant: Variant, train: bool):
     """Shapes and dtypes of the forward op's outputs, a function of its arguments alone (the op's fake function
     and its implementation allocate from it): h, C, n, m, then the residuals hlo (h's rounding residual, empty
-    unless 16-bit with gradients), mstat, dstat (per step), and the fp32 states entering every backward window
-    (Ew, En, Em; zero windows when the backward takes the sequence as one window)."""
+    unless 16-bit with gradients and variant.keep_h_lo), mstat, dstat (per step), and the fp32 states entering
+    every backward window (Ew, En, Em; zero windows when the backward takes the sequence as one window)."""
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     prefix = (B if cu is None else cu.shape[0] - 1, NH)
-    lo = (B, NH, S, DV) if v.dtype != torch.float32 and train else (0,)
+    lo = (B, NH, S, DV) if v.dtype != torch.float32 and train and variant.keep_h_lo else (0,)
     _, NW, NC = _windows(q, cu, chunk, variant, train)
     f32 = torch.float32
     return [(q.shape[:3] + (DV,), v.dtype), (prefix + (DQK, DV), f32), (prefix + (DQK,), f32), (prefix, f32),
@@ -436,10 +444,11 @@ def mlstm_triton_variant(q, k, v, i, f, state, *, chunk_size=64, eps=1e-6, input
     return h, (C, n, m)
 
 
-def mlstm_triton(q, k, v, i, f, state, *, chunk_size=64, eps=1e-6, input_gate="exp", cu_seqlens=None):
-    """The registered `triton` sequence backend (see the module docstring)."""
+def mlstm_triton(q, k, v, i, f, state, *, chunk_size=64, eps=1e-6, input_gate="exp", cu_seqlens=None,
+                 keep_h_lo=True):
+    """The registered `triton` sequence backend (see the module docstring); keep_h_lo: Variant.keep_h_lo."""
     return mlstm_triton_variant(q, k, v, i, f, state, chunk_size=chunk_size, eps=eps, input_gate=input_gate,
-                                cu_seqlens=cu_seqlens)
+                                cu_seqlens=cu_seqlens, variant=DEFAULT_VARIANT if keep_h_lo else _NO_H_LO)
 
 
 def mlstm_variant(q, k, v, i, f, *, state=None, chunk_size=64, eps=1e-6, input_gate="exp", cu_seqlens=None,
