@@ -8,6 +8,8 @@ random initial state, the exp input gate, gates either ordinary (i ~ 2 N(0,1), f
 model's soft cap (uniform in [-15, 15]) or extreme (uniform in [-30, 30], steps 3..8 masked), and prints per
 (dtype, gates, keep_h_lo) the worst relative error (norm of the difference over the norm of the float64
 reference, the step-by-step recurrence) of each gradient over the seeds and shapes. Same inputs each way.
+With --layer the loss instead goes through the per-head LayerNorm x sigmoid(o), as in mLSTMLargeLayer, from a
+zero state (tests/_mlstm_h_lo_cases.py layer_case), and the gradients of q, k, v, i, f, o are compared.
 """
 from __future__ import annotations
 
@@ -37,7 +39,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", default="128x32x64", help="S x DQK x DV, comma-separated")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--layer", action="store_true", help="the loss through the per-head LayerNorm and output gate "
+                                                         "(tests/_mlstm_h_lo_cases.py layer_case), from a zero "
+                                                         "state, as in training")
     args = p.parse_args()
+    if args.layer:
+        return layer_main(args)
     rows = []
     cases.emit = lambda case, errors, tol, nan=False, **kw: rows.append(errors)
     worst: dict = {}
@@ -64,6 +71,32 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(GRADS))
     for (dt, gates, keep), acc in worst.items():
         print(f"| {dt} | {gates} | {keep} | " + " | ".join(f"{acc[g]:.1e}" for g in GRADS) + " |")
+
+
+def layer_main(args) -> None:
+    worst: dict = {}
+    for shape in args.shapes.split(","):
+        S, DQK, DV = map(int, shape.split("x"))
+        for dtype in (torch.bfloat16, torch.float16):
+            for gates, kw in GATES.items():
+                for seed in range(args.seeds):
+                    for keep in (True, False):
+                        errs = hlo.layer_case(S, DQK, DV, dtype, 100 + seed, keep, **kw)
+                        key = (str(dtype).split(".")[1], gates, keep)
+                        acc = worst.setdefault(key, {})
+                        for name in hlo.LAYER_GRADS:
+                            acc[name] = max(acc.get(name, 0.0), errs[name])
+                        print(json.dumps(dict(shape=shape, dtype=key[0], gates=gates, seed=seed, keep_h_lo=keep,
+                                              **errs)), file=sys.stderr, flush=True)
+    print(f"command: TRITON_INTERPRET=1 python {' '.join(sys.argv)}")
+    print(f"machine: CPU ({platform.machine()}), Triton {triton.__version__} interpreter, torch {torch.__version__}")
+    print()
+    print("The loss through the per-head LayerNorm x sigmoid(o) (the layer's use of h), zero initial state.")
+    print()
+    print("| dtype | gates | keep_h_lo | " + " | ".join(hlo.LAYER_GRADS) + " |")
+    print("|---|---|---|" + "---|" * len(hlo.LAYER_GRADS))
+    for (dt, gates, keep), acc in worst.items():
+        print(f"| {dt} | {gates} | {keep} | " + " | ".join(f"{acc[g]:.1e}" for g in hlo.LAYER_GRADS) + " |")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 Prints one JSON line per case (the format of _mlstm_triton_cases.py):
   h_lo_{bf16,fp16}_{keep,drop}   forward and gradients against the float64 reference with a random initial state,
                                  the same inputs each way (bf16: extreme gates in [-30, 30] and masked steps)
+  h_lo_layer_{keep,drop}         the gradients of q, k, v, i, f, o with h taken by the per-head LayerNorm x
+                                 sigmoid(o) as in mLSTMLargeLayer, bf16, gates in [-15, 15], a zero state
   h_lo_saved_op                  bytes saved for backward by flashxlstm.ops.mlstm(backend="triton"), bf16,
                                  with and without the residual, and the size of h
   h_lo_saved_layer               the same through mLSTMLargeLayer with packed documents (cu_seqlens: the
@@ -63,6 +65,46 @@ def accuracy_cases():
                                      tol=0, seed=2, variant=tfn.Variant(keep_h_lo=keep))
 
 
+LAYER_GRADS = ("dq", "dk", "dv", "di", "df", "do")
+
+
+def layer_case(S, DQK, DV, dtype, seed, keep, gate_range=None, masked=()) -> dict:
+    """The op as the mLSTM layer uses it in training: from a zero state, h into the per-head LayerNorm times
+    sigmoid(o) (head_norm_gate_seq_reference, its weight and bias random), a loss with random weights on that
+    output only (the returned state unused). Relative errors of the gradients of q, k, v, i, f, o against the
+    same composition in float64 (the step-by-step recurrence)."""
+    from flashxlstm.ops.fused.head_norm_gate_seq import head_norm_gate_seq_reference
+    from flashxlstm.ops.mlstm_cell import mlstm_reference
+    from flashxlstm.ops.mlstm_cell.triton.function import mlstm_variant
+
+    g = torch.Generator().manual_seed(seed)
+    B, NH = 1, 2
+    q, k = (torch.randn(B, NH, S, DQK, generator=g) for _ in range(2))
+    v = torch.randn(B, NH, S, DV, generator=g)
+    if gate_range is None:
+        i, f = torch.randn(B, NH, S, generator=g) * 2, torch.randn(B, NH, S, generator=g) * 2 + 2
+    else:
+        i, f = ((torch.rand(B, NH, S, generator=g) * 2 - 1) * gate_range for _ in range(2))
+    for a, b in masked:
+        i[..., a:b], f[..., a:b] = -float("inf"), float("inf")
+    o = torch.randn(B, S, NH * DV, generator=g)
+    weight, bias = 1 + 0.1 * torch.randn(NH * DV, generator=g), 0.1 * torch.randn(NH * DV, generator=g)
+    w = torch.randn(B, S, NH * DV, generator=g, dtype=torch.float64)
+    q, k, v, o = q.to(dtype), k.to(dtype), v.to(dtype), o.to(dtype)
+
+    def run(cast, op):
+        ins = [cast(t).clone().requires_grad_(True) for t in (q, k, v, i, f, o)]
+        h, _ = op(*ins[:5])
+        y = head_norm_gate_seq_reference(h, ins[5], cast(weight), cast(bias), 1e-6)
+        (y.double() * w).sum().backward()
+        return ins
+
+    with bf16_dots():
+        ours = run(lambda t: t, lambda *a: mlstm_variant(*a, chunk_size=64, variant=tfn.Variant(keep_h_lo=keep)))
+    ref = run(lambda t: t.double(), lambda *a: mlstm_reference(*a))
+    return {name: cases.rel(a.grad, b.grad) for name, a, b in zip(LAYER_GRADS, ours, ref)}
+
+
 def saved_bytes(fn) -> int:
     """Bytes of the distinct storages autograd saves for the backward while fn() runs."""
     storages = {}
@@ -101,8 +143,16 @@ def saved_layer_case():
     cases.emit("h_lo_saved_layer", {}, 0, h_bytes=B * S * D * 2, **out)
 
 
+def layer_cases():
+    """bf16, gates within the model's soft cap: the composition where the residual hurts most."""
+    for keep in (True, False):
+        errors = layer_case(96, 32, 64, torch.bfloat16, 1, keep, gate_range=15.0)
+        cases.emit(f"h_lo_layer_{'keep' if keep else 'drop'}", errors, 0)
+
+
 def main():
     accuracy_cases()
+    layer_cases()
     saved_op_case()
     saved_layer_case()
 

@@ -76,7 +76,7 @@ class xLSTMLargeConfig:
     backend: str = "auto"  # flashxlstm.ops.mlstm backend for sequences
     step_backend: str = "auto"  # flashxlstm.ops.mlstm_step backend for single tokens
     norm_gate_backend: str = "auto"  # the training path's fused head norm x output gate (mLSTMLargeLayer.norm_gate)
-    keep_h_lo: bool = True  # flashxlstm.ops.mlstm's keep_h_lo in training: h's rounding residual kept for the backward
+    keep_h_lo: bool = False  # flashxlstm.ops.mlstm's keep_h_lo in training (mLSTMLargeLayer: why False)
 
     def __post_init__(self):
         for name in ("embedding_dim", "num_heads", "num_blocks", "vocab_size", "chunk_size"):
